@@ -1,0 +1,43 @@
+"""The `kcloud` command. Thin on purpose: each package registers its own commands."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from kcloud import __version__
+from kcloud.bench import commands as bench_commands
+from kcloud.devices import commands as device_commands
+from kcloud.farm import commands as farm_commands
+from kcloud.models import commands as model_commands
+from kcloud.serving import commands as serving_commands
+
+app = typer.Typer(
+    name="kcloud",
+    help="Turn a farm of heterogeneous AI accelerators into a cloud AI service.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+for module in (device_commands, farm_commands, model_commands, serving_commands, bench_commands):
+    module.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kcloud {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else os.environ.get("KCLOUD_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,87 @@
+"""`ModelConfig`: a model's contract, kept beside it in the repository as `config.toml`.
+
+Like Triton's `config.pbtxt`, the contract is declarative and lives next to the model:
+`<repo>/<model>/config.toml` and `<repo>/<model>/<version>/model.onnx`.
+
+Shapes are the *public* signature, the one clients see over the Open Inference Protocol,
+including the batch dimension as a leading `-1` when `batching.max_batch_size > 0`. The ONNX
+graph's own inputs may differ (e.g. a text model takes BYTES and tokenises them before the
+graph); the model's `processing` says how to get from one to the other.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kcloud.devices.spec import DeviceKind
+
+#: Open Inference Protocol v2 tensor datatypes.
+Datatype = Literal[
+    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str = Field(min_length=1)
+    datatype: Datatype
+    shape: list[int] = Field(description="-1 marks a variable dimension; the first is the batch")
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list[int]) -> list[int]:
+        if any(d < -1 or d == 0 for d in shape):
+            raise ValueError(f"dimensions must be positive or -1, got {shape}")
+        return shape
+
+
+class Batching(_Strict):
+    """Dynamic batching: wait up to `max_queue_delay_ms` to fill `max_batch_size` rows."""
+
+    max_batch_size: int = Field(default=32, ge=0, description="0 turns batching off")
+    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    queue_limit: int = Field(default=1024, ge=1, description="requests waiting; beyond it: 429")
+
+
+class Processing(_Strict):
+    """The model's own pre- and post-processing around the ONNX graph."""
+
+    kind: Literal["none", "sentence-embedding"] = "none"
+    #: Tokenizer file (HF `tokenizers` JSON), relative to the model directory.
+    tokenizer: str | None = None
+    max_length: int = Field(default=256, ge=1)
+
+
+class AccuracyTarget(_Strict):
+    """Pass mark for bench accuracy runs, as in MLPerf's "-99" variants."""
+
+    metric: Literal["cosine", "top1"]
+    reference: float = Field(description="the FP32 reference score this model reaches")
+    ratio: float = Field(default=0.99, gt=0, le=1)
+    dataset: str | None = Field(default=None, description="data file, relative to the model dir")
+
+    @property
+    def threshold(self) -> float:
+        return self.reference * self.ratio
+
+
+class ModelConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    platform: Literal["onnxruntime"] = "onnxruntime"
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    batching: Batching = Batching()
+    device_kinds: list[DeviceKind] = Field(default_factory=lambda: ["cpu", "gpu", "npu"])
+    processing: Processing = Processing()
+    accuracy: AccuracyTarget | None = None
+    #: Floating-point operations for one sample; lets emulated devices model their time.
+    flops_per_sample: float | None = None
+    #: Bytes a replica holds on its device (weights and workspace); used for memory fit.
+    memory_bytes: int | None = None

@@ -1,0 +1,102 @@
+"""Warm-up and a first measure of the SUT, before LoadGen starts.
+
+MLPerf leaves LoadGen's scheduling hints (Offline's expected QPS, the Server target QPS, the
+expected single- and multi-stream latency) to the submitter's `user.conf`. A hint that is far
+off makes the run too short (INVALID: min duration) or needlessly long, so where the user gave
+none we measure the SUT for a moment through the same backend and take the hint from it. The
+measurement only sets LoadGen's settings; every reported figure comes from LoadGen's own run.
+Both the measurement and the settings it chose are written to `result.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kcloud.bench.settings import BenchSettings
+from kcloud.bench.sut import Backend, Inputs
+
+#: Server target QPS as a share of the saturated throughput: a Server run is judged on tail
+#: latency, which rises steeply near saturation.
+SERVER_LOAD_FRACTION = 0.5
+WARMUP_SAMPLES = 3
+
+
+@dataclass
+class Calibration:
+    budget_s: float
+    samples: int = 0
+    seconds: float = 0.0
+    single_latency_ms: float | None = None
+    query_latency_ms: float | None = None
+    throughput_sps: float | None = None
+    chose: dict[str, float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def calibrate(backend: Backend, samples: list[Inputs], scenario: str, *, mode: str,
+                    budget_s: float, samples_per_query: int, max_in_flight: int) -> Calibration:
+    """Warm the SUT up, then measure what the scenario's hint needs (nothing in accuracy mode)."""
+    result = Calibration(budget_s=budget_s)
+    started = time.perf_counter()
+    count = 0
+
+    def sample() -> Inputs:
+        nonlocal count
+        count += 1
+        return samples[count % len(samples)]
+
+    for _ in range(WARMUP_SAMPLES):
+        await backend.infer(sample())
+    if mode != "performance":
+        result.samples, result.seconds = count, time.perf_counter() - started
+        return result
+
+    deadline = time.perf_counter() + budget_s
+    if scenario == "SingleStream":
+        latencies = []
+        while time.perf_counter() < deadline or len(latencies) < 3:
+            t = time.perf_counter()
+            await backend.infer(sample())
+            latencies.append(time.perf_counter() - t)
+        result.single_latency_ms = statistics.median(latencies) * 1000
+    elif scenario == "MultiStream":
+        latencies = []
+        while time.perf_counter() < deadline or len(latencies) < 3:
+            t = time.perf_counter()
+            await asyncio.gather(*(backend.infer(sample()) for _ in range(samples_per_query)))
+            latencies.append(time.perf_counter() - t)
+        result.query_latency_ms = statistics.median(latencies) * 1000
+    else:
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await backend.infer(sample())
+                done += 1
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(max_in_flight)))
+        result.throughput_sps = done / (time.perf_counter() - t)
+    result.samples, result.seconds = count, time.perf_counter() - started
+    return result
+
+
+def apply_calibration(scenario: str, settings: BenchSettings, calibration: Calibration) -> BenchSettings:
+    """Fill the scenario's scheduling hint from the measurement, where the user gave none."""
+    chose: dict[str, float] = {}
+    if scenario in ("Offline", "Server") and settings.target_qps is None and calibration.throughput_sps:
+        share = 1.0 if scenario == "Offline" else SERVER_LOAD_FRACTION
+        chose["target_qps"] = round(calibration.throughput_sps * share, 3)
+    elif scenario == "SingleStream" and settings.expected_latency_ms is None and calibration.single_latency_ms:
+        chose["expected_latency_ms"] = calibration.single_latency_ms
+    elif scenario == "MultiStream" and settings.expected_latency_ms is None and calibration.query_latency_ms:
+        chose["expected_latency_ms"] = calibration.query_latency_ms
+    calibration.chose = chose or None
+    return settings.model_copy(update=chose) if chose else settings

@@ -1,0 +1,254 @@
+"""The control plane's tables, as SQLAlchemy 2 typed ORM classes on one shared `Base`.
+
+The database holds *desired* state (deployments), *decided* state (replicas on devices, and the
+placements with every candidate's reason) and what happened (events). Actual state (which
+processes run) lives in the executor; the reconciler makes the two agree. So a restart loses
+nothing: everything needed to rebuild the farm's serving is here.
+
+Tables are created only by the Alembic migrations in `migrations/versions`; a change here needs
+a new revision there (see docs/control-plane.md). Other packages (tenancy) extend `Base` with
+their own classes and their own revisions.
+
+Events and placement candidates name devices and deployments by value, not by foreign key, so
+that the history survives the deletion of what it talks about.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: Constraint names fixed by convention, so migrations on SQLite (batch mode) and PostgreSQL agree.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+DEPLOYMENT_STATUSES = ("pending", "progressing", "ready", "degraded")
+POLICIES = ("spread", "binpack")
+#: Replica lifecycle: `placed` (decided, not started) → `starting` → `running`; `evicting` (its
+#: device is drained: a replacement is placed first, then it is stopped); `stopping` (scaled
+#: down or deleted: stopped, then its row removed).
+REPLICA_STATES = ("placed", "starting", "running", "evicting", "stopping")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC, on SQLite (which keeps no zone) too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use kcloud.farm.schema.utcnow()")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[str]: JSON}
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+    devices: Mapped[list[DeviceRow]] = relationship(back_populates="node_row", cascade="all, delete-orphan")
+
+
+class DeviceRow(Base):
+    """A device as the control plane knows it; `drained` and `healthy` survive restarts."""
+
+    __tablename__ = "devices"
+
+    uid: Mapped[str] = mapped_column(String(255), primary_key=True)
+    node: Mapped[str] = mapped_column(ForeignKey("nodes.name", ondelete="CASCADE"), index=True)
+    local_id: Mapped[str] = mapped_column(String(128))
+    plugin: Mapped[str] = mapped_column(String(64))
+    vendor: Mapped[str] = mapped_column(String(64))
+    chip_key: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(255))
+    emulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Seen in the latest inventory of its node. An absent device keeps its row (and history).
+    present: Mapped[bool] = mapped_column(Boolean, default=True)
+    healthy: Mapped[bool] = mapped_column(Boolean, default=True)
+    health_reason: Mapped[str | None] = mapped_column(Text)
+    drained: Mapped[bool] = mapped_column(Boolean, default=False)
+    drain_reason: Mapped[str | None] = mapped_column(Text)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    runtimes: Mapped[list[str]] = mapped_column(default=list)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    node_row: Mapped[Node] = relationship(back_populates="devices")
+
+
+class ModelRow(Base):
+    """A model version that a deployment refers to, as it was when it was deployed."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    platform: Mapped[str] = mapped_column(String(64))
+    device_kinds: Mapped[list[str]] = mapped_column(default=list)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    flops_per_sample: Mapped[float | None] = mapped_column(Float)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Deployment(Base):
+    """Desired state: this model, this many replicas, under these constraints and SLO."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        CheckConstraint("replicas >= 0", name="replicas_not_negative"),
+        CheckConstraint("policy IN ('spread', 'binpack')", name="policy_known"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    #: Owner; `None` until tenancy assigns one (an admin's deployment belongs to no tenant).
+    tenant: Mapped[str | None] = mapped_column(String(255), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    #: True when the user named the version; otherwise it was the latest at deploy time.
+    version_pinned: Mapped[bool] = mapped_column(Boolean, default=False)
+    replicas: Mapped[int] = mapped_column(Integer)
+    constraint_vendor: Mapped[str | None] = mapped_column(String(64))
+    constraint_chip: Mapped[str | None] = mapped_column(String(128))
+    constraint_precision: Mapped[str | None] = mapped_column(String(16))
+    constraint_node: Mapped[str | None] = mapped_column(String(255))
+    policy: Mapped[str] = mapped_column(String(16), default="spread")
+    slo_p99_ms: Mapped[float | None] = mapped_column(Float)
+    slo_throughput_rps: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="progressing")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    #: Bumped when the model version or constraints change: older replicas are then replaced.
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    model: Mapped[ModelRow] = relationship(lazy="joined")
+    replica_rows: Mapped[list[ReplicaRow]] = relationship(
+        back_populates="deployment", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ReplicaRow(Base):
+    """One replica: which device it was placed on and, while it runs, its executor handle."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    device_uid: Mapped[str] = mapped_column(ForeignKey("devices.uid"), index=True)
+    placement_id: Mapped[int | None] = mapped_column(ForeignKey("placements.id", ondelete="SET NULL"))
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(16), default="placed")
+    #: Device memory this replica holds (the model's `memory_bytes`), for memory fit.
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: Share of the device's modelled capacity that the SLO throughput asks of this replica.
+    load_share: Mapped[float | None] = mapped_column(Float)
+    executor: Mapped[str | None] = mapped_column(String(32))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    handle: Mapped[dict[str, Any] | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    deployment: Mapped[Deployment] = relationship(back_populates="replica_rows")
+
+
+class PlacementRow(Base):
+    """One placement decision for one deployment, with a reason for every candidate device."""
+
+    __tablename__ = "placements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: What asked for it: create, scale, update, failover, drain, restore, retry.
+    trigger: Mapped[str] = mapped_column(String(32))
+    policy: Mapped[str] = mapped_column(String(16))
+    requested: Mapped[int] = mapped_column(Integer)
+    placed: Mapped[int] = mapped_column(Integer)
+    #: placed (all), partial (some), pending (none).
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+
+    candidates: Mapped[list[PlacementCandidate]] = relationship(
+        back_populates="placement", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="PlacementCandidate.id",
+    )
+
+
+class PlacementCandidate(Base):
+    __tablename__ = "placement_candidates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    placement_id: Mapped[int] = mapped_column(ForeignKey("placements.id", ondelete="CASCADE"), index=True)
+    device_uid: Mapped[str] = mapped_column(String(255))
+    #: Replicas placed on this device by this decision (0: not chosen).
+    chosen: Mapped[int] = mapped_column(Integer, default=0)
+    #: Passed every filter (a device can be eligible and still not chosen).
+    eligible: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float)
+    perf_per_watt: Mapped[float | None] = mapped_column(Float)
+    #: True: perf per watt modelled from the catalog; False: measured by bench; None: unknown.
+    perf_modelled: Mapped[bool | None] = mapped_column(Boolean)
+
+    placement: Mapped[PlacementRow] = relationship(back_populates="candidates")
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    #: e.g. deployment.created, placement.pending, replica.started, replica.died, device.drained.
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    deployment: Mapped[str | None] = mapped_column(String(255), index=True)
+    device_uid: Mapped[str | None] = mapped_column(String(255))
+    replica_id: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column()

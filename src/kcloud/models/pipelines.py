@@ -1,0 +1,252 @@
+"""The two `Pipeline`s: plain tensors, and text in / sentence embedding out.
+
+Every check a client can fail happens in `prepare`, once per request and before the request
+takes a place in a batch, so one bad request is refused alone (`InputError`, answered 4xx) and
+never spoils the batch it would have joined. `collate` and `split` then only move rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from kcloud.models.config import ModelConfig, TensorSpec
+from kcloud.models.datatypes import NUMPY_DTYPES, oip_datatype
+from kcloud.models.errors import ModelFileError
+from kcloud.models.graph import read_signature
+from kcloud.models.pipeline import InputError, Pipeline, Prepared
+from kcloud.models.repository import ModelEntry
+
+__all__ = ["InputError", "SentenceEmbeddingPipeline", "TensorPipeline", "load_tokenizer", "pipeline_for"]
+
+
+def pipeline_for(entry: ModelEntry) -> Pipeline:
+    """The pipeline that the model's `processing.kind` calls for."""
+    kind = entry.config.processing.kind
+    if kind == "sentence-embedding":
+        graph_inputs = tuple(t.name for t in read_signature(entry.onnx_path).inputs)
+        return SentenceEmbeddingPipeline(entry.config, entry.file(entry.config.processing.tokenizer or ""), graph_inputs)
+    return TensorPipeline(entry.config)
+
+
+def _check_names(inputs: dict[str, Any], specs: list[TensorSpec]) -> None:
+    if not isinstance(inputs, dict):
+        raise InputError(f"inputs must be a mapping of input name to tensor, got {type(inputs).__name__}")
+    expected = [s.name for s in specs]
+    missing = [n for n in expected if n not in inputs]
+    extra = sorted(n for n in inputs if n not in expected)
+    problems = []
+    if missing:
+        problems.append(f"missing input(s) {missing}")
+    if extra:
+        problems.append(f"unexpected input(s) {extra}")
+    if problems:
+        raise InputError(f"{'; '.join(problems)}; the model takes {expected}")
+
+
+def _as_array(name: str, value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    raise InputError(f"input `{name}`: expected a tensor (numpy array), got {type(value).__name__}")
+
+
+def _check_rows(name: str, rows: int, max_batch_size: int) -> None:
+    if rows == 0:
+        raise InputError(f"input `{name}` is empty (0 rows); send at least one")
+    if max_batch_size and rows > max_batch_size:
+        raise InputError(
+            f"input `{name}` has {rows} rows, more than this model's max batch size {max_batch_size}; "
+            f"split the request"
+        )
+
+
+class TensorPipeline:
+    """Kind `none`: the public tensors are the graph's; check, concatenate, split by rows."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.batched = config.batching.max_batch_size > 0
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> Prepared:
+        _check_names(inputs, self.config.inputs)
+        feeds: dict[str, np.ndarray] = {}
+        rows: int | None = None
+        first = ""
+        for spec in self.config.inputs:
+            array = self._checked(spec, _as_array(spec.name, inputs[spec.name]))
+            if self.batched:
+                if rows is None:
+                    rows, first = array.shape[0], spec.name
+                elif array.shape[0] != rows:
+                    raise InputError(
+                        f"inputs disagree on the batch size: `{first}` has {rows} rows, `{spec.name}` has "
+                        f"{array.shape[0]}"
+                    )
+            feeds[spec.name] = array
+        rows = rows if self.batched else 1
+        assert rows is not None
+        if self.batched:
+            _check_rows(first, rows, self.config.batching.max_batch_size)
+        shape_key = tuple((name, array.shape[1:] if self.batched else array.shape) for name, array in feeds.items())
+        return Prepared(rows=rows, feeds=feeds, extra={"shape_key": shape_key})
+
+    def _checked(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        got = oip_datatype(array.dtype) or str(array.dtype)
+        if got != spec.datatype:
+            raise InputError(f"input `{spec.name}`: datatype {got}, but the model expects {spec.datatype}")
+        if array.ndim != len(spec.shape):
+            raise InputError(
+                f"input `{spec.name}`: shape {list(array.shape)} has rank {array.ndim}, but the model expects "
+                f"rank {len(spec.shape)} {spec.shape}"
+            )
+        for axis, (want, have) in enumerate(zip(spec.shape, array.shape, strict=True)):
+            if want != -1 and want != have:
+                raise InputError(
+                    f"input `{spec.name}`: shape {list(array.shape)} does not fit {spec.shape} "
+                    f"(dimension {axis} must be {want})"
+                )
+            if have == 0 and not (axis == 0 and self.batched):
+                raise InputError(f"input `{spec.name}`: shape {list(array.shape)} is empty at dimension {axis}")
+        if spec.datatype == "BYTES":
+            return _decoded_strings(spec.name, array)
+        return np.ascontiguousarray(array, dtype=NUMPY_DTYPES[spec.datatype])
+
+    def collate(self, items: list[Prepared]) -> dict[str, np.ndarray]:
+        """Concatenate along the batch axis; items must share `extra["shape_key"]`.
+
+        A model with variable non-batch dimensions can receive requests that cannot share a
+        batch; the batcher groups by `shape_key` (equal keys always concatenate).
+        """
+        if len(items) == 1:
+            return items[0].feeds
+        if not self.batched:
+            raise ValueError(f"model {self.config.name!r} does not batch; collate one request at a time")
+        try:
+            return {spec.name: np.concatenate([it.feeds[spec.name] for it in items]) for spec in self.config.inputs}
+        except ValueError as exc:
+            raise ValueError(f"requests with different shapes cannot share a batch (group by shape_key): {exc}") from None
+
+    def split(self, outputs: dict[str, np.ndarray], items: list[Prepared]) -> list[dict[str, np.ndarray]]:
+        names = [spec.name for spec in self.config.outputs]
+        if not self.batched:
+            return [{name: outputs[name] for name in names}]
+        return _split_rows(outputs, names, items)
+
+
+def _split_rows(outputs: dict[str, np.ndarray], names: list[str], items: list[Prepared]) -> list[dict[str, np.ndarray]]:
+    total = sum(item.rows for item in items)
+    for name in names:
+        if outputs[name].shape[0] != total:
+            raise RuntimeError(f"output `{name}` has {outputs[name].shape[0]} rows for a batch of {total}")
+    if len(items) == 1:
+        return [{name: outputs[name] for name in names}]
+    result = []
+    start = 0
+    for item in items:
+        result.append({name: outputs[name][start : start + item.rows] for name in names})
+        start += item.rows
+    return result
+
+
+def _decoded_strings(name: str, array: np.ndarray) -> np.ndarray:
+    """BYTES elements as `str`, the form ONNX Runtime takes for string tensors."""
+    flat = [_text(name, index, item) for index, item in enumerate(array.reshape(-1))]
+    return np.array(flat, dtype=object).reshape(array.shape)
+
+
+def _text(name: str, index: int, item: Any) -> str:
+    if isinstance(item, bytes):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"input `{name}` element {index} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                f"text must be UTF-8"
+            ) from None
+    if isinstance(item, str):
+        return item
+    raise InputError(f"input `{name}` element {index} is {type(item).__name__}, expected bytes (BYTES)")
+
+
+def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
+    """The model's own HF tokenizer, truncating at `max_length` tokens and never padding.
+
+    The shipped `tokenizer.json` may carry its own fixed padding and truncation (MiniLM's says
+    128); sentence-transformers overrides both, so do we: padding happens per batch in `collate`.
+    """
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exceptions from Rust
+        raise ModelFileError(f"{path}: not a readable HF tokenizers file: {exc}") from None
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
+class SentenceEmbeddingPipeline:
+    """Kind `sentence-embedding`: BYTES text in, tokenised here, one embedding row per text out.
+
+    Token counts (special tokens included, i.e. what the model processed) go to
+    `Prepared.extra["tokens"]` (the request's total) and `extra["token_counts"]` (per text),
+    for the OpenAI `usage` field.
+    """
+
+    def __init__(self, config: ModelConfig, tokenizer_path: Path, graph_inputs: tuple[str, ...]) -> None:
+        if len(config.inputs) != 1 or config.inputs[0].datatype != "BYTES" or len(config.inputs[0].shape) != 1:
+            raise ModelFileError(f"model {config.name!r}: a sentence-embedding model takes one BYTES input of shape [-1]")
+        if len(config.outputs) != 1 or config.outputs[0].datatype != "FP32" or len(config.outputs[0].shape) != 2:
+            raise ModelFileError(f"model {config.name!r}: a sentence-embedding model gives one FP32 output [-1, dim]")
+        self.config = config
+        self.text_input = config.inputs[0].name
+        self.output = config.outputs[0].name
+        self.tokenizer = load_tokenizer(tokenizer_path, config.processing.max_length)
+        self.with_token_types = "token_type_ids" in graph_inputs
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> Prepared:
+        _check_names(inputs, self.config.inputs)
+        name = self.text_input
+        array = _as_array(name, inputs[name])
+        if oip_datatype(array.dtype) != "BYTES":
+            raise InputError(f"input `{name}`: datatype {oip_datatype(array.dtype) or array.dtype}, but the model expects BYTES")
+        if array.ndim != 1:
+            raise InputError(f"input `{name}`: shape {list(array.shape)} has rank {array.ndim}, but the model expects rank 1 [-1]")
+        _check_rows(name, array.shape[0], self.config.batching.max_batch_size)
+        texts = [_text(name, index, item) for index, item in enumerate(array.tolist())]
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        lengths = [len(e.ids) for e in encodings]
+        ids = np.zeros((len(texts), max(lengths)), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, (encoding, length) in enumerate(zip(encodings, lengths, strict=True)):
+            ids[row, :length] = encoding.ids
+            mask[row, :length] = 1
+        return Prepared(
+            rows=len(texts),
+            feeds={"input_ids": ids, "attention_mask": mask},
+            extra={"tokens": sum(lengths), "token_counts": lengths},
+        )
+
+    def collate(self, items: list[Prepared]) -> dict[str, np.ndarray]:
+        """Pad every request to the longest sequence in the batch."""
+        if len(items) == 1:
+            feeds = dict(items[0].feeds)
+        else:
+            rows = sum(item.rows for item in items)
+            width = max(item.feeds["input_ids"].shape[1] for item in items)
+            ids = np.zeros((rows, width), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            start = 0
+            for item in items:
+                n, length = item.feeds["input_ids"].shape
+                ids[start : start + n, :length] = item.feeds["input_ids"]
+                mask[start : start + n, :length] = item.feeds["attention_mask"]
+                start += n
+            feeds = {"input_ids": ids, "attention_mask": mask}
+        if self.with_token_types:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        return feeds
+
+    def split(self, outputs: dict[str, np.ndarray], items: list[Prepared]) -> list[dict[str, np.ndarray]]:
+        return _split_rows(outputs, [self.output], items)

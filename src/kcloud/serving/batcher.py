@@ -1,0 +1,322 @@
+"""Dynamic batching for one replica: a bounded queue and one asyncio loop that forms batches.
+
+Why this shape:
+- The queue is bounded (`queue_limit` requests) so overload is shed at once with a 429 and a
+  Retry-After computed from the replica's measured throughput, instead of growing latency.
+- A batch closes when it holds `max_batch_size` rows or `max_queue_delay` after its first
+  request arrived, like Triton's dynamic batcher.
+- One batch computes while the next one forms: the loop forms a batch, waits for the worker
+  to be free, tops the batch up with what arrived meanwhile, then dispatches. So the device
+  never waits for the queue, and requests that arrived during a long batch join the next one.
+- A request whose deadline passed while it waited is dropped with `DeadlineExceededError`
+  and never computed; a request whose caller went away (cancelled) is dropped too.
+
+The batcher knows nothing of models: `execute(batch)` (from the replica) computes a batch and
+resolves each request's future. Whatever it leaves unresolved is failed here, so no request is
+ever lost or left hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kcloud.models.pipeline import Prepared
+from kcloud.serving.errors import (
+    DeadlineExceededError,
+    InferenceFailedError,
+    QueueFullError,
+    ServingError,
+)
+
+log = logging.getLogger(__name__)
+
+#: Weight of the newest batch in the throughput estimate behind Retry-After.
+THROUGHPUT_SMOOTHING = 0.2
+#: Retry-After is never shorter than this (HTTP gives it in whole seconds).
+MIN_RETRY_AFTER_S = 1.0
+
+
+@dataclass(eq=False)
+class Pending:
+    """One request in a replica: queued, then in a batch, then answered through `future`."""
+
+    prepared: Prepared
+    deadline: float | None
+    enqueued: float
+    future: asyncio.Future[Any]
+    dispatched: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.prepared.rows
+
+
+def _silence_unretrieved(future: asyncio.Future[Any]) -> None:
+    # A caller that was cancelled never reads its future; don't log "exception never retrieved".
+    if not future.cancelled():
+        future.exception()
+
+
+class Batcher:
+    """Queue and batching loop of one replica."""
+
+    def __init__(
+        self,
+        execute: Callable[[list[Pending]], Awaitable[None]],
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        queue_limit: int,
+        name: str = "replica",
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch_size < 0 or max_queue_delay_s < 0 or queue_limit < 1:
+            raise ValueError("max_batch_size >= 0, max_queue_delay_s >= 0 and queue_limit >= 1 are required")
+        self._execute = execute
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.queue_limit = queue_limit
+        self.name = name
+        self._on_depth = on_depth
+        self._queue: deque[Pending] = deque()
+        self._queued_rows = 0
+        self._in_flight_rows = 0
+        self._arrived = asyncio.Event()
+        self._free = asyncio.Event()  # worker free: no batch in flight
+        self._free.set()
+        self._idle = asyncio.Event()  # nothing queued and nothing in flight
+        self._idle.set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._batch_task: asyncio.Task[None] | None = None
+        self._closed: ServingError | None = None
+        self._rows_per_s: float | None = None
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def load(self) -> int:
+        """Rows queued plus rows computing: what the router balances on."""
+        return self._queued_rows + self._in_flight_rows
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def rows_per_second(self) -> float | None:
+        """Measured throughput (smoothed over recent batches); `None` before the first batch."""
+        return self._rows_per_s
+
+    def record_throughput(self, rows: int, seconds: float) -> None:
+        if rows <= 0 or seconds <= 0:
+            return
+        rate = rows / seconds
+        self._rows_per_s = rate if self._rows_per_s is None else (
+            (1 - THROUGHPUT_SMOOTHING) * self._rows_per_s + THROUGHPUT_SMOOTHING * rate)
+
+    def retry_after_s(self) -> float:
+        """When a shed client should come back: the time to drain what is queued, at least 1 s."""
+        if not self._rows_per_s:
+            return MIN_RETRY_AFTER_S
+        return max(MIN_RETRY_AFTER_S, float(math.ceil(self.load / self._rows_per_s)))
+
+    def _depth_changed(self) -> None:
+        if self._queue or self._in_flight_rows:
+            self._idle.clear()
+        else:
+            self._idle.set()
+        if self._on_depth is not None:
+            self._on_depth(len(self._queue))
+
+    # -- requests ---------------------------------------------------------------------------
+    def submit(self, prepared: Prepared, deadline: float | None) -> Pending:
+        """Queue one request, or refuse it now (closed, full, or already past its deadline)."""
+        if self._closed is not None:
+            raise type(self._closed)(str(self._closed))
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceededError("deadline passed before the request was queued; not computed")
+        if len(self._queue) >= self.queue_limit:
+            retry = self.retry_after_s()
+            raise QueueFullError(
+                f"{self.name}: queue full ({self.queue_limit} requests waiting); retry in {retry:.0f} s",
+                retry_after_s=retry)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_silence_unretrieved)
+        pending = Pending(prepared, deadline, now, future)
+        self._queue.append(pending)
+        self._queued_rows += pending.rows
+        self._arrived.set()
+        self._depth_changed()
+        return pending
+
+    def _unqueue(self, pending: Pending) -> bool:
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return False
+        self._queued_rows -= pending.rows
+        self._depth_changed()
+        return True
+
+    async def result(self, pending: Pending) -> Any:
+        """Wait for a request's answer. Its deadline is enforced while it is queued: at the
+        deadline it leaves the queue uncomputed. Once dispatched, its batch's answer is awaited.
+        Cancelling the caller takes a queued request out of the queue."""
+        try:
+            if pending.deadline is None:
+                return await asyncio.shield(pending.future)
+            try:
+                async with asyncio.timeout_at(self._loop_time(pending.deadline)):
+                    return await asyncio.shield(pending.future)
+            except TimeoutError:
+                if self._unqueue(pending):
+                    raise DeadlineExceededError("deadline passed while queued; not computed") from None
+                return await asyncio.shield(pending.future)  # already computing: wait for it
+        except asyncio.CancelledError:
+            self._unqueue(pending)
+            raise
+
+    @staticmethod
+    def _loop_time(monotonic_deadline: float) -> float:
+        # asyncio's clock is time.monotonic() on every platform we run; convert anyway.
+        loop = asyncio.get_running_loop()
+        return loop.time() + (monotonic_deadline - time.monotonic())
+
+    # -- the loop ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher {self.name}")
+
+    def _row_limit(self) -> int:
+        # Batching off (0): one request per batch, however many rows it has.
+        return self.max_batch_size if self.max_batch_size > 0 else 0
+
+    def _full(self) -> bool:
+        limit = self._row_limit()
+        return limit == 0 or self._queued_rows >= limit
+
+    async def _wait_until_formed(self) -> None:
+        """Wait for a first request, then for a full batch or the queue delay after it."""
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        while self._queue and not self._full():
+            remaining = self._queue[0].enqueued + self.max_queue_delay_s - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+
+    def _take_batch(self) -> list[Pending]:
+        """Pop a batch: whole requests in arrival order, up to the row limit, failing expired ones.
+
+        Only requests that can be concatenated share a batch: those whose
+        `prepared.extra["shape_key"]` equals the first one's (a model with variable non-batch
+        dimensions gets differently shaped requests). The others keep their place for the next
+        batch, which they head.
+        """
+        limit = self._row_limit()
+        now = time.monotonic()
+        batch: list[Pending] = []
+        kept: deque[Pending] = deque()
+        rows = 0
+        shape_key: Any = None
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.deadline is not None and pending.deadline <= now:
+                self._queued_rows -= pending.rows
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        DeadlineExceededError("deadline passed while queued; not computed"))
+                continue
+            key = pending.prepared.extra.get("shape_key")
+            if batch and (limit == 0 or rows + pending.rows > limit):
+                self._queue.appendleft(pending)
+                break
+            if batch and key != shape_key:
+                kept.append(pending)
+                continue
+            self._queued_rows -= pending.rows
+            pending.dispatched = now
+            batch.append(pending)
+            rows += pending.rows
+            shape_key = key
+        self._queue.extendleft(reversed(kept))
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            await self._wait_until_formed()
+            await self._free.wait()  # the previous batch still computes: keep filling meanwhile
+            batch = self._take_batch()
+            if not batch:
+                self._depth_changed()
+                continue
+            rows = sum(p.rows for p in batch)
+            self._in_flight_rows += rows
+            self._free.clear()
+            self._depth_changed()
+            self._batch_task = asyncio.get_running_loop().create_task(self._compute(batch, rows))
+
+    async def _compute(self, batch: list[Pending], rows: int) -> None:
+        try:
+            await self._execute(batch)
+        except Exception as exc:
+            error = exc if isinstance(exc, ServingError | ValueError) else InferenceFailedError(
+                f"{self.name}: batch failed: {type(exc).__name__}: {exc}")
+            if not isinstance(exc, ServingError | ValueError):
+                log.exception("%s: batch of %d rows failed", self.name, rows)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+        finally:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        InferenceFailedError(f"{self.name}: batch ended without an answer"))
+            self._in_flight_rows -= rows
+            self._free.set()
+            self._depth_changed()
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def close(self, error: ServingError) -> None:
+        """Refuse new requests with `error` and fail every queued one with it (none is lost)."""
+        if self._closed is None:
+            self._closed = error
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(type(error)(str(error)))
+        self._queued_rows = 0
+        self._depth_changed()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued or computing; False if `timeout_s` passed first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Stop the loop; a batch in flight is awaited (its requests get their answers)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._batch_task is not None and not self._batch_task.done():
+            with contextlib.suppress(Exception):
+                await self._batch_task

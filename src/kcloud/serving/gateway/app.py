@@ -1,0 +1,97 @@
+"""`create_app`: the HTTP gateway in front of a `Router`.
+
+One FastAPI app serves both standards (Open Inference Protocol v2 under `/v2`, OpenAI under
+`/v1`) and Prometheus `/metrics`. Later parts plug in without editing this file: admin routers
+through `extra_routers`, auth through `app.add_middleware`, extra collectors on `registry`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry
+
+from kcloud import __version__
+from kcloud.serving.gateway.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
+from kcloud.serving.gateway.errors import install_error_handlers
+from kcloud.serving.gateway.metrics_route import metrics_router
+from kcloud.serving.gateway.observe import RequestObserver
+from kcloud.serving.gateway.oip_routes import infer_routes, metadata_router
+from kcloud.serving.gateway.openai_routes import openai_router
+from kcloud.serving.gateway.state import GatewayState
+from kcloud.serving.metrics import ServingMetrics
+from kcloud.serving.router import Router
+
+if TYPE_CHECKING:
+    from kcloud.farm.inventory import Inventory
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+kcloud serves models over the **Open Inference Protocol v2** (KServe/Triton REST, with Triton's
+binary tensor data extension) under `/v2`, and **OpenAI-compatible** embeddings under `/v1`.
+Inference (`POST /v2/models/{model}[/versions/{version}]/infer`) takes the OIP JSON body, or
+JSON followed by binary tensors with an `Inference-Header-Content-Length` header.
+Errors are `{"error": "..."}` (OIP) or OpenAI's error object (`/v1`).
+"""
+
+
+def create_app(
+    router: Router,
+    *,
+    inventory: Inventory | None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    extra_routers: Sequence[APIRouter] = (),
+    registry: CollectorRegistry | None = None,
+    metrics: ServingMetrics | None = None,
+) -> FastAPI:
+    """The gateway app over `router`.
+
+    `registry` is what `/metrics` exposes: the serving metrics (pass `metrics` when the replicas
+    already record into one, so both sides land in the same registry) and, given an
+    `inventory`, the device telemetry collector. `max_body_bytes` caps every request body (413).
+    """
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+    if metrics is not None and registry is not None and metrics.registry is not registry:
+        raise ValueError("metrics is registered on another registry than the one given")
+    if registry is None:
+        registry = metrics.registry if metrics is not None else CollectorRegistry()
+    if metrics is None:
+        metrics = ServingMetrics(registry)
+    if inventory is not None:
+        _register_device_collector(registry, inventory)
+
+    app = FastAPI(
+        title="kcloud gateway",
+        version=__version__,
+        description=DESCRIPTION,
+    )
+    app.state.gateway = GatewayState(
+        router=router,
+        metrics=metrics,
+        observer=RequestObserver(metrics),
+        registry=registry,
+        inventory=inventory,
+        max_body_bytes=max_body_bytes,
+        extras={},
+    )
+    # The hot path first: plain Starlette routes, matched before the FastAPI ones.
+    app.router.routes.extend(infer_routes())
+    app.include_router(metadata_router())
+    app.include_router(openai_router())
+    app.include_router(metrics_router())
+    for extra in extra_routers:
+        app.include_router(extra)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    return app
+
+
+def _register_device_collector(registry: CollectorRegistry, inventory: Inventory) -> None:
+    from kcloud.devices.metrics import DeviceCollector
+
+    registry.register(DeviceCollector(inventory))

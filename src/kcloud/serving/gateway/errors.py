@@ -1,0 +1,148 @@
+"""One mapping from what went wrong to the HTTP answer, in the shape each protocol expects.
+
+Open Inference Protocol routes answer `{"error": "..."}` (KServe `required_api.md`); OpenAI routes
+answer `{"error": {"message", "type", "param", "code"}}`, which the official `openai` client
+parses into its typed exceptions. A client's mistake is always a 4xx with a message naming what
+is wrong; only an unexpected fault of ours is a 500, and that one is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from kcloud.models.errors import ModelNotFoundError
+from kcloud.models.pipeline import InputError
+from kcloud.serving.errors import QueueFullError, ServingError
+from kcloud.serving.oip.errors import CodecError
+
+log = logging.getLogger(__name__)
+
+OPENAI_PREFIX = "/v1/"
+
+
+class BodyTooLargeError(Exception):
+    """The request body is over the gateway's cap; answered with 413."""
+
+    status = 413
+
+    def __init__(self, limit: int, size: int | None = None) -> None:
+        self.limit = limit
+        self.size = size
+        told = f"{size} bytes" if size is not None else "the body"
+        super().__init__(f"request body too large: {told} is over the limit of {limit} bytes")
+
+
+class ClientError(Exception):
+    """A gateway-level refusal (unknown output, bad parameter) with its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    status: int
+    message: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def classify(exc: BaseException) -> ErrorReply | None:
+    """The answer for a known failure; `None` means an unexpected fault (a 500)."""
+    if isinstance(exc, QueueFullError):
+        retry = max(1, math.ceil(exc.retry_after_s))
+        return ErrorReply(429, str(exc) or "queue full", {"retry-after": str(retry)})
+    if isinstance(exc, ServingError | ClientError | BodyTooLargeError):
+        return ErrorReply(exc.status, str(exc) or type(exc).__name__)
+    if isinstance(exc, InputError | CodecError):
+        return ErrorReply(400, str(exc))
+    if isinstance(exc, ModelNotFoundError):
+        return ErrorReply(404, _strip_key_quotes(exc))
+    return None
+
+
+def _strip_key_quotes(exc: LookupError) -> str:
+    # str(KeyError("x")) quotes its message; LookupError subclasses may do the same.
+    if exc.args and isinstance(exc.args[0], str):
+        return exc.args[0]
+    return str(exc)
+
+
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def error_body(path: str, status: int, message: str, *, code: str | None = None) -> bytes:
+    """The JSON error body for `path`'s protocol."""
+    if path.startswith(OPENAI_PREFIX):
+        kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+    return orjson.dumps({"error": message})
+
+
+def error_response(path: str, reply: ErrorReply) -> Response:
+    return Response(
+        error_body(path, reply.status, reply.message),
+        status_code=reply.status,
+        headers=dict(reply.headers),
+        media_type="application/json",
+    )
+
+
+def unexpected_error_response(path: str, exc: BaseException) -> Response:
+    """A 500 for a fault of ours: logged with its traceback, answered without internals."""
+    log.error("unexpected error serving %s", path, exc_info=exc)
+    message = f"internal server error ({type(exc).__name__}); see the server log"
+    return Response(error_body(path, 500, message), status_code=500, media_type="application/json")
+
+
+def exception_response(path: str, exc: BaseException) -> Response:
+    reply = classify(exc)
+    if reply is None:
+        return unexpected_error_response(path, exc)
+    return error_response(path, reply)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            return f"request body is not valid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every failure through `classify`, so no route answers in another shape."""
+
+    async def known(request: Request, exc: Exception) -> Response:
+        return exception_response(request.url.path, exc)
+
+    async def validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(request.url.path, ErrorReply(400, _validation_message(exc)))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such route: {request.method} {request.url.path}"
+        return error_response(request.url.path, ErrorReply(exc.status_code, message, exc.headers or {}))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return unexpected_error_response(request.url.path, exc)
+
+    for kind in (ServingError, ClientError, BodyTooLargeError, InputError, CodecError, ModelNotFoundError):
+        app.add_exception_handler(kind, known)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

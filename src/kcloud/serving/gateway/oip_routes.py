@@ -1,0 +1,208 @@
+"""Open Inference Protocol v2 REST: health, metadata and inference routes.
+
+Paths and bodies follow KServe's `docs/predict-api/v2/required_api.md` and the Open Inference
+Protocol's `inference_rest.md`; binary tensors follow Triton's `extension_binary_data.md`, so an
+unmodified `tritonclient.http.InferenceServerClient` works against us.
+
+Health answers by status code (200 true, 400 false, as the spec's "a 4xx status code indicates
+false" and Triton do) with the OIP JSON body (`{"live": ...}`, `{"ready": ...}`).
+
+The metadata and health routes are FastAPI (typed, in the OpenAPI document). Inference is a plain
+Starlette route over the raw request: no pydantic model on the tensor body, one decode by the
+codec, one encode back, so the gateway stays thin next to the model's compute.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from kcloud import __version__
+from kcloud.models.errors import ModelNotFoundError
+from kcloud.models.repository import ModelEntry
+from kcloud.serving.gateway.deadline import deadline_from
+from kcloud.serving.gateway.errors import classify, error_response, unexpected_error_response
+from kcloud.serving.gateway.state import GatewayState, gateway_state
+from kcloud.serving.oip import (
+    check_requested_outputs,
+    decode_infer_request,
+    encode_infer_response,
+    parse_header_length,
+)
+from kcloud.serving.router import Router
+
+#: Platform name for ONNX models in the spec's "Platforms" list.
+PLATFORM = "onnx_onnxv1"
+SERVER_NAME = "kcloud"
+#: Extensions we implement: Triton's binary tensor data, and request parameters (`timeout`).
+EXTENSIONS = ["binary_tensor_data", "parameters"]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+
+
+class ModelReadyResponse(BaseModel):
+    name: str
+    ready: bool
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+_ERRORS = {
+    400: {"model": ErrorResponse, "description": "bad request"},
+    404: {"model": ErrorResponse, "description": "unknown model or version"},
+}
+
+
+def parse_version(name: str, text: str | None) -> int | None:
+    """A version from the URL; anything but a positive integer is an unknown version (404)."""
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ModelNotFoundError(f"model {name!r} has no version {text!r}; versions are positive integers")
+    return int(text)
+
+
+def _tensors(specs) -> list[dict]:
+    return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+
+
+def model_metadata(router: Router, name: str, version: int | None) -> dict:
+    entry = router.entry(name, version)
+    versions = sorted({e.version for e in router.served_models() if e.name == name})
+    return {
+        "name": entry.name,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORM,
+        "inputs": _tensors(entry.config.inputs),
+        "outputs": _tensors(entry.config.outputs),
+    }
+
+
+def server_ready(router: Router) -> bool:
+    """Ready when every served model has a live replica."""
+    return all(router.is_ready(e.name, e.version) for e in router.served_models())
+
+
+def metadata_router() -> APIRouter:
+    """Health and metadata routes (FastAPI, documented in /docs)."""
+    api = APIRouter(tags=["Open Inference Protocol v2"])
+
+    @api.get("/v2", response_model=ServerMetadata, summary="Server metadata")
+    async def server_metadata() -> dict:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    @api.get("/v2/health/live", response_model=LiveResponse, summary="Server live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @api.get("/v2/health/ready", response_model=ReadyResponse, summary="Server ready",
+             responses={400: {"model": ReadyResponse, "description": "not ready"}})
+    async def ready(request: Request) -> Response:
+        is_ready = server_ready(gateway_state(request).router)
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
+
+    async def _model_ready(request: Request, model: str, version: str | None) -> Response:
+        router = gateway_state(request).router
+        number = parse_version(model, version)
+        entry = router.entry(model, number)  # 404 for an unknown model or version
+        is_ready = router.is_ready(entry.name, number)
+        return JSONResponse({"name": entry.name, "ready": is_ready}, status_code=200 if is_ready else 400)
+
+    @api.get("/v2/models/{model}/ready", response_model=ModelReadyResponse, summary="Model ready",
+             responses=_ERRORS)
+    async def model_ready(request: Request, model: str) -> Response:
+        return await _model_ready(request, model, None)
+
+    @api.get("/v2/models/{model}/versions/{version}/ready", response_model=ModelReadyResponse,
+             summary="Model version ready", responses=_ERRORS)
+    async def model_version_ready(request: Request, model: str, version: str) -> Response:
+        return await _model_ready(request, model, version)
+
+    @api.get("/v2/models/{model}", response_model=ModelMetadata, summary="Model metadata",
+             responses=_ERRORS)
+    async def metadata(request: Request, model: str) -> dict:
+        return model_metadata(gateway_state(request).router, model, None)
+
+    @api.get("/v2/models/{model}/versions/{version}", response_model=ModelMetadata,
+             summary="Model version metadata", responses=_ERRORS)
+    async def version_metadata(request: Request, model: str, version: str) -> dict:
+        return model_metadata(gateway_state(request).router, model, parse_version(model, version))
+
+    return api
+
+
+async def infer(request: Request) -> Response:
+    """POST /v2/models/{model}[/versions/{version}]/infer, on the raw request (the hot path)."""
+    state: GatewayState = request.app.state.gateway
+    path_params = request.path_params
+    name: str = path_params["model"]
+    started = time.perf_counter()
+    entry: ModelEntry | None = None
+    try:
+        version = parse_version(name, path_params.get("version"))
+        entry = state.router.entry(name, version)
+        body = await request.body()
+        headers = request.headers
+        decoded = decode_infer_request(body, parse_header_length(headers.get("inference-header-content-length")))
+        if decoded.outputs is not None:
+            check_requested_outputs(decoded, (o.name for o in entry.config.outputs), name)
+        deadline = deadline_from(decoded.parameters, headers)
+        outcome = await state.router.infer(name, version, decoded.inputs, deadline=deadline)
+        payload, response_headers = encode_infer_response(
+            model_name=entry.name,
+            model_version=str(entry.version),
+            request_id=decoded.id,
+            outputs=outcome.outputs,
+            request=decoded,
+        )
+    except Exception as exc:
+        reply = classify(exc)
+        status = 500 if reply is None else reply.status
+        if entry is None:
+            state.observer.failed("", status)
+        else:
+            state.observer.failed(entry.name, status, version=entry.version)
+        if reply is None:
+            return unexpected_error_response(request.url.path, exc)
+        return error_response(request.url.path, reply)
+    state.observer.served(entry, "oip", outcome.device_uid, time.perf_counter() - started)
+    return Response(payload, headers=response_headers)
+
+
+def infer_routes() -> list[Route]:
+    return [
+        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+    ]

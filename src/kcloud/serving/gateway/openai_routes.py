@@ -1,0 +1,173 @@
+"""OpenAI-compatible `GET /v1/models` and `POST /v1/embeddings`.
+
+Answers are exactly what the official `openai` client parses (`CreateEmbeddingResponse`,
+`SyncPage[Model]`); errors use OpenAI's `{"error": {"message", "type", "param", "code"}}` so the
+client raises its typed exceptions with our message. `usage` counts the tokens the model's own
+tokenizer produced (the pipeline reports them), not a guess from characters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from kcloud.models.repository import ModelEntry
+from kcloud.serving.gateway.deadline import deadline_from
+from kcloud.serving.gateway.errors import ClientError, classify, exception_response
+from kcloud.serving.gateway.openai_schemas import (
+    MAX_EMBEDDING_INPUTS,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelList,
+    OpenAIError,
+)
+from kcloud.serving.gateway.state import GatewayState, gateway_state
+
+OWNER = "kcloud"
+EMBEDDING_KIND = "sentence-embedding"
+
+_ERRORS = {
+    400: {"model": OpenAIError, "description": "bad request"},
+    404: {"model": OpenAIError, "description": "unknown model"},
+    429: {"model": OpenAIError, "description": "queue full; see Retry-After"},
+}
+
+
+def _created(entry: ModelEntry) -> int:
+    """When this version landed in the repository (its directory's modification time)."""
+    try:
+        return int(entry.path.stat().st_mtime)
+    except OSError:
+        return 0
+
+
+def is_embedding_model(entry: ModelEntry) -> bool:
+    return entry.config.processing.kind == EMBEDDING_KIND
+
+
+def _texts(body: EmbeddingRequest) -> list[str]:
+    raw = body.input
+    if isinstance(raw, str):
+        texts = [raw]
+    else:
+        if not raw:
+            raise ClientError(400, "'input' is an empty list; send a string or a list of strings")
+        if not all(isinstance(item, str) for item in raw):
+            raise ClientError(400, "'input' holds token ids; this server embeds text only: send strings")
+        texts = list(raw)  # type: ignore[arg-type]
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise ClientError(400, f"'input' has {len(texts)} strings; at most {MAX_EMBEDDING_INPUTS} per request")
+    for index, text in enumerate(texts):
+        if not text:
+            where = "'input'" if isinstance(raw, str) else f"'input[{index}]'"
+            raise ClientError(400, f"{where} is an empty string; there is nothing to embed")
+    return texts
+
+
+def _embedding_entry(state: GatewayState, name: str) -> ModelEntry:
+    entry = state.router.entry(name)  # ModelNotFoundError -> 404
+    if not is_embedding_model(entry):
+        embedders = sorted({e.name for e in state.router.served_models() if is_embedding_model(e)})
+        listed = ", ".join(embedders) or "none"
+        raise ClientError(400, f"model '{name}' is not an embedding model (embedding models here: {listed})")
+    return entry
+
+
+def _output_name(entry: ModelEntry) -> str:
+    # An embedding model has one public output, the vectors (e.g. `embedding` FP32 [-1, 384]).
+    return entry.config.outputs[0].name
+
+
+def _input_name(entry: ModelEntry) -> str:
+    return entry.config.inputs[0].name
+
+
+def _token_count(extra: dict) -> int:
+    # The text pipeline reports the tokens its tokenizer made (per row); a model that does not
+    # is a bug of ours, and a KeyError here surfaces it as a logged 500 rather than a made-up 0.
+    return int(np.sum(extra["tokens"]))
+
+
+def _encode_rows(vectors: np.ndarray, encoding: str, first_index: int) -> list[dict]:
+    if encoding == "base64":
+        little = np.ascontiguousarray(vectors, dtype="<f4")
+        return [
+            {"object": "embedding", "index": first_index + i, "embedding": base64.b64encode(row.tobytes()).decode()}
+            for i, row in enumerate(little)
+        ]
+    as_float = np.asarray(vectors, dtype=np.float32)
+    return [{"object": "embedding", "index": first_index + i, "embedding": row} for i, row in enumerate(as_float)]
+
+
+def openai_router() -> APIRouter:
+    api = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
+
+    @api.get("/models", response_model=ModelList, summary="List models")
+    async def list_models(request: Request) -> dict:
+        entries = gateway_state(request).router.served_models()
+        latest: dict[str, ModelEntry] = {}
+        for entry in entries:
+            if entry.name not in latest or entry.version > latest[entry.name].version:
+                latest[entry.name] = entry
+        return {
+            "object": "list",
+            "data": [
+                {"id": e.name, "object": "model", "created": _created(e), "owned_by": OWNER}
+                for e in sorted(latest.values(), key=lambda e: e.name)
+            ],
+        }
+
+    @api.post("/embeddings", response_model=EmbeddingResponse, summary="Create embeddings",
+              responses=_ERRORS)
+    async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
+        state = gateway_state(request)
+        started = time.perf_counter()
+        entry: ModelEntry | None = None
+        try:
+            entry = _embedding_entry(state, body.model)
+            texts = _texts(body)
+            width = entry.config.outputs[0].shape[-1]
+            if body.dimensions is not None and body.dimensions != width:
+                raise ClientError(
+                    400, f"model '{entry.name}' makes {width}-dimensional embeddings; "
+                         f"'dimensions' {body.dimensions} is not supported"
+                )
+            deadline = deadline_from(None, request.headers)
+            chunk = entry.config.batching.max_batch_size or len(texts)
+            pieces = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
+            input_name, output_name = _input_name(entry), _output_name(entry)
+            outcomes = await asyncio.gather(*(
+                state.router.infer(
+                    entry.name, entry.version,
+                    {input_name: np.array([t.encode() for t in piece], dtype=object)},
+                    deadline=deadline,
+                )
+                for piece in pieces
+            ))
+        except Exception as exc:
+            reply = classify(exc)
+            state.observer.failed(
+                entry.name if entry is not None else "", reply.status if reply else 500, protocol="openai"
+            )
+            return exception_response(request.url.path, exc)
+        data: list[dict] = []
+        tokens = 0
+        for piece_start, outcome in zip(range(0, len(texts), chunk), outcomes, strict=True):
+            data += _encode_rows(outcome.outputs[output_name], body.encoding_format, piece_start)
+            tokens += _token_count(outcome.prepared.extra)
+        state.observer.served(entry, "openai", outcomes[0].device_uid, time.perf_counter() - started)
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": entry.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    return api

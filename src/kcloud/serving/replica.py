@@ -1,0 +1,287 @@
+"""`Replica`: one model version loaded on one device, with its batcher and worker.
+
+The replica is where a request's rows meet a batch: it queues prepared requests in its
+`Batcher`, turns each formed batch into ONNX feeds (`pipeline.collate`), has its `Worker`
+compute them, cuts the outputs back per request (`pipeline.split`) and records what happened:
+real queue and compute time for every device, and for emulated devices also the *modelled*
+time the catalog chip would have taken, which it reports to the emulated device plugin so the
+device's modelled utilisation, power and energy follow the work it was given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+
+from kcloud.devices.device import Device
+from kcloud.models.pipeline import Pipeline, Prepared
+from kcloud.runtime.layout import default_layout, host_cores
+from kcloud.runtime.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
+from kcloud.runtime.session import UnsupportedDeviceError, plan_for
+from kcloud.serving.batcher import Batcher, Pending
+from kcloud.serving.errors import ModelNotReadyError, ReplicaDiedError
+from kcloud.serving.metrics import ServingMetrics
+from kcloud.serving.worker import ProcessWorker, ThreadWorker, Worker
+
+if TYPE_CHECKING:
+    from kcloud.models.repository import ModelEntry
+
+log = logging.getLogger(__name__)
+
+Isolation = Literal["thread", "process"]
+
+#: How long `stop()` lets queued and computing requests finish before failing the rest.
+DRAIN_TIMEOUT_S = 10.0
+
+_counter = itertools.count(1)
+
+
+class WorkRecorder(Protocol):
+    """What a replica needs of the emulated device plugin (`EmulatedPlugin.record_work`)."""
+
+    def record_work(self, device_uid: str, busy_seconds: float) -> None: ...
+
+
+@dataclass
+class InferOutcome:
+    """One request's answer and how it was produced."""
+
+    outputs: dict[str, np.ndarray]  # public outputs of this request (after pipeline.split)
+    prepared: Prepared  # .extra["tokens"] for text models (OpenAI usage)
+    replica_id: str
+    device_uid: str
+    queue_s: float  # measured: queued -> batch dispatched
+    compute_s: float  # measured: the batch's time in the worker (IPC included for processes)
+    modelled_device_s: float | None  # MODELLED; emulated devices only, None otherwise
+    batch_rows: int
+
+
+@dataclass(frozen=True)
+class _BatchAnswer:
+    outputs: dict[str, np.ndarray]
+    compute_s: float
+    modelled: ModelledTime | None
+    batch_rows: int
+
+
+class Replica:
+    """A model version served from one device. Create it with `create_replica`."""
+
+    def __init__(
+        self,
+        replica_id: str,
+        entry: ModelEntry,
+        device: Device,
+        pipeline: Pipeline,
+        worker: Worker,
+        *,
+        metrics: ServingMetrics | None = None,
+        emulation: WorkRecorder | None = None,
+        efficiency: float = DEFAULT_EFFICIENCY,
+    ) -> None:
+        self.id = replica_id
+        self.entry = entry
+        self.device = device
+        self.pipeline = pipeline
+        self.worker = worker
+        self.metrics = metrics
+        self.emulation = emulation
+        self.efficiency = efficiency
+        self.on_death: list[Callable[[Replica], None]] = []
+        self._started = False
+        self._stopping = False
+        self._death_reported = False
+        batching = entry.config.batching
+        self.batcher = Batcher(
+            self._execute,
+            max_batch_size=batching.max_batch_size,
+            max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
+            queue_limit=batching.queue_limit,
+            name=replica_id,
+            on_depth=self._record_depth,
+        )
+        self.worker.on_death = self._worker_died
+        if device.emulated and emulation is None:
+            log.warning("%s: emulated device %s has no plugin to record modelled work on",
+                        self.id, device.uid)
+
+    def __repr__(self) -> str:
+        return f"Replica({self.id!r}, device={self.device.uid!r}, alive={self.alive}, load={self.load})"
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Build the worker's session and start batching; raises `WorkerStartError` on failure."""
+        await self.worker.start()
+        self.batcher.start()
+        self._started = True
+        log.info("%s: serving %s v%d on %s (%s, provider %s, pid %s)", self.id, self.entry.name,
+                 self.entry.version, self.device.uid, type(self.worker).__name__, self.worker.provider,
+                 self.worker.pid)
+
+    async def stop(self) -> None:
+        """Take no new requests, let queued and computing ones finish (up to a timeout), then
+        release the worker. Requests still queued after the timeout fail with ReplicaDiedError,
+        which the router retries on another replica."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._started and self.worker.alive and not await self.batcher.drain(DRAIN_TIMEOUT_S):
+            log.warning("%s: stopped with requests still queued after %.0f s", self.id, DRAIN_TIMEOUT_S)
+        self.batcher.close(ReplicaDiedError(f"replica {self.id} stopped"))
+        await self.batcher.stop()
+        await self.worker.close()
+        if self.metrics is not None:
+            with contextlib.suppress(KeyError):
+                self.metrics.queue_depth.remove(self.entry.name, self.id)
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def load(self) -> int:
+        """Rows queued plus rows computing."""
+        return self.batcher.load
+
+    @property
+    def alive(self) -> bool:
+        return self._started and not self._stopping and self.worker.alive
+
+    @property
+    def pid(self) -> int | None:
+        return self.worker.pid
+
+    @property
+    def isolation(self) -> Isolation:
+        return "process" if isinstance(self.worker, ProcessWorker) else "thread"
+
+    # -- requests ---------------------------------------------------------------------------
+    async def infer(self, prepared: Prepared, *, deadline: float | None) -> InferOutcome:
+        """Queue one prepared request and return its own outputs.
+
+        Raises QueueFullError (429), DeadlineExceededError (504, never computed),
+        ReplicaDiedError (the router retries elsewhere) or InferenceFailedError (500).
+        """
+        if not self._started:
+            raise ModelNotReadyError(f"replica {self.id} is not started")
+        if not self.alive:
+            raise ReplicaDiedError(f"replica {self.id} is not alive")
+        pending = self.batcher.submit(prepared, deadline)
+        answer: _BatchAnswer = await self.batcher.result(pending)
+        assert pending.dispatched is not None
+        return InferOutcome(
+            outputs=answer.outputs,
+            prepared=prepared,
+            replica_id=self.id,
+            device_uid=self.device.uid,
+            queue_s=pending.dispatched - pending.enqueued,
+            compute_s=answer.compute_s,
+            modelled_device_s=answer.modelled.seconds if answer.modelled else None,
+            batch_rows=answer.batch_rows,
+        )
+
+    async def _execute(self, batch: list[Pending]) -> None:
+        """Compute one batch and resolve each request's future with its own outputs."""
+        items = [pending.prepared for pending in batch]
+        rows = sum(item.rows for item in items)
+        feeds = self.pipeline.collate(items)
+        started = time.perf_counter()
+        try:
+            outputs = await self.worker.run(feeds)
+        except ReplicaDiedError:
+            self._worker_died()
+            raise
+        compute_s = time.perf_counter() - started
+        parts = self.pipeline.split(outputs, items)
+        if len(parts) != len(batch):
+            raise RuntimeError(
+                f"{self.entry.name}: split gave {len(parts)} answers for {len(batch)} requests")
+        self.batcher.record_throughput(rows, compute_s)
+        modelled = self._model_device_time(rows) if self.device.emulated else None
+        self._record_batch(batch, rows, compute_s, modelled)
+        for pending, part in zip(batch, parts, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(_BatchAnswer(part, compute_s, modelled, rows))
+
+    def _model_device_time(self, rows: int) -> ModelledTime:
+        modelled = modelled_device_seconds(
+            self.entry.config.flops_per_sample, rows, self.device.spec, efficiency=self.efficiency)
+        if modelled.seconds is not None and self.emulation is not None:
+            self.emulation.record_work(self.device.uid, modelled.seconds)
+        return modelled
+
+    def _record_batch(
+        self, batch: list[Pending], rows: int, compute_s: float, modelled: ModelledTime | None
+    ) -> None:
+        if self.metrics is None:
+            return
+        labels = (self.entry.name, self.device.uid)
+        queue_hist = self.metrics.queue_seconds.labels(*labels)
+        for pending in batch:
+            queue_hist.observe((pending.dispatched or pending.enqueued) - pending.enqueued)
+        self.metrics.compute_seconds.labels(*labels).observe(compute_s)
+        self.metrics.batch_rows.labels(*labels).observe(rows)
+        if modelled is not None and modelled.seconds is not None:
+            self.metrics.modelled_device_seconds.labels(*labels).observe(modelled.seconds)
+
+    def _record_depth(self, depth: int) -> None:
+        if self.metrics is not None and not self._stopping:
+            self.metrics.queue_depth.labels(self.entry.name, self.id).set(depth)
+
+    def _worker_died(self) -> None:
+        """The worker died by itself: fail what is queued (the router retries it) and tell observers once."""
+        if self._death_reported or self._stopping:
+            return
+        self._death_reported = True
+        self.batcher.close(ReplicaDiedError(f"replica {self.id}: worker process {self.pid} died"))
+        for observer in list(self.on_death):
+            try:
+                observer(self)
+            except Exception:  # an observer's bug must not break the serving path
+                log.exception("%s: replica-death observer failed", self.id)
+
+
+def create_replica(
+    entry: ModelEntry,
+    device: Device,
+    *,
+    isolation: Isolation = "process",
+    threads: int | None = None,
+    emulation: WorkRecorder | None = None,
+    metrics: ServingMetrics | None = None,
+    pipeline: Pipeline | None = None,
+    replica_id: str | None = None,
+    efficiency: float = DEFAULT_EFFICIENCY,
+) -> Replica:
+    """A replica of `entry` on `device`, not yet started (`await replica.start()`).
+
+    `threads` defaults to the measured-best layout for the device (`default_layout`); the
+    caller decides how many replicas to make (its first element). Raises
+    `UnsupportedDeviceError` when the device cannot run ONNX models or the model does not
+    allow the device's kind.
+    """
+    plan_for(device)  # refuse unsupported devices before spawning anything
+    if device.spec.kind not in entry.config.device_kinds:
+        raise UnsupportedDeviceError(
+            f"model {entry.name} may run on {', '.join(entry.config.device_kinds)}; "
+            f"device {device.uid} is a {device.spec.kind}")
+    if threads is None:
+        threads = default_layout(device, host_cores())[1]
+    if pipeline is None:
+        from kcloud.models.pipelines import pipeline_for
+
+        pipeline = pipeline_for(entry)
+    if isolation == "process":
+        worker: Worker = ProcessWorker(entry.onnx_path, device, threads=threads)
+    elif isolation == "thread":
+        worker = ThreadWorker(entry.onnx_path, device, threads=threads)
+    else:
+        raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
+    replica_id = replica_id or f"{entry.name}-v{entry.version}-{device.id}-{os.getpid()}-{next(_counter)}"
+    return Replica(replica_id, entry, device, pipeline, worker, metrics=metrics, emulation=emulation,
+                   efficiency=efficiency)

@@ -1,0 +1,243 @@
+"""Workers: what runs a replica's collated batches on its device.
+
+A worker is the only part of a replica that touches the runtime. The replica's batcher stays
+on the event loop and hands the worker one batch at a time; the worker computes it somewhere
+else so the loop never blocks:
+
+- `ThreadWorker`: the session lives in this process and runs in the worker's own thread
+  (ONNX Runtime releases the GIL while it computes). Least overhead; a crash in the runtime
+  takes the server with it.
+- `ProcessWorker`: the session lives in a spawned child process; feeds and outputs cross a
+  pipe, pickled once per batch. A crash or kill of the child fails only the batch in flight
+  (`ReplicaDiedError`, which the router retries elsewhere), and the child ends when the
+  server dies.
+
+The interface is deliberately small, so that a Ray actor can implement it unchanged later
+(`async run(feeds) -> outputs` maps onto `await actor.run.remote(feeds)`, `alive` onto the
+actor's liveness, `close()` onto `ray.kill`):
+
+    async start() -> None              build the session (raises if it cannot)
+    async run(feeds) -> outputs        one batch; ReplicaDiedError when the worker is gone
+    alive: bool                        False once the worker died or was closed
+    async close() -> None              release the session / process
+    pid: int | None                    the process computing (None for in-process threads)
+    provider: str | None               execution provider the session took (after start)
+    on_death: Callable[[], None] | None   called once when the worker dies by itself
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kcloud.devices.device import Device
+from kcloud.runtime.child import serve_session
+from kcloud.runtime.session import RUNTIME_NOTE, create_session, session_provider
+from kcloud.serving.errors import InferenceFailedError, ReplicaDiedError
+
+log = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+Outputs = dict[str, np.ndarray]
+
+#: How long `close()` waits for a child to finish its batch and exit before killing it.
+CLOSE_GRACE_S = 5.0
+
+
+class WorkerStartError(RuntimeError):
+    """The worker could not build its session (bad model file, unsupported device, ...)."""
+
+
+class Worker(ABC):
+    """Runs one batch at a time on one device. See the module docstring for the contract."""
+
+    pid: int | None = None
+    provider: str | None = None
+    on_death: Callable[[], None] | None = None
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def run(self, feeds: Feeds) -> Outputs: ...
+
+    @property
+    @abstractmethod
+    def alive(self) -> bool: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class ThreadWorker(Worker):
+    """The session in this process, computed in a dedicated thread."""
+
+    def __init__(self, onnx_path: str | Path, device: Device, *, threads: int) -> None:
+        self.onnx_path = Path(onnx_path)
+        self.device = device
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{device.id}")
+        self._session: Any = None
+        self._names: list[str] = []
+        self._closed = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._session = await loop.run_in_executor(
+                self._executor, lambda: create_session(self.onnx_path, self.device, threads=self.threads))
+        except Exception as exc:
+            raise WorkerStartError(f"{type(exc).__name__}: {exc}") from exc
+        self._names = [output.name for output in self._session.get_outputs()]
+        self.provider = session_provider(self._session)
+
+    def _run(self, feeds: Feeds) -> Outputs:
+        return dict(zip(self._names, self._session.run(self._names, feeds), strict=True))
+
+    async def run(self, feeds: Feeds) -> Outputs:
+        if not self.alive:
+            raise ReplicaDiedError(f"worker on {self.device.uid} is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
+        except Exception as exc:
+            raise InferenceFailedError(
+                f"runtime failed on {self.device.uid}: {type(exc).__name__}: {exc}") from exc
+
+    @property
+    def alive(self) -> bool:
+        return self._session is not None and not self._closed
+
+    async def close(self) -> None:
+        self._closed = True
+        # Waits for a batch still computing, so the session is not freed under it.
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        self._session = None
+
+
+class ProcessWorker(Worker):
+    """The session in a spawned child process, one pickled message per batch each way.
+
+    Sending and receiving happen in the worker's own thread, so a large batch never blocks the
+    event loop while it crosses the pipe; one thread also keeps request/reply pairs in order.
+    """
+
+    def __init__(self, onnx_path: str | Path, device: Device, *, threads: int) -> None:
+        self.onnx_path = Path(onnx_path)
+        self.device = device
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pipe-{device.id}")
+        self._context = multiprocessing.get_context("spawn")
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._dead = False
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=serve_session,
+            args=(child_conn, str(self.onnx_path), self.device, self.threads, os.getpid()),
+            name=f"kcloud-worker-{self.device.id}",
+            daemon=True,  # terminated if this process exits normally
+        )
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, process.start)
+        child_conn.close()  # only the child holds it now: its death reads as EOF here
+        self._process, self._conn, self._loop = process, parent_conn, loop
+        try:
+            reply = await loop.run_in_executor(self._executor, parent_conn.recv)
+        except (EOFError, OSError):
+            await self._reap()
+            raise WorkerStartError(f"worker process for {self.device.uid} exited while starting "
+                                   f"(exit code {process.exitcode})") from None
+        if reply[0] != "ready":
+            await self._reap()
+            raise WorkerStartError(reply[1])
+        info = reply[1]
+        self.pid = info["pid"]
+        self.provider = info["provider"]
+        if info.get("note"):
+            self.device.attributes[RUNTIME_NOTE] = info["note"]
+        # Notice a death while idle too, without polling: the sentinel turns readable at exit.
+        loop.add_reader(process.sentinel, self._on_sentinel)
+
+    def _roundtrip(self, feeds: Feeds) -> tuple[str, Any]:
+        assert self._conn is not None
+        self._conn.send(feeds)
+        return self._conn.recv()
+
+    async def run(self, feeds: Feeds) -> Outputs:
+        if not self.alive:
+            raise ReplicaDiedError(f"worker process for {self.device.uid} is not running")
+        try:
+            status, payload = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._roundtrip, feeds)
+        except (EOFError, OSError) as exc:  # BrokenPipe, ConnectionReset: the child is gone
+            self._mark_dead(f"pipe broke: {type(exc).__name__}")
+            raise ReplicaDiedError(
+                f"worker process {self.pid} for {self.device.uid} died during a batch") from None
+        if status == "error":
+            raise InferenceFailedError(f"runtime failed on {self.device.uid}: {payload}")
+        return payload
+
+    @property
+    def alive(self) -> bool:
+        return (self._process is not None and not self._dead and not self._closing
+                and self._process.exitcode is None)
+
+    def _on_sentinel(self) -> None:
+        self._mark_dead(f"exit code {self._process.exitcode if self._process else None}")
+
+    def _mark_dead(self, why: str) -> None:
+        if self._loop is not None and self._process is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._process.sentinel)
+        if self._dead or self._closing:
+            return
+        self._dead = True
+        log.error("worker process %s for %s died (%s)", self.pid, self.device.uid, why)
+        if self.on_death is not None:
+            self.on_death()
+
+    async def _reap(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, process.join, CLOSE_GRACE_S)
+        if process.exitcode is None:
+            process.kill()
+            await loop.run_in_executor(None, process.join, CLOSE_GRACE_S)
+        if self._conn is not None:
+            self._conn.close()
+        process.close()
+        self._process = None
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        process = self._process
+        if process is None:
+            return
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(process.sentinel)
+        if process.exitcode is None and self._conn is not None:
+            # Queued behind a batch in flight on the same thread, so that batch finishes first.
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.send, None)
+        await self._reap()
+        self._executor.shutdown(wait=False)

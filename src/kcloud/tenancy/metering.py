@@ -1,0 +1,185 @@
+"""Usage metering in memory: counters per (day, tenant, key, deployment), and energy attribution.
+
+The gateway calls `UsageMeter.record` once per request, on the event loop: a dict update under an
+uncontended lock, no I/O. A background flusher (`kcloud.tenancy.usage.UsageFlusher`) calls
+`take_interval` every few seconds, which swaps the counters out and attributes energy, then adds
+them to the database in one transaction. The hot path never waits on the database.
+
+**Device-seconds.** A batch computes for `compute_s` on one device for `batch_rows` rows; a request
+owning `rows` of them is charged `compute_s * rows / batch_rows` device-seconds on that device.
+
+**Energy.** Each device's cumulative energy counter is read at every interval's end. The energy the
+device used during the interval, `dE`, is split between the buckets that used it by their share
+of the device's time: a bucket with `d` device-seconds on it gets `dE * d / max(wall, busy)`,
+where `wall` is the interval's length and `busy` the device-seconds charged on it in total. A fully
+busy device hands out all of its energy; a device idle half the interval hands out half, and the
+idle half is the operator's, not billed to whoever happened to use the device. Devices whose
+energy is modelled (emulated ones) add to `energy_joules_modelled`, measured ones to
+`energy_joules`; a device without a counter adds to neither, so a bucket that only used such
+devices keeps `None` (unknown), never 0. The first interval after a device is first seen has no
+earlier reading, so its energy is not attributed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    """The grain usage is kept at. Names ride along so history stays readable after deletions."""
+
+    day: date
+    tenant_id: int | None
+    key_id: int | None
+    deployment: str | None
+    tenant_name: str | None = field(default=None, compare=False, hash=False)
+    key_prefix: str | None = field(default=None, compare=False, hash=False)
+
+
+@dataclass(slots=True)
+class UsageCounts:
+    requests: int = 0
+    samples: int = 0
+    errors: int = 0
+    device_seconds: float = 0.0
+    energy_joules: float | None = None
+    energy_joules_modelled: float | None = None
+
+    def add_energy(self, joules: float, *, modelled: bool) -> None:
+        if modelled:
+            self.energy_joules_modelled = (self.energy_joules_modelled or 0.0) + joules
+        else:
+            self.energy_joules = (self.energy_joules or 0.0) + joules
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyReading:
+    """One read of a device's cumulative energy counter (`joules` None: the device has none)."""
+
+    joules: float | None
+    modelled: bool
+    at: float = field(default_factory=time.monotonic)
+
+
+EnergyReader = Callable[[str], EnergyReading]
+
+
+def utc_day(at: float | None = None) -> date:
+    return datetime.fromtimestamp(time.time() if at is None else at, UTC).date()
+
+
+class UsageMeter:
+    """Counters for the current interval, and the last energy reading of every device seen."""
+
+    def __init__(self, read_energy: EnergyReader | None = None) -> None:
+        self._read_energy = read_energy
+        self._lock = threading.Lock()
+        self._counts: dict[UsageBucket, UsageCounts] = {}
+        self._device_time: dict[str, dict[UsageBucket, float]] = {}
+        self._last: dict[str, EnergyReading] = {}
+
+    def record(
+        self,
+        bucket: UsageBucket,
+        *,
+        samples: int = 0,
+        error: bool = False,
+        device_seconds: dict[str, float] | None = None,
+    ) -> None:
+        """Count one request (O(1), no I/O)."""
+        with self._lock:
+            counts = self._counts.get(bucket)
+            if counts is None:
+                counts = self._counts[bucket] = UsageCounts()
+            counts.requests += 1
+            counts.samples += samples
+            if error:
+                counts.errors += 1
+            if device_seconds:
+                for uid, seconds in device_seconds.items():
+                    counts.device_seconds += seconds
+                    per_bucket = self._device_time.get(uid)
+                    if per_bucket is None:
+                        per_bucket = self._device_time[uid] = defaultdict(float)
+                    per_bucket[bucket] += seconds
+
+    def prime(self, device_uids: Iterable[str]) -> None:
+        """Read the counters of devices now, so the first interval's energy can be attributed."""
+        if self._read_energy is None:
+            return
+        for uid in device_uids:
+            reading = self._safe_read(uid)
+            if reading is not None and reading.joules is not None:
+                self._last[uid] = reading
+
+    def pending(self) -> bool:
+        with self._lock:
+            return bool(self._counts)
+
+    def take_interval(self) -> dict[UsageBucket, UsageCounts]:
+        """Swap out this interval's counters, with energy attributed. Call off the event loop:
+        it reads device counters, which may take a driver call each."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            device_time, self._device_time = self._device_time, {}
+        if self._read_energy is not None:
+            self._attribute_energy(counts, device_time)
+        return counts
+
+    def restore(self, counts: dict[UsageBucket, UsageCounts]) -> None:
+        """Put back an interval that could not be written, so a database outage loses nothing."""
+        with self._lock:
+            for bucket, old in counts.items():
+                current = self._counts.get(bucket)
+                if current is None:
+                    self._counts[bucket] = old
+                    continue
+                current.requests += old.requests
+                current.samples += old.samples
+                current.errors += old.errors
+                current.device_seconds += old.device_seconds
+                if old.energy_joules is not None:
+                    current.add_energy(old.energy_joules, modelled=False)
+                if old.energy_joules_modelled is not None:
+                    current.add_energy(old.energy_joules_modelled, modelled=True)
+
+    def _attribute_energy(
+        self, counts: dict[UsageBucket, UsageCounts], device_time: dict[str, dict[UsageBucket, float]]
+    ) -> None:
+        for uid in sorted(set(self._last) | set(device_time)):
+            reading = self._safe_read(uid)
+            if reading is None or reading.joules is None:
+                continue
+            previous = self._last.get(uid)
+            self._last[uid] = reading
+            used = device_time.get(uid)
+            if previous is None or not used:
+                continue
+            delta = reading.joules - previous.joules  # type: ignore[operator]
+            if delta < 0:
+                log.warning("energy counter of %s went backwards (%.3f J); interval not attributed", uid, delta)
+                continue
+            wall = reading.at - previous.at
+            busy = sum(used.values())
+            denominator = max(wall, busy)
+            if denominator <= 0:
+                continue
+            for bucket, seconds in used.items():
+                counts[bucket].add_energy(delta * seconds / denominator, modelled=reading.modelled)
+
+    def _safe_read(self, uid: str) -> EnergyReading | None:
+        assert self._read_energy is not None
+        try:
+            return self._read_energy(uid)
+        except Exception as exc:  # a flaky sensor must not stop metering
+            log.warning("could not read the energy counter of %s: %s", uid, exc)
+            return None

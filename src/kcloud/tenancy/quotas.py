@@ -1,0 +1,114 @@
+"""Quotas per tenant, and the check made when a deployment is created or scaled.
+
+A quota caps what a tenant may *hold* (replicas, devices in total and per vendor, PF of compute
+from the catalog) and how fast it may *call* (requests per second and burst per key, requests in
+flight for the whole tenant). `None` means "no cap".
+
+The holding check is pure: it compares what the tenant would hold after the change with its
+quota and names the first limit crossed. The caller (the control plane) computes what the tenant
+would hold from its placement, so the rule lives here and the placement stays there.
+
+PF of compute is counted from the catalog's figure for each device (see `kcloud.tenancy.capacity`);
+a device whose figure is unknown cannot be counted against a PF cap, so a tenant with a PF cap
+is refused that device rather than having it counted as zero.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class QuotaLimits(BaseModel):
+    """What the operator sets for a tenant; every field optional (None = no cap)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_replicas: int | None = Field(default=None, ge=0)
+    max_devices: int | None = Field(default=None, ge=0)
+    max_devices_per_vendor: dict[str, int] = Field(
+        default_factory=dict, description="vendor -> most devices of that vendor; a vendor not named is uncapped"
+    )
+    max_pf: float | None = Field(default=None, ge=0, description="PF of compute, from catalog figures")
+    requests_per_second: float | None = Field(default=None, gt=0, description="per key; token-bucket rate")
+    burst: int | None = Field(default=None, ge=1, description="per key; token-bucket size (default: the rate)")
+    max_concurrency: int | None = Field(default=None, ge=1, description="requests in flight for the tenant")
+
+
+@dataclass(frozen=True)
+class HeldDevice:
+    """One device a tenant's replicas occupy; `pf` is its catalog compute in PF, None if unknown."""
+
+    uid: str
+    vendor: str
+    pf: float | None
+
+
+@dataclass
+class Holding:
+    """What a tenant holds (or would hold): replicas, and the distinct devices they sit on."""
+
+    replicas: int = 0
+    devices: dict[str, HeldDevice] = field(default_factory=dict)
+
+    def add(self, replicas: int, devices: list[HeldDevice]) -> None:
+        self.replicas += replicas
+        for device in devices:
+            self.devices[device.uid] = device
+
+    def per_vendor(self) -> Counter[str]:
+        return Counter(d.vendor for d in self.devices.values())
+
+    def pf(self) -> tuple[float, list[str]]:
+        """Known PF summed, and the devices whose PF is unknown."""
+        known = sum(d.pf for d in self.devices.values() if d.pf is not None)
+        unknown = sorted(d.uid for d in self.devices.values() if d.pf is None)
+        return known, unknown
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    """The first limit a change would cross, as a sentence for the client and fields for tools."""
+
+    limit: str
+    allowed: float
+    requested: float
+    reason: str
+
+
+def check_holding(tenant: str, limits: QuotaLimits, after: Holding) -> QuotaViolation | None:
+    """None if `after` (everything the tenant would hold after the change) fits its quota."""
+    if limits.max_replicas is not None and after.replicas > limits.max_replicas:
+        return QuotaViolation(
+            "max_replicas", limits.max_replicas, after.replicas,
+            f"tenant {tenant!r} would hold {after.replicas} replicas; its quota allows {limits.max_replicas}",
+        )
+    total = len(after.devices)
+    if limits.max_devices is not None and total > limits.max_devices:
+        return QuotaViolation(
+            "max_devices", limits.max_devices, total,
+            f"tenant {tenant!r} would hold {total} devices; its quota allows {limits.max_devices}",
+        )
+    for vendor, count in sorted(after.per_vendor().items()):
+        cap = limits.max_devices_per_vendor.get(vendor)
+        if cap is not None and count > cap:
+            return QuotaViolation(
+                f"max_devices_per_vendor.{vendor}", cap, count,
+                f"tenant {tenant!r} would hold {count} {vendor} devices; its quota allows {cap}",
+            )
+    if limits.max_pf is not None:
+        known, unknown = after.pf()
+        if unknown:
+            return QuotaViolation(
+                "max_pf", limits.max_pf, known,
+                f"tenant {tenant!r} has a cap of {limits.max_pf:g} PF, but the catalog has no compute figure "
+                f"for {', '.join(unknown)}, so its use cannot be counted",
+            )
+        if known > limits.max_pf + 1e-12:
+            return QuotaViolation(
+                "max_pf", limits.max_pf, known,
+                f"tenant {tenant!r} would hold {known:.6g} PF of compute; its quota allows {limits.max_pf:g} PF",
+            )
+    return None

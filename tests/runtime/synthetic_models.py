@@ -47,7 +47,8 @@ def build_slow(path: Path, width: int = 512, layers: int = 16) -> Path:
     """x FP32 [-1, width] through `layers` × (MatMul width×width, Tanh): about
     2·width²·layers FLOPs a row (8.4 MFLOP with the defaults), so a batch takes a measurable while."""
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "w")
+    values = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    weight = numpy_helper.from_array(values, "w")
     nodes = []
     current = "x"
     for layer in range(layers):
@@ -102,4 +103,5 @@ def device_of(chip: str, device_id: str, *, vendor: str | None = None, emulated:
     """A device of catalog row `chip` (real unless `emulated`), as a plugin would describe it."""
     spec = load_catalog().get(chip)
     return Device(id=device_id, node=node, plugin=vendor or spec.vendor, vendor=vendor or spec.vendor,
-                  spec=spec, name=spec.card or spec.chip, emulated=emulated, attributes=dict(attributes or {}))
+                  spec=spec, name=spec.card or spec.chip, emulated=emulated,
+                  attributes=dict(attributes or {}))

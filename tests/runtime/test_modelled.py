@@ -37,10 +37,16 @@ def test_default_efficiency_matches_the_mlperf_derivation():
     # Warboy 2,758.44/s on 64 INT8 TOPS.
     atom = 7245.87 * RESNET50_OPS_PER_SAMPLE / 128e12
     warboy = 2758.44 * RESNET50_OPS_PER_SAMPLE / 64e12
-    assert DEFAULT_EFFICIENCY == pytest.approx((atom + warboy) / 2, abs=0.01)
+    assert pytest.approx((atom + warboy) / 2, abs=0.01) == DEFAULT_EFFICIENCY
 
 
-@pytest.mark.parametrize("kwargs", [{"efficiency": 0}, {"efficiency": 1.5}, {"rows": -1}])
+def test_a_model_without_flops_takes_no_modelled_time():
+    noop = modelled_device_seconds(0.0, 64, load_catalog().get("furiosa-rngd"))  # e.g. the identity model
+    assert noop.seconds == 0.0
+
+
+@pytest.mark.parametrize("kwargs", [{"efficiency": 0}, {"efficiency": 1.5}, {"rows": -1},
+                                    {"flops_per_sample": -1.0}])
 def test_bad_parameters_are_refused(kwargs):
     args = {"flops_per_sample": 1e9, "rows": 1, "spec": load_catalog().get("furiosa-rngd"), **kwargs}
     efficiency = args.pop("efficiency", DEFAULT_EFFICIENCY)

@@ -51,7 +51,7 @@ def test_real_npu_without_ort_provider_is_a_clear_error(double_onnx, chip, devic
 
 
 def test_missing_model_file_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.onnx"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.onnx"):
         create_session(tmp_path / "nowhere.onnx", cpu_device(), threads=1)
 
 

@@ -22,7 +22,16 @@ from kcloud.bench.sut import Backend, Inputs
 #: Server target QPS as a share of the saturated throughput: a Server run is judged on tail
 #: latency, which rises steeply near saturation.
 SERVER_LOAD_FRACTION = 0.5
+#: Offline expected QPS as a multiple of the measured throughput, by calibration length. Too
+#: low a hint makes the run end before the minimum duration (INVALID); too high only makes it
+#: longer. A short (quick) warm-up underestimates a SUT that keeps warming up (connection pools,
+#: caches), so it gets more headroom.
+OFFLINE_HEADROOM = {True: 2.0, False: 1.1}
 WARMUP_SAMPLES = 3
+
+
+class CalibrationError(RuntimeError):
+    """The SUT failed on the warm-up samples: LoadGen would only record failures."""
 
 
 @dataclass
@@ -39,9 +48,12 @@ class Calibration:
         return asdict(self)
 
 
-async def calibrate(backend: Backend, samples: list[Inputs], scenario: str, *, mode: str,
-                    budget_s: float, samples_per_query: int, max_in_flight: int) -> Calibration:
-    """Warm the SUT up, then measure what the scenario's hint needs (nothing in accuracy mode)."""
+async def calibrate(backend: Backend, samples: list[Inputs], scenario: str, *, mode: str, budget_s: float,
+                    samples_per_query: int, max_in_flight: int, output: str) -> Calibration:
+    """Warm the SUT up, then measure what the scenario's hint needs (nothing in accuracy mode).
+
+    The warm-up samples must come back with `output` (the one LoadGen's accuracy log carries);
+    a SUT that fails them raises `CalibrationError` before LoadGen starts."""
     result = Calibration(budget_s=budget_s)
     started = time.perf_counter()
     count = 0
@@ -52,7 +64,13 @@ async def calibrate(backend: Backend, samples: list[Inputs], scenario: str, *, m
         return samples[count % len(samples)]
 
     for _ in range(WARMUP_SAMPLES):
-        await backend.infer(sample())
+        try:
+            answer = await backend.infer(sample())
+        except Exception as exc:
+            raise CalibrationError(f"the SUT failed on a warm-up sample: {type(exc).__name__}: {exc}") from None
+        if output not in answer:
+            raise CalibrationError(f"the SUT's answer has outputs {sorted(answer)}, not `{output}` "
+                                   "(the output the accuracy script scores)")
     if mode != "performance":
         result.samples, result.seconds = count, time.perf_counter() - started
         return result
@@ -88,11 +106,12 @@ async def calibrate(backend: Backend, samples: list[Inputs], scenario: str, *, m
     return result
 
 
-def apply_calibration(scenario: str, settings: BenchSettings, calibration: Calibration) -> BenchSettings:
+def apply_calibration(scenario: str, settings: BenchSettings, calibration: Calibration, *,
+                      quick: bool) -> BenchSettings:
     """Fill the scenario's scheduling hint from the measurement, where the user gave none."""
     chose: dict[str, float] = {}
     if scenario in ("Offline", "Server") and settings.target_qps is None and calibration.throughput_sps:
-        share = 1.0 if scenario == "Offline" else SERVER_LOAD_FRACTION
+        share = OFFLINE_HEADROOM[quick] if scenario == "Offline" else SERVER_LOAD_FRACTION
         chose["target_qps"] = round(calibration.throughput_sps * share, 3)
     elif scenario == "SingleStream" and settings.expected_latency_ms is None and calibration.single_latency_ms:
         chose["expected_latency_ms"] = calibration.single_latency_ms

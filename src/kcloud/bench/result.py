@@ -56,6 +56,8 @@ class BenchResult(BaseModel):
     loadgen: dict[str, Any] = {}
     metric: dict[str, Any] | None = None
     latency_ns: dict[str, float] = {}
+    throughput: dict[str, float] = {}
+    sut_stats: dict[str, Any] = {}
     accuracy: dict[str, Any] | None = None
     energy: dict[str, Any] | None = None
     settings: dict[str, Any] = {}
@@ -88,6 +90,7 @@ def write_result(directory: Path, data: dict[str, Any]) -> Path:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,1 +1,20 @@
-"""kcloud.devices"""
+"""kcloud.devices: one definition of an accelerator, the sourced chip catalog, and the plugins
+that discover and meter devices of every vendor."""
+
+from kcloud.devices.catalog import Catalog, UnknownChipError, load_catalog, match_spec
+from kcloud.devices.device import Device, Telemetry
+from kcloud.devices.plugin import DevicePlugin, load_plugins
+from kcloud.devices.spec import ChipSpec, Figure
+
+__all__ = [
+    "Catalog",
+    "ChipSpec",
+    "Device",
+    "DevicePlugin",
+    "Figure",
+    "Telemetry",
+    "UnknownChipError",
+    "load_catalog",
+    "load_plugins",
+    "match_spec",
+]

@@ -6,6 +6,7 @@ by the control plane) can be added to `devices_app` later without changing how l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,7 +67,10 @@ def _fixed(value: float | None, digits: int = 1) -> str:
 def _memory(used: int | None, total: int | None) -> str:
     if used is None and total is None:
         return DASH
-    return f"{_fixed(None if used is None else used / 2**30)} / {_fixed(None if total is None else total / 2**30)}"
+    gib = 2**30
+    used_gib = None if used is None else used / gib
+    total_gib = None if total is None else total / gib
+    return f"{_fixed(used_gib)} / {_fixed(total_gib)}"
 
 
 def device_record(device: Device, telemetry: Telemetry) -> dict[str, Any]:
@@ -145,7 +149,7 @@ def list_devices(
         if as_json:
             document = {
                 "farms": list(inventory.farm_names),
-                "nodes": [n.__dict__ | {"labels": dict(n.labels)} for n in inventory.nodes],
+                "nodes": [dataclasses.asdict(n) for n in inventory.nodes],
                 "devices": [device_record(d, t) for d, t in readings],
             }
             typer.echo(json.dumps(document, indent=2, ensure_ascii=False))

@@ -46,7 +46,9 @@ def device_metric_families(readings: Iterable[tuple[Device, Telemetry]]) -> list
         "kcloud_device_energy_joules", "Energy used since an arbitrary origin, joules.", labels=LABELS
     )
     healthy = GaugeMetricFamily("kcloud_device_healthy", "1 if the device is healthy, else 0.", labels=LABELS)
-    info = GaugeMetricFamily("kcloud_device_info", "Device description; value is always 1.", labels=INFO_LABELS)
+    info = GaugeMetricFamily(
+        "kcloud_device_info", "Device description; value is always 1.", labels=INFO_LABELS
+    )
     for device, telemetry in readings:
         labels = _labels(device, telemetry)
         for attr, family in gauges.items():

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from kcloud.devices.commands import (
@@ -47,7 +46,7 @@ def _capacity_table(title: str, groups: dict, first: str) -> Table:
     return table
 
 
-def _cell(total) -> str:  # noqa: ANN001 - a capacity.Total
+def _cell(total) -> str:
     text = total.display(unit=False)
     return f"[yellow]{text}[/yellow]" if not total.complete else text
 

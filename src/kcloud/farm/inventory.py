@@ -278,7 +278,9 @@ def load_farm(paths: Sequence[str | Path]) -> Farm:
             where = _key_path(("nodes", n_index), data)
             if entry.name in nodes:
                 first = nodes[entry.name].source
-                raise FarmFileError(path, f"{where}.name", f"duplicate node name {entry.name!r} (first in {first})")
+                raise FarmFileError(
+                    path, f"{where}.name", f"duplicate node name {entry.name!r} (first in {first})"
+                )
             node = Node(
                 name=entry.name, site=entry.site, sector=entry.sector, cloud=entry.cloud,
                 region=entry.region, description=entry.description, labels=dict(entry.labels),
@@ -294,12 +296,14 @@ def load_farm(paths: Sequence[str | Path]) -> Farm:
                     if device_id in seen_ids:
                         raise FarmFileError(
                             path, dev_where,
-                            f"duplicate device id {device_id!r} on node {entry.name!r} (also {seen_ids[device_id]})",
+                            f"duplicate device id {device_id!r} on node {entry.name!r} "
+                            f"(also {seen_ids[device_id]})",
                         )
                     if not (dev.id or dev.ids) and device_id in explicit:
                         raise FarmFileError(
                             path, dev_where,
-                            f"generated device id {device_id!r} collides with an explicit id on node {entry.name!r}",
+                            f"generated device id {device_id!r} collides with an explicit id "
+                            f"on node {entry.name!r}",
                         )
                     seen_ids[device_id] = dev_where
                     devices.append(
@@ -378,9 +382,12 @@ class Inventory:
         seen: set[str] = set()
         for device in devices:
             if device.uid in seen:
+                for plugin in by_name.values():  # release what discovery opened (NVML, ...)
+                    plugin.close()
                 raise FarmFileError(
-                    "<farm>", device.uid,
-                    f"device {device.uid} is declared in a farm file and also exists on this machine",
+                    device.attributes.get("farm_file", "<farm>"), f"node {device.node!r}",
+                    f"device id {device.id!r} is declared here and also exists on this machine "
+                    f"(node {device.node!r}); rename the node or give the device another id",
                 )
             seen.add(device.uid)
         return cls(devices, nodes, by_name, emulated, farm.names)

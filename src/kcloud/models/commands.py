@@ -1,9 +1,224 @@
-"""CLI commands of this package (being written; `register` adds them to `kcloud`)."""
+"""`kcloud models`: list, show, add, build and remove models in the repository.
+
+Heavy imports (onnx, onnxruntime, tokenizers) happen inside the commands, so `kcloud --help`
+stays fast. A user's mistake is one red message and exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from kcloud.models.config import ModelConfig, TensorSpec
+    from kcloud.models.repository import ModelEntry, ModelRepository
+
+DASH = "—"
+
+models_app = typer.Typer(
+    name="models",
+    help="The model repository: list, show, add and build models.",
+    no_args_is_help=True,
+)
+
+RepoOption = typer.Option(None, "--repo", help="Model repository directory (default: $KCLOUD_HOME/models).")
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the `kcloud` app."""
+    app.add_typer(models_app, name="models")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=180)
+
+
+def _repository(repo: Path | None) -> ModelRepository:
+    from kcloud.models.repository import ModelRepository, default_repository_path
+
+    return ModelRepository(repo or default_repository_path())
+
+
+def _tensor(spec: TensorSpec) -> str:
+    return f"{spec.name} {spec.datatype}{spec.shape}"
+
+
+def _batching(config: ModelConfig) -> str:
+    b = config.batching
+    if b.max_batch_size == 0:
+        return "off"
+    return f"max {b.max_batch_size}, {b.max_queue_delay_ms:g} ms, queue {b.queue_limit}"
+
+
+def _accuracy(config: ModelConfig) -> str:
+    a = config.accuracy
+    if a is None:
+        return DASH
+    return f"{a.metric} ≥ {a.threshold:.4f} ({a.ratio:.0%} of {a.reference:.4f})"
+
+
+def _flops(value: float | None) -> str:
+    if value is None:
+        return DASH
+    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:g} FLOP"
+
+
+def _run(action: Any) -> Any:
+    """Call `action`, turning the repository's errors into one red message and exit 2."""
+    from kcloud.models.errors import BuildError, ModelFileError, ModelNotFoundError
+
+    try:
+        return action()
+    except (ModelFileError, ModelNotFoundError, BuildError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def entry_record(entry: ModelEntry, versions: list[int]) -> dict[str, Any]:
+    """JSON form of a model version: where it lives, its hash, its contract, how it was built."""
+    build_file = entry.path / "build.json"
+    try:
+        build = json.loads(build_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        build = None
+    return {
+        "name": entry.name,
+        "version": entry.version,
+        "versions": versions,
+        "path": str(entry.model_dir),
+        "onnx": str(entry.onnx_path),
+        "sha256": entry.sha256,
+        "config": entry.config.model_dump(mode="json"),
+        "build": build,
+    }
+
+
+@models_app.command("list")
+def list_models(repo: Path | None = RepoOption, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every model: versions, signature, batching, device kinds, accuracy target."""
+    repository = _repository(repo)
+    entries = repository.list()
+    problems = repository.problems()
+    if as_json:
+        records = [entry_record(e, repository.versions(e.name)) for e in entries]
+        records += [{"name": name, "error": error} for name, error in problems.items()]
+        typer.echo(json.dumps(records, indent=2))
+        return
+    if not entries and not problems:
+        _console().print(f"No models in {repository.root}. Build the bundled ones with `kcloud models build`.")
+        return
+    table = Table(title=f"Models in {repository.root}")
+    for column in ("name", "versions", "inputs", "outputs", "batching", "devices", "FLOPs/sample", "accuracy target"):
+        table.add_column(column)
+    for entry in entries:
+        config = entry.config
+        table.add_row(
+            escape(entry.name),
+            ", ".join(map(str, repository.versions(entry.name))),
+            escape("\n".join(_tensor(s) for s in config.inputs)),
+            escape("\n".join(_tensor(s) for s in config.outputs)),
+            _batching(config),
+            ", ".join(config.device_kinds),
+            _flops(config.flops_per_sample),
+            escape(_accuracy(config)),
+        )
+    for name, error in problems.items():
+        table.add_row(escape(name), DASH, f"[red]{escape(error)}[/red]", "", "", "", "", "")
+    _console().print(table)
+
+
+@models_app.command("show")
+def show_model(
+    name: str = typer.Argument(..., help="Model name."),
+    version: int | None = typer.Option(None, "--version", help="Version (default: the latest)."),
+    repo: Path | None = RepoOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One model's contract, files and build record."""
+    repository = _repository(repo)
+    entry = _run(lambda: repository.get(name, version))
+    record = entry_record(entry, repository.versions(name))
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    config = entry.config
+    table = Table(title=f"{entry.name} (version {entry.version})", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = [
+        ("description", config.description or DASH),
+        ("versions", ", ".join(map(str, record["versions"]))),
+        ("directory", str(entry.model_dir)),
+        ("model.onnx", f"{entry.onnx_path}\nsha256 {entry.sha256}"),
+        ("inputs", "\n".join(_tensor(s) for s in config.inputs)),
+        ("outputs", "\n".join(_tensor(s) for s in config.outputs)),
+        ("batching", _batching(config)),
+        ("device kinds", ", ".join(config.device_kinds)),
+        ("processing", config.processing.kind
+         + (f" (tokenizer {config.processing.tokenizer}, max {config.processing.max_length} tokens)"
+            if config.processing.tokenizer else "")),
+        ("FLOPs/sample", _flops(config.flops_per_sample)),
+        ("weights", DASH if config.memory_bytes is None else f"{config.memory_bytes / 2**20:.1f} MiB"),
+        ("accuracy target", _accuracy(config) + (f"\ndata set {config.accuracy.dataset}" if config.accuracy else "")),
+    ]
+    if record["build"]:
+        rows.append(("build", json.dumps(record["build"], indent=1)))
+    for field, value in rows:
+        table.add_row(field, escape(value))
+    _console().print(table)
+
+
+@models_app.command("add")
+def add_model(
+    path: Path = typer.Argument(..., help="A model directory (config.toml + <version>/model.onnx) or an .onnx file."),
+    name: str | None = typer.Option(None, "--name", help="Name in the repository (default: the config's or file's)."),
+    config: Path | None = typer.Option(None, "--config", help="config.toml for a single .onnx file."),
+    replace: bool = typer.Option(False, "--replace", help="Replace an existing model of that name whole."),
+    repo: Path | None = RepoOption,
+) -> None:
+    """Check a model and copy it into the repository (a new version if the name exists)."""
+    repository = _repository(repo)
+    entry = _run(lambda: repository.add(path, name=name, config=config, replace=replace))
+    _console().print(f"[green]added[/green] {escape(entry.name)} version {entry.version} → {escape(str(entry.model_dir))}")
+
+
+@models_app.command("build")
+def build_models(
+    names: list[str] | None = typer.Argument(None, help="Built-in models to build (default: all-MiniLM-L6-v2, digits-cnn)."),
+    repo: Path | None = RepoOption,
+) -> None:
+    """Build the bundled models (offline); does nothing for those already built."""
+    from kcloud.models.builtin import DEFAULT_MODELS, ensure_builtin_models
+
+    repository = _repository(repo)
+    entries = _run(lambda: ensure_builtin_models(repository, include=tuple(names or DEFAULT_MODELS), progress=True))
+    for entry in entries:
+        _console().print(f"[green]ready[/green] {escape(entry.name)} version {entry.version}  ({escape(_accuracy(entry.config))})")
+
+
+@models_app.command("remove")
+def remove_model(
+    name: str = typer.Argument(..., help="Model name."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    repo: Path | None = RepoOption,
+) -> None:
+    """Remove a model and all its versions."""
+    repository = _repository(repo)
+    if not yes and not typer.confirm(f"Remove model {name!r} and all its versions from {repository.root}?"):
+        raise typer.Exit(1)
+    _run(lambda: repository.remove(name))
+    _console().print(f"[green]removed[/green] {escape(name)}")

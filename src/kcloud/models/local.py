@@ -7,7 +7,7 @@ end without a server.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -34,20 +34,42 @@ class LocalRunner:
         values = self.session.run(self.graph_outputs, feeds)
         return self.pipeline.split(dict(zip(self.graph_outputs, values, strict=True)), items)
 
-    def run_all(self, requests: Sequence[dict[str, np.ndarray]], batch_rows: int = 32) -> list[dict[str, np.ndarray]]:
-        """Answer many requests in batches of about `batch_rows` rows."""
+    def run_all(
+        self,
+        requests: Sequence[dict[str, np.ndarray]],
+        batch_rows: int = 32,
+        sort_key: Callable[[dict[str, np.ndarray]], float] | None = None,
+    ) -> list[dict[str, np.ndarray]]:
+        """Answer many requests in batches of about `batch_rows` rows, in request order.
+
+        `sort_key` (e.g. text length) groups similar requests into a batch, as
+        sentence-transformers does, so that little compute goes to padding.
+        """
         limit = self.entry.config.batching.max_batch_size or 1
         batch_rows = max(1, min(batch_rows, limit))
-        results: list[dict[str, np.ndarray]] = []
-        batch: list[dict[str, np.ndarray]] = []
+        order = list(range(len(requests)))
+        if sort_key is not None:
+            order.sort(key=lambda i: sort_key(requests[i]))
+        results: list[dict[str, np.ndarray]] = [{} for _ in requests]
+        batch: list[int] = []
         rows = 0
-        for request in requests:
-            n = next(iter(request.values())).shape[0] if self.entry.config.batching.max_batch_size else 1
+
+        def flush() -> None:
+            for index, output in zip(batch, self.run([requests[i] for i in batch]), strict=True):
+                results[index] = output
+
+        for index in order:
+            n = next(iter(requests[index].values())).shape[0] if self.entry.config.batching.max_batch_size else 1
             if batch and rows + n > batch_rows:
-                results += self.run(batch)
+                flush()
                 batch, rows = [], 0
-            batch.append(request)
+            batch.append(index)
             rows += n
         if batch:
-            results += self.run(batch)
+            flush()
         return results
+
+
+def text_length(request: dict[str, np.ndarray]) -> float:
+    """A sort key for text requests: total bytes of their BYTES inputs."""
+    return float(sum(len(item) for array in request.values() if array.dtype == object for item in array.reshape(-1)))

@@ -229,14 +229,15 @@ class ModelRepository:
         )
 
     # ----------------------------------------------------------------------------------- writing
-    def add(self, path: Path, name: str | None = None, config: Path | None = None) -> ModelEntry:
+    def add(self, path: Path, name: str | None = None, config: Path | None = None, replace: bool = False) -> ModelEntry:
         """Add a model and return its (latest) entry.
 
         `path` is a model directory in repository layout (`config.toml` plus `<n>/model.onnx`
         version directories, or a flat `model.onnx` beside the config), or a single `.onnx` file
         with an optional `config` TOML; without one the signature is inferred from the graph.
         `name` overrides the config's name. If the model exists, the versions are added after
-        its latest one, provided the signature still fits every existing version.
+        its latest one, provided the signature still fits every existing version; with
+        `replace` the existing model is swapped out whole instead.
         Everything is checked before anything is copied.
         """
         path = Path(path)
@@ -244,9 +245,9 @@ class ModelRepository:
         model_name = source.config.name
         with _locked(self.root / ".add.lock"):
             existing = self.versions(model_name) if (self.root / model_name / CONFIG_FILE).is_file() else []
-            if existing:
+            if existing and not replace:
                 return self._add_versions(source, existing)
-            return self._add_new(source)
+            return self._add_new(source, replace)
 
     def remove(self, name: str) -> None:
         """Remove a model and all its versions (renamed away first, so it vanishes at once)."""
@@ -352,7 +353,7 @@ class ModelRepository:
             target.mkdir(parents=True)
             shutil.copy2(source.onnx_files[index], target / MODEL_FILE)
 
-    def _add_new(self, source: _Source) -> ModelEntry:
+    def _add_new(self, source: _Source, replace: bool = False) -> ModelEntry:
         name = source.config.name
         staging = self._stage()
         try:
@@ -369,6 +370,10 @@ class ModelRepository:
                 number = int(source.version_dirs[index].name) if source.version_dirs[index] else index + 1
                 self._copy_version(source, index, model_dir / str(number))
             save_config(source.config, model_dir / CONFIG_FILE)
+            if (self.root / name).exists():
+                if not replace:
+                    raise ModelFileError(f"{self.root / name}: exists but is not a model (no {CONFIG_FILE}); remove it first")
+                os.rename(self.root / name, staging / f"replaced-{name}")
             os.rename(model_dir, self.root / name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

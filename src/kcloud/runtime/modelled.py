@@ -60,8 +60,10 @@ def modelled_device_seconds(
         raise ValueError(f"efficiency must be in (0, 1], got {efficiency}")
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
-    if flops_per_sample is None or flops_per_sample <= 0:
+    if flops_per_sample is None:
         return ModelledTime(None, reason="the model config has no flops_per_sample")
+    if flops_per_sample < 0:
+        raise ValueError(f"flops_per_sample must be >= 0, got {flops_per_sample}")
     peak = peak_ops_per_second(spec)
     if peak is None:
         return ModelledTime(None, reason=f"catalog entry {spec.key} has no FP16/BF16 TFLOPS or INT8 TOPS")

@@ -182,7 +182,8 @@ class Batcher:
                     raise DeadlineExceededError("deadline passed while queued; not computed") from None
                 return await asyncio.shield(pending.future)  # already computing: wait for it
         except asyncio.CancelledError:
-            self._unqueue(pending)
+            if self._unqueue(pending):
+                pending.future.cancel()
             raise
 
     @staticmethod
@@ -234,6 +235,9 @@ class Batcher:
         shape_key: Any = None
         while self._queue:
             pending = self._queue.popleft()
+            if pending.future.done():  # answered already (e.g. cancelled): nothing to compute
+                self._queued_rows -= pending.rows
+                continue
             if pending.deadline is not None and pending.deadline <= now:
                 self._queued_rows -= pending.rows
                 if not pending.future.done():

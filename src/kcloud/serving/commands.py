@@ -1,9 +1,180 @@
-"""CLI commands of this package (being written; `register` adds them to `kcloud`)."""
+"""`kcloud up` (serve the embedded default) and `kcloud infer` (call a model over OIP v2)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """One red line on stderr, and the Exit to raise."""
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def up(
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    farm: list[Path] = typer.Option(
+        [], "--farm", "-f", dir_okay=False,
+        help="Farm file (TOML) with nodes and emulated devices; repeatable."),
+    max_body_bytes: int = typer.Option(
+        16 * 1024 * 1024, "--max-body-bytes", min=1, help="Largest request body accepted (413 beyond)."),
+    replicas: int | None = typer.Option(
+        None, "--replicas", "-r", min=1,
+        help="Replicas per model (default: the measured-best layout for this CPU)."),
+) -> None:
+    """Serve the bundled models on this machine's CPU over OIP v2 and OpenAI; Ctrl-C stops."""
+    from kcloud.farm.inventory import FarmFileError
+    from kcloud.models.errors import BuildError, ModelFileError, ModelNotFoundError
+    from kcloud.serving.server import NoLocalCpuError, PortInUseError, ServeOptions, serve
+
+    options = ServeOptions(host=host, port=port, farm_files=tuple(farm), max_body_bytes=max_body_bytes,
+                           replicas=replicas)
+    try:
+        serve(options)
+    except PortInUseError as exc:
+        raise fail(exc.strerror or str(exc), 2) from None
+    except FarmFileError as exc:
+        raise fail(str(exc), 2) from None
+    except (BuildError, ModelFileError, ModelNotFoundError, NoLocalCpuError) as exc:
+        raise fail(str(exc).strip("'\""), 1) from None
+    except OSError as exc:  # e.g. cannot bind a non-local address
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2) from None
+    except KeyboardInterrupt:  # Ctrl-C while models or replicas were still starting
+        Console(stderr=True).print("interrupted; stopped.")
+        raise typer.Exit(130) from None
+
+
+# ------------------------------------------------------------------------------ kcloud infer
+def _load_inputs(texts: list[str], files: list[str], metadata: dict) -> dict[str, Any]:
+    import numpy as np
+
+    inputs: dict[str, Any] = {}
+    if texts:
+        text_inputs = [t["name"] for t in metadata.get("inputs", []) if t.get("datatype") == "BYTES"]
+        if len(text_inputs) != 1:
+            raise fail(f"--text needs a model with exactly one BYTES input; {metadata.get('name')} has "
+                       f"{len(text_inputs)}; use --input NAME=FILE.npy")
+        inputs[text_inputs[0]] = np.array([t.encode() for t in texts], dtype=object)
+    for spec in files:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise fail(f"--input expects NAME=FILE.npy, got {spec!r}")
+        if name in inputs:
+            raise fail(f"input {name!r} is given twice")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise fail(f"--input {name}: no such file {path}") from None
+        except (ValueError, OSError) as exc:
+            raise fail(f"--input {name}: {path} is not a readable .npy array ({exc})") from None
+        if not isinstance(array, np.ndarray):
+            raise fail(f"--input {name}: {path} holds several arrays; give one .npy array")
+        inputs[name] = array
+    if not inputs:
+        raise fail("give the model something to compute: --text TEXT or --input NAME=FILE.npy")
+    return inputs
+
+
+def _request(client: Any, method: str, url: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        return client.request(method, url, **kwargs)
+    except httpx.ConnectError:
+        raise fail(f"cannot reach the kcloud gateway at {client.base_url} (is `kcloud up` running?)") \
+            from None
+    except httpx.TimeoutException:
+        raise fail(f"the gateway at {client.base_url} did not answer in time") from None
+    except httpx.HTTPError as exc:
+        raise fail(f"request to {client.base_url} failed: {exc}") from None
+
+
+def _error_of(response: Any) -> str:
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        error = None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return f"{response.status_code}: {error or response.text.strip() or response.reason_phrase}"
+
+
+def _json_value(array: Any) -> Any:
+    if array.dtype == object:
+        return [v.decode(errors="replace") if isinstance(v, bytes) else v for v in array.ravel().tolist()]
+    return array.ravel().tolist()
+
+
+def infer(
+    model: str = typer.Argument(..., help="Model name (see `kcloud models list` or GET /v2/models/...)."),
+    text: list[str] = typer.Option([], "--text", "-t", help="A text for a text model; repeat for a batch."),
+    input_files: list[str] = typer.Option(
+        [], "--input", "-i", help="NAME=FILE.npy: an input tensor from a numpy file; repeatable."),
+    url: str = typer.Option(DEFAULT_URL, "--url", help="The gateway's base URL."),
+    version: int | None = typer.Option(None, "--version", min=1, help="Model version (default: latest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outputs as JSON."),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds to wait for the answer."),
+) -> None:
+    """Call a served model over the Open Inference Protocol (binary tensors) and print its outputs."""
+    import httpx
+    import numpy as np
+
+    from kcloud.serving.oip import (
+        INFERENCE_HEADER_CONTENT_LENGTH,
+        CodecError,
+        decode_infer_response,
+        encode_infer_request,
+        parse_header_length,
+    )
+
+    base = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as client:
+        meta = _request(client, "GET", base)
+        if meta.status_code != 200:
+            raise fail(_error_of(meta))
+        inputs = _load_inputs(text, input_files, meta.json())
+        try:
+            body, headers = encode_infer_request(inputs, binary=True, binary_outputs=True)
+        except CodecError as exc:
+            raise fail(str(exc)) from None
+        response = _request(client, "POST", f"{base}/infer", content=body, headers=headers)
+        if response.status_code != 200:
+            raise fail(_error_of(response))
+        try:
+            outputs, doc = decode_infer_response(
+                response.content, parse_header_length(response.headers.get(INFERENCE_HEADER_CONTENT_LENGTH)))
+        except CodecError as exc:
+            raise fail(f"the gateway sent an answer we cannot read: {exc}") from None
+
+    if as_json:
+        typer.echo(json.dumps({
+            "model_name": doc.get("model_name"),
+            "model_version": doc.get("model_version"),
+            "outputs": [
+                {"name": name, "datatype": spec.get("datatype"), "shape": list(array.shape),
+                 "data": _json_value(array)}
+                for (name, array), spec in zip(outputs.items(), doc["outputs"], strict=True)
+            ],
+        }))
+        return
+    console = Console()
+    console.print(f"[bold]{doc.get('model_name')}[/bold] v{doc.get('model_version')}")
+    with np.printoptions(precision=4, threshold=64, edgeitems=4, suppress=True):
+        for (name, array), spec in zip(outputs.items(), doc["outputs"], strict=True):
+            console.print(f"[cyan]{escape(name)}[/cyan] {spec.get('datatype')} {list(array.shape)}")
+            console.print(escape(str(array)), highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this package's commands to the `kcloud` app."""
+    """Add `kcloud up` and `kcloud infer` to the `kcloud` app."""
+    app.command("up")(up)
+    app.command("infer")(infer)

@@ -159,9 +159,11 @@ class ProcessWorker(Worker):
         try:
             reply = await loop.run_in_executor(self._executor, parent_conn.recv)
         except (EOFError, OSError):
-            await self._reap()
-            raise WorkerStartError(f"worker process for {self.device.uid} exited while starting "
-                                   f"(exit code {process.exitcode})") from None
+            exit_code = await self._reap()
+            raise WorkerStartError(
+                f"worker process for {self.device.uid} exited while starting (exit code {exit_code}); "
+                "a script that starts workers needs the `if __name__ == '__main__':` guard "
+                "(multiprocessing spawn re-imports the main module)") from None
         if reply[0] != "ready":
             await self._reap()
             raise WorkerStartError(reply[1])
@@ -198,6 +200,8 @@ class ProcessWorker(Worker):
                 and self._process.exitcode is None)
 
     def _on_sentinel(self) -> None:
+        if self._process is not None:
+            self._process.join(0.1)  # reap it, so the log shows its exit code
         self._mark_dead(f"exit code {self._process.exitcode if self._process else None}")
 
     def _mark_dead(self, why: str) -> None:
@@ -211,10 +215,11 @@ class ProcessWorker(Worker):
         if self.on_death is not None:
             self.on_death()
 
-    async def _reap(self) -> None:
+    async def _reap(self) -> int | None:
+        """Wait for the child to exit (killing it after a grace period); its exit code."""
         process = self._process
         if process is None:
-            return
+            return None
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, process.join, CLOSE_GRACE_S)
         if process.exitcode is None:
@@ -222,8 +227,10 @@ class ProcessWorker(Worker):
             await loop.run_in_executor(None, process.join, CLOSE_GRACE_S)
         if self._conn is not None:
             self._conn.close()
+        exit_code = process.exitcode
         process.close()
         self._process = None
+        return exit_code
 
     async def close(self) -> None:
         if self._closing:

@@ -8,7 +8,8 @@ The holding check is pure: it compares what the tenant would hold after the chan
 quota and names the first limit crossed. The caller (the control plane) computes what the tenant
 would hold from its placement, so the rule lives here and the placement stays there.
 
-PF of compute is counted from the catalog's figure for each device (see `kcloud.tenancy.capacity`);
+PF of compute is counted from the catalog's figure for each device, as `kcloud.farm.capacity` reads
+it (FP16/BF16 PFLOPS by default, or INT8 POPS, chosen by `pf_figure`);
 a device whose figure is unknown cannot be counted against a PF cap, so a tenant with a PF cap
 is refused that device rather than having it counted as zero.
 """
@@ -18,7 +19,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+
+#: The catalog figures a PF cap may count, as `kcloud.farm.capacity` defines them.
+PfFigure = Literal["fp16_bf16_pflops", "int8_pops"]
 
 
 class QuotaLimits(BaseModel):
@@ -32,6 +39,9 @@ class QuotaLimits(BaseModel):
         default_factory=dict, description="vendor -> most devices of that vendor; a vendor not named is uncapped"
     )
     max_pf: float | None = Field(default=None, ge=0, description="PF of compute, from catalog figures")
+    pf_figure: PfFigure = Field(
+        default="fp16_bf16_pflops", description="which catalog figure max_pf counts (kcloud.farm.capacity)"
+    )
     requests_per_second: float | None = Field(default=None, gt=0, description="per key; token-bucket rate")
     burst: int | None = Field(default=None, ge=1, description="per key; token-bucket size (default: the rate)")
     max_concurrency: int | None = Field(default=None, ge=1, description="requests in flight for the tenant")

@@ -52,11 +52,17 @@ class Principal:
     def can_change(self) -> bool:
         return self.role is not Role.READONLY
 
-    def sees_tenant(self, tenant_id: int | None) -> bool:
-        """Whether this principal may see things owned by `tenant_id` (None = the operator's own)."""
+    @property
+    def farm_wide(self) -> bool:
+        return self.tenant_id is None
+
+    def sees(self, owner: str | None) -> bool:
+        """Whether this principal may see what tenant `owner` owns (None: the operator's own).
+
+        Deployments name their owner by tenant name, which is unique and never changes."""
         if self.tenant_id is None:
             return True
-        return tenant_id == self.tenant_id
+        return owner is not None and owner == self.tenant_name
 
     @property
     def label(self) -> str:

@@ -76,7 +76,9 @@ class RaplEnergyCounter:
             return
         paths = sorted(p for p in self._root.iterdir() if _PACKAGE_DOMAIN.fullmatch(p.name))
         if not paths:
-            self.unavailable_reason = f"no RAPL powercap on this machine (no intel-rapl domains in {self._root})"
+            self.unavailable_reason = (
+                f"no RAPL powercap on this machine (no intel-rapl domains in {self._root})"
+            )
             return
         domains = []
         try:

@@ -129,7 +129,9 @@ class FuriosaPlugin(DevicePlugin):
             power_watts=read("power_watts", lambda: float(handle.power_consumption())),
             energy_joules=None,
             memory_used_bytes=None,
-            temperature_celsius=read("temperature_celsius", lambda: float(handle.device_temperature().soc_peak())),
+            temperature_celsius=read(
+                "temperature_celsius", lambda: float(handle.device_temperature().soc_peak())
+            ),
             healthy=bool(alive),
             reasons=reasons,
         )

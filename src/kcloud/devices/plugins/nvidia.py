@@ -97,12 +97,16 @@ class NvidiaPlugin(DevicePlugin):
                 reasons[field] = f"NVML: {exc}"
                 return None
 
-        utilization = read("utilization", lambda: nvml.nvmlDeviceGetUtilizationRates(handle), lambda u: u.gpu / 100)
+        utilization = read(
+            "utilization", lambda: nvml.nvmlDeviceGetUtilizationRates(handle), lambda u: u.gpu / 100
+        )
         power = read("power_watts", lambda: nvml.nvmlDeviceGetPowerUsage(handle), lambda mw: mw / 1000)
         energy = read(
             "energy_joules", lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle), lambda mj: mj / 1000
         )
-        memory = read("memory_used_bytes", lambda: nvml.nvmlDeviceGetMemoryInfo(handle), lambda m: int(m.used))
+        memory = read(
+            "memory_used_bytes", lambda: nvml.nvmlDeviceGetMemoryInfo(handle), lambda m: int(m.used)
+        )
         temperature = read(
             "temperature_celsius",
             lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),

@@ -33,12 +33,14 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _send_error(send, 400, error_body(scope["path"], 400, "Content-Length is not a number"))
+                    body = error_body(scope["path"], 400, "Content-Length is not a number")
+                    await _send_error(send, 400, body)
                     return
                 break
         if declared is not None:
             if declared > limit:
-                await _send_error(send, 413, error_body(scope["path"], 413, str(BodyTooLargeError(limit, declared))))
+                too_large = BodyTooLargeError(limit, declared)
+                await _send_error(send, 413, error_body(scope["path"], 413, str(too_large)))
                 return
             # The server never hands the app more than Content-Length bytes: no need to count.
             await self.app(scope, receive, send)

@@ -175,7 +175,8 @@ async def infer(request: Request) -> Response:
         entry = state.router.entry(name, version)
         body = await request.body()
         headers = request.headers
-        decoded = decode_infer_request(body, parse_header_length(headers.get("inference-header-content-length")))
+        header_length = parse_header_length(headers.get("inference-header-content-length"))
+        decoded = decode_infer_request(body, header_length)
         if decoded.outputs is not None:
             check_requested_outputs(decoded, (o.name for o in entry.config.outputs), name)
         deadline = deadline_from(decoded.parameters, headers)

@@ -62,7 +62,8 @@ def _texts(body: EmbeddingRequest) -> list[str]:
             raise ClientError(400, "'input' holds token ids; this server embeds text only: send strings")
         texts = list(raw)  # type: ignore[arg-type]
     if len(texts) > MAX_EMBEDDING_INPUTS:
-        raise ClientError(400, f"'input' has {len(texts)} strings; at most {MAX_EMBEDDING_INPUTS} per request")
+        raise ClientError(
+            400, f"'input' has {len(texts)} strings; at most {MAX_EMBEDDING_INPUTS} per request")
     for index, text in enumerate(texts):
         if not text:
             where = "'input'" if isinstance(raw, str) else f"'input[{index}]'"
@@ -98,11 +99,13 @@ def _encode_rows(vectors: np.ndarray, encoding: str, first_index: int) -> list[d
     if encoding == "base64":
         little = np.ascontiguousarray(vectors, dtype="<f4")
         return [
-            {"object": "embedding", "index": first_index + i, "embedding": base64.b64encode(row.tobytes()).decode()}
+            {"object": "embedding", "index": first_index + i,
+             "embedding": base64.b64encode(row.tobytes()).decode()}
             for i, row in enumerate(little)
         ]
     as_float = np.asarray(vectors, dtype=np.float32)
-    return [{"object": "embedding", "index": first_index + i, "embedding": row} for i, row in enumerate(as_float)]
+    return [{"object": "embedding", "index": first_index + i, "embedding": row}
+            for i, row in enumerate(as_float)]
 
 
 def openai_router() -> APIRouter:
@@ -168,6 +171,7 @@ def openai_router() -> APIRouter:
             "model": entry.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+        body_bytes = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        return Response(body_bytes, media_type="application/json")
 
     return api

@@ -1,0 +1,65 @@
+"""`kcloud bench compare A B`: two runs side by side in the terminal, with deltas.
+
+A delta is coloured by whether it is better or worse for that figure (throughput, efficiency and
+accuracy: higher is better; latency, energy and power: lower is better). A figure that is
+`null` on either side has no delta: unknown stays unknown. Modelled (emulated) figures are
+marked on the row, so a modelled joule is never read against a measured one unawares.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from kcloud.bench.result import BenchResult, load_result
+from kcloud.bench.summary import fmt, rows, validity_text
+
+_LOWER_IS_BETTER = ("latency", "energy [J]", "average power", "millijoules_per_query")
+
+
+def _lower_is_better(label: str, result: BenchResult) -> bool:
+    if label.startswith("metric:"):
+        return (result.metric or {}).get("unit") == "ms"
+    return any(key in label for key in _LOWER_IS_BETTER)
+
+
+def _delta(a: object, b: object, lower_better: bool) -> str:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or isinstance(a, bool):
+        return ""
+    diff = float(b) - float(a)
+    pct = f" ({diff / a * 100:+.1f}%)" if a else ""
+    if diff == 0:
+        return f"0{pct}"
+    better = diff < 0 if lower_better else diff > 0
+    colour = "green" if better else "red"
+    return f"[{colour}]{diff:+,.4g}{pct}[/]"
+
+
+def compare_runs(console: Console, a_path: Path, b_path: Path) -> None:
+    a, b = load_result(a_path), load_result(b_path)
+    table = Table(title="kcloud bench compare", title_justify="left")
+    table.add_column("")
+    table.add_column(f"A: {Path(a.path or a_path).parent}", justify="right", overflow="fold")
+    table.add_column(f"B: {Path(b.path or b_path).parent}", justify="right", overflow="fold")
+    table.add_column("B - A", justify="right")
+    for label, get in (("system", lambda r: r.system), ("device", lambda r: r.device_label),
+                       ("model", lambda r: f"{r.model.name} v{r.model.version}"),
+                       ("scenario / mode", lambda r: f"{r.scenario} / {r.mode}")):
+        table.add_row(label, escape(get(a)), escape(get(b)), "")
+    table.add_row("LoadGen validity", validity_text(a), validity_text(b), "")
+    rows_a, rows_b = dict(rows(a)), dict(rows(b))
+    for label in dict.fromkeys([*rows_a, *rows_b]):
+        va, vb = rows_a.get(label), rows_b.get(label)
+        table.add_row(escape(label), fmt(va), fmt(vb), _delta(va, vb, _lower_is_better(label, a)))
+    console.print(table)
+    if (a.scenario, a.mode) != (b.scenario, b.mode):
+        console.print(f"[yellow]note:[/] different scenarios or modes ({a.scenario}/{a.mode} vs "
+                      f"{b.scenario}/{b.mode}): their metrics are not the same measure", highlight=False)
+    if a.model.sha256 and b.model.sha256 and a.model.sha256 != b.model.sha256:
+        console.print("[yellow]note:[/] the two runs used different model files (sha256 differs)")
+    for side, result in (("A", a), ("B", b)):
+        if not result.complete:
+            console.print(f"[yellow]note:[/] run {side} is incomplete (interrupted); its figures are partial")

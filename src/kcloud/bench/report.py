@@ -1,0 +1,217 @@
+"""`kcloud bench report`: one self-contained HTML file over one run or many.
+
+The page holds plotly.js itself (no CDN, opens offline) and, per scenario, a table of the runs
+and plots drawn with plotly: the latency distribution of each run, and throughput and energy
+efficiency compared across devices and systems. Each plot says where its numbers come from:
+- latency distribution: the per-sample times kcloud's SUT recorded (`kcloud_sut_timings.npz`:
+  from LoadGen's `issue_query` to `QuerySamplesComplete`), with LoadGen's own percentiles from
+  `mlperf_log_detail.txt` marked on top;
+- throughput, latency metric, validity: LoadGen's summary, via `result.json`;
+- efficiency: the energy counters, labelled MODELLED for emulated devices; runs without a
+  reading are listed with the reason instead of being drawn as zero.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from kcloud import __version__
+from kcloud.bench.errors import BenchError
+from kcloud.bench.result import TIMINGS_FILE, BenchResult, find_results, load_result
+from kcloud.bench.settings import SCENARIOS
+from kcloud.bench.summary import fmt
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #1d2733; }
+h1 { font-size: 1.5em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccd; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 8px 0 16px; }
+th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; }
+th { background: #f3f5f8; } td.l, th.l { text-align: left; }
+.VALID { color: #137333; font-weight: 600; } .INVALID { color: #b3261e; font-weight: 600; }
+.INCOMPLETE { color: #a05a00; font-weight: 600; } .modelled { color: #7a4fbf; font-weight: 600; }
+.note { color: #555; font-size: 0.85em; } .plot { margin: 8px 0 24px; }
+"""
+
+
+def _label(result: BenchResult) -> str:
+    return f"{result.system} · {result.device_label}"
+
+
+def _validity(result: BenchResult) -> str:
+    if not result.complete:
+        return "INCOMPLETE"
+    return result.loadgen.get("validity") or ("n/a (accuracy)" if result.mode == "accuracy" else "null")
+
+
+def _timings(result: BenchResult) -> np.ndarray | None:
+    if not result.path:
+        return None
+    path = Path(result.path).parent / TIMINGS_FILE
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as data:
+            return np.asarray(data["latency_ns"], dtype=np.float64) / 1e6
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _cell(value: object, cls: str = "") -> str:
+    attr = f' class="{cls}"' if cls else ""
+    return f"<td{attr}>{html.escape(value if isinstance(value, str) else fmt(value))}</td>"
+
+
+def _table(results: list[BenchResult]) -> str:
+    head = ["system", "device", "model", "mode", "LoadGen validity", "metric", "value", "p50 ms", "p90 ms",
+            "p99 ms", "accuracy", "target", "energy J", "efficiency", "run"]
+    out = ["<table><tr>" + "".join(f'<th class="l">{h}</th>' if i < 6 else f"<th>{h}</th>"
+                                   for i, h in enumerate(head)) + "</tr>"]
+    for r in results:
+        metric = r.metric or {}
+        lat = r.latency_ns
+        energy = r.energy or {}
+        eff = energy.get("efficiency") or {}
+        acc = r.accuracy or {}
+        modelled = energy.get("modelled")
+        eff_text = (f"{fmt(eff.get('value'))} {eff.get('unit', '')}" if eff.get("value") is not None
+                    else f"null ({energy.get('reason') or 'not measured'})")
+        cls = "modelled" if modelled else ""
+        acc_text = "" if r.accuracy is None else f"{fmt(acc.get('score'), 4)} {'PASS' if acc.get('passed') else 'FAIL'}"
+        out.append(
+            "<tr>" + _cell(r.system, "l") + _cell(r.device_label, "l") + _cell(f"{r.model.name} v{r.model.version}", "l")
+            + _cell(r.mode, "l") + _cell(_validity(r), "l " + _validity(r).split(" ")[0])
+            + _cell(f"{metric.get('name', '')} [{metric.get('unit', '')}]", "l") + _cell(metric.get("value"))
+            + "".join(_cell(lat[k] / 1e6 if k in lat else None) for k in ("p50", "p90", "p99"))
+            + _cell(acc_text) + _cell(acc.get("threshold"))
+            + _cell((f"{fmt(energy.get('joules'))}" + (" MODELLED" if modelled else "")) if energy else "null", cls)
+            + _cell(eff_text + (" MODELLED" if modelled and eff.get("value") is not None else ""), cls)
+            + _cell(str(Path(r.path).parent) if r.path else "", "l") + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _latency_figure(scenario: str, results: list[BenchResult]) -> go.Figure | None:
+    fig = go.Figure()
+    drawn = False
+    for r in results:
+        values = _timings(r)
+        if values is None or not len(values):
+            continue
+        drawn = True
+        name = _label(r)
+        fig.add_trace(go.Box(x=values, name=name, boxpoints=False, orientation="h", showlegend=False))
+        lat = r.latency_ns
+        points = [(k, lat[k] / 1e6) for k in ("p50", "p90", "p99") if k in lat]
+        if points:
+            fig.add_trace(go.Scatter(x=[v for _, v in points], y=[name] * len(points), mode="markers+text",
+                                     text=[k for k, _ in points], textposition="top center",
+                                     marker={"symbol": "diamond", "size": 10, "color": "black"},
+                                     name="LoadGen percentiles", showlegend=False))
+    if not drawn:
+        return None
+    per = "per query (MultiStream: one query = several samples; box is per sample)" if scenario == "MultiStream" else ""
+    fig.update_layout(
+        title=f"{scenario}: latency distribution, ms (box: kcloud SUT per-sample timings; ◆: LoadGen {per} percentiles)",
+        xaxis_title="latency [ms]", height=220 + 60 * len(results), margin={"l": 260},
+    )
+    return fig
+
+
+def _bar(title: str, axis: str, bars: list[tuple[str, float, bool]]) -> go.Figure:
+    fig = go.Figure(go.Bar(
+        x=[value for _, value, _ in bars], y=[label for label, _, _ in bars], orientation="h",
+        marker={"color": ["#7a4fbf" if modelled else "#1f6feb" for _, _, modelled in bars],
+                "pattern": {"shape": ["/" if modelled else "" for _, _, modelled in bars]}},
+        text=[f"{value:,.4g}{' MODELLED' if modelled else ''}" for _, value, modelled in bars],
+        textposition="auto",
+    ))
+    fig.update_layout(title=title, xaxis_title=axis, height=200 + 50 * len(bars), margin={"l": 260})
+    return fig
+
+
+def _performance_figures(scenario: str, results: list[BenchResult]) -> tuple[list[go.Figure], list[str]]:
+    figures: list[go.Figure] = []
+    notes: list[str] = []
+    perf = [r for r in results if r.mode == "performance" and r.metric and r.metric.get("value") is not None]
+    if perf:
+        unit = perf[0].metric["unit"]  # type: ignore[index]
+        name = perf[0].metric["name"]  # type: ignore[index]
+        better = "lower is better" if unit == "ms" else "higher is better"
+        figures.append(_bar(f"{scenario}: {name} across devices and systems ({better}; LoadGen summary)",
+                            f"{name} [{unit}]",
+                            [(f"{_label(r)} [{_validity(r)}]", float(r.metric["value"]), False)  # type: ignore[index]
+                             for r in perf]))
+    effs = []
+    for r in results:
+        if r.mode != "performance":
+            continue
+        energy = r.energy or {}
+        eff = energy.get("efficiency") or {}
+        if eff.get("value") is None:
+            notes.append(f"{_label(r)}: efficiency null — {energy.get('reason') or 'no energy reading'}")
+            continue
+        effs.append((r, eff))
+    if effs:
+        unit, name = effs[0][1]["unit"], effs[0][1]["name"]
+        better = "lower is better" if name == "millijoules_per_query" else "higher is better"
+        figures.append(_bar(f"{scenario}: energy efficiency, {name} ({better}; purple = MODELLED, emulated device)",
+                            f"{name} [{unit}]",
+                            [(_label(r), float(e["value"]), bool((r.energy or {}).get("modelled"))) for r, e in effs]))
+    return figures, notes
+
+
+def build_report(results: list[BenchResult]) -> str:
+    by_scenario: dict[str, list[BenchResult]] = defaultdict(list)
+    for r in results:
+        by_scenario[r.scenario].append(r)
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>kcloud bench report</title>",
+        f"<style>{_CSS}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
+        "<h1>kcloud bench report</h1>",
+        f"<p class='note'>{len(results)} run(s); generated {datetime.now(UTC).isoformat(timespec='seconds')} "
+        f"by kcloud {html.escape(__version__)}. Validity is LoadGen's own verdict; figures marked MODELLED come "
+        "from an emulated device's catalog model, not a sensor; null means no reading, with the reason.</p>",
+    ]
+    figure_count = 0
+    order = [s for s in SCENARIOS if s in by_scenario] + sorted(set(by_scenario) - set(SCENARIOS))
+    for scenario in order:
+        runs = sorted(by_scenario[scenario], key=lambda r: (r.mode, r.system, r.device_label))
+        parts.append(f"<h2>{html.escape(scenario)}</h2>")
+        parts.append(_table(runs))
+        figures, notes = _performance_figures(scenario, runs)
+        latency = _latency_figure(scenario, [r for r in runs if r.mode == "performance"])
+        if latency is not None:
+            figures.insert(0, latency)
+        for fig in figures:
+            figure_count += 1
+            fig.update_layout(template="plotly_white")
+            parts.append("<div class='plot'>" + pio.to_html(fig, include_plotlyjs=False, full_html=False,
+                                                            div_id=f"plot-{figure_count}") + "</div>")
+        parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
+        for r in runs:
+            for note in r.notes:
+                parts.append(f"<p class='note'>{html.escape(_label(r))}: {html.escape(note)}</p>")
+    parts.append(f"<p class='note' id='figure-count' data-figures='{figure_count}'>{figure_count} plot(s).</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(paths: list[Path], output: Path) -> tuple[Path, int]:
+    """Write the report for every run found under `paths`; returns (path, number of runs)."""
+    results = [load_result(p) for p in find_results(paths)]
+    text = build_report(results)
+    if output.exists() and output.is_dir():
+        raise BenchError(f"{output} is a directory; give a file name for the report")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(output)
+    return output, len(results)

@@ -1,0 +1,519 @@
+"""One `kcloud bench run`: check everything, run LoadGen, write the MLPerf-style run directory.
+
+`prepare_run` does every check a user's input can fail (scenario, model, device, data set
+against the model's signature, the gateway, settings) and raises `BenchError` before anything
+is written or started. `execute_run` then starts the SUT, warms it up, runs LoadGen with a live
+progress view and writes `result.json` beside LoadGen's logs in
+`<out>/<system>/<model>/<scenario>/<mode>/`.
+
+`result.json` exists from the moment LoadGen is about to start, marked `"complete": false`; it
+is replaced by the full result when LoadGen returns. Ctrl-C (or any crash) therefore leaves an
+incomplete result that never carries a validity.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlperf_loadgen as lg
+import numpy as np
+from rich.console import Console
+
+from kcloud.bench.accuracy import output_dtype, score_accuracy_log
+from kcloud.bench.calibrate import Calibration, CalibrationError, apply_calibration, calibrate
+from kcloud.bench.energy import EnergyMeter, efficiency
+from kcloud.bench.environment import environment_snapshot
+from kcloud.bench.errors import BenchError, BenchInterrupted
+from kcloud.bench.inprocess import InProcessBackend
+from kcloud.bench.loadgen_logs import (
+    ACCURACY_FILE,
+    DETAIL_FILE,
+    SUMMARY_FILE,
+    TRACE_FILE,
+    latency_stats_ns,
+    parse_detail,
+    parse_summary,
+    power_window,
+)
+from kcloud.bench.network import NetworkBackend
+from kcloud.bench.progress import RunProgress
+from kcloud.bench.result import RESULT_FILE, SCENARIO_METRIC, SCHEMA, TIMINGS_FILE, write_result
+from kcloud.bench.settings import MODES, SCENARIOS, BenchSettings, describe_loadgen_settings, to_loadgen
+from kcloud.bench.sut import Backend, LoadGenSUT
+from kcloud.devices.device import Device
+from kcloud.home import kcloud_home
+from kcloud.models.datasets import Dataset, load_dataset
+from kcloud.models.errors import ModelFileError, ModelNotFoundError
+from kcloud.models.repository import ModelEntry, ModelRepository, default_repository_path
+
+#: How long the warm-up measure may take before LoadGen (quick runs / full runs).
+CALIBRATION_S = {True: 0.5, False: 5.0}
+ENERGY_INTERVAL_S = 0.5
+#: Requests the network SUT keeps in flight by default (best measured against a local gateway on 2 cores).
+NETWORK_MAX_IN_FLIGHT = 16
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def default_out_dir() -> Path:
+    return kcloud_home() / "bench"
+
+
+def _safe(name: str) -> str:
+    return _SAFE.sub("-", name).strip("-.") or "system"
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for; nothing here has been checked yet."""
+
+    model: str
+    scenario: str
+    mode: str = "performance"
+    device: str | None = None
+    url: str | None = None
+    settings: BenchSettings = field(default_factory=BenchSettings)
+    quick: bool = False
+    system: str | None = None
+    out: Path | None = None
+    farm_files: list[Path] = field(default_factory=list)
+    isolation: str = "thread"
+    repository: Path | None = None
+    version: int | None = None
+
+
+@dataclass
+class PreparedRun:
+    request: RunRequest
+    entry: ModelEntry
+    dataset: Dataset
+    backend: Backend
+    run_dir: Path
+    system: str
+    device: Device | None
+    inventory: Any = None
+    max_in_flight: int = 1
+
+
+def _open_repository(request: RunRequest) -> ModelRepository:
+    repository = ModelRepository(request.repository or default_repository_path())
+    try:
+        from kcloud.models.builtin import ensure_builtin_models
+    except ImportError:  # the built-in models module is optional for a custom repository
+        return repository
+    try:
+        ensure_builtin_models(repository)
+    except Exception as exc:  # a failed build of a built-in model names itself
+        raise BenchError(f"could not build the built-in models into {repository.root}: {exc}") from None
+    return repository
+
+
+def _model(request: RunRequest, repository: ModelRepository) -> tuple[ModelEntry, Dataset]:
+    try:
+        entry = repository.get(request.model, request.version)
+    except ModelNotFoundError as exc:
+        raise BenchError(f"unknown model: {exc}") from None
+    except ModelFileError as exc:
+        raise BenchError(f"model {request.model!r} is broken: {exc}") from None
+    if entry.config.accuracy is None or not entry.config.accuracy.dataset:
+        raise BenchError(f"model {entry.name!r} has no labelled data set (config `accuracy.dataset`); "
+                         "LoadGen needs one for its query sample library")
+    try:
+        dataset = load_dataset(entry)
+    except ModelFileError as exc:
+        raise BenchError(f"data set of model {entry.name!r} does not fit it: {exc}") from None
+    if not len(dataset):
+        raise BenchError(f"data set {dataset.path} of model {entry.name!r} is empty")
+    try:
+        output_dtype(entry.config, dataset.output)
+    except ValueError as exc:
+        raise BenchError(f"model {entry.name!r}: {exc}") from None
+    return entry, dataset
+
+
+def _local_device(request: RunRequest) -> tuple[Any, Device]:
+    from kcloud.farm.inventory import FarmFileError, Inventory
+
+    try:
+        inventory = Inventory.build(request.farm_files, include_local=True)
+    except FarmFileError as exc:
+        raise BenchError(f"farm file: {exc}") from None
+    if request.device is None:
+        cpus = [d for d in inventory.devices if d.spec.kind == "cpu" and not d.emulated]
+        if not cpus:
+            raise BenchError("no local CPU device found; name one with --device")
+        return inventory, cpus[0]
+    try:
+        return inventory, inventory.get(request.device)
+    except KeyError:
+        known = ", ".join(d.uid + (" (emulated)" if d.emulated else "") for d in inventory.devices)
+        hint = "" if request.farm_files else "; emulated devices need --farm FILE"
+        raise BenchError(f"unknown device {request.device!r}; devices: {known or 'none'}{hint}") from None
+
+
+def default_max_in_flight(entry: ModelEntry, replicas: int) -> int:
+    """Enough samples in flight to fill every replica's batches twice, within its queue limit."""
+    batching = entry.config.batching
+    per_replica = min(max(batching.max_batch_size, 1) * 2, batching.queue_limit)
+    return max(1, per_replica * replicas)
+
+
+def prepare_run(request: RunRequest) -> PreparedRun:
+    """Every check that a user's input can fail, before anything is started or written."""
+    if request.scenario not in SCENARIOS:
+        raise BenchError(f"unknown scenario {request.scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    if request.mode not in MODES:
+        raise BenchError(f"unknown mode {request.mode!r}; choose one of {', '.join(MODES)}")
+    if request.device is not None and request.url is not None:
+        raise BenchError("give --device (in-process SUT) or --url (network SUT), not both")
+    if request.isolation not in ("thread", "process"):
+        raise BenchError(f"--isolation must be thread or process, got {request.isolation!r}")
+    repository = _open_repository(request)
+    entry, dataset = _model(request, repository)
+    # the settings must be acceptable to LoadGen before anything starts
+    to_loadgen(entry.name, request.scenario, request.mode, request.settings)
+    inventory = None
+    device = None
+    if request.url is not None:
+        in_flight = request.settings.max_in_flight or NETWORK_MAX_IN_FLIGHT
+        backend: Backend = NetworkBackend(request.url, entry, output=dataset.output, max_in_flight=in_flight)
+        backend.preflight()
+        host = backend.url.split("://", 1)[1]
+        system = request.system or f"gateway-{host}"
+    else:
+        inventory, device = _local_device(request)
+        from kcloud.runtime.session import UnsupportedDeviceError, plan_for
+
+        try:
+            plan_for(device)
+        except UnsupportedDeviceError as exc:
+            raise BenchError(f"device {device.uid} cannot run ONNX models here: {exc}") from None
+        if device.spec.kind not in entry.config.device_kinds:
+            raise BenchError(f"model {entry.name} may run on {', '.join(entry.config.device_kinds)}; "
+                             f"device {device.uid} is a {device.spec.kind}")
+        backend = InProcessBackend(entry, device, repository, isolation=request.isolation,  # type: ignore[arg-type]
+                                   emulation=inventory.emulated)
+        in_flight = request.settings.max_in_flight or default_max_in_flight(entry, backend.replicas)
+        system = request.system or f"{device.node}-{device.id}" + ("-emulated" if device.emulated else "")
+    system = _safe(system)
+    out = request.out or default_out_dir()
+    run_dir = out / system / _safe(entry.name) / request.scenario / request.mode
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BenchError(f"{run_dir} exists and is not a directory")
+    return PreparedRun(request, entry, dataset, backend, run_dir, system, device, inventory, in_flight)
+
+
+# ------------------------------------------------------------------------------ execution
+
+
+@dataclass
+class _Meter:
+    meter: EnergyMeter | None
+    reason: str | None
+    source: str | None
+    scope: str | None
+
+
+_SCOPES = {
+    "cpu": "RAPL package energy, all packages summed: the whole CPU socket (other processes included), not wall power",
+    "nvidia": "NVML total energy of the GPU board (host CPU work not included)",
+    "emulated": ("MODELLED, not measured: idle share of the catalog TDP plus the dynamic share for the "
+                 "modelled busy time of the work given to the emulated device"),
+}
+
+
+def _energy_meter(prepared: PreparedRun) -> _Meter:
+    backend = prepared.backend
+    if isinstance(backend, NetworkBackend):
+        uids, reason = backend.serving_devices()
+        if not uids:
+            return _Meter(None, reason, None, None)
+        meter = EnergyMeter(uids, backend.read_energy, interval_s=ENERGY_INTERVAL_S)
+        return _Meter(meter, None, f"gateway {backend.url}/metrics (kcloud_device_energy_joules_total)",
+                      "device-level counters of the gateway's devices that served this model "
+                      "(any other work on them included)")
+    device = prepared.device
+    assert device is not None and prepared.inventory is not None
+    inventory = prepared.inventory
+    meter = EnergyMeter.for_devices({device.uid: lambda: inventory.sample(device)}, interval_s=ENERGY_INTERVAL_S)
+    scope = _SCOPES.get(device.plugin, f"{device.plugin} plugin's energy counter")
+    return _Meter(meter, None, f"local inventory, {device.plugin} plugin", scope)
+
+
+def _log_settings(run_dir: Path) -> lg.LogSettings:
+    settings = lg.LogSettings()
+    settings.log_output.outdir = str(run_dir)
+    settings.log_output.prefix = "mlperf_log_"
+    settings.log_output.suffix = ""
+    settings.log_output.prefix_with_datetime = False
+    settings.log_output.copy_summary_to_stdout = False
+    settings.log_output.copy_detail_to_stdout = False
+    settings.log_mode = lg.LoggingMode.AsyncPoll
+    settings.enable_trace = False
+    return settings
+
+
+def _clear_previous(run_dir: Path) -> None:
+    """A rerun replaces the previous run of the same directory; nothing else is touched."""
+    for name in (SUMMARY_FILE, DETAIL_FILE, ACCURACY_FILE, TRACE_FILE, TIMINGS_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _run_loadgen(sut: LoadGenSUT, total: int, ts: lg.TestSettings, run_dir: Path,
+                 progress: RunProgress | None) -> None:
+    """StartTest in a thread so that the main thread keeps the view live and receives Ctrl-C."""
+    sut_handle = lg.ConstructSUT(sut.issue_query, sut.flush_queries)
+    qsl_handle = lg.ConstructQSL(total, total, sut.load_samples, sut.unload_samples)
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            lg.StartTestWithLogSettings(sut_handle, qsl_handle, ts, _log_settings(run_dir))
+        except BaseException as exc:  # surfaced in the main thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="kcloud-bench-loadgen", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+        if progress is not None:
+            progress.update(sut.issued, sut.completed)
+    if progress is not None:
+        progress.update(sut.issued, sut.completed)
+    lg.DestroyQSL(qsl_handle)
+    lg.DestroySUT(sut_handle)
+    if failure:
+        raise failure[0]
+
+
+def _base_result(prepared: PreparedRun, settings: BenchSettings, calibration: Calibration | None,
+                 ts: lg.TestSettings | None, started_at: str) -> dict[str, Any]:
+    entry, request = prepared.entry, prepared.request
+    return {
+        "schema": SCHEMA,
+        "complete": False,
+        "status": "running",
+        "system": prepared.system,
+        "model": {"name": entry.name, "version": entry.version, "sha256": entry.sha256},
+        "scenario": request.scenario,
+        "mode": request.mode,
+        "quick": request.quick,
+        "started_at": started_at,
+        "finished_at": None,
+        "sut": prepared.backend.describe(),
+        "loadgen": {"validity": None},
+        "metric": None,
+        "latency_ns": {},
+        "accuracy": None,
+        "energy": None,
+        "settings": {
+            "defaults": "MLPerf rules from the mlperf.conf built into LoadGen",
+            "requested": request.settings.given(),
+            "used": settings.given(),
+            "calibration": calibration.as_dict() if calibration else None,
+            "loadgen_test_settings": describe_loadgen_settings(ts) if ts is not None else None,
+            "effective": None,
+        },
+        "environment": environment_snapshot(entry, prepared.device,
+                                            dataset={"path": str(prepared.dataset.path),
+                                                     "samples": len(prepared.dataset),
+                                                     "metric": prepared.dataset.metric}),
+        "notes": [],
+    }
+
+
+def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool = True) -> Path:
+    """Run it; returns the path of `result.json`. Ctrl-C raises `BenchInterrupted` after writing
+    the incomplete result (LoadGen itself cannot be stopped: the caller ends the process)."""
+    request = prepared.request
+    run_dir = prepared.run_dir
+    backend = prepared.backend
+    sut = LoadGenSUT(backend, prepared.dataset.inputs, output=prepared.dataset.output,
+                     max_in_flight=prepared.max_in_flight)
+    started_at = _now()
+    result: dict[str, Any] | None = None
+    calibration: Calibration | None = None
+    settings = request.settings
+    meter: _Meter | None = None
+    try:
+        try:
+            sut.start()
+        except Exception as exc:
+            raise BenchError(f"the SUT did not start: {type(exc).__name__}: {exc}") from None
+        spq = request.settings.samples_per_query or 8
+        try:
+            calibration = sut.run(calibrate(
+                backend, prepared.dataset.inputs, request.scenario, mode=request.mode,
+                budget_s=CALIBRATION_S[request.quick], samples_per_query=spq,
+                max_in_flight=prepared.max_in_flight, output=prepared.dataset.output))
+        except CalibrationError as exc:
+            raise BenchError(str(exc)) from None
+        settings = apply_calibration(request.scenario, request.settings, calibration, quick=request.quick)
+        ts = to_loadgen(prepared.entry.name, request.scenario, request.mode, settings)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _clear_previous(run_dir)
+        result = _base_result(prepared, settings, calibration, ts, started_at)
+        write_result(run_dir, result)
+        meter = _energy_meter(prepared) if request.mode == "performance" else _Meter(
+            None, "accuracy mode: energy is measured in performance runs only", None, None)
+        sut.reset_counters()
+        if isinstance(backend, InProcessBackend):
+            backend.reset_stats()
+        if meter.meter is not None:
+            meter.meter.start()
+        min_duration_s = ts.min_duration_ms / 1000.0
+        title = f"{request.scenario} {request.mode}"
+        with RunProgress(console, title=title, min_duration_s=min_duration_s, enabled=show_progress) as progress:
+            _run_loadgen(sut, len(prepared.dataset), ts, run_dir, progress)
+        if meter.meter is not None:
+            meter.meter.stop()
+    except KeyboardInterrupt:
+        if meter is not None and meter.meter is not None:
+            meter.meter.stop()
+        result = result or _base_result(prepared, settings, calibration, None, started_at)
+        result.update(status="interrupted", complete=False, finished_at=_now())
+        result["loadgen"] = {"validity": None, "validity_note": "interrupted (Ctrl-C) before LoadGen finished: "
+                                                                 "no validity"}
+        result["sut_stats"] = _sut_stats(sut, backend)
+        result["notes"].append("run interrupted with Ctrl-C; LoadGen's logs in this directory are partial")
+        path = write_result(run_dir, result)
+        raise BenchInterrupted(str(path)) from None
+    except BaseException:
+        sut.stop(timeout=10)
+        raise
+    sut.stop()
+    assert result is not None
+    _finish(prepared, result, sut, meter)
+    return write_result(run_dir, result)
+
+
+def _sut_stats(sut: LoadGenSUT, backend: Backend) -> dict[str, Any]:
+    stats: dict[str, Any] = {
+        "issued": sut.issued,
+        "completed": sut.completed,
+        "errors": sut.errors,
+        "first_error": sut.first_error,
+        "max_in_flight": sut.max_in_flight,
+    }
+    if isinstance(backend, InProcessBackend):
+        stats["replica"] = backend.stats()
+    return stats
+
+
+def _finish(prepared: PreparedRun, result: dict[str, Any], sut: LoadGenSUT, meter: _Meter | None) -> None:
+    request, run_dir = prepared.request, prepared.run_dir
+    summary_path, detail_path = run_dir / SUMMARY_FILE, run_dir / DETAIL_FILE
+    summary = parse_summary(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else None
+    events = parse_detail(detail_path.read_text(encoding="utf-8")) if detail_path.exists() else {}
+    result.update(status="finished", complete=summary is not None, finished_at=_now())
+    result["settings"]["effective"] = {k.removeprefix("effective_"): v for k, v in events.items()
+                                       if str(k).startswith("effective_")}
+    loadgen: dict[str, Any] = {
+        "version": events.get("loadgen_version"),
+        "validity": None,
+        "checks": summary.checks if summary else {},
+        "recommendations": summary.recommendations if summary else [],
+        "invalid_reason": (events.get("result_invalid_reason") or "").strip() or None,
+        "early_stopping": summary.early_stopping if summary else [],
+        "headline": {"name": summary.headline_name, "value": summary.headline_value} if summary else None,
+        "result_query_count": events.get("result_query_count"),
+        "errors": events.get("num_errors"),
+        "files": {"summary": SUMMARY_FILE, "detail": DETAIL_FILE, "accuracy": ACCURACY_FILE},
+    }
+    if summary is None:
+        loadgen["validity_note"] = "LoadGen wrote no summary"
+        result["notes"].append("LoadGen wrote no mlperf_log_summary.txt; the run is incomplete")
+    elif request.mode == "performance":
+        loadgen["validity"] = summary.validity
+        loadgen["validity_source"] = "mlperf_log_summary.txt, line 'Result is'"
+        if events.get("result_validity") not in (None, summary.validity):
+            result["notes"].append(f"LoadGen's detail log says {events.get('result_validity')} "
+                                   f"while its summary says {summary.validity}")
+    else:
+        loadgen["validity_note"] = "LoadGen judges performance runs only; accuracy runs pass or fail on the target"
+    result["loadgen"] = loadgen
+    result["latency_ns"] = latency_stats_ns(events)
+    result["throughput"] = {k.removeprefix("result_"): v for k, v in events.items() if k in (
+        "result_samples_per_second", "result_completed_samples_per_sec", "result_scheduled_samples_per_sec",
+        "result_qps_with_loadgen_overhead", "result_qps_without_loadgen_overhead")}
+    if request.mode == "performance" and summary is not None:
+        name, unit = SCENARIO_METRIC[request.scenario]
+        value = summary.headline_value
+        if value is not None and unit == "ms":
+            value = value / 1e6
+        result["metric"] = {"name": name, "unit": unit, "value": value,
+                            "source": f"{SUMMARY_FILE}: '{summary.headline_name}'"}
+    result["sut_stats"] = _sut_stats(sut, prepared.backend)
+    result["sut_stats"]["latency_source"] = (
+        f"{TIMINGS_FILE}: per-sample time from LoadGen's issue_query call to the SUT's QuerySamplesComplete, "
+        "measured by kcloud's SUT (not LoadGen's own timestamps)")
+    if sut.errors:
+        result["notes"].append(
+            f"{sut.errors} samples failed in the SUT (first: {sut.first_error}); LoadGen counted them as "
+            "answered with empty data")
+    if prepared.device is not None and prepared.device.emulated:
+        result["notes"].append(
+            f"{prepared.device.uid} is an EMULATED device: latency and throughput were measured on the host CPU "
+            "that computes for it; its energy is MODELLED from the catalog")
+    times = sut.times
+    np.savez_compressed(run_dir / TIMINGS_FILE, latency_ns=np.asarray(times.latency_ns, dtype=np.int64),
+                        issued_ns=np.asarray(times.issued_ns, dtype=np.int64),
+                        completed_at=np.asarray(times.completed_at, dtype=np.float64))
+    if request.mode == "accuracy":
+        try:
+            accuracy = score_accuracy_log(run_dir / ACCURACY_FILE, prepared.dataset, prepared.entry.config)
+        except ValueError as exc:
+            accuracy = {"score": None, "passed": False, "reason": str(exc)}
+        result["accuracy"] = accuracy
+        result["metric"] = {"name": f"accuracy_{accuracy.get('metric', '')}", "unit": "ratio",
+                            "value": accuracy.get("score"), "source": f"{ACCURACY_FILE} scored by kcloud"}
+    result["energy"] = _energy_block(request.scenario, events, sut, meter, result)
+
+
+def _energy_block(scenario: str, events: dict[str, Any], sut: LoadGenSUT, meter: _Meter | None,
+                  result: dict[str, Any]) -> dict[str, Any]:
+    block: dict[str, Any] = {"joules": None, "efficiency": efficiency(scenario, None, samples=None, queries=None)}
+    if meter is None or meter.meter is None:
+        block.update(reason=meter.reason if meter else "no energy meter", modelled=False, devices=[])
+        return block
+    window = power_window(events)
+    window_source = "LoadGen's power_begin/power_end (mlperf_log_detail.txt)"
+    if window is None:
+        window = meter.meter.span
+        window_source = "first and last counter readings around LoadGen's run"
+    if window is None:
+        block.update(reason="no run window to integrate over", modelled=False, devices=[])
+        return block
+    t0, t1 = window
+    devices = meter.meter.energy(t0, t1)
+    known = [d.joules for d in devices if d.joules is not None]
+    joules = sum(known) if devices and len(known) == len(devices) else None
+    reasons = [f"{d.uid}: {d.reason}" for d in devices if d.reason]
+    samples = sut.completed
+    queries = events.get("result_query_count")
+    window_s = t1 - t0
+    block.update(
+        joules=joules,
+        window_s=window_s,
+        window_source=window_source,
+        average_power_watts=joules / window_s if joules is not None and window_s > 0 else None,
+        samples=samples,
+        queries=queries,
+        efficiency=efficiency(scenario, joules, samples=samples, queries=queries),
+        modelled=any(d.modelled for d in devices),
+        devices=[d.as_dict() for d in devices],
+        source=meter.source,
+        scope=meter.scope,
+        reason="; ".join(reasons) if joules is None else None,
+    )
+    return block
+

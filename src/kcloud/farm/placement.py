@@ -1,0 +1,638 @@
+"""The placement engine: which devices host a deployment's replicas, and why. Filter, then score.
+
+**Filter.** A device is a candidate only if every check passes, in this order (the first that
+fails is its reason): present in the inventory, healthy, not drained, a device kind the model
+runs on, a runtime that can execute the model's platform, the deployment's vendor / chip /
+node / precision constraints, not recently failed for this deployment, its memory known and
+enough of it free (device memory minus what placed replicas hold), its modelled or measured
+batch-1 latency within the SLO's p99, and enough of its throughput left for this replica's
+share of the SLO's requests per second.
+
+**Score.** Performance per watt (samples per joule, from `DeviceProfile`: measured by bench
+where it has a profile, else modelled from the catalog) normalised to the best candidate, so
+the primary goal is the one the mission names: serve the load on the fewest watts. The policy
+then shapes the rest:
+- `spread` (default) first keeps a deployment's replicas on different devices (so one device
+  failing takes down one replica), then perf/watt, then prefers emptier devices;
+- `binpack` is perf/watt first, then prefers the fullest device that still fits, which keeps
+  whole devices free for big models. Its weight (`POLICY_WEIGHT`) lets it decide only between
+  devices within ~1 % perf/watt of each other, which on a real farm are the many identical
+  devices of one chip.
+A device whose perf/watt is unknown scores 0 for it: it is used only when no device with a
+known figure fits, and every reason says "unknown", never a number.
+
+**Speed.** Everything per device is a numpy array over the farm (codes for vendors, chips,
+nodes, kinds; memory and load already placed). Per chip, profiles are computed once per
+(model, precision) and gathered. Placing n replicas is one vectorised filter and score, then n
+steps of argmax, each updating only the chosen device. 10,000 replicas on a 10,000-device farm
+take well under the 2 s target (benchmarks/placement_scale.py).
+
+The engine holds no database: `FarmView` is built from the inventory and the database's rows by
+the caller, and results are plain data the caller records (`PlacementResult.candidates()`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from kcloud.devices.device import Device
+from kcloud.devices.spec import ChipSpec
+from kcloud.farm.profiles import FP32_KINDS, PRECISION_FIGURES, PRECISIONS, DeviceProfile, ProfileBook
+
+Policy = Literal["spread", "binpack"]
+POLICIES: tuple[str, ...] = ("spread", "binpack")
+KINDS: tuple[str, ...] = ("cpu", "gpu", "npu", "pim")
+#: Weight of the policy's memory term next to normalised perf/watt (which is in [0, 1]).
+POLICY_WEIGHT = 0.01
+#: Weight of one co-located replica of the same deployment under `spread` (dominates perf/watt).
+SPREAD_WEIGHT = 10.0
+GIB = float(2**30)
+MIB = float(2**20)
+
+# Verdict codes, in filter order; 0 is eligible. Codes up to LATENCY depend only on a device's
+# class (chip, vendor, runtimes), so they are decided once per class and gathered.
+ELIGIBLE, ABSENT, UNHEALTHY, DRAINED, KIND, RUNTIME, VENDOR, CHIP, PRECISION, LATENCY, NODE, EXCLUDED, \
+    MEMORY_UNKNOWN, MEMORY, THROUGHPUT = range(15)
+N_CODES = 15
+VERDICT_LABELS = {
+    ABSENT: "not present in the inventory",
+    UNHEALTHY: "unhealthy",
+    DRAINED: "drained",
+    KIND: "device kind the model does not run on",
+    RUNTIME: "no runtime for the model's platform",
+    VENDOR: "vendor constraint",
+    CHIP: "chip constraint",
+    PRECISION: "precision constraint",
+    LATENCY: "batch-1 latency above the SLO p99",
+    NODE: "node constraint",
+    EXCLUDED: "recently failed to start this deployment",
+    MEMORY_UNKNOWN: "memory unknown",
+    MEMORY: "not enough free memory",
+    THROUGHPUT: "not enough throughput left for the SLO",
+}
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    """What the database knows about a device beyond what the inventory says."""
+
+    present: bool = True
+    healthy: bool = True
+    drained: bool = False
+    reason: str | None = None  # why unhealthy or drained
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    """Place `count` replicas of a deployment (of `total` it wants in all)."""
+
+    deployment: str
+    model: str
+    count: int
+    total: int | None = None
+    memory_bytes: int | None = None
+    flops_per_sample: float | None = None
+    device_kinds: tuple[str, ...] = ("cpu", "gpu", "npu")
+    platform: str = "onnxruntime"
+    vendor: str | None = None
+    chip: str | None = None
+    precision: str | None = None
+    node: str | None = None
+    policy: Policy = "spread"
+    slo_p99_ms: float | None = None
+    slo_throughput_rps: float | None = None
+    #: device uid -> why it is excluded (e.g. a replica failed to start there a moment ago).
+    exclude: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            raise ValueError(f"count must be >= 0, got {self.count}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def rps_per_replica(self) -> float | None:
+        total = self.total if self.total is not None else self.count
+        if self.slo_throughput_rps is None or total <= 0:
+            return None
+        return self.slo_throughput_rps / total
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One device's part in one placement: chosen (how many replicas) or rejected, and why."""
+
+    device_uid: str
+    chosen: int
+    eligible: bool
+    reason: str
+    score: float | None
+    perf_per_watt: float | None
+    perf_modelled: bool | None
+
+
+class _Vocab:
+    """Strings to small integer codes, for vectorised equality tests."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+
+    def code(self, value: str) -> int:
+        return self.codes.setdefault(value, len(self.codes))
+
+    def get(self, value: str) -> int:
+        return self.codes.get(value, -1)
+
+
+@dataclass
+class _ClassFigures:
+    """Per device class, for one (model, FLOPs, precision): figures from its `DeviceProfile`."""
+
+    ppw: np.ndarray  # samples per joule; nan unknown
+    sps: np.ndarray  # samples per second; nan unknown
+    latency_ms: np.ndarray  # batch-1; nan unknown
+    modelled: np.ndarray  # bool
+    profiles: list[DeviceProfile]
+
+
+@dataclass(frozen=True)
+class _SpecDevice:
+    """Stands in for a device when looking up a chip-level profile."""
+
+    spec: ChipSpec
+    uid: str = "\0chip"
+
+
+class FarmView:
+    """The farm as arrays: static facts per device, plus the memory and load already placed.
+
+    Devices fall into *classes* (same chip, vendor and runtimes): most checks and all profile
+    figures are the same within a class, so they are worked out per class and gathered.
+    Build the view from the inventory's devices, the database's device status, and the
+    replicas already placed (`add_replica`). The engine updates it as it places, so one view
+    serves a sequence of decisions.
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[Device],
+        status: Mapping[str, DeviceStatus] | None = None,
+        profiles: ProfileBook | None = None,
+    ) -> None:
+        status = status or {}
+        self.devices = list(devices)
+        self.uids = [d.uid for d in self.devices]
+        self.index = {uid: i for i, uid in enumerate(self.uids)}
+        if len(self.index) != len(self.uids):
+            raise ValueError("duplicate device uids in the farm view")
+        self.profiles = profiles or ProfileBook()
+        n = len(self.devices)
+        self.nodes = _Vocab()
+        classes: dict[tuple[str, str, tuple[str, ...]], int] = {}
+        #: One representative device per class.
+        self.class_devices: list[Device] = []
+        self.class_code = np.empty(n, np.int32)
+        self.node_code = np.empty(n, np.int32)
+        self.memory_total = np.full(n, np.nan)
+        self.memory_used = np.zeros(n)
+        self.load_used = np.zeros(n)
+        self.replica_count = np.zeros(n, np.int32)
+        self.unavailable = np.zeros(n, np.int8)  # 0, ABSENT, UNHEALTHY or DRAINED
+        self.unavailable_reason: dict[int, str] = {}
+        #: deployment -> {device index: replicas}
+        self.placed: dict[str, Counter[int]] = {}
+        for i, device in enumerate(self.devices):
+            key = (device.spec.key, device.vendor, tuple(device.runtimes))
+            if key not in classes:
+                classes[key] = len(self.class_devices)
+                self.class_devices.append(device)
+            self.class_code[i] = classes[key]
+            self.node_code[i] = self.nodes.code(device.node)
+            if device.memory_bytes is not None:
+                self.memory_total[i] = float(device.memory_bytes)
+            st = status.get(device.uid)
+            if st is not None and not st.present:
+                self.unavailable[i] = ABSENT
+            elif not device.healthy or (st is not None and not st.healthy):
+                self.unavailable[i] = UNHEALTHY
+            elif st is not None and st.drained:
+                self.unavailable[i] = DRAINED
+            if self.unavailable[i] and st is not None and st.reason:
+                self.unavailable_reason[i] = st.reason
+        self.memory_known = ~np.isnan(self.memory_total)
+        with np.errstate(divide="ignore"):
+            self.inv_memory = np.where(self.memory_total > 0, 1.0 / self.memory_total, 0.0)
+        self._figures: dict[tuple[str, float | None, str | None], _ClassFigures] = {}
+        #: Devices with their own measured profile (they override their class's figures).
+        self.measured_devices = sorted(
+            self.index[p.device_uid] for p in self.profiles.measured if p.device_uid in self.index
+        )
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def add_replica(
+        self, deployment: str, device_uid: str, memory_bytes: int | None, load_share: float | None
+    ) -> None:
+        """Account for a replica already placed (from the database)."""
+        i = self.index.get(device_uid)
+        if i is not None:  # a replica on a device that left the inventory holds nothing here
+            self.commit(deployment, i, memory_bytes, load_share)
+
+    def remove_replica(
+        self, deployment: str, device_uid: str, memory_bytes: int | None, load_share: float | None
+    ) -> None:
+        i = self.index.get(device_uid)
+        if i is None:
+            return
+        if memory_bytes:
+            self.memory_used[i] = max(0.0, self.memory_used[i] - memory_bytes)
+        if load_share is not None and math.isfinite(load_share):
+            self.load_used[i] = max(0.0, self.load_used[i] - load_share)
+        self.replica_count[i] = max(0, self.replica_count[i] - 1)
+        counts = self.placed.get(deployment)
+        if counts and counts[i] > 0:
+            counts[i] -= 1
+            if counts[i] == 0:
+                del counts[i]
+
+    def commit(self, deployment: str, i: int, memory_bytes: int | None, load_share: float | None) -> None:
+        if memory_bytes:
+            self.memory_used[i] += memory_bytes
+        if load_share is not None and math.isfinite(load_share):
+            self.load_used[i] += load_share
+        self.replica_count[i] += 1
+        self.placed.setdefault(deployment, Counter())[i] += 1
+
+    def figures(self, model: str, flops: float | None, precision: str | None) -> _ClassFigures:
+        """Per-class profile figures for a model, computed once per (model, FLOPs, precision)."""
+        key = (model, flops, precision)
+        figures = self._figures.get(key)
+        if figures is None:
+            profiles = [
+                self.profiles.for_device(_SpecDevice(d.spec), model, flops, precision)  # type: ignore[arg-type]
+                for d in self.class_devices
+            ]
+            figures = _ClassFigures(
+                ppw=_floats(p.perf_per_watt for p in profiles),
+                sps=_floats(p.samples_per_second for p in profiles),
+                latency_ms=_floats(None if (t := p.latency_s(1)) is None else t * 1000 for p in profiles),
+                modelled=np.array([p.modelled for p in profiles], bool),
+                profiles=profiles,
+            )
+            self._figures[key] = figures
+        return figures
+
+    def profile(self, i: int, model: str, flops: float | None, precision: str | None) -> DeviceProfile:
+        """Device `i`'s profile: its own measurement, else its class's."""
+        return self.profiles.for_device(self.devices[i], model, flops, precision)
+
+
+def _supports(spec: ChipSpec, precision: str) -> bool:
+    if precision == "fp32":
+        return spec.kind in FP32_KINDS
+    return getattr(spec, PRECISION_FIGURES[precision]).known
+
+
+def _floats(values: Iterable[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in values], float)
+
+
+def _class_verdict(device: Device, request: PlacementRequest, latency_ms: float) -> int:
+    """The first class-level check a device of this class fails (ELIGIBLE if none)."""
+    spec = device.spec
+    if spec.kind not in request.device_kinds:
+        return KIND
+    platform = request.platform
+    if not any(r == platform or r.startswith(platform + "-") for r in device.runtimes):
+        return RUNTIME
+    if request.vendor is not None and device.vendor != request.vendor:
+        return VENDOR
+    if request.chip is not None and spec.key != request.chip:
+        return CHIP
+    if request.precision is not None and not _supports(spec, request.precision):
+        return PRECISION
+    if request.slo_p99_ms is not None and latency_ms > request.slo_p99_ms:  # nan (unknown) passes
+        return LATENCY
+    return ELIGIBLE
+
+
+def _size(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "unknown"
+    if value >= GIB:
+        return f"{value / GIB:.1f} GiB"
+    return f"{value / MIB:.1f} MiB"
+
+
+@dataclass
+class PlacementResult:
+    """The decision for one request: a device index per replica placed, and every device's verdict."""
+
+    request: PlacementRequest
+    view: FarmView
+    chosen: list[int]
+    verdict: np.ndarray
+    score: np.ndarray  # -inf where not eligible
+    free_before: np.ndarray
+    load_before: np.ndarray
+    figures: _ClassFigures
+    #: device index -> (ppw, sps, latency_ms, modelled) for devices with their own measurement
+    overrides: dict[int, tuple[float, float, float, bool]]
+    rejected: np.ndarray  # count per verdict code
+
+    @property
+    def placed(self) -> int:
+        return len(self.chosen)
+
+    @property
+    def outcome(self) -> str:
+        if self.placed == self.request.count:
+            return "placed"
+        return "partial" if self.placed else "pending"
+
+    @property
+    def device_uids(self) -> list[str]:
+        return [self.view.uids[i] for i in self.chosen]
+
+    def _fig(self, i: int) -> tuple[float, float, float, bool]:
+        hit = self.overrides.get(i)
+        if hit is not None:
+            return hit
+        c = self.view.class_code[i]
+        f = self.figures
+        return float(f.ppw[c]), float(f.sps[c]), float(f.latency_ms[c]), bool(f.modelled[c])
+
+    def load_share_of(self, i: int) -> float | None:
+        """Share of device `i`'s throughput one replica's SLO traffic takes; `None` if unknown."""
+        rps = self.request.rps_per_replica
+        sps = self._fig(i)[1]
+        if rps is None or math.isnan(sps) or sps <= 0:
+            return None
+        return rps / sps
+
+    @property
+    def reason(self) -> str:
+        """One line: where the replicas went, or why (some) did not fit anywhere."""
+        req = self.request
+        counts = Counter(self.chosen)
+        uids = self.view.uids
+        where = ", ".join(f"{uids[i]}×{n}" if n > 1 else uids[i] for i, n in counts.items())
+        eligible = int(np.count_nonzero(self.verdict == ELIGIBLE))
+        if self.outcome == "placed":
+            if req.count == 0:
+                return "nothing to place"
+            return f"placed {self.placed} replica(s) on {where} ({req.policy}, by perf/watt); {eligible} eligible"
+        why = self.nothing_fits()
+        if self.outcome == "partial":
+            return f"placed {self.placed} of {req.count} on {where}; no room for the rest: {why}"
+        return f"no device fits {req.count} replica(s) of {req.model}: {why}"
+
+    def nothing_fits(self) -> str:
+        parts = [
+            f"{int(self.rejected[code])} {VERDICT_LABELS[code]}{self._detail(code)}"
+            for code in sorted(range(1, N_CODES), key=lambda c: -self.rejected[c])
+            if self.rejected[code]
+        ]
+        eligible = int(np.count_nonzero(self.verdict == ELIGIBLE))
+        if eligible:
+            parts.append(f"{eligible} eligible device(s) had no room left for more")
+        return "; ".join(parts) if parts else "the farm has no devices"
+
+    def _detail(self, code: int) -> str:
+        req = self.request
+        mask = self.verdict == code
+        if code == VENDOR:
+            return f" (wants vendor {req.vendor!r})"
+        if code == CHIP:
+            return f" (wants chip {req.chip!r})"
+        if code == NODE:
+            return f" (wants node {req.node!r})"
+        if code == PRECISION:
+            return f" (wants {req.precision})"
+        if code == KIND:
+            return f" (model runs on {', '.join(req.device_kinds)})"
+        if code == RUNTIME:
+            return f" (needs a {req.platform} runtime)"
+        if code == MEMORY and req.memory_bytes:
+            largest = float(np.nanmax(self.free_before[mask]))
+            return f" (needs {_size(req.memory_bytes)}; largest free {_size(largest)})"
+        if code == LATENCY and req.slo_p99_ms is not None:
+            best = min(self._fig(int(i))[2] for i in np.flatnonzero(mask)[:1000])
+            return f" (p99 target {req.slo_p99_ms:g} ms; fastest {best:.3g} ms)"
+        if code == THROUGHPUT and req.rps_per_replica is not None:
+            best = max(
+                self._fig(int(i))[1] * max(0.0, 1 - self.load_before[i]) for i in np.flatnonzero(mask)[:1000]
+            )
+            return f" ({req.rps_per_replica:.4g} rps per replica; most left on one device {best:.4g}/s)"
+        return ""
+
+    def candidates(self) -> list[Candidate]:
+        """Every device with its verdict and reason: chosen first, then eligible by score."""
+        counts = Counter(self.chosen)
+        out = [self._candidate(i, counts.get(i, 0)) for i in range(len(self.view))]
+        out.sort(key=lambda c: (-c.chosen, not c.eligible, -(c.score if c.score is not None else -math.inf)))
+        return out
+
+    def _candidate(self, i: int, chosen: int) -> Candidate:
+        code = int(self.verdict[i])
+        ppw, _, _, modelled = self._fig(i)
+        known = not math.isnan(ppw)
+        return Candidate(
+            device_uid=self.view.uids[i],
+            chosen=chosen,
+            eligible=code == ELIGIBLE,
+            reason=self._device_reason(i, code, chosen),
+            score=round(float(self.score[i]), 6) if code == ELIGIBLE else None,
+            perf_per_watt=ppw if known else None,
+            perf_modelled=modelled if known else None,
+        )
+
+    def _ppw_text(self, i: int) -> str:
+        ppw, _, _, modelled = self._fig(i)
+        if math.isnan(ppw):
+            return "perf/watt unknown"
+        return f"perf/watt {ppw:.4g} samples/J ({'modelled' if modelled else 'measured'})"
+
+    def _device_reason(self, i: int, code: int, chosen: int) -> str:
+        req, view = self.request, self.view
+        device = view.devices[i]
+        _, sps, latency_ms, modelled = self._fig(i)
+        tag = "modelled" if modelled else "measured"
+        if code == ELIGIBLE:
+            free = f"{_size(self.free_before[i])} free" if view.memory_known[i] else "memory unknown"
+            head = f"chosen for {chosen} replica(s)" if chosen else "eligible, not chosen"
+            tail = "; better-scoring devices took the replicas" if not chosen and self.chosen else ""
+            return f"{head}: {self._ppw_text(i)}, {free}, score {self.score[i]:.4g}{tail}"
+        label = VERDICT_LABELS[code]
+        if code in (ABSENT, UNHEALTHY, DRAINED):
+            why = view.unavailable_reason.get(i)
+            return f"rejected: {label}" + (f" ({why})" if why else "")
+        if code == KIND:
+            return f"rejected: a {device.spec.kind}; the model runs on {', '.join(req.device_kinds)}"
+        if code == RUNTIME:
+            return f"rejected: runtimes {', '.join(device.runtimes) or 'none'} cannot execute {req.platform} models"
+        if code == VENDOR:
+            return f"rejected: vendor {device.vendor}, the deployment wants {req.vendor}"
+        if code == CHIP:
+            return f"rejected: chip {device.spec.key}, the deployment wants {req.chip}"
+        if code == NODE:
+            return f"rejected: on node {device.node}, the deployment wants {req.node}"
+        if code == PRECISION:
+            if req.precision == "fp32":
+                return f"rejected: FP32 runs on CPUs and GPUs; this is a {device.spec.kind}"
+            return (
+                f"rejected: the catalog has no {(req.precision or '').upper()} figure for {device.spec.key} "
+                f"(support unknown, not assumed)"
+            )
+        if code == EXCLUDED:
+            return f"rejected: {req.exclude.get(view.uids[i], label)}"
+        if code == MEMORY_UNKNOWN:
+            return f"rejected: device memory unknown, cannot check that {_size(req.memory_bytes)} fits"
+        if code == MEMORY:
+            return (
+                f"rejected: needs {_size(req.memory_bytes)}, {_size(self.free_before[i])} free "
+                f"of {_size(view.memory_total[i])}"
+            )
+        if code == LATENCY:
+            return f"rejected: batch-1 latency {latency_ms:.3g} ms ({tag}) > p99 target {req.slo_p99_ms:g} ms"
+        if code == THROUGHPUT:
+            share = self.load_share_of(i) or 0.0
+            return (
+                f"rejected: a replica's {req.rps_per_replica:.4g} rps needs {share:.1%} of its "
+                f"{sps:.4g} samples/s ({tag}); {max(0.0, 1 - self.load_before[i]):.1%} left"
+            )
+        return f"rejected: {label}"
+
+
+class PlacementEngine:
+    """Places requests on a `FarmView`, updating it; see the module docstring for the rules."""
+
+    def __init__(self, view: FarmView) -> None:
+        self.view = view
+
+    def place(self, request: PlacementRequest, *, commit: bool = True) -> PlacementResult:
+        """Choose devices for `request.count` replicas. With `commit=False` the view is untouched."""
+        view = self.view
+        n = len(view)
+        figures = view.figures(request.model, request.flops_per_sample, request.precision)
+        class_verdict = np.array(
+            [_class_verdict(d, request, figures.latency_ms[c]) for c, d in enumerate(view.class_devices)], np.int8
+        )
+        cc = view.class_code
+        verdict = np.where(view.unavailable != 0, view.unavailable, class_verdict[cc] if n else view.unavailable)
+        ppw = figures.ppw[cc]
+        sps = figures.sps[cc]
+        overrides: dict[int, tuple[float, float, float, bool]] = {}
+        for i in view.measured_devices:  # a device's own measurement overrides its class's figures
+            p = view.profile(i, request.model, request.flops_per_sample, request.precision)
+            lat = p.latency_s(1)
+            fig = (
+                np.nan if p.perf_per_watt is None else p.perf_per_watt,
+                np.nan if p.samples_per_second is None else p.samples_per_second,
+                np.nan if lat is None else lat * 1000,
+                p.modelled,
+            )
+            overrides[i] = fig
+            ppw[i], sps[i] = fig[0], fig[1]
+            if verdict[i] in (ELIGIBLE, LATENCY):
+                slow = request.slo_p99_ms is not None and fig[2] > request.slo_p99_ms
+                verdict[i] = LATENCY if slow else ELIGIBLE
+
+        if request.node is not None:
+            verdict[(verdict == ELIGIBLE) & (view.node_code != view.nodes.get(request.node))] = NODE
+        for uid in request.exclude:
+            i = view.index.get(uid)
+            if i is not None and verdict[i] == ELIGIBLE:
+                verdict[i] = EXCLUDED
+        need = float(request.memory_bytes or 0)
+        free_before = view.memory_total - view.memory_used
+        if need:
+            short = (verdict == ELIGIBLE) & ~(free_before >= need)
+            verdict[short] = np.where(view.memory_known[short], MEMORY, MEMORY_UNKNOWN)
+        rps = request.rps_per_replica
+        load_share = None
+        if rps is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                load_share = rps / sps  # nan where the device's throughput is unknown
+            verdict[(verdict == ELIGIBLE) & (view.load_used + load_share > 1.0 + 1e-12)] = THROUGHPUT
+
+        eligible = verdict == ELIGIBLE
+        known = eligible & ~np.isnan(ppw)
+        best = float(ppw[known].max()) if known.any() else math.nan
+        ppw_norm = np.nan_to_num(ppw / best, nan=0.0) if best > 0 else np.zeros(n)
+        fullness = (view.memory_used + need) * view.inv_memory
+        spread = request.policy == "spread"
+        score = ppw_norm + POLICY_WEIGHT * ((1.0 - fullness) if spread else fullness)
+        same = view.placed.get(request.deployment)
+        if spread and same:
+            for i, count in same.items():
+                score[i] -= SPREAD_WEIGHT * count
+        score = np.where(eligible, score, -np.inf)
+        working = score.copy()
+        load_before = view.load_used.copy()
+
+        memory_used = view.memory_used if commit else view.memory_used.copy()
+        load_used = view.load_used if commit else view.load_used.copy()
+        local_same: Counter[int] = Counter(same or {})
+        chosen: list[int] = []
+        for _ in range(request.count if n else 0):
+            i = int(working.argmax())
+            if working[i] == -np.inf:
+                break
+            chosen.append(i)
+            share = None if load_share is None or math.isnan(load_share[i]) else float(load_share[i])
+            if commit:
+                view.commit(request.deployment, i, request.memory_bytes, share)
+            else:
+                memory_used[i] += need
+                if share is not None:
+                    load_used[i] += share
+            local_same[i] += 1
+            # Only device i changed: does another replica still fit there, and how does it score now?
+            fits = not need or view.memory_total[i] - memory_used[i] >= need
+            if share is not None:
+                fits = fits and load_used[i] + share <= 1.0 + 1e-12
+            if not fits:
+                working[i] = -np.inf
+                continue
+            full = (memory_used[i] + need) * view.inv_memory[i]
+            if spread:
+                working[i] = ppw_norm[i] + POLICY_WEIGHT * (1.0 - full) - SPREAD_WEIGHT * local_same[i]
+            else:
+                working[i] = ppw_norm[i] + POLICY_WEIGHT * full
+        return PlacementResult(
+            request=request,
+            view=view,
+            chosen=chosen,
+            verdict=verdict,
+            score=score,
+            free_before=free_before,
+            load_before=load_before,
+            figures=figures,
+            overrides=overrides,
+            rejected=np.bincount(verdict, minlength=N_CODES),
+        )
+
+    def place_many(self, requests: Sequence[PlacementRequest]) -> list[PlacementResult]:
+        """Place a batch, largest first; results in request order.
+
+        Placing the big deployments first keeps the efficient devices from being filled by
+        small replicas that could have gone almost anywhere (first-fit decreasing).
+        """
+        order = sorted(
+            range(len(requests)),
+            key=lambda k: (-(requests[k].memory_bytes or 0), -(requests[k].rps_per_replica or 0.0), k),
+        )
+        results: dict[int, PlacementResult] = {}
+        for k in order:
+            results[k] = self.place(requests[k])
+        return [results[k] for k in range(len(requests))]

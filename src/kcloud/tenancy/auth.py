@@ -1,0 +1,141 @@
+"""Authentication: from an `Authorization: Bearer <key>` header to a `Principal`, or a 401.
+
+The key's row (digest, role, tenant, expiry, revocation, limits) is cached per prefix for
+`ttl_s` seconds, so a request costs one dict look-up and one HMAC (about a microsecond) instead of a
+database round trip; the secret itself is re-checked on every request, never cached. Unknown
+prefixes are cached too (as absent), so a flood of made-up keys cannot hammer the database.
+A key revoked or a quota changed through this server's API takes effect at once (the cache entry
+is dropped); through another gateway process sharing the database, within `ttl_s`.
+
+Answers never tell an unknown prefix from a wrong secret ("invalid API key"): only someone who
+holds the real key learns that it was revoked or has expired.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import anyio.to_thread
+from sqlalchemy import select
+
+from kcloud.farm.db import Database
+from kcloud.tenancy.keys import KeyFormatError, key_matches, parse_key
+from kcloud.tenancy.roles import Principal, Role
+from kcloud.tenancy.schema import ApiKey, TenantQuota
+
+DEFAULT_TTL_S = 5.0
+_MAX_CACHED = 50_000
+
+
+class AuthError(Exception):
+    """The request carries no usable key; answered 401 with `WWW-Authenticate: Bearer`."""
+
+    def __init__(self, message: str, *, invalid_token: bool = True) -> None:
+        super().__init__(message)
+        #: RFC 6750: `error="invalid_token"` when a token was sent but is unusable.
+        self.invalid_token = invalid_token
+
+    @property
+    def www_authenticate(self) -> str:
+        if self.invalid_token:
+            return 'Bearer realm="kcloud", error="invalid_token"'
+        return 'Bearer realm="kcloud"'
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What authentication and the limits need to know about a key, read in one query."""
+
+    key_id: int
+    prefix: str
+    digest: str
+    role: Role
+    tenant_id: int | None
+    tenant_name: str | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    requests_per_second: float | None
+    burst: int | None
+    max_concurrency: int | None
+
+    def principal(self) -> Principal:
+        return Principal(
+            key_id=self.key_id, key_prefix=self.prefix, role=self.role,
+            tenant_id=self.tenant_id, tenant_name=self.tenant_name,
+        )
+
+
+def load_key_record(db: Database, prefix: str) -> KeyRecord | None:
+    with db.session() as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+        if row is None:
+            return None
+        quota = None
+        if row.tenant_id is not None:
+            quota = session.get(TenantQuota, row.tenant_id)
+        rate = row.requests_per_second if row.requests_per_second is not None else (
+            quota.requests_per_second if quota is not None else None)
+        burst = row.burst if row.burst is not None else (quota.burst if quota is not None else None)
+        return KeyRecord(
+            key_id=row.id, prefix=row.prefix, digest=row.digest, role=Role(row.role),
+            tenant_id=row.tenant_id, tenant_name=row.tenant.name if row.tenant is not None else None,
+            expires_at=row.expires_at, revoked_at=row.revoked_at,
+            requests_per_second=rate, burst=burst,
+            max_concurrency=quota.max_concurrency if quota is not None else None,
+        )
+
+
+class Authenticator:
+    def __init__(self, db: Database, server_secret: bytes, *, ttl_s: float = DEFAULT_TTL_S) -> None:
+        self._db = db
+        self._secret = server_secret
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+
+    async def authenticate(self, authorization: str | None) -> KeyRecord:
+        """The key's record, or `AuthError` for a missing, garbled, unknown, revoked or expired key."""
+        text = _bearer_token(authorization)
+        try:
+            parsed = parse_key(text)
+        except KeyFormatError as exc:
+            raise AuthError(f"malformed API key: {exc}") from None
+        record = await self._record(parsed.prefix)
+        if record is None or not key_matches(text, record.digest, self._secret):
+            raise AuthError("invalid API key")
+        if record.revoked_at is not None:
+            raise AuthError(f"API key kc_{record.prefix}_… was revoked at {record.revoked_at.isoformat()}")
+        if record.expires_at is not None and record.expires_at.timestamp() <= time.time():
+            raise AuthError(f"API key kc_{record.prefix}_… expired at {record.expires_at.isoformat()}")
+        return record
+
+    async def _record(self, prefix: str) -> KeyRecord | None:
+        now = time.monotonic()
+        cached = self._cache.get(prefix)
+        if cached is not None and now - cached[1] < self.ttl_s:
+            return cached[0]
+        record = await anyio.to_thread.run_sync(load_key_record, self._db, prefix)
+        if len(self._cache) >= _MAX_CACHED:
+            self._cache.clear()
+        self._cache[prefix] = (record, now)
+        return record
+
+    def invalidate(self, prefix: str | None = None) -> None:
+        """Forget one key's cached row (or all, e.g. after a quota change)."""
+        if prefix is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(prefix, None)
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if authorization is None or not authorization.strip():
+        raise AuthError("missing API key: send the header 'Authorization: Bearer <key>'", invalid_token=False)
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthError(f"unsupported authorization scheme {scheme[:20]!r}: send 'Authorization: Bearer <key>'")
+    token = token.strip()
+    if not token:
+        raise AuthError("empty bearer token: send 'Authorization: Bearer <key>'")
+    return token

@@ -1,0 +1,115 @@
+"""What a tenant holds, read from the control plane's tables, and the quota check at create/scale.
+
+The control plane calls `enforce_deployment_quota` inside the transaction that creates or scales
+a deployment, after placement decided the devices and before it commits: a refusal raises
+`QuotaExceededError` (403, naming the limit) and the transaction rolls back, so nothing of the
+refused change is left. The tenant's quota row is locked (`SELECT .. FOR UPDATE` on PostgreSQL;
+SQLite serialises writers anyway), so two concurrent changes of one tenant cannot both pass.
+
+Counted: desired replicas of all the tenant's deployments (the changed one at its new count),
+and the distinct devices their replicas sit on (replicas being stopped are not counted), with
+each device's vendor and catalog compute. PF uses `kcloud.farm.capacity`'s figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kcloud.devices.catalog import UnknownChipError, load_catalog
+from kcloud.farm.capacity import FIGURES
+from kcloud.farm.schema import Deployment, DeviceRow, ReplicaRow
+from kcloud.tenancy.errors import NotFoundError, QuotaExceededError
+from kcloud.tenancy.quotas import HeldDevice, Holding, QuotaLimits, check_holding
+from kcloud.tenancy.schema import Tenant, TenantQuota
+from kcloud.tenancy.store import _quota_view
+
+#: Replica states that no longer hold their device.
+RELEASING = ("stopping",)
+
+
+def _held_devices(session: Session, uids: set[str], pf_figure: str) -> list[HeldDevice]:
+    if not uids:
+        return []
+    rows = session.execute(
+        select(DeviceRow.uid, DeviceRow.vendor, DeviceRow.chip_key).where(DeviceRow.uid.in_(uids))
+    ).all()
+    known = {uid: (vendor, chip) for uid, vendor, chip in rows}
+    catalog = load_catalog()
+    figure = FIGURES[pf_figure][2]  # type: ignore[index]
+    held = []
+    for uid in sorted(uids):
+        vendor, chip = known.get(uid, ("unknown", None))
+        pf: float | None = None
+        if chip is not None:
+            try:
+                pf = figure(catalog.get(chip))
+            except UnknownChipError:
+                pf = None
+        held.append(HeldDevice(uid=uid, vendor=vendor, pf=pf))
+    return held
+
+
+def tenant_holding(
+    session: Session,
+    tenant: str,
+    *,
+    pf_figure: str = "fp16_bf16_pflops",
+    replace: tuple[str, int, Sequence[str]] | None = None,
+) -> Holding:
+    """What `tenant` holds now, or would hold if deployment `replace[0]` had `replace[1]` replicas
+    on devices `replace[2]`."""
+    holding = Holding()
+    device_uids: set[str] = set()
+    deployments = session.execute(
+        select(Deployment.id, Deployment.name, Deployment.replicas).where(Deployment.tenant == tenant)
+    ).all()
+    for deployment_id, name, replicas in deployments:
+        if replace is not None and name == replace[0]:
+            continue
+        holding.replicas += replicas
+        device_uids.update(session.scalars(
+            select(ReplicaRow.device_uid).where(
+                ReplicaRow.deployment_id == deployment_id, ReplicaRow.state.not_in(RELEASING))
+        ))
+    if replace is not None:
+        holding.replicas += replace[1]
+        device_uids.update(replace[2])
+    for device in _held_devices(session, device_uids, pf_figure):
+        holding.devices[device.uid] = device
+    return holding
+
+
+def enforce_deployment_quota(
+    session: Session,
+    *,
+    tenant: str | None,
+    deployment: str,
+    replicas: int,
+    device_uids: Sequence[str],
+) -> None:
+    """Refuse (QuotaExceededError, 403) a create or scale that takes `tenant` over its quota.
+
+    `replicas` is the deployment's desired count after the change; `device_uids` the devices its
+    replicas are placed on after it (one per placed replica; repeats are fine). An admin's own
+    deployment (`tenant` None) has no quota. An unknown tenant is refused (NotFoundError, 404).
+    """
+    if tenant is None:
+        return
+    tenant_row = session.scalar(select(Tenant).where(Tenant.name == tenant))
+    if tenant_row is None:
+        raise NotFoundError(f"tenant {tenant!r} not found; create it first (kcloud tenants create {tenant})")
+    quota_row = session.scalar(
+        select(TenantQuota).where(TenantQuota.tenant_id == tenant_row.id).with_for_update()
+    )
+    limits: QuotaLimits = _quota_view(quota_row)
+    after = tenant_holding(session, tenant, pf_figure=limits.pf_figure,
+                           replace=(deployment, replicas, list(device_uids)))
+    violation = check_holding(tenant, limits, after)
+    if violation is not None:
+        raise QuotaExceededError(
+            f"quota exceeded: {violation.reason} (deployment {deployment!r})",
+            limit=violation.limit, allowed=violation.allowed, requested=violation.requested,
+        )

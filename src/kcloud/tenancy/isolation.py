@@ -1,0 +1,158 @@
+"""Isolation: a tenant sees and calls only its own deployments; anything else does not exist (404).
+
+The gateway's routes all reach models through one object, the `Router`. `TenantScopedRouter`
+stands in for it on the gateway and asks, for every model name, whether the current request's
+principal may see it (`kcloud.tenancy.context`). So the OIP routes, the OpenAI routes, the
+`/v1/models` listing, model metadata and readiness are all covered by one check, and a route added
+later is covered without knowing about tenants. The control plane keeps the real router.
+
+A model another tenant owns is answered exactly as a model that does not exist — the same
+`ModelNotFoundError`, with a list of served models that names only the caller's own — so a tenant
+cannot even learn that a name is taken.
+
+Who owns a served model comes from the deployments table (`deployments.tenant`), read into an
+in-memory snapshot by the background refresher every few seconds, so the check on the hot path
+is a dict look-up. A served model with no deployment row (what `kcloud up` serves on its own)
+belongs to the operator: admins and farm-wide read-only keys see it, tenants do not.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from kcloud.farm.db import Database
+from kcloud.farm.schema import Deployment
+from kcloud.models.errors import ModelNotFoundError
+from kcloud.models.repository import ModelEntry
+from kcloud.serving.errors import ServingError
+from kcloud.serving.replica import InferOutcome, Replica
+from kcloud.serving.router import Router
+from kcloud.tenancy.context import current_request
+
+log = logging.getLogger(__name__)
+
+
+class InferenceForbiddenError(ServingError):
+    """A read-only key asked for inference (403; the gateway answers ServingErrors by `status`)."""
+
+    status = 403
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who owns a served model: a tenant (None: the operator) and the deployment that serves it."""
+
+    tenant: str | None
+    deployment: str | None
+
+
+_OPERATOR = Owner(tenant=None, deployment=None)
+
+
+class Ownership:
+    """Served model name -> owner, as a snapshot replaced whole (readers never see it half-built)."""
+
+    def __init__(self, owners: dict[str, Owner] | None = None) -> None:
+        self._owners: dict[str, Owner] = dict(owners or {})
+
+    def owner(self, served_name: str) -> Owner:
+        return self._owners.get(served_name, _OPERATOR)
+
+    def replace(self, owners: dict[str, Owner]) -> None:
+        self._owners = dict(owners)
+
+    def snapshot(self) -> dict[str, Owner]:
+        return dict(self._owners)
+
+
+def load_ownership(db: Database) -> dict[str, Owner]:
+    """Every deployment's served name -> its owner.
+
+    A deployment is served under its own name (the control plane names replicas' entries after
+    the deployment); the model it runs may be shared by several tenants' deployments.
+    """
+    with db.session() as session:
+        rows = session.execute(select(Deployment.name, Deployment.tenant)).all()
+    return {name: Owner(tenant=tenant, deployment=name) for name, tenant in rows}
+
+
+class TenantScopedRouter:
+    """The gateway's view of a `Router`, filtered by the current request's principal.
+
+    Methods the gateway does not use for lookups (add/remove replicas, close, observers) pass
+    through to the real router unchanged.
+    """
+
+    def __init__(self, inner: Router, ownership: Ownership) -> None:
+        self._inner = inner
+        self.ownership = ownership
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"TenantScopedRouter({self._inner!r})"
+
+    @property
+    def inner(self) -> Router:
+        return self._inner
+
+    def _visible(self, name: str) -> bool:
+        ctx = current_request()
+        return ctx is None or ctx.principal.sees(self.ownership.owner(name).tenant)
+
+    def served_models(self) -> list[ModelEntry]:
+        return [e for e in self._inner.served_models() if self._visible(e.name)]
+
+    def replicas(self, model: str | None = None) -> list[Replica]:
+        return [r for r in self._inner.replicas(model) if self._visible(r.entry.name)]
+
+    def _not_served(self, name: str) -> ModelNotFoundError:
+        served = sorted({e.name for e in self.served_models()})
+        have = f"served models: {', '.join(served)}" if served else "no model is served"
+        return ModelNotFoundError(f"model {name!r} is not served; {have}")
+
+    def entry(self, name: str, version: int | None = None) -> ModelEntry:
+        if not self._visible(name):
+            raise self._not_served(name)
+        try:
+            entry = self._inner.entry(name, version)
+        except ModelNotFoundError:
+            if not self._inner.replicas(name):
+                raise self._not_served(name) from None  # the router's message lists every tenant's models
+            raise  # an unknown version of a visible model: that message names only this model
+        ctx = current_request()
+        if ctx is not None:
+            ctx.deployment = self.ownership.owner(name).deployment or name
+        return entry
+
+    def is_ready(self, name: str, version: int | None = None) -> bool:
+        return self._visible(name) and self._inner.is_ready(name, version)
+
+    async def infer(
+        self,
+        name: str,
+        version: int | None,
+        inputs: dict[str, np.ndarray],
+        *,
+        deadline: float | None = None,
+    ) -> InferOutcome:
+        self.entry(name, version)  # 404 unless visible
+        ctx = current_request()
+        if ctx is not None and not ctx.principal.can_infer:
+            raise InferenceForbiddenError(
+                f"key {ctx.principal.label} is read-only: it may list and read, not run inference"
+            )
+        outcome = await self._inner.infer(name, version, inputs, deadline=deadline)
+        if ctx is not None:
+            rows = outcome.prepared.rows
+            ctx.samples += rows
+            if outcome.batch_rows > 0:
+                share = outcome.compute_s * rows / outcome.batch_rows
+                ctx.device_seconds[outcome.device_uid] = ctx.device_seconds.get(outcome.device_uid, 0.0) + share
+        return outcome

@@ -1,0 +1,160 @@
+"""The ASGI middleware every request passes through: authenticate, limit, scope, meter, audit.
+
+Pure ASGI (not `BaseHTTPMiddleware`): it costs one function call per request and lets the
+response stream untouched. In order, for each HTTP request:
+
+1. `/v2/health/live` and `/v2/health/ready` pass without a key (probes carry none).
+2. The bearer key is checked (`Authenticator`); no usable key -> 401 with `WWW-Authenticate`.
+   With `--insecure-no-auth` every request acts as an admin instead, and every response carries
+   `X-Kcloud-Insecure: auth-disabled`.
+3. A read-only key may only GET/HEAD/OPTIONS -> otherwise 403 (no changes, no inference).
+4. The key's token bucket, then the tenant's concurrency cap -> 429 with `Retry-After`.
+   Both are checked before the body is read, so a refused flood costs almost nothing.
+5. The request runs with its `RequestContext` bound (isolation, metering and handlers read it).
+6. State-changing requests under `/api/` are written to the audit log before the answer leaves.
+7. Inference requests (POST outside `/api/`) are counted for usage, in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kcloud.serving.gateway.errors import error_body
+from kcloud.tenancy.auth import AuthError, KeyRecord
+from kcloud.tenancy.context import RequestContext, bind, unbind
+from kcloud.tenancy.metering import UsageBucket, utc_day
+from kcloud.tenancy.ratelimit import retry_after_header
+from kcloud.tenancy.roles import INSECURE, Role
+
+if TYPE_CHECKING:
+    from kcloud.tenancy.service import Tenancy
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+INSECURE_HEADER = (b"x-kcloud-insecure", b"auth-disabled")
+ADMIN_PREFIX = "/api/"
+
+
+class TenancyMiddleware:
+    def __init__(self, app: ASGIApp, tenancy: Tenancy) -> None:
+        self.app = app
+        self.tenancy = tenancy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        tenancy = self.tenancy
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if tenancy.insecure:
+            send = _insecure_send(send)
+        if path in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+
+        record: KeyRecord | None = None
+        if tenancy.insecure:
+            principal = INSECURE
+        else:
+            try:
+                record = await tenancy.authenticator.authenticate(_header(scope, b"authorization"))
+            except AuthError as exc:
+                await _refuse(send, path, 401, str(exc), [(b"www-authenticate", exc.www_authenticate.encode())])
+                return
+            principal = record.principal()
+
+        metered = method == "POST" and not path.startswith(ADMIN_PREFIX)
+        ctx = RequestContext(principal)
+
+        if principal.role is Role.READONLY and method not in SAFE_METHODS:
+            self._meter(ctx, metered, error=True)
+            await _refuse(send, path, 403, f"key {principal.label} is read-only: it may list and read, "
+                                            f"not change anything or run inference")
+            return
+        if record is not None:
+            wait = tenancy.rate_limiter.take(record.key_id, record.requests_per_second, record.burst)
+            if wait > 0:
+                self._meter(ctx, metered, error=True)
+                await _refuse(send, path, 429,
+                              f"rate limit of key {principal.label} reached "
+                              f"({record.requests_per_second:g} requests/s, burst {record.burst or record.requests_per_second:g})",
+                              [(b"retry-after", retry_after_header(wait).encode())])
+                return
+        tenant_id = principal.tenant_id
+        capped = record is not None and tenant_id is not None and record.max_concurrency is not None
+        if capped:
+            assert record is not None and tenant_id is not None
+            if not tenancy.concurrency.try_enter(tenant_id, record.max_concurrency):
+                self._meter(ctx, metered, error=True)
+                await _refuse(send, path, 429,
+                              f"tenant {principal.tenant_name!r} has {record.max_concurrency} requests in flight, "
+                              f"its concurrency cap", [(b"retry-after", b"1")])
+                return
+
+        audited = method not in SAFE_METHODS and path.startswith(ADMIN_PREFIX)
+        status = 500
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if audited:
+                    await tenancy.audit_request(ctx, method, path, status)
+            await send(message)
+
+        token = bind(ctx)
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            unbind(token)
+            if capped:
+                tenancy.concurrency.leave(tenant_id)  # type: ignore[arg-type]
+            self._meter(ctx, metered, error=status >= 400)
+
+    def _meter(self, ctx: RequestContext, metered: bool, *, error: bool) -> None:
+        if not metered:
+            return
+        principal = ctx.principal
+        bucket = UsageBucket(
+            day=utc_day(), tenant_id=principal.tenant_id, key_id=principal.key_id, deployment=ctx.deployment,
+            tenant_name=principal.tenant_name, key_prefix=principal.key_prefix,
+        )
+        self.tenancy.meter.record(bucket, samples=ctx.samples, error=error, device_seconds=ctx.device_seconds)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _insecure_send(send: Send) -> Send:
+    async def with_header(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), INSECURE_HEADER]}
+        await send(message)
+
+    return with_header
+
+
+async def _refuse(
+    send: Send, path: str, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = error_body(path, status, message)
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *(headers or []),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body})

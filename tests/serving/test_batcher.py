@@ -1,0 +1,240 @@
+"""The batching loop on its own: `execute` is the batcher's callback, here one that records each
+batch and can hold it "on the device" behind a gate, so timing is decided by the test, not by
+the machine's speed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from kcloud.models.pipeline import Prepared
+from kcloud.serving.batcher import Batcher, Pending
+from kcloud.serving.errors import DeadlineExceededError, QueueFullError, ReplicaDiedError
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+class Device:
+    """Records every batch; while `gate` is clear a batch stays in flight."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []  # request tags per batch
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.started = asyncio.Event()
+
+    async def execute(self, batch: list[Pending]) -> None:
+        self.batches.append([p.prepared.extra["tag"] for p in batch])
+        self.started.set()
+        await self.gate.wait()
+        for pending in batch:
+            pending.future.set_result(pending.prepared.extra["tag"])
+
+    @property
+    def computed(self) -> list[int]:
+        return [tag for batch in self.batches for tag in batch]
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Poll the event loop until `condition()` holds; fail after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+def request(tag: int, rows: int = 1, shape_key: object = None) -> Prepared:
+    extra = {"tag": tag} | ({"shape_key": shape_key} if shape_key is not None else {})
+    return Prepared(rows=rows, feeds={"x": np.zeros((rows, 1), np.float32)}, extra=extra)
+
+
+def batcher(device: Device, **kwargs) -> Batcher:
+    settings = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "queue_limit": 100} | kwargs
+    b = Batcher(device.execute, **settings)
+    b.start()
+    return b
+
+
+async def submit_all(b: Batcher, items: list[Prepared], deadline: float | None = None) -> list:
+    pendings = [b.submit(item, deadline) for item in items]
+    return await asyncio.gather(*(b.result(p) for p in pendings), return_exceptions=True)
+
+
+async def test_batches_hold_at_most_max_rows_of_whole_requests():
+    device = Device()
+    b = batcher(device, max_batch_size=4)
+    answers = await submit_all(b, [request(i, rows=2 if i % 3 == 0 else 1) for i in range(10)])
+    assert answers == list(range(10))  # every request answered with its own tag
+    assert device.computed == list(range(10))  # in arrival order
+    rows = {i: 2 if i % 3 == 0 else 1 for i in range(10)}
+    assert all(sum(rows[t] for t in batch) <= 4 for batch in device.batches)
+    assert max(len(batch) for batch in device.batches) > 1
+    await b.stop()
+
+
+async def test_next_batch_fills_while_one_computes():
+    device = Device()
+    b = batcher(device, max_batch_size=8)
+    device.gate.clear()
+    first = asyncio.ensure_future(submit_all(b, [request(0)]))
+    await device.started.wait()  # batch [0] is on the device
+    rest = asyncio.ensure_future(submit_all(b, [request(i) for i in range(1, 6)]))
+    await asyncio.sleep(0.01)
+    assert device.batches == [[0]]  # one in flight at a time
+    assert b.load == 6  # 1 computing + 5 queued
+    device.gate.set()
+    assert await first == [0] and await rest == [1, 2, 3, 4, 5]
+    assert device.batches == [[0], [1, 2, 3, 4, 5]]  # all that arrived meanwhile went together
+    await b.stop()
+
+
+async def test_queue_delay_waits_for_more_rows():
+    device = Device()
+    b = batcher(device, max_batch_size=8, max_queue_delay_s=0.2)
+    started = time.monotonic()
+    early = asyncio.ensure_future(submit_all(b, [request(0)]))
+    await asyncio.sleep(0.02)
+    late = asyncio.ensure_future(submit_all(b, [request(1)]))
+    assert await early == [0] and await late == [1]
+    assert device.batches == [[0, 1]]
+    assert time.monotonic() - started >= 0.2
+
+
+async def test_full_batch_does_not_wait_for_the_delay():
+    device = Device()
+    b = batcher(device, max_batch_size=3, max_queue_delay_s=30)
+    answers = await asyncio.wait_for(submit_all(b, [request(i) for i in range(3)]), timeout=5)
+    assert answers == [0, 1, 2] and device.batches == [[0, 1, 2]]
+    await b.stop()
+
+
+async def test_batching_off_runs_one_request_per_batch():
+    device = Device()
+    b = batcher(device, max_batch_size=0)
+    assert await submit_all(b, [request(i, rows=3) for i in range(3)]) == [0, 1, 2]
+    assert device.batches == [[0], [1], [2]]
+    await b.stop()
+
+
+async def test_only_requests_of_one_shape_share_a_batch():
+    device = Device()
+    b = batcher(device, max_batch_size=8)
+    items = [request(0, shape_key="a"), request(1, shape_key="b"), request(2, shape_key="a"),
+             request(3, shape_key="b")]
+    assert await submit_all(b, items) == [0, 1, 2, 3]
+    assert device.batches == [[0, 2], [1, 3]]
+    await b.stop()
+
+
+async def test_expired_while_queued_is_never_computed():
+    device = Device()
+    b = batcher(device)
+    device.gate.clear()
+    blocker = asyncio.ensure_future(submit_all(b, [request(0)]))
+    await device.started.wait()
+    # Not awaited through result(): the loop itself must drop them at dispatch.
+    doomed = [b.submit(request(i), time.monotonic() + 0.01) for i in (1, 2)]
+    # Awaited through result(): its wait ends at the deadline although the device is still busy.
+    waiter = b.submit(request(3), time.monotonic() + 0.01)
+    with pytest.raises(DeadlineExceededError, match="not computed"):
+        await asyncio.wait_for(b.result(waiter), timeout=5)
+    await asyncio.sleep(0.02)
+    survivor = asyncio.ensure_future(submit_all(b, [request(4)]))
+    device.gate.set()
+    assert await blocker == [0] and await survivor == [4]
+    for pending in doomed:
+        with pytest.raises(DeadlineExceededError):
+            await pending.future
+    assert device.computed == [0, 4]
+    await b.stop()
+
+
+async def test_past_deadline_is_refused_at_once():
+    b = batcher(Device())
+    with pytest.raises(DeadlineExceededError):
+        b.submit(request(0), time.monotonic() - 1)
+    assert b.load == 0
+    await b.stop()
+
+
+async def test_cancelled_caller_leaves_the_queue():
+    device = Device()
+    b = batcher(device)
+    device.gate.clear()
+    blocker = asyncio.ensure_future(submit_all(b, [request(0)]))
+    await device.started.wait()
+
+    async def caller() -> object:  # as Replica.infer does: submit and wait in one coroutine
+        return await b.result(b.submit(request(1), None))
+
+    abandoned = asyncio.ensure_future(caller())
+    await until(lambda: b.queued == 1)
+    abandoned.cancel()
+    await until(lambda: b.queued == 0)
+    device.gate.set()
+    await blocker
+    await b.stop()
+    assert device.computed == [0]
+
+
+async def test_full_queue_sheds_with_retry_after_from_measured_throughput():
+    device = Device()
+    b = batcher(device, queue_limit=3)
+    device.gate.clear()
+    blocker = asyncio.ensure_future(submit_all(b, [request(0)]))
+    await device.started.wait()
+    queued = [b.submit(request(i), None) for i in (1, 2, 3)]
+    with pytest.raises(QueueFullError) as no_figure:
+        b.submit(request(4), None)
+    assert no_figure.value.retry_after_s == 1.0  # nothing measured yet: the minimum
+    assert no_figure.value.status == 429
+    b.record_throughput(rows=1, seconds=2.0)  # 0.5 rows/s; 4 rows ahead -> 8 s
+    with pytest.raises(QueueFullError) as measured:
+        b.submit(request(5), None)
+    assert measured.value.retry_after_s == 8.0
+    device.gate.set()
+    assert await blocker == [0]
+    assert await asyncio.gather(*(b.result(p) for p in queued)) == [1, 2, 3]
+    await b.stop()
+
+
+async def test_close_fails_queued_and_new_requests():
+    device = Device()
+    b = batcher(device)
+    device.gate.clear()
+    blocker = asyncio.ensure_future(submit_all(b, [request(0)]))
+    await device.started.wait()
+    queued = b.submit(request(1), None)
+    b.close(ReplicaDiedError("gone"))
+    with pytest.raises(ReplicaDiedError):
+        await b.result(queued)
+    with pytest.raises(ReplicaDiedError):
+        b.submit(request(2), None)
+    device.gate.set()
+    assert await blocker == [0]
+    await b.stop()
+
+
+async def test_batch_without_answers_fails_instead_of_hanging():
+    async def forgetful(batch: list[Pending]) -> None:
+        return None
+
+    b = Batcher(forgetful, max_batch_size=2, max_queue_delay_s=0, queue_limit=10)
+    b.start()
+    answers = await asyncio.wait_for(submit_all(b, [request(0), request(1)]), timeout=5)
+    assert all(isinstance(a, Exception) and "without an answer" in str(a) for a in answers)
+    await b.stop()
+
+
+@pytest.mark.parametrize("kwargs", [{"max_batch_size": -1}, {"max_queue_delay_s": -1}, {"queue_limit": 0}])
+def test_bad_settings_are_refused(kwargs):
+    settings = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "queue_limit": 10} | kwargs
+    with pytest.raises(ValueError):
+        Batcher(Device().execute, **settings)

@@ -1,0 +1,186 @@
+"""Replicas over real onnxruntime: batching, own answers, deadlines, emulated devices."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+from synthetic_models import add_model, build_double, build_slow, cpu_device, device_of
+
+from kcloud.devices.plugins.emulated import DeclaredDevice, EmulatedPlugin
+from kcloud.models.pipeline import InputError
+from kcloud.models.repository import ModelRepository
+from kcloud.runtime import UnsupportedDeviceError
+from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
+from kcloud.serving.metrics import ServingMetrics
+from kcloud.serving.replica import create_replica
+
+pytestmark = pytest.mark.anyio
+
+SLOW_FLOPS = 2 * 512 * 512 * 16  # build_slow's defaults: 16 × (512×512 MatMul)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    base = tmp_path_factory.mktemp("replica")
+    repository = ModelRepository(base / "repo")
+    add_model(repository, "double", build_double(base / "double.onnx"), 4,
+              max_batch_size=16, max_queue_delay_ms=20)
+    add_model(repository, "slow", build_slow(base / "slow.onnx"), 512,
+              max_batch_size=1024, max_queue_delay_ms=0, flops_per_sample=SLOW_FLOPS)
+    return repository
+
+
+def rows_computed(metrics: ServingMetrics, model: str, device_uid: str) -> float:
+    value = metrics.registry.get_sample_value("kcloud_batch_rows_sum", {"model": model, "device": device_uid})
+    return value or 0.0
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+async def test_concurrent_requests_batch_and_each_gets_its_own_rows(repo, isolation):
+    metrics = ServingMetrics(CollectorRegistry())
+    device = cpu_device()
+    replica = create_replica(repo.get("double"), device, isolation=isolation, threads=1, metrics=metrics)
+    await replica.start()
+    try:
+        inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(64)]
+        outcomes = await asyncio.gather(
+            *(replica.infer(replica.pipeline.prepare({"x": x}), deadline=None) for x in inputs))
+        for x, outcome in zip(inputs, outcomes, strict=True):
+            np.testing.assert_array_equal(outcome.outputs["y"], 2 * x)  # its own row, not a neighbour's
+            assert outcome.replica_id == replica.id and outcome.device_uid == device.uid
+            assert outcome.queue_s >= 0 and outcome.compute_s > 0 and outcome.modelled_device_s is None
+        sizes = [o.batch_rows for o in outcomes]
+        assert max(sizes) > 1 and max(sizes) <= 16
+        assert rows_computed(metrics, "double", device.uid) == 64
+        assert replica.load == 0
+        if isolation == "process":
+            assert replica.pid is not None and replica.isolation == "process"
+    finally:
+        await replica.stop()
+
+
+async def test_multi_row_requests_keep_their_rows_together(repo):
+    replica = create_replica(repo.get("double"), cpu_device(), isolation="thread", threads=1)
+    await replica.start()
+    try:
+        inputs = [np.arange(3 * 4, dtype=np.float32).reshape(3, 4) + 100 * i for i in range(12)]
+        outcomes = await asyncio.gather(
+            *(replica.infer(replica.pipeline.prepare({"x": x}), deadline=None) for x in inputs))
+        for x, outcome in zip(inputs, outcomes, strict=True):
+            np.testing.assert_array_equal(outcome.outputs["y"], 2 * x)
+            assert outcome.batch_rows <= 15  # 5 whole 3-row requests fit in 16
+    finally:
+        await replica.stop()
+
+
+async def test_expired_requests_are_not_computed(repo):
+    metrics = ServingMetrics(CollectorRegistry())
+    device = cpu_device()
+    replica = create_replica(repo.get("slow"), device, isolation="thread", threads=1, metrics=metrics)
+    await replica.start()
+    try:
+        prepare = replica.pipeline.prepare
+        # A 1024-row batch (8.6 GFLOP) keeps the worker busy while the short-deadline ones wait.
+        busy = asyncio.ensure_future(
+            replica.infer(prepare({"x": np.ones((1024, 512), np.float32)}), deadline=None))
+        async with asyncio.timeout(10):
+            while replica.batcher.queued or replica.load == 0:
+                await asyncio.sleep(0.001)
+        one_row = {"x": np.ones((1, 512), np.float32)}
+        doomed = [replica.infer(prepare(one_row), deadline=time.monotonic() + 0.01) for _ in range(5)]
+        results = await asyncio.gather(*doomed, return_exceptions=True)
+        assert all(isinstance(r, DeadlineExceededError) for r in results), results
+        assert not busy.done(), "the busy batch finished before the deadlines: test proves nothing"
+        await busy
+        last = await replica.infer(prepare(one_row), deadline=time.monotonic() + 30)
+        assert last.batch_rows == 1
+        assert rows_computed(metrics, "slow", device.uid) == 1024 + 1  # none of the 5 expired rows
+    finally:
+        await replica.stop()
+
+
+async def test_emulated_device_records_modelled_time_on_its_plugin(repo):
+    plugin = EmulatedPlugin([DeclaredDevice(node="gwangju-1", id="rngd0", chip="furiosa-rngd")])
+    device = plugin.devices[0]
+    metrics = ServingMetrics(CollectorRegistry())
+    replica = create_replica(repo.get("slow"), device, isolation="thread", emulation=plugin, metrics=metrics)
+    assert replica.worker.threads == 1  # default layout of an emulated device
+    await replica.start()
+    try:
+        before = plugin.sample(device)
+        prepared = replica.pipeline.prepare({"x": np.ones((8, 512), np.float32)})
+        outcome = await replica.infer(prepared, deadline=None)
+        expected = SLOW_FLOPS * 8 / (256e12 * replica.efficiency)  # RNGD: 256 BF16 TFLOPS
+        assert outcome.modelled_device_s == pytest.approx(expected)
+        assert outcome.compute_s > 0  # the real, measured host time is kept beside it
+        after = plugin.sample(device)
+        assert after.modelled and after.utilization > before.utilization
+        modelled_sum = metrics.registry.get_sample_value(
+            "kcloud_modelled_device_seconds_sum", {"model": "slow", "device": device.uid})
+        assert modelled_sum == pytest.approx(expected)
+    finally:
+        await replica.stop()
+
+
+async def test_emulated_chip_without_figures_models_nothing(repo):
+    plugin = EmulatedPlugin([DeclaredDevice(node="n", id="x220", chip="sapeon-x220-enterprise")])
+    replica = create_replica(repo.get("slow"), plugin.devices[0], isolation="thread", emulation=plugin)
+    await replica.start()
+    try:
+        prepared = replica.pipeline.prepare({"x": np.ones((2, 512), np.float32)})
+        outcome = await replica.infer(prepared, deadline=None)
+        assert outcome.modelled_device_s is None
+        assert plugin.sample(plugin.devices[0]).utilization == 0
+    finally:
+        await replica.stop()
+
+
+async def test_bad_input_is_refused_before_the_queue(repo):
+    replica = create_replica(repo.get("double"), cpu_device(), isolation="thread", threads=1)
+    with pytest.raises(InputError):
+        replica.pipeline.prepare({"x": np.ones((2, 5), np.float32)})
+    with pytest.raises(ModelNotReadyError):  # not started
+        await replica.infer(replica.pipeline.prepare({"x": np.ones((1, 4), np.float32)}), deadline=None)
+
+
+async def test_stop_finishes_queued_work_then_refuses(repo):
+    replica = create_replica(repo.get("double"), cpu_device(), isolation="thread", threads=1)
+    await replica.start()
+    work = [asyncio.ensure_future(replica.infer(replica.pipeline.prepare({"x": np.ones((1, 4), np.float32)}),
+                                                deadline=None)) for _ in range(8)]
+    await asyncio.sleep(0)
+    await replica.stop()
+    assert all(o.outputs["y"][0, 0] == 2 for o in await asyncio.gather(*work))
+    assert not replica.alive
+    with pytest.raises(ReplicaDiedError):
+        await replica.infer(replica.pipeline.prepare({"x": np.ones((1, 4), np.float32)}), deadline=None)
+
+
+def test_unsupported_devices_are_refused_before_anything_starts(repo):
+    with pytest.raises(UnsupportedDeviceError, match="no ONNX Runtime execution provider"):
+        create_replica(repo.get("double"), device_of("rebellions-atom-ca22", "rbln0"))
+    with pytest.raises(ValueError, match="isolation"):
+        create_replica(repo.get("double"), cpu_device(), isolation="fiber")  # type: ignore[arg-type]
+
+
+def test_model_device_kinds_are_respected(tmp_path):
+    repository = ModelRepository(tmp_path / "repo")
+    entry = add_model(repository, "double", build_double(tmp_path / "d.onnx"), 4)
+    gpu_only = entry.config.model_copy(update={"device_kinds": ["gpu"]})
+    entry = dataclasses.replace(entry, config=gpu_only)
+    with pytest.raises(UnsupportedDeviceError, match="may run on gpu"):
+        create_replica(entry, cpu_device())

@@ -1,0 +1,71 @@
+"""A real gateway with tenancy attached, run as its own process by the tests.
+
+Its own process so that a flooding client in the test process shares no GIL with the server, as
+in production. It builds the same stack `kcloud up` does (`kcloud.serving.server` steps: socket,
+router, replicas of real onnxruntime models, `create_app`) and calls `kcloud.tenancy.attach`.
+
+    python gateway_proc.py --db URL --repo DIR --models a,b [--insecure]
+
+prints `ANNOUNCE <line>` for what tenancy announces, then `LISTENING <port>` once it serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from prometheus_client import CollectorRegistry
+
+from kcloud.farm.db import open_database
+from kcloud.farm.inventory import Inventory
+from kcloud.models.repository import ModelRepository
+from kcloud.serving.gateway import create_app
+from kcloud.serving.metrics import ServingMetrics
+from kcloud.serving.replica import create_replica
+from kcloud.serving.router import Router
+from kcloud.serving.server import Stack, bind_socket, local_cpu, run_on_uvloop, serve_stack
+from kcloud.tenancy import attach
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--models", required=True)
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--interval", type=float, default=0.5)
+    args = parser.parse_args()
+
+    sock = bind_socket("127.0.0.1", 0)
+    db = open_database(args.db)
+    inventory = Inventory.build((), include_local=True)
+    repository = ModelRepository(args.repo)
+
+    def announce(text: str) -> None:
+        for line in text.splitlines():
+            print(f"ANNOUNCE {line}", flush=True)
+
+    async def serve() -> None:
+        metrics = ServingMetrics(CollectorRegistry())
+        router = Router(repository)
+        device = local_cpu(inventory)
+        entries = [repository.get(name) for name in args.models.split(",")]
+        for entry in entries:
+            replica = create_replica(entry, device, isolation="thread", threads=1, metrics=metrics)
+            await replica.start()
+            router.add_replica(replica)
+        app = create_app(router, inventory=inventory, registry=metrics.registry, metrics=metrics)
+        tenancy = attach(app, db, inventory=inventory, insecure=args.insecure, announce=announce,
+                         interval_s=args.interval)
+        stack = Stack(router, app, inventory, metrics, device, repository, entries)
+        port = sock.getsockname()[1]
+        try:
+            await serve_stack(stack, sock, on_listening=lambda: print(f"LISTENING {port}", flush=True))
+        finally:
+            await asyncio.to_thread(tenancy.close)
+
+    run_on_uvloop(serve)
+
+
+if __name__ == "__main__":
+    main()

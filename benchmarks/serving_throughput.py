@@ -204,14 +204,14 @@ class _Connection(asyncio.Protocol):
                 return
             head = bytes(self.buffer[:end]).lower()
             self.status = int(head[9:12])
-            at = head.find(b"content-length:")
+            at = head.find(b"\r\ncontent-length:")  # not inference-header-content-length
             if at < 0:
                 self.state.fail(f"response without content-length: {head[:200]!r}")
                 assert self.transport is not None
                 self.transport.close()
                 return
-            line_end = head.find(b"\r\n", at)
-            length = int(head[at + 15 : line_end if line_end > 0 else None])
+            line_end = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : line_end if line_end > 0 else None])
             self.need = end + 4 + length
         if len(self.buffer) < self.need:
             return

@@ -20,11 +20,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import sys
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def main() -> int:
@@ -48,7 +48,8 @@ def main() -> int:
         sentences_sha256=np.array(parity.sentences_sha256(sentences)),
         generator=np.array(
             f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}, "
-            f"max_seq_length {model.max_seq_length}, source sha256 {minilm.source_sha256(minilm.source_dir())}"
+            f"max_seq_length {model.max_seq_length}, "
+            f"source sha256 {minilm.source_sha256(minilm.source_dir())}"
         ),
     )
     print(f"wrote {args.out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32")

@@ -13,6 +13,7 @@ from kcloud.devices import commands as device_commands
 from kcloud.farm import commands as farm_commands
 from kcloud.models import commands as model_commands
 from kcloud.serving import commands as serving_commands
+from kcloud.tenancy import commands as tenancy_commands
 
 app = typer.Typer(
     name="kcloud",
@@ -22,7 +23,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (device_commands, farm_commands, model_commands, serving_commands, bench_commands):
+for module in (device_commands, farm_commands, model_commands, serving_commands, bench_commands,
+               tenancy_commands):
     module.register(app)
 
 

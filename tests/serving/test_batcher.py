@@ -238,3 +238,17 @@ def test_bad_settings_are_refused(kwargs):
     settings = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "queue_limit": 10} | kwargs
     with pytest.raises(ValueError):
         Batcher(Device().execute, **settings)
+
+
+async def test_a_crashed_loop_fails_waiters_instead_of_hanging():
+    crashes = []
+    device = Device()
+    b = Batcher(device.execute, max_batch_size=4, max_queue_delay_s=0, queue_limit=10,
+                on_crash=crashes.append)
+    b.start()
+    broken = Prepared(rows=1, feeds={}, extra=None)  # type: ignore[arg-type]  # a pipeline bug
+    with pytest.raises(ReplicaDiedError, match="batching loop crashed"):
+        await asyncio.wait_for(b.result(b.submit(broken, None)), timeout=5)
+    assert not b.running and len(crashes) == 1
+    with pytest.raises(ReplicaDiedError):
+        b.submit(request(1), None)

@@ -3,6 +3,8 @@ the same server still answers another client correctly (issue 3, "Bad input").""
 
 from __future__ import annotations
 
+import gzip
+
 import httpx
 import numpy as np
 import pytest
@@ -181,3 +183,20 @@ def test_body_under_the_limit_streamed_is_served(post):
 
     response = post(f"/v2/models/{NOOP}/infer", content=chunks(), headers=headers)
     assert response.status_code == 200, response.text
+
+
+def test_compression_bomb_is_413(post):
+    bomb = gzip.compress(b"[" * (LIMIT * 4))  # a few hundred bytes that inflate past the limit
+    assert len(bomb) < LIMIT
+    response = post(f"/v2/models/{NOOP}/infer", content=bomb, headers={"content-encoding": "gzip"})
+    assert str(LIMIT) in _error(response, 413)
+
+
+def test_corrupt_or_unknown_compression(post):
+    path = f"/v2/models/{NOOP}/infer"
+    _error(post(path, content=b"not gzip at all", headers={"content-encoding": "gzip"}), 400)
+    body, headers = encode_infer_request({"input": np.zeros((1, 16), np.float32)})
+    truncated = gzip.compress(body)[:-12]
+    _error(post(path, content=truncated, headers={**headers, "content-encoding": "gzip"}), 400)
+    message = _error(post(path, content=body, headers={**headers, "content-encoding": "br"}), 415)
+    assert "br" in message

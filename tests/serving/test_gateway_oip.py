@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 
 import httpx
@@ -103,7 +104,7 @@ def test_infer_json_nested_data_echoes_id(client, builtin_repository):
 
 
 def test_infer_binary_both_ways_matches_json(client):
-    texts = np.array(["The gateway speaks OIP v2.".encode(), "한국어 문장도 됩니다.".encode()], dtype=object)
+    texts = np.array([b"The gateway speaks OIP v2.", "한국어 문장도 됩니다.".encode()], dtype=object)
     body, headers = encode_infer_request({"text": texts}, binary=True, binary_outputs=True)
     response = client.post(f"/v2/models/{MINILM}/infer", content=body, headers=headers)
     assert response.headers["content-type"] == "application/octet-stream"
@@ -121,7 +122,8 @@ def test_infer_binary_both_ways_matches_json(client):
 
 def test_output_selection_and_per_output_binary(client, builtin_repository):
     images, _ = _digits_sample(builtin_repository, 3)
-    body, headers = encode_infer_request({"image": images}, binary=True, outputs=["label"], binary_outputs=False)
+    body, headers = encode_infer_request(
+        {"image": images}, binary=True, outputs=["label"], binary_outputs=False)
     outputs, doc = _decode(client.post(f"/v2/models/{DIGITS}/infer", content=body, headers=headers))
     assert list(outputs) == ["label"]
     assert "data" in doc["outputs"][0]  # asked for JSON
@@ -141,7 +143,8 @@ def test_output_selection_and_per_output_binary(client, builtin_repository):
 def test_binary_data_output_parameter(client):
     x = np.arange(32, dtype=np.float32).reshape(2, 16)
     request = {"parameters": {"binary_data_output": True},
-               "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 16], "data": x.ravel().tolist()}]}
+               "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 16],
+                           "data": x.ravel().tolist()}]}
     outputs, doc = _decode(client.post(f"/v2/models/{NOOP}/versions/1/infer", json=request))
     assert doc["model_version"] == "1"
     assert "binary_data_size" in doc["outputs"][0]["parameters"]
@@ -166,7 +169,8 @@ def test_bad_timeout_header_is_400(client, header):
 
 def test_generous_timeout_header_serves(client):
     request = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16}]}
-    response = client.post(f"/v2/models/{NOOP}/infer", json=request, headers={"X-Request-Timeout-Ms": "30000"})
+    response = client.post(f"/v2/models/{NOOP}/infer", json=request,
+                           headers={"X-Request-Timeout-Ms": "30000"})
     assert response.status_code == 200, response.text
 
 
@@ -187,8 +191,9 @@ def test_metrics_expose_serving_and_device_figures(client):
     text = response.text
     assert 'kcloud_requests_total{model="noop",protocol="oip",version="1"}' in text
     assert 'kcloud_request_errors_total{code="404",model=""}' in text
-    for family in ("kcloud_request_seconds_bucket", "kcloud_queue_seconds_bucket", "kcloud_compute_seconds_bucket",
-                   "kcloud_batch_rows_bucket", "kcloud_queue_depth", "kcloud_device_info"):
+    for family in ("kcloud_request_seconds_bucket", "kcloud_queue_seconds_bucket",
+                   "kcloud_compute_seconds_bucket", "kcloud_batch_rows_bucket", "kcloud_queue_depth",
+                   "kcloud_device_info"):
         assert family in text, family
 
 
@@ -201,7 +206,7 @@ def test_openapi_documents_both_protocols(client):
 
 # ------------------------------------------------------------- overload and lost replicas
 @pytest.fixture(scope="module")
-def small_queue_gateway(start_gateway, builtin_repository, tmp_path_factory):
+def small_queue_repository(builtin_repository, tmp_path_factory):
     """noop, plus `noop-q1`: the same graph behind a queue of one that waits 1 s to fill a batch."""
     from kcloud.models.repository import ModelRepository
 
@@ -218,7 +223,12 @@ def small_queue_gateway(start_gateway, builtin_repository, tmp_path_factory):
     repository = ModelRepository(tmp_path_factory.mktemp("repo"))
     repository.add(noop.model_dir)
     repository.add(source)
-    return start_gateway(repository=repository)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def small_queue_gateway(start_gateway, small_queue_repository):
+    return start_gateway(repository=small_queue_repository)
 
 
 def test_full_queue_sheds_with_429_and_retry_after(small_queue_gateway):
@@ -226,7 +236,8 @@ def test_full_queue_sheds_with_429_and_retry_after(small_queue_gateway):
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=small_queue_gateway.url, timeout=30) as http:
-            return await asyncio.gather(*(http.post("/v2/models/noop-q1/infer", json=request) for _ in range(8)))
+            return await asyncio.gather(
+                *(http.post("/v2/models/noop-q1/infer", json=request) for _ in range(8)))
 
     responses = asyncio.run(burst())
     codes = sorted(r.status_code for r in responses)
@@ -260,3 +271,24 @@ def test_dead_replica_makes_the_model_unready_and_infer_503(small_queue_gateway)
     assert "no live replica" in response.json()["error"]
     # the other model is untouched
     assert httpx.get(f"{url}/v2/models/noop-q1/ready").status_code == 200
+
+
+def test_stop_is_graceful_for_requests_in_flight(start_gateway, small_queue_repository):
+    gateway = start_gateway(repository=small_queue_repository, models=["noop-q1"])
+    (replica,) = gateway.stack.router.replicas("noop-q1")
+    request = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [7.0] * 16}]}
+    answers: list[httpx.Response] = []
+    sender = threading.Thread(target=lambda: answers.append(
+        httpx.post(f"{gateway.url}/v2/models/noop-q1/infer", json=request, timeout=30)))
+    sender.start()
+    deadline = time.monotonic() + 10
+    while replica.load == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the request waits in the replica's queue (1 s batching delay)
+    assert replica.load == 1
+    gateway.stop()  # as Ctrl-C: stop accepting, finish what is in flight, drain, end workers
+    sender.join(30)
+    assert answers and answers[0].status_code == 200, answers
+    assert answers[0].json()["outputs"][0]["data"] == [7.0] * 16
+    assert not replica.alive
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{gateway.url}/v2/health/live", timeout=2)

@@ -28,6 +28,16 @@ HERE = Path(__file__).resolve().parent
 #: The models every test gateway serves, and who owns them (None: no deployment row, the operator's).
 MODELS = {"alpha-model": "alpha", "beta-model": "beta", "ops-model": None}
 WIDTH = 64
+#: beta's model runs on an emulated NPU, whose (modelled) energy counter usage attributes.
+EMULATED_MODEL = "beta-model"
+FARM = """
+[farm]
+name = "tenancy-test"
+
+[[nodes]]
+name = "emu"
+devices = [{ chip = "rebellions-atom-ca22", id = "atom0" }]
+"""
 
 
 def _postgres_reachable() -> bool:
@@ -101,8 +111,12 @@ class GatewayProcess:
     def __init__(self, db_url: str, repo: Path, home: Path, *, insecure: bool = False) -> None:
         env = {**os.environ, "KCLOUD_HOME": str(home), "KCLOUD_KEY_SECRET": SERVER_SECRET,
                "OMP_NUM_THREADS": "1"}
+        home.mkdir(parents=True, exist_ok=True)
+        farm = home / "farm.toml"
+        farm.write_text(FARM)
         command = [sys.executable, str(HERE / "gateway_proc.py"), "--db", db_url, "--repo", str(repo),
-                   "--models", ",".join(MODELS), "--interval", "0.5"]
+                   "--models", ",".join(MODELS), "--interval", "0.5", "--farm", str(farm),
+                   "--emulated", EMULATED_MODEL]
         if insecure:
             command.append("--insecure")
         self.announced: list[str] = []

@@ -4,7 +4,7 @@ Its own process so that a flooding client in the test process shares no GIL with
 in production. It builds the same stack `kcloud up` does (`kcloud.serving.server` steps: socket,
 router, replicas of real onnxruntime models, `create_app`) and calls `kcloud.tenancy.attach`.
 
-    python gateway_proc.py --db URL --repo DIR --models a,b [--insecure]
+    python gateway_proc.py --db URL --repo DIR --models a,b [--insecure] [--farm F --emulated b]
 
 prints `ANNOUNCE <line>` for what tenancy announces, then `LISTENING <port>` once it serves.
 """
@@ -34,11 +34,13 @@ def main() -> None:
     parser.add_argument("--models", required=True)
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--farm", help="farm file with emulated devices")
+    parser.add_argument("--emulated", default="", help="models to serve on the first emulated device")
     args = parser.parse_args()
 
     sock = bind_socket("127.0.0.1", 0)
     db = open_database(args.db)
-    inventory = Inventory.build((), include_local=True)
+    inventory = Inventory.build([args.farm] if args.farm else [], include_local=True)
     repository = ModelRepository(args.repo)
 
     def announce(text: str) -> None:
@@ -49,9 +51,16 @@ def main() -> None:
         metrics = ServingMetrics(CollectorRegistry())
         router = Router(repository)
         device = local_cpu(inventory)
+        emulated = next((d for d in inventory if d.emulated), None)
+        on_emulated = set(filter(None, args.emulated.split(",")))
         entries = [repository.get(name) for name in args.models.split(",")]
         for entry in entries:
-            replica = create_replica(entry, device, isolation="thread", threads=1, metrics=metrics)
+            if entry.name in on_emulated:
+                assert emulated is not None, "--emulated needs a farm file with an emulated device"
+                replica = create_replica(entry, emulated, isolation="thread", threads=1, metrics=metrics,
+                                         emulation=inventory.emulated)
+            else:
+                replica = create_replica(entry, device, isolation="thread", threads=1, metrics=metrics)
             await replica.start()
             router.add_replica(replica)
         app = create_app(router, inventory=inventory, registry=metrics.registry, metrics=metrics)

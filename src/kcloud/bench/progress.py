@@ -6,7 +6,7 @@ import time
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 class RunProgress:
@@ -19,15 +19,14 @@ class RunProgress:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             TextColumn("{task.fields[detail]}"),
-            MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
             transient=False,
             disable=not enabled,
         )
-        self._time = self._progress.add_task(f"{title}: time", total=round(self._min_duration_s, 1),
-                                             detail="s of min duration")
-        self._samples = self._progress.add_task(f"{title}: samples", total=0, detail="completed / issued")
+        self._time = self._progress.add_task(f"{title}: time   ", total=self._min_duration_s,
+                                             detail=f"0.0 s of min duration {min_duration_s:g} s")
+        self._samples = self._progress.add_task(f"{title}: samples", total=1, detail="issued 0, completed 0")
 
     def __enter__(self) -> RunProgress:
         self._started = time.monotonic()
@@ -40,7 +39,7 @@ class RunProgress:
 
     def update(self, issued: int, completed: int) -> None:
         elapsed = time.monotonic() - self._started
-        self._progress.update(self._time, completed=round(min(elapsed, self._min_duration_s), 1),
-                              detail=f"{elapsed:.1f} s elapsed, min")
+        self._progress.update(self._time, completed=min(elapsed, self._min_duration_s),
+                              detail=f"{elapsed:.1f} s of min duration {self._min_duration_s:g} s")
         self._progress.update(self._samples, total=max(issued, 1), completed=completed,
-                              detail=f"issued {issued}, completed")
+                              detail=f"issued {issued}, completed {completed}")

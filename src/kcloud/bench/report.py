@@ -41,6 +41,9 @@ th { background: #f3f5f8; } td.l, th.l { text-align: left; }
 """
 
 
+_COLOURS = ("#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7b83", "#6e7781")
+
+
 def _label(result: BenchResult) -> str:
     return f"{result.system} · {result.device_label}"
 
@@ -98,29 +101,38 @@ def _table(results: list[BenchResult]) -> str:
     return "".join(out)
 
 
+#: Quantiles drawn per run: the empirical CDF at these points is exact and keeps the file small.
+_QUANTILES = np.concatenate([np.linspace(0.0, 0.9, 91), np.linspace(0.9, 0.999, 100)[1:], [0.9995, 1.0]])
+
+
 def _latency_figure(scenario: str, results: list[BenchResult]) -> go.Figure | None:
+    """Empirical CDF of each run's per-sample latency, LoadGen's percentiles as diamonds."""
     fig = go.Figure()
     drawn = False
-    for r in results:
+    for index, r in enumerate(results):
         values = _timings(r)
         if values is None or not len(values):
             continue
         drawn = True
         name = _label(r)
-        fig.add_trace(go.Box(x=values, name=name, boxpoints=False, orientation="h", showlegend=False))
+        colour = _COLOURS[index % len(_COLOURS)]
+        fig.add_trace(go.Scatter(x=np.quantile(values, _QUANTILES), y=_QUANTILES * 100, mode="lines", name=name,
+                                 line={"color": colour}, legendgroup=name))
         lat = r.latency_ns
-        points = [(k, lat[k] / 1e6) for k in ("p50", "p90", "p99") if k in lat]
+        points = [(float(k[1:]), lat[k] / 1e6) for k in ("p50", "p90", "p99") if k in lat]
         if points:
-            fig.add_trace(go.Scatter(x=[v for _, v in points], y=[name] * len(points), mode="markers+text",
-                                     text=[k for k, _ in points], textposition="top center",
-                                     marker={"symbol": "diamond", "size": 10, "color": "black"},
-                                     name="LoadGen percentiles", showlegend=False))
+            fig.add_trace(go.Scatter(x=[v for _, v in points], y=[p for p, _ in points], mode="markers",
+                                     marker={"symbol": "diamond", "size": 10, "color": colour,
+                                             "line": {"color": "black", "width": 1}},
+                                     name=f"{name}: LoadGen p50/p90/p99", legendgroup=name, showlegend=False))
     if not drawn:
         return None
-    per = "per query (MultiStream: one query = several samples; box is per sample)" if scenario == "MultiStream" else ""
+    unit = "per query, " if scenario == "MultiStream" else ""
     fig.update_layout(
-        title=f"{scenario}: latency distribution, ms (box: kcloud SUT per-sample timings; ◆: LoadGen {per} percentiles)",
-        xaxis_title="latency [ms]", height=220 + 60 * len(results), margin={"l": 260},
+        title=(f"{scenario}: latency distribution (lines: kcloud SUT per-sample timings, {TIMINGS_FILE}; "
+               f"◆: LoadGen's {unit}percentiles, mlperf_log_detail.txt)"),
+        xaxis={"title": "latency [ms] (log scale)", "type": "log"}, yaxis={"title": "percentile"},
+        height=420, legend={"orientation": "h", "y": -0.25},
     )
     return fig
 

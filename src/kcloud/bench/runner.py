@@ -101,15 +101,16 @@ class PreparedRun:
 
 
 def _open_repository(request: RunRequest) -> ModelRepository:
+    """The repository, with the requested model built first when it is one of kcloud's built-ins."""
     repository = ModelRepository(request.repository or default_repository_path())
-    try:
-        from kcloud.models.builtin import ensure_builtin_models
-    except ImportError:  # the built-in models module is optional for a custom repository
-        return repository
-    try:
-        ensure_builtin_models(repository)
-    except Exception as exc:  # a failed build of a built-in model names itself
-        raise BenchError(f"could not build the built-in models into {repository.root}: {exc}") from None
+    from kcloud.models.builtin import builtin_names, ensure_builtin_models
+
+    if request.model in builtin_names():
+        try:
+            ensure_builtin_models(repository, include=[request.model])
+        except Exception as exc:  # a failed build names the model and what went wrong
+            raise BenchError(f"could not build the built-in model {request.model!r} into {repository.root}: "
+                             f"{exc}") from None
     return repository
 
 

@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args
 
 import mlperf_loadgen as lg
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from kcloud.bench.errors import BenchError
 
@@ -82,6 +82,7 @@ class BenchConfigFile(BaseModel):
     MultiStream: BenchSettings = BenchSettings()
     Server: BenchSettings = BenchSettings()
     Offline: BenchSettings = BenchSettings()
+    _source: str = PrivateAttr(default="config file")
 
 
 def _flag(key: str) -> str:
@@ -119,11 +120,13 @@ def load_config_file(path: Path) -> BenchConfigFile:
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"config file {path}: not valid TOML ({exc})") from None
     try:
-        return BenchConfigFile.model_validate(data)
+        file = BenchConfigFile.model_validate(data)
     except ValidationError as exc:
         detail = _problems(exc, lambda loc: "[" + "].".join(str(p) for p in loc[:2]) if len(loc) > 1
                            else f"[{loc[0]}]")
         raise BenchError(f"config file {path}: {detail}") from None
+    file._source = f"config file {path}"
+    return file
 
 
 def _check_applies(values: dict[str, Any], scenario: str, name_of: Any) -> None:
@@ -150,7 +153,7 @@ def merge_settings(scenario: str, *, quick: bool, file: BenchConfigFile | None,
                   if k not in _ONLY_IN or scenario in _ONLY_IN[k]}
         merged.update(shared)
         own = getattr(file, scenario).given()
-        _check_applies(own, scenario, lambda key: f"config file [{scenario}] {key}")
+        _check_applies(own, scenario, lambda key: f"{file._source}: [{scenario}] {key}")
         merged.update(own)
     given = flags.given()
     _check_applies(given, scenario, _flag)

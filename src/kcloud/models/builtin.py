@@ -77,13 +77,18 @@ def _build_minilm(target: Path, report: Report) -> dict[str, object]:
     data: dict[str, object] = {
         "name": MINILM,
         "description": (
-            "sentence-transformers/all-MiniLM-L6-v2: 384-d sentence embeddings, mean-pooled and L2-normalised; "
-            f"built from the {minilm.DISTRIBUTION} package; flops_per_sample at {minilm.NOMINAL_SEQUENCE} tokens"
+            "sentence-transformers/all-MiniLM-L6-v2: 384-d sentence embeddings, mean-pooled and "
+            f"L2-normalised; built from the {minilm.DISTRIBUTION} package; "
+            f"flops_per_sample at {minilm.NOMINAL_SEQUENCE} tokens"
         ),
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, int(settings["hidden"])]}],  # type: ignore[call-overload]
         "batching": {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "queue_limit": 1024},
-        "processing": {"kind": "sentence-embedding", "tokenizer": "tokenizer.json", "max_length": settings["max_seq_length"]},
+        "processing": {
+            "kind": "sentence-embedding",
+            "tokenizer": "tokenizer.json",
+            "max_length": settings["max_seq_length"],
+        },
         "flops_per_sample": count_flops(model, {"sequence": minilm.NOMINAL_SEQUENCE}),
         "memory_bytes": weights_bytes(model),
     }
@@ -92,10 +97,16 @@ def _build_minilm(target: Path, report: Report) -> dict[str, object]:
     worst = int(np.argmin(cosines))
     if cosines[worst] < PARITY_MIN_COSINE:
         raise BuildError(
-            f"MiniLM parity failed: sentence {worst} ({sentences[worst][:60]!r}) has cosine {cosines[worst]:.6f} "
+            f"MiniLM parity failed: sentence {worst} ({sentences[worst][:60]!r}) "
+            f"has cosine {cosines[worst]:.6f} "
             f"< {PARITY_MIN_COSINE} against the sentence-transformers reference"
         )
-    data["accuracy"] = {"metric": "cosine", "reference": float(cosines.mean()), "ratio": 0.99, "dataset": "parity.npz"}
+    data["accuracy"] = {
+        "metric": "cosine",
+        "reference": float(cosines.mean()),
+        "ratio": 0.99,
+        "dataset": "parity.npz",
+    }
     save_config(config_from_dict(data, MINILM), target / CONFIG_FILE)
     return {
         "source_dir": str(source),
@@ -131,10 +142,14 @@ def _build_digits(target: Path, report: Report) -> dict[str, object]:
     expected = net.predict_proba(split.test_x)
     max_error = float(np.abs(probabilities - expected).max())
     if max_error > 1e-5 or not np.array_equal(labels, expected.argmax(axis=1)):
-        raise BuildError(f"digits-cnn: ONNX Runtime disagrees with the numpy forward pass (max error {max_error:g})")
+        raise BuildError(
+            f"digits-cnn: ONNX Runtime disagrees with the numpy forward pass (max error {max_error:g})"
+        )
     (target / "1").mkdir(parents=True)
     onnx.save(model, str(target / "1" / MODEL_FILE))
-    np.savez(target / "digits-test.npz", **{INPUT_PREFIX + "image": split.test_x, REFERENCE_KEY: split.test_y})
+    np.savez(
+        target / "digits-test.npz", **{INPUT_PREFIX + "image": split.test_x, REFERENCE_KEY: split.test_y}
+    )
     data: dict[str, object] = {
         "name": DIGITS,
         "description": (
@@ -181,7 +196,7 @@ def _build_noop(target: Path, report: Report) -> dict[str, object]:
     config = config_from_dict(
         {
             "name": NOOP,
-            "description": "Identity on FP32 [-1, 16]: measures what the gateway and batcher cost by themselves",
+            "description": "Identity on FP32 [-1, 16]: what the gateway and batcher cost by themselves",
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}],
             "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 16]}],
             "batching": {"max_batch_size": 64, "max_queue_delay_ms": 0.0, "queue_limit": 1024},

@@ -78,6 +78,15 @@ def _flops(value: float | None) -> str:
     return f"{value:g} FLOP"
 
 
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return DASH
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value} B"
+
+
 def _run(action: Any) -> Any:
     """Call `action`, turning the repository's errors into one red message and exit 2."""
     from kcloud.models.errors import BuildError, ModelFileError, ModelNotFoundError
@@ -108,7 +117,9 @@ def entry_record(entry: ModelEntry, versions: list[int]) -> dict[str, Any]:
 
 
 @models_app.command("list")
-def list_models(repo: Path | None = RepoOption, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def list_models(
+    repo: Path | None = RepoOption, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
+) -> None:
     """Every model: versions, signature, batching, device kinds, accuracy target."""
     repository = _repository(repo)
     entries = repository.list()
@@ -119,10 +130,21 @@ def list_models(repo: Path | None = RepoOption, as_json: bool = typer.Option(Fal
         typer.echo(json.dumps(records, indent=2))
         return
     if not entries and not problems:
-        _console().print(f"No models in {repository.root}. Build the bundled ones with `kcloud models build`.")
+        _console().print(
+            f"No models in {repository.root}. Build the bundled ones with `kcloud models build`."
+        )
         return
     table = Table(title=f"Models in {repository.root}")
-    for column in ("name", "versions", "inputs", "outputs", "batching", "devices", "FLOPs/sample", "accuracy target"):
+    for column in (
+        "name",
+        "versions",
+        "inputs",
+        "outputs",
+        "batching",
+        "devices",
+        "FLOPs/sample",
+        "accuracy target",
+    ):
         table.add_column(column)
     for entry in entries:
         config = entry.config
@@ -168,12 +190,21 @@ def show_model(
         ("outputs", "\n".join(_tensor(s) for s in config.outputs)),
         ("batching", _batching(config)),
         ("device kinds", ", ".join(config.device_kinds)),
-        ("processing", config.processing.kind
-         + (f" (tokenizer {config.processing.tokenizer}, max {config.processing.max_length} tokens)"
-            if config.processing.tokenizer else "")),
+        (
+            "processing",
+            config.processing.kind
+            + (
+                f" (tokenizer {config.processing.tokenizer}, max {config.processing.max_length} tokens)"
+                if config.processing.tokenizer
+                else ""
+            ),
+        ),
         ("FLOPs/sample", _flops(config.flops_per_sample)),
-        ("weights", DASH if config.memory_bytes is None else f"{config.memory_bytes / 2**20:.1f} MiB"),
-        ("accuracy target", _accuracy(config) + (f"\ndata set {config.accuracy.dataset}" if config.accuracy else "")),
+        ("weights", _bytes(config.memory_bytes)),
+        (
+            "accuracy target",
+            _accuracy(config) + (f"\ndata set {config.accuracy.dataset}" if config.accuracy else ""),
+        ),
     ]
     if record["build"]:
         rows.append(("build", json.dumps(record["build"], indent=1)))
@@ -184,8 +215,12 @@ def show_model(
 
 @models_app.command("add")
 def add_model(
-    path: Path = typer.Argument(..., help="A model directory (config.toml + <version>/model.onnx) or an .onnx file."),
-    name: str | None = typer.Option(None, "--name", help="Name in the repository (default: the config's or file's)."),
+    path: Path = typer.Argument(
+        ..., help="A model directory (config.toml + <version>/model.onnx) or an .onnx file."
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="Name in the repository (default: the config's or file's)."
+    ),
     config: Path | None = typer.Option(None, "--config", help="config.toml for a single .onnx file."),
     replace: bool = typer.Option(False, "--replace", help="Replace an existing model of that name whole."),
     repo: Path | None = RepoOption,
@@ -193,21 +228,30 @@ def add_model(
     """Check a model and copy it into the repository (a new version if the name exists)."""
     repository = _repository(repo)
     entry = _run(lambda: repository.add(path, name=name, config=config, replace=replace))
-    _console().print(f"[green]added[/green] {escape(entry.name)} version {entry.version} → {escape(str(entry.model_dir))}")
+    _console().print(
+        f"[green]added[/green] {escape(entry.name)} version {entry.version} → {escape(str(entry.model_dir))}"
+    )
 
 
 @models_app.command("build")
 def build_models(
-    names: list[str] | None = typer.Argument(None, help="Built-in models to build (default: all-MiniLM-L6-v2, digits-cnn)."),
+    names: list[str] | None = typer.Argument(
+        None, help="Built-in models to build (default: all-MiniLM-L6-v2, digits-cnn)."
+    ),
     repo: Path | None = RepoOption,
 ) -> None:
     """Build the bundled models (offline); does nothing for those already built."""
     from kcloud.models.builtin import DEFAULT_MODELS, ensure_builtin_models
 
     repository = _repository(repo)
-    entries = _run(lambda: ensure_builtin_models(repository, include=tuple(names or DEFAULT_MODELS), progress=True))
+    entries = _run(
+        lambda: ensure_builtin_models(repository, include=tuple(names or DEFAULT_MODELS), progress=True)
+    )
     for entry in entries:
-        _console().print(f"[green]ready[/green] {escape(entry.name)} version {entry.version}  ({escape(_accuracy(entry.config))})")
+        _console().print(
+            f"[green]ready[/green] {escape(entry.name)} version {entry.version}  "
+            f"({escape(_accuracy(entry.config))})"
+        )
 
 
 @models_app.command("remove")

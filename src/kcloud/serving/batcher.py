@@ -25,7 +25,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kcloud.models.pipeline import Prepared
@@ -33,6 +33,7 @@ from kcloud.serving.errors import (
     DeadlineExceededError,
     InferenceFailedError,
     QueueFullError,
+    ReplicaDiedError,
     ServingError,
 )
 
@@ -53,7 +54,6 @@ class Pending:
     enqueued: float
     future: asyncio.Future[Any]
     dispatched: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -78,6 +78,7 @@ class Batcher:
         queue_limit: int,
         name: str = "replica",
         on_depth: Callable[[int], None] | None = None,
+        on_crash: Callable[[BaseException], None] | None = None,
     ) -> None:
         if max_batch_size < 0 or max_queue_delay_s < 0 or queue_limit < 1:
             raise ValueError("max_batch_size >= 0, max_queue_delay_s >= 0 and queue_limit >= 1 are required")
@@ -87,6 +88,7 @@ class Batcher:
         self.queue_limit = queue_limit
         self.name = name
         self._on_depth = on_depth
+        self._on_crash = on_crash
         self._queue: deque[Pending] = deque()
         self._queued_rows = 0
         self._in_flight_rows = 0
@@ -193,9 +195,24 @@ class Batcher:
         return loop.time() + (monotonic_deadline - time.monotonic())
 
     # -- the loop ---------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher {self.name}")
+            self._loop_task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """The loop only ends by `stop()`; if a bug ends it, fail what waits instead of hanging it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("%s: batching loop crashed", self.name, exc_info=exc)
+        self.close(ReplicaDiedError(f"{self.name}: batching loop crashed: {type(exc).__name__}: {exc}"))
+        if self._on_crash is not None:
+            self._on_crash(exc)
 
     def _row_limit(self) -> int:
         # Batching off (0): one request per batch, however many rows it has.
@@ -233,29 +250,38 @@ class Batcher:
         kept: deque[Pending] = deque()
         rows = 0
         shape_key: Any = None
-        while self._queue:
-            pending = self._queue.popleft()
-            if pending.future.done():  # answered already (e.g. cancelled): nothing to compute
-                self._queued_rows -= pending.rows
-                continue
-            if pending.deadline is not None and pending.deadline <= now:
-                self._queued_rows -= pending.rows
-                if not pending.future.done():
+        try:
+            while self._queue:
+                pending = self._queue[0]
+                if pending.future.done():  # answered already (e.g. cancelled): nothing to compute
+                    self._queue.popleft()
+                    self._queued_rows -= pending.rows
+                    continue
+                if pending.deadline is not None and pending.deadline <= now:
+                    self._queue.popleft()
+                    self._queued_rows -= pending.rows
                     pending.future.set_exception(
                         DeadlineExceededError("deadline passed while queued; not computed"))
-                continue
-            key = pending.prepared.extra.get("shape_key")
-            if batch and (limit == 0 or rows + pending.rows > limit):
-                self._queue.appendleft(pending)
-                break
-            if batch and key != shape_key:
-                kept.append(pending)
-                continue
-            self._queued_rows -= pending.rows
-            pending.dispatched = now
-            batch.append(pending)
-            rows += pending.rows
-            shape_key = key
+                    continue
+                key = pending.prepared.extra.get("shape_key")
+                if batch and (limit == 0 or rows + pending.rows > limit):
+                    break
+                self._queue.popleft()
+                if batch and key != shape_key:
+                    kept.append(pending)
+                    continue
+                self._queued_rows -= pending.rows
+                pending.dispatched = now
+                batch.append(pending)
+                rows += pending.rows
+                shape_key = key
+        except BaseException:
+            # Whatever was taken goes back, so that whoever handles the failure fails them too.
+            for pending in batch:
+                pending.dispatched = None
+            self._queue.extendleft(reversed([*batch, *kept]))
+            self._queued_rows += rows
+            raise
         self._queue.extendleft(reversed(kept))
         return batch
 

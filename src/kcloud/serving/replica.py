@@ -107,6 +107,7 @@ class Replica:
             queue_limit=batching.queue_limit,
             name=replica_id,
             on_depth=self._record_depth,
+            on_crash=lambda exc: self._worker_died(),
         )
         self.worker.on_death = self._worker_died
         if device.emulated and emulation is None:
@@ -150,7 +151,7 @@ class Replica:
 
     @property
     def alive(self) -> bool:
-        return self._started and not self._stopping and self.worker.alive
+        return self._started and not self._stopping and self.worker.alive and self.batcher.running
 
     @property
     def pid(self) -> int | None:
@@ -234,7 +235,8 @@ class Replica:
             self.metrics.queue_depth.labels(self.entry.name, self.id).set(depth)
 
     def _worker_died(self) -> None:
-        """The worker died by itself: fail what is queued (the router retries it) and tell observers once."""
+        """The worker (or the batching loop) died by itself: fail what is queued (the router
+        retries it) and tell observers once."""
         if self._death_reported or self._stopping:
             return
         self._death_reported = True

@@ -181,6 +181,24 @@ async def start_model_replicas(
         raise
 
 
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Spawn worker processes with SIGINT ignored (an ignored signal stays ignored across exec).
+
+    Ctrl-C in a terminal signals the whole foreground process group; the workers must not die
+    of it mid-batch, because the server stops them itself after draining (graceful shutdown).
+    The cost: a Ctrl-C pressed while replicas are starting is ignored for those seconds.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 async def _start_replicas_of(
     router: Router, entry: ModelEntry, device: Device, count: int, threads: int,
     isolation: Isolation, metrics: ServingMetrics, emulation: object,
@@ -190,7 +208,8 @@ async def _start_replicas_of(
                        emulation=emulation)  # type: ignore[arg-type]
         for _ in range(count)
     ]
-    results = await asyncio.gather(*(r.start() for r in made), return_exceptions=True)
+    with _workers_ignore_sigint():
+        results = await asyncio.gather(*(r.start() for r in made), return_exceptions=True)
     failure = next((r for r in results if isinstance(r, BaseException)), None)
     if failure is None:
         for replica in made:
@@ -353,8 +372,12 @@ def print_banner(console: Console, url: str, stack: Stack, replicas: dict[str, i
         console.print(f"  {entry.name} v{entry.version}  {count} replica{'s' if count != 1 else ''}")
     example = curl_example(url, stack.entries)
     if example:
+        text_model = example.split("/v2/models/")[1].split("/")[0]
+        port_flag = "" if url == url_of(DEFAULT_HOST, DEFAULT_PORT) else f" --url {url}"
         console.print("Try:")
         console.print(f"  {example}", soft_wrap=True, markup=False, highlight=False)
+        console.print(f'  kcloud infer {text_model} --text "Hello from K-Cloud"{port_flag}',
+                      soft_wrap=True, markup=False, highlight=False)
     console.print("Press Ctrl-C to stop.")
 
 
@@ -420,20 +443,21 @@ class BackgroundGateway:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
+        self._port: int | None = None
 
     @property
     def url(self) -> str:
-        assert self._sock is not None
-        host, port = self._sock.getsockname()[:2]
-        return url_of(host, port)
+        return url_of(self.options.host, self.port)
 
     @property
     def port(self) -> int:
-        assert self._sock is not None
-        return self._sock.getsockname()[1]
+        if self._port is None:
+            raise RuntimeError("the gateway is not started")
+        return self._port
 
     def start(self) -> BackgroundGateway:
         self._sock = bind_socket(self.options.host, self.options.port)
+        self._port = self._sock.getsockname()[1]
         self._thread = threading.Thread(target=self._run, name="kcloud-gateway", daemon=True)
         self._thread.start()
         if not self._ready.wait(self.start_timeout_s):
@@ -460,10 +484,14 @@ class BackgroundGateway:
             self._ready.set()
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        if self._server is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(setattr, self._server, "should_exit", True)
+        """Stop as Ctrl-C would and wait for it; calling it again does nothing."""
+        if self._server is not None and self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: already stopped
+                self._loop.call_soon_threadsafe(setattr, self._server, "should_exit", True)
         if self._thread is not None:
             self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                raise TimeoutError(f"the gateway did not stop within {timeout_s:.0f} s")
         if self._sock is not None:
             self._sock.close()
 

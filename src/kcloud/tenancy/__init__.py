@@ -1,11 +1,33 @@
 """kcloud.tenancy: tenants, API keys, roles, isolation, quotas, rate limits, usage and audit.
 
 `attach(app, db, ...)` puts all of it on a gateway app; `enforce_deployment_quota` is what the
-control plane calls when a deployment is created or scaled.
+control plane calls when a deployment is created or scaled. Names are imported lazily so that
+`kcloud`'s CLI (which imports `kcloud.tenancy.commands`) does not load the server stack.
 """
 
-from kcloud.tenancy.errors import QuotaExceededError, TenancyError
-from kcloud.tenancy.roles import Principal, Role
-from kcloud.tenancy.service import INSECURE_BANNER, Tenancy, attach
+from __future__ import annotations
 
-__all__ = ["INSECURE_BANNER", "Principal", "QuotaExceededError", "Role", "Tenancy", "TenancyError", "attach"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "attach": "kcloud.tenancy.service",
+    "Tenancy": "kcloud.tenancy.service",
+    "INSECURE_BANNER": "kcloud.tenancy.service",
+    "INSECURE_HEADER": "kcloud.tenancy.middleware",
+    "enforce_deployment_quota": "kcloud.tenancy.holdings",
+    "current_principal": "kcloud.tenancy.context",
+    "Principal": "kcloud.tenancy.roles",
+    "Role": "kcloud.tenancy.roles",
+    "QuotaExceededError": "kcloud.tenancy.errors",
+    "TenancyError": "kcloud.tenancy.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kcloud.tenancy' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -9,7 +9,8 @@ response stream untouched. In order, for each HTTP request:
    `X-Kcloud-Insecure: auth-disabled`.
 3. A read-only key may only GET/HEAD/OPTIONS -> otherwise 403 (no changes, no inference).
 4. The key's token bucket, then the tenant's concurrency cap -> 429 with `Retry-After`.
-   Both are checked before the body is read, so a refused flood costs almost nothing.
+   Both are checked before the body is read, and a refusal is held back until the client could
+   usefully retry (at most `TARPIT_MAX_S`), so a flood costs the server timers, not CPU.
 5. The request runs with its `RequestContext` bound (isolation, metering and handlers read it).
 6. State-changing requests under `/api/` are written to the audit log before the answer leaves.
 7. Inference requests (POST outside `/api/`) are counted for usage, in memory.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kcloud.serving.gateway.errors import error_body
@@ -38,12 +40,20 @@ PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 INSECURE_HEADER = (b"x-kcloud-insecure", b"auth-disabled")
 ADMIN_PREFIX = "/api/"
+#: Longest a 429 is held back before it is sent (see `TenancyMiddleware._throttled_refusal`).
+TARPIT_MAX_S = 0.25
+#: Most refusals of one key held back at once; beyond, refusals go out at once and close the connection.
+TARPIT_MAX_PER_KEY = 64
+#: Retry-After (and hold-back) for a refusal by the concurrency cap: requests in flight end in ms to s.
+CONCURRENCY_RETRY_S = 0.1
 
 
 class TenancyMiddleware:
     def __init__(self, app: ASGIApp, tenancy: Tenancy) -> None:
         self.app = app
         self.tenancy = tenancy
+        #: Refusals waiting out their delay, per key.
+        self._tarpitted: dict[int, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,10 +91,12 @@ class TenancyMiddleware:
             wait = tenancy.rate_limiter.take(record.key_id, record.requests_per_second, record.burst)
             if wait > 0:
                 self._meter(ctx, metered, error=True)
-                await _refuse(send, path, 429,
-                              f"rate limit of key {principal.label} reached "
-                              f"({record.requests_per_second:g} requests/s, burst {record.burst or record.requests_per_second:g})",
-                              [(b"retry-after", retry_after_header(wait).encode())])
+                burst = record.burst or record.requests_per_second
+                await self._throttled_refusal(
+                    send, path, record.key_id, wait,
+                    f"rate limit of key {principal.label} reached "
+                    f"({record.requests_per_second:g} requests/s, burst {burst:g})",
+                )
                 return
         tenant_id = principal.tenant_id
         capped = record is not None and tenant_id is not None and record.max_concurrency is not None
@@ -92,9 +104,11 @@ class TenancyMiddleware:
             assert record is not None and tenant_id is not None
             if not tenancy.concurrency.try_enter(tenant_id, record.max_concurrency):
                 self._meter(ctx, metered, error=True)
-                await _refuse(send, path, 429,
-                              f"tenant {principal.tenant_name!r} has {record.max_concurrency} requests in flight, "
-                              f"its concurrency cap", [(b"retry-after", b"1")])
+                await self._throttled_refusal(
+                    send, path, record.key_id, CONCURRENCY_RETRY_S,
+                    f"tenant {principal.tenant_name!r} has {record.max_concurrency} requests in flight, "
+                    f"its concurrency cap",
+                )
                 return
 
         audited = method not in SAFE_METHODS and path.startswith(ADMIN_PREFIX)
@@ -116,6 +130,32 @@ class TenancyMiddleware:
             if capped:
                 tenancy.concurrency.leave(tenant_id)  # type: ignore[arg-type]
             self._meter(ctx, metered, error=status >= 400)
+
+    async def _throttled_refusal(self, send: Send, path: str, key_id: int, wait_s: float, message: str) -> None:
+        """429 with Retry-After, sent no sooner than `min(wait_s, TARPIT_MAX_S)` from now.
+
+        The delay costs a timer, not CPU, and it is what keeps a flood from turning the event loop
+        into a refusal machine: a client with n connections that ignores Retry-After gets at most
+        about n / TARPIT_MAX_S refusals a second instead of as many as the loop can write. A client
+        that honours Retry-After never waits for it. Past `TARPIT_MAX_PER_KEY` refusals of one key
+        waiting at once, the rest are answered at once with `Connection: close`, so a flood of
+        connections costs the flooder a reconnect each, and the server no unbounded set of timers.
+        """
+        retry = [(b"retry-after", retry_after_header(wait_s).encode())]
+        waiting = self._tarpitted.get(key_id, 0)
+        if waiting >= TARPIT_MAX_PER_KEY:
+            await _refuse(send, path, 429, message, [*retry, (b"connection", b"close")])
+            return
+        self._tarpitted[key_id] = waiting + 1
+        try:
+            await anyio.sleep(min(wait_s, TARPIT_MAX_S))
+        finally:
+            left = self._tarpitted[key_id] - 1
+            if left:
+                self._tarpitted[key_id] = left
+            else:
+                del self._tarpitted[key_id]
+        await _refuse(send, path, 429, message, retry)
 
     def _meter(self, ctx: RequestContext, metered: bool, *, error: bool) -> None:
         if not metered:

@@ -84,6 +84,8 @@ def error_body(path: str, status: int, message: str, *, code: str | None = None)
     """The JSON error body for `path`'s protocol."""
     if path.startswith(OPENAI_PREFIX):
         kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        if code is None and status == 404 and path.startswith(f"{OPENAI_PREFIX}embeddings"):
+            code = "model_not_found"
         return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
     return orjson.dumps({"error": message})
 
@@ -116,6 +118,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     for err in exc.errors():
         if err.get("type") == "json_invalid":
             return f"request body is not valid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
+        if tuple(err.get("loc", ())) == ("body",):
+            return "request body must be a JSON object (send Content-Type: application/json)"
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{loc or 'body'}: {err.get('msg')}")
     return "; ".join(parts) or "invalid request"

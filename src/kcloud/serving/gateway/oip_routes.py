@@ -25,6 +25,7 @@ from kcloud import __version__
 from kcloud.models.errors import ModelNotFoundError
 from kcloud.models.repository import ModelEntry
 from kcloud.serving.gateway.deadline import deadline_from
+from kcloud.serving.gateway.encoding import decoded_body
 from kcloud.serving.gateway.errors import classify, error_response, unexpected_error_response
 from kcloud.serving.gateway.state import GatewayState, gateway_state
 from kcloud.serving.oip import (
@@ -173,8 +174,8 @@ async def infer(request: Request) -> Response:
     try:
         version = parse_version(name, path_params.get("version"))
         entry = state.router.entry(name, version)
-        body = await request.body()
         headers = request.headers
+        body = decoded_body(await request.body(), headers.get("content-encoding"), state.max_body_bytes)
         header_length = parse_header_length(headers.get("inference-header-content-length"))
         decoded = decode_infer_request(body, header_length)
         if decoded.outputs is not None:

@@ -1,0 +1,196 @@
+"""The admin API under `/api/v1`: deployments, placement explain, devices (drain), events.
+
+Handlers are thin: each calls one `ControlPlaneService` method (one transaction), then wakes the
+reconciler so the change takes effect at once rather than at the next tick. Refusals carry
+their HTTP status (`ControlPlaneError.status`, or a tenancy error's) and become the gateway's
+`{"error": "..."}` answers; nothing is written when a request is refused.
+
+Who may do what, when tenancy is attached (no tenancy: everything, as the operator):
+a tenant's key sees and changes only its own deployments (anything else is 404), creates
+deployments owned by its tenant, and reads devices; read-only keys change nothing (403);
+draining devices is for admins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Response
+
+from kcloud.farm.service import ControlPlaneService, NotFoundError
+from kcloud.farm.spec import (
+    DeploymentCreate,
+    DeploymentUpdate,
+    DeploymentView,
+    DeviceView,
+    DrainRequest,
+    EventView,
+    ExplainView,
+    ScaleRequest,
+)
+
+PREFIX = "/api/v1"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "malformed request (e.g. replicas < 0)"},
+    404: {"description": "no such deployment, device or model"},
+    409: {"description": "a deployment of that name exists"},
+    422: {"description": "constraints that contradict the catalog or the model"},
+}
+
+
+def _principal() -> Any:
+    """The request's tenancy principal, or None when tenancy is not attached."""
+    try:
+        from kcloud.tenancy.context import current_principal
+    except ImportError:  # pragma: no cover - tenancy ships with kcloud
+        return None
+    return current_principal()
+
+
+def _refuse(exc: Exception) -> HTTPException:
+    status = getattr(exc, "status", None)
+    if not isinstance(status, int):
+        raise exc
+    return HTTPException(status, str(exc).strip("'\""))
+
+
+def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: None) -> APIRouter:
+    api = APIRouter(prefix=PREFIX, tags=["control plane"], responses=_ERRORS)
+
+    def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HTTPException:
+            raise
+        except Exception as exc:
+            raise _refuse(exc) from None
+
+    def visible(name: str) -> None:
+        """404 for a deployment the caller's tenant does not own (as if it did not exist)."""
+        principal = _principal()
+        if principal is None or principal.farm_wide:
+            return
+        if call(service.owner, name) != principal.tenant_name:
+            raise HTTPException(404, f"deployment {name!r} not found")
+
+    def may_change() -> None:
+        principal = _principal()
+        if principal is not None and not principal.can_change:
+            raise HTTPException(403, "this key is read-only; it cannot change deployments")
+
+    def admin_only(what: str) -> None:
+        principal = _principal()
+        if principal is not None and not principal.is_admin:
+            raise HTTPException(403, f"only an admin key may {what}")
+
+    def audit(action: str, target: str, **detail: Any) -> None:
+        try:
+            from kcloud.tenancy.context import current_request
+        except ImportError:  # pragma: no cover
+            return
+        ctx = current_request()
+        if ctx is not None:
+            ctx.audit(action, target, **detail)
+
+    @api.get("/deployments", response_model=list[DeploymentView], summary="List deployments")
+    def list_deployments() -> list[DeploymentView]:
+        principal = _principal()
+        if principal is None or principal.farm_wide:
+            return service.list_deployments()
+        return service.list_deployments(principal.tenant_name, all_tenants=False)
+
+    @api.post("/deployments", response_model=DeploymentView, status_code=201,
+              summary="Create a deployment; it is placed at once (pending, with the reason, if nothing fits)")
+    def create_deployment(spec: DeploymentCreate) -> DeploymentView:
+        may_change()
+        principal = _principal()
+        if principal is not None and not principal.farm_wide:
+            if spec.tenant not in (None, principal.tenant_name):
+                raise HTTPException(403, "a tenant key creates deployments for its own tenant only")
+            spec = spec.model_copy(update={"tenant": principal.tenant_name})
+        view = call(service.create, spec)
+        audit("deployment.create", view.name, replicas=spec.replicas, model=spec.model)
+        wake()
+        return view
+
+    @api.get("/deployments/{name}", response_model=DeploymentView, summary="One deployment and its replicas")
+    def get_deployment(name: str) -> DeploymentView:
+        visible(name)
+        return call(service.get, name)
+
+    @api.patch("/deployments/{name}", response_model=DeploymentView,
+               summary="Change version, replicas, constraints, SLO or policy")
+    def update_deployment(name: str, patch: DeploymentUpdate) -> DeploymentView:
+        visible(name)
+        may_change()
+        view = call(service.update, name, patch)
+        audit("deployment.update", name, **patch.model_dump(exclude_none=True, mode="json"))
+        wake()
+        return view
+
+    @api.post("/deployments/{name}/scale", response_model=DeploymentView, summary="Set the number of replicas")
+    def scale_deployment(name: str, body: ScaleRequest) -> DeploymentView:
+        visible(name)
+        may_change()
+        view = call(service.scale, name, body.replicas)
+        audit("deployment.scale", name, replicas=body.replicas)
+        wake()
+        return view
+
+    @api.delete("/deployments/{name}", status_code=204, summary="Delete a deployment; its replicas stop")
+    def delete_deployment(name: str) -> Response:
+        visible(name)
+        may_change()
+        call(service.delete, name)
+        audit("deployment.delete", name)
+        wake()
+        return Response(status_code=204)
+
+    @api.get("/deployments/{name}/placement", response_model=ExplainView,
+             summary="Where each replica is and why: every candidate device's verdict")
+    def explain_placement(name: str, limit: int = Query(5, ge=1, le=20)) -> ExplainView:
+        visible(name)
+        return call(service.explain, name, limit)
+
+    @api.get("/devices", response_model=list[DeviceView], summary="Devices, their health, drain state and load")
+    def list_devices() -> list[DeviceView]:
+        return service.list_devices()
+
+    @api.post("/devices/{uid:path}/drain", response_model=DeviceView,
+              summary="Drain a device: its replicas are placed elsewhere, then stopped here")
+    def drain_device(uid: str, body: DrainRequest | None = None) -> DeviceView:
+        admin_only("drain devices")
+        view = call(service.drain, uid, body.reason if body else None)
+        audit("device.drain", uid)
+        wake()
+        return view
+
+    @api.post("/devices/{uid:path}/undrain", response_model=DeviceView, summary="Let a drained device take replicas")
+    def undrain_device(uid: str) -> DeviceView:
+        admin_only("undrain devices")
+        view = call(service.undrain, uid)
+        audit("device.undrain", uid)
+        wake()
+        return view
+
+    @api.get("/events", response_model=list[EventView], summary="What happened, oldest first")
+    def list_events(
+        deployment: str | None = None,
+        device: str | None = None,
+        after: int | None = Query(None, ge=0, description="only events with a larger id"),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> list[EventView]:
+        principal = _principal()
+        if principal is not None and not principal.farm_wide:
+            owned = [d.name for d in service.list_deployments(principal.tenant_name, all_tenants=False)]
+            if deployment is not None and deployment not in owned:
+                raise HTTPException(404, f"deployment {deployment!r} not found")
+            return service.events(deployment=deployment, deployments=owned, device=device, after_id=after,
+                                  limit=limit)
+        return service.events(deployment=deployment, device=device, after_id=after, limit=limit)
+
+    return api
+
+
+__all__ = ["PREFIX", "NotFoundError", "build_api"]

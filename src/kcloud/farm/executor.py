@@ -1,0 +1,144 @@
+"""Executors: what actually starts and stops a replica somewhere. The reconciler drives one.
+
+The protocol is deliberately narrow, three calls and a listing, so that where replicas run is
+the executor's business alone:
+
+- `LocalExecutor` (here): replicas on this machine, each in its own worker process
+  (`kcloud.serving.replica.create_replica(..., isolation="process")`), routed by this
+  process's `Router`.
+- A Ray executor (the `[cluster]` extra, later) implements the same protocol: `start` creates
+  an actor on the node that holds `spec.device` with that device's Ray resource (`GPU`,
+  `RBLN`, `FURIOSA`, ...: `DevicePlugin.ray_resource`) and adds a proxy replica to the router;
+  `alive` asks Ray for the actor's state; `stop` kills the actor. `ReplicaHandle.address`
+  carries the actor id, which the database keeps. The reconciler needs no change: it only
+  ever sees `ReplicaSpec`, `ReplicaHandle` and these calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from kcloud.devices.device import Device
+from kcloud.models.repository import ModelEntry
+from kcloud.serving.metrics import ServingMetrics
+from kcloud.serving.replica import Isolation, Replica, WorkRecorder, create_replica
+from kcloud.serving.router import Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What to run: one replica of a model version (named as its deployment) on one device."""
+
+    replica_id: str
+    deployment: str
+    entry: ModelEntry
+    device: Device
+
+
+@dataclass(frozen=True)
+class ReplicaHandle:
+    """How to find a started replica again; stored in the database as JSON (`as_json`)."""
+
+    replica_id: str
+    executor: str
+    pid: int | None = None
+    #: Where it runs for remote executors (e.g. a Ray actor id); None for local ones.
+    address: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Executor(Protocol):
+    name: str
+
+    async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
+        """Start the replica and make it serve; raise (any exception) when it cannot."""
+
+    async def stop(self, handle: ReplicaHandle) -> None:
+        """Stop serving from it and release it; stopping a dead or unknown replica is fine."""
+
+    def alive(self, handle: ReplicaHandle) -> bool:
+        """Whether it is running and can serve."""
+
+    def handles(self) -> list[ReplicaHandle]:
+        """Every replica this executor started and has not stopped (alive or not)."""
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Spawn workers with SIGINT ignored, so Ctrl-C reaches only the server, which drains them.
+
+    (An ignored signal stays ignored across exec; the server stops its workers itself.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class LocalExecutor:
+    """Replicas in worker processes on this machine, added to (and removed from) the router."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        emulation: WorkRecorder | None = None,
+        metrics: ServingMetrics | None = None,
+        isolation: Isolation = "process",
+        threads: int | None = None,
+    ) -> None:
+        self.router = router
+        self.emulation = emulation
+        self.metrics = metrics
+        self.isolation = isolation
+        self.threads = threads
+        self._replicas: dict[str, Replica] = {}
+
+    async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
+        replica = create_replica(
+            spec.entry, spec.device, isolation=self.isolation, threads=self.threads,
+            emulation=self.emulation if spec.device.emulated else None, metrics=self.metrics,
+            replica_id=spec.replica_id,
+        )
+        with _children_ignore_sigint():
+            await replica.start()
+        try:
+            self.router.add_replica(replica)
+        except BaseException:
+            await replica.stop()
+            raise
+        self._replicas[spec.replica_id] = replica
+        return ReplicaHandle(spec.replica_id, self.name, pid=replica.pid)
+
+    async def stop(self, handle: ReplicaHandle) -> None:
+        replica = self._replicas.pop(handle.replica_id, None)
+        removed = await self.router.remove_replica(handle.replica_id)
+        if removed is None and replica is not None:
+            await replica.stop()
+
+    def alive(self, handle: ReplicaHandle) -> bool:
+        replica = self._replicas.get(handle.replica_id)
+        return replica is not None and replica.alive
+
+    def handles(self) -> list[ReplicaHandle]:
+        return [ReplicaHandle(rid, self.name, pid=r.pid) for rid, r in self._replicas.items()]
+
+    def replica(self, replica_id: str) -> Replica | None:
+        return self._replicas.get(replica_id)

@@ -1,0 +1,156 @@
+"""The control plane's request and answer shapes, in one place (API, service and CLI share them).
+
+A deployment is served under its own name: `name` defaults to the model's, and two deployments
+of one model (two tenants, or a canary) are two endpoints. Constraints are exact matches on the
+catalog's vocabulary (vendor, chip key, precision) and on node names; a constraint the catalog
+cannot satisfy by definition (an unknown chip, a chip of another vendor) is refused (422), one
+that no device satisfies *right now* leaves the deployment pending with the reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kcloud.farm.profiles import PRECISIONS
+
+Policy = Literal["spread", "binpack"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
+assert set(PRECISIONS) == {"fp32", "fp16", "bf16", "int8", "fp8"}
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Constraints(_Strict):
+    vendor: str | None = Field(default=None, description="vendor as the catalog names it, e.g. furiosa")
+    chip: str | None = Field(default=None, description="catalog key, e.g. furiosa-rngd")
+    precision: Precision | None = None
+    node: str | None = Field(default=None, description="node name")
+
+
+class Slo(_Strict):
+    p99_latency_ms: float | None = Field(default=None, gt=0)
+    throughput_rps: float | None = Field(default=None, gt=0)
+
+
+class DeploymentCreate(_Strict):
+    model: str = Field(min_length=1, description="model name in the repository")
+    version: int | None = Field(default=None, ge=1, description="model version; default: the latest")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="served name; default: the model's")
+    replicas: int = Field(default=1, ge=0, le=10_000)
+    constraints: Constraints = Constraints()
+    slo: Slo = Slo()
+    policy: Policy = "spread"
+    tenant: str | None = Field(default=None, description="owner; set by tenancy for tenant keys")
+
+
+class DeploymentUpdate(_Strict):
+    """Only the fields given change. A new version, constraints, policy or SLO replace replicas."""
+
+    version: int | None = Field(default=None, ge=1)
+    replicas: int | None = Field(default=None, ge=0, le=10_000)
+    constraints: Constraints | None = None
+    slo: Slo | None = None
+    policy: Policy | None = None
+
+
+class ScaleRequest(_Strict):
+    replicas: int = Field(ge=0, le=10_000)
+
+
+class DrainRequest(_Strict):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ReplicaView(BaseModel):
+    id: str
+    device: str
+    node: str
+    state: str
+    emulated: bool | None
+    pid: int | None
+    generation: int
+    started_at: datetime | None
+    last_error: str | None
+
+
+class DeploymentView(BaseModel):
+    name: str
+    model: str
+    version: int
+    version_pinned: bool
+    tenant: str | None
+    replicas: int = Field(description="desired")
+    running: int
+    constraints: Constraints
+    slo: Slo
+    policy: Policy
+    status: str = Field(description="pending | progressing | ready | degraded")
+    reason: str | None
+    generation: int
+    replica_list: list[ReplicaView]
+    created_at: datetime
+    updated_at: datetime
+
+
+class CandidateView(BaseModel):
+    device: str
+    chosen: int
+    eligible: bool
+    reason: str
+    score: float | None
+    perf_per_watt: float | None = Field(description="samples per joule; null when unknown")
+    perf_modelled: bool | None = Field(description="true: modelled from the catalog; false: measured")
+
+
+class PlacementView(BaseModel):
+    id: int
+    at: datetime
+    trigger: str
+    policy: str
+    requested: int
+    placed: int
+    outcome: str
+    reason: str
+    candidates: list[CandidateView]
+
+
+class ExplainView(BaseModel):
+    deployment: str
+    status: str
+    reason: str | None
+    replicas: list[ReplicaView]
+    placements: list[PlacementView] = Field(description="newest first")
+
+
+class DeviceView(BaseModel):
+    uid: str
+    node: str
+    name: str
+    chip: str
+    vendor: str
+    kind: str
+    emulated: bool
+    present: bool
+    healthy: bool
+    health_reason: str | None
+    drained: bool
+    drain_reason: str | None
+    memory_bytes: int | None
+    memory_placed_bytes: int
+    replicas: int
+
+
+class EventView(BaseModel):
+    id: int
+    at: datetime
+    kind: str
+    deployment: str | None
+    device: str | None
+    replica: str | None
+    message: str

@@ -1,0 +1,76 @@
+"""Fixtures for the bench tests: the bundled models, a farm with emulated NPUs, a real `kcloud up`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from bench_helpers import KCLOUD, free_port
+
+@pytest.fixture(scope="session")
+def bench_models(builtin_repository):
+    """The bundled models, built once for the session and linked into KCLOUD_HOME."""
+    return builtin_repository
+
+
+@pytest.fixture(scope="session")
+def misfit_home(tmp_path_factory: pytest.TempPathFactory, bench_models) -> Path:
+    """A KCLOUD_HOME whose `digits-misfit` model has a data set that does not fit its signature
+    (images flattened to [N, 64] while the model takes [N, 1, 8, 8])."""
+    from kcloud.models.repository import ModelRepository
+
+    home = tmp_path_factory.mktemp("misfit-home")
+    digits = bench_models.get("digits-cnn")
+    source = home / "source"
+    shutil.copytree(digits.model_dir, source, ignore=shutil.ignore_patterns("build.json", "graph-signature.json"))
+    dataset = source / digits.config.accuracy.dataset
+    with np.load(dataset) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["input.image"] = arrays["input.image"].reshape(len(arrays["reference"]), 64)
+    np.savez(dataset, **arrays)
+    ModelRepository(home / "models").add(source, name="digits-misfit")
+    return home
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out, _ = process.communicate()
+            pytest.fail(f"kcloud up exited with {process.returncode}:\n{out}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)  # polling a starting subprocess: it has no event to wait on
+    process.kill()
+    pytest.fail(f"kcloud up was not ready within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def gateway(bench_models) -> Iterator[str]:
+    """`kcloud up` as a user runs it (a subprocess on a loopback port, one replica per model)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([KCLOUD, "up", "--port", str(port), "--replicas", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "COLUMNS": "200"})
+    try:
+        _wait_ready(url, process)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()

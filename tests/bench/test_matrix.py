@@ -1,0 +1,146 @@
+"""`kcloud bench run --quick` in all four scenarios in three places, then report and compare.
+
+Places: this machine's CPU (in-process SUT), an emulated FuriosaAI RNGD from the K-Cloud
+phase-1 example farm (in-process, modelled energy), and over HTTP against a real `kcloud up`
+subprocess on loopback (network SUT). digits-cnn carries most of the matrix; MiniLM runs at
+least once per place; one accuracy run per place scores LoadGen's accuracy log. The report is
+opened in headless Chromium and must have drawn its plotly plots.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from bench_helpers import EMULATED_NPU, FARM, run_cli
+
+MINILM = "all-MiniLM-L6-v2"
+DIGITS = "digits-cnn"
+SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
+
+#: (place, model, scenario, mode)
+RUNS = [
+    *[("cpu", DIGITS, s, "performance") for s in SCENARIOS],
+    ("cpu", MINILM, "SingleStream", "performance"),
+    ("cpu", MINILM, "Offline", "accuracy"),
+    *[("npu", DIGITS, s, "performance") for s in SCENARIOS],
+    ("npu", MINILM, "MultiStream", "performance"),
+    ("npu", DIGITS, "Offline", "accuracy"),
+    *[("http", DIGITS, s, "performance") for s in SCENARIOS],
+    ("http", MINILM, "Server", "performance"),
+    ("http", DIGITS, "SingleStream", "accuracy"),
+]
+HEADLINE = {"SingleStream": "p90_latency_ms", "MultiStream": "p99_latency_ms",
+            "Server": "completed_samples_per_second", "Offline": "samples_per_second"}
+
+
+def _key(run: tuple[str, str, str, str]) -> str:
+    return "-".join(run)
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory: pytest.TempPathFactory, bench_models, gateway: str) -> dict[str, tuple]:
+    """Every run of the matrix, once: key -> (CLI result, run directory)."""
+    out = tmp_path_factory.mktemp("bench-runs")
+    done = {}
+    for index, run in enumerate(RUNS):
+        place, model, scenario, mode = run
+        where = {"cpu": [], "npu": ["--farm", str(FARM), "--device", EMULATED_NPU], "http": ["--url", gateway]}[place]
+        args = ["bench", "run", "--model", model, "--scenario", scenario, "--mode", mode, "--quick",
+                "--out", str(out), "--system", f"test-{place}", *where]
+        if index:  # the first run shows its live progress bars; the rest stay quiet
+            args.append("--no-progress")
+        result = run_cli(*args)
+        done[_key(run)] = (result, out / f"test-{place}" / model / scenario / mode)
+    done["_out"] = out
+    return done
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", RUNS, ids=_key)
+def test_quick_run_writes_loadgen_logs_and_result(matrix, run, bench_models):
+    place, model, scenario, mode = run
+    cli, run_dir = matrix[_key(run)]
+    assert cli.exit_code == 0, cli.output
+    for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "result.json"):
+        assert (run_dir / name).is_file(), name
+    result = json.loads((run_dir / "result.json").read_text())
+    summary = (run_dir / "mlperf_log_summary.txt").read_text()
+    assert result["complete"] is True and result["status"] == "finished"
+    assert (result["scenario"], result["mode"], result["model"]["name"]) == (scenario, mode, model)
+    assert result["model"]["sha256"] == bench_models.get(model).sha256
+    assert result["sut_stats"]["errors"] == 0, result["sut_stats"]["first_error"]
+    assert result["environment"]["kcloud_version"] and result["environment"]["onnxruntime"]["version"]
+    assert result["settings"]["effective"]["scenario"] == scenario
+    if place == "http":
+        assert result["sut"]["kind"] == "network" and result["sut"]["protocol"].startswith("OIP v2")
+    else:
+        device = result["sut"]["device"]
+        assert device["emulated"] is (place == "npu")
+        assert device["spec"]["key"] == ("furiosa-rngd" if place == "npu" else "cpu-generic")
+    if mode == "accuracy":
+        accuracy = result["accuracy"]
+        assert result["loadgen"]["validity"] is None  # LoadGen judges performance runs only
+        assert accuracy["samples_scored"] == accuracy["samples_in_dataset"] > 0
+        assert accuracy["score"] >= accuracy["threshold"] and accuracy["passed"] is True
+        return
+    # validity exactly as LoadGen's summary states it
+    validity = re.search(r"Result is : (\w+)", summary).group(1)
+    assert result["loadgen"]["validity"] == validity
+    assert result["metric"]["name"] == HEADLINE[scenario] and result["metric"]["value"] > 0
+    assert result["latency_ns"]["p50"] <= result["latency_ns"]["p99"]
+    energy = result["energy"]
+    if place == "npu":
+        assert energy["modelled"] is True and energy["joules"] > 0 and energy["efficiency"]["value"] > 0
+        assert energy["window_source"].startswith("LoadGen's power_begin/power_end")
+    elif energy["joules"] is None:
+        assert energy["reason"]  # no readable counter here: null with the reason, never 0
+    else:
+        assert energy["joules"] > 0 and energy["modelled"] is False
+    expected = "samples_per_joule" if scenario in ("Offline", "Server") else "millijoules_per_query"
+    assert energy["efficiency"]["name"] == expected
+
+
+@pytest.mark.slow
+def test_first_run_showed_live_progress(matrix):
+    cli, _ = matrix[_key(RUNS[0])]
+    assert "issued" in cli.output and "completed" in cli.output and "min duration" in cli.output
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(matrix, tmp_path: Path):
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed for this test (`make test` installs it)"
+    report = tmp_path / "report.html"
+    cli = run_cli("bench", "report", str(matrix["_out"]), "-o", str(report))
+    assert cli.exit_code == 0, cli.output
+    assert f"({len(RUNS)} runs)" in cli.output
+    html = report.read_text()
+    assert "cdn.plot.ly" not in html and "<script src=" not in html  # self-contained
+    expected = int(re.search(r"data-figures='(\d+)'", html).group(1))
+    assert expected >= 2 * len(SCENARIOS)  # at least latency + throughput per scenario
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000", "--dump-dom",
+               report.as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    # plotly draws each plot into its div as <svg class="main-svg">; none exist before its JS runs
+    drawn = {m for m in re.findall(r'id="(plot-\d+)"[^>]*class="[^"]*js-plotly-plot', dom)}
+    assert len(drawn) == expected, f"{len(drawn)} of {expected} plots drawn"
+    assert dom.count('class="main-svg"') >= expected
+    assert "MODELLED" in dom and "VALID" in dom
+
+
+@pytest.mark.slow
+def test_compare_shows_deltas(matrix):
+    cpu = matrix[_key(("cpu", DIGITS, "Offline", "performance"))][1]
+    npu = matrix[_key(("npu", DIGITS, "Offline", "performance"))][1]
+    cli = run_cli("bench", "compare", str(cpu), str(npu))
+    assert cli.exit_code == 0, cli.output
+    text = cli.output
+    assert "B - A" in text and "samples_per_second" in text and "%" in text
+    assert "MODELLED" in text  # the emulated device's energy is labelled in the comparison

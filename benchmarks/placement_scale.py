@@ -67,9 +67,17 @@ WORKLOADS = (
 )
 #: Relative share of each catalog chip in the synthetic farm (unlisted rows: 1).
 CHIP_WEIGHTS = {
-    "rebellions-atom-ca22": 8, "rebellions-atom-ca12": 4, "furiosa-rngd": 6, "furiosa-warboy": 6,
-    "sapeon-x220-enterprise": 5, "nvidia-l4": 5, "nvidia-t4": 4, "nvidia-h100-sxm": 2, "nvidia-a100": 2,
-    "deepx-dx-m1": 3, "cpu-generic": 3,
+    "rebellions-atom-ca22": 8,
+    "rebellions-atom-ca12": 4,
+    "furiosa-rngd": 6,
+    "furiosa-warboy": 6,
+    "sapeon-x220-enterprise": 5,
+    "nvidia-l4": 5,
+    "nvidia-t4": 4,
+    "nvidia-h100-sxm": 2,
+    "nvidia-a100": 2,
+    "deepx-dx-m1": 3,
+    "cpu-generic": 3,
 }
 
 
@@ -85,8 +93,13 @@ def synthetic_farm(n_devices: int, seed: int, chips: list[str] | None = None) ->
         memory = spec.memory_gib.value
         devices.append(
             Device(
-                id=f"dev{i % 8}", node=f"node{i // 8:05d}", plugin="emulated", vendor=spec.vendor, spec=spec,
-                name=spec.card or spec.chip, emulated=True,
+                id=f"dev{i % 8}",
+                node=f"node{i // 8:05d}",
+                plugin="emulated",
+                vendor=spec.vendor,
+                spec=spec,
+                name=spec.card or spec.chip,
+                emulated=True,
                 memory_bytes=int(memory * 2**30) if memory is not None else None,
                 runtimes=("onnxruntime-cpu",),
             )
@@ -94,8 +107,13 @@ def synthetic_farm(n_devices: int, seed: int, chips: list[str] | None = None) ->
     return devices
 
 
-def synthetic_requests(n_deployments: int, replicas_each: int, seed: int,
-                       workloads: tuple[Workload, ...] = WORKLOADS, constraints: bool = True) -> list[PlacementRequest]:
+def synthetic_requests(
+    n_deployments: int,
+    replicas_each: int,
+    seed: int,
+    workloads: tuple[Workload, ...] = WORKLOADS,
+    constraints: bool = True,
+) -> list[PlacementRequest]:
     rng = np.random.default_rng(seed)
     vendors = ["rebellions", "furiosa", "nvidia"]
     requests = []
@@ -104,8 +122,12 @@ def synthetic_requests(n_deployments: int, replicas_each: int, seed: int,
         roll = rng.random() if constraints else 1.0
         requests.append(
             PlacementRequest(
-                deployment=f"dep{k:05d}", model=w.name, count=replicas_each, total=replicas_each,
-                memory_bytes=w.memory_bytes, flops_per_sample=w.flops_per_sample,
+                deployment=f"dep{k:05d}",
+                model=w.name,
+                count=replicas_each,
+                total=replicas_each,
+                memory_bytes=w.memory_bytes,
+                flops_per_sample=w.flops_per_sample,
                 vendor=vendors[int(rng.integers(3))] if roll < 0.15 else None,
                 precision="int8" if 0.15 <= roll < 0.25 else None,
                 chip="furiosa-rngd" if 0.25 <= roll < 0.30 else None,
@@ -160,9 +182,12 @@ def objective(result_list: list[PlacementResult], penalty: float) -> tuple[float
     return watts + penalty * colocated, colocated
 
 
-def gap_instance(seed: int, n_devices: int, n_deployments: int, penalty: float, time_limit: int) -> dict[str, object]:
+def gap_instance(
+    seed: int, n_devices: int, n_deployments: int, penalty: float, time_limit: int
+) -> dict[str, object]:
     known = [
-        s.key for s in load_catalog()
+        s.key
+        for s in load_catalog()
         if s.memory_gib.known and s.tdp_watts.known and (s.fp16_tflops.known or s.int8_tops.known)
     ]
     devices = synthetic_farm(n_devices, seed, chips=known)
@@ -172,9 +197,16 @@ def gap_instance(seed: int, n_devices: int, n_deployments: int, penalty: float, 
     for k, base in enumerate(synthetic_requests(n_deployments, 1, seed + 2000, workloads)):
         requests.append(
             PlacementRequest(
-                deployment=base.deployment, model=base.model, count=int(rng.integers(2, 7)), total=None,
-                memory_bytes=base.memory_bytes, flops_per_sample=base.flops_per_sample,
-                vendor=base.vendor, precision=base.precision, chip=None, policy=base.policy,
+                deployment=base.deployment,
+                model=base.model,
+                count=int(rng.integers(2, 7)),
+                total=None,
+                memory_bytes=base.memory_bytes,
+                flops_per_sample=base.flops_per_sample,
+                vendor=base.vendor,
+                precision=base.precision,
+                chip=None,
+                policy=base.policy,
                 slo_throughput_rps=float(base.slo_throughput_rps) * (1 + k % 3),
             )
         )
@@ -192,7 +224,11 @@ def gap_instance(seed: int, n_devices: int, n_deployments: int, penalty: float, 
     probe = PlacementEngine(fresh)
     problem = pulp.LpProblem("placement", pulp.LpMinimize)
     x: dict[tuple[int, int], pulp.LpVariable] = {}
-    cost_terms, mem_terms, load_terms = [], {d: [] for d in range(len(devices))}, {d: [] for d in range(len(devices))}
+    cost_terms, mem_terms, load_terms = (
+        [],
+        {d: [] for d in range(len(devices))},
+        {d: [] for d in range(len(devices))},
+    )
     z_terms = []
     for k, req in enumerate(requests):
         dry = probe.place(PlacementRequest(**{**req.__dict__, "count": 0}), commit=False)
@@ -264,14 +300,24 @@ def main() -> None:
     gaps = [g["gap_percent"] for g in instances if g["gap_percent"] is not None]
     report = {
         "benchmark": "placement_scale",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.processor()},
-        "farm": {"devices": len(devices), "nodes": len({d.node for d in devices}), "by_chip": by_chip,
-                 "note": "synthetic: every catalog row; memory from the catalog (unknown stays unknown)"},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "processor": platform.processor(),
+        },
+        "farm": {
+            "devices": len(devices),
+            "nodes": len({d.node for d in devices}),
+            "by_chip": by_chip,
+            "note": "synthetic: every catalog row; memory from the catalog (unknown stays unknown)",
+        },
         "scale": scale,
         "target_10000_replicas_s": 2.0,
         "meets_scale_target": scale[-1]["seconds_median"] < 2.0,
         "quality": {
-            "objective": "modelled watts serving each deployment's SLO rps + 1000 per co-located spread replica",
+            "objective": (
+                "modelled watts serving each deployment's SLO rps + 1000 per co-located spread replica"
+            ),
             "solver": f"PuLP {pulp.__version__} CBC",
             "instances": instances,
             "gap_percent_max": max(gaps) if gaps else None,

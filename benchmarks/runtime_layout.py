@@ -132,6 +132,7 @@ def layout_table(name: str, onnx_path: Path, device: Device, make_feeds, batches
             rate_cpu = statistics.median(per_cpu[(sessions, threads)])
             results.append({"sessions": sessions, "threads": threads, "rows_per_s": round(rate, 1),
                             "rows_per_cpu_s": round(rate_cpu, 1),
+                            "best_round_rows_per_s": round(max(values), 1),
                             "rounds_rows_per_s": [round(v, 1) for v in values]})
             print(f"  {name:18s} batch {rows:4d}  {sessions} x {threads} threads: {rate:10.1f} rows/s "
                   f"{rate_cpu:10.1f} rows/cpu-s (rounds: {', '.join(f'{v:.1f}' for v in values)})",

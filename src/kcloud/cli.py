@@ -11,6 +11,7 @@ from kcloud import __version__
 from kcloud.bench import commands as bench_commands
 from kcloud.devices import commands as device_commands
 from kcloud.farm import commands as farm_commands
+from kcloud.farm import deploy_commands
 from kcloud.models import commands as model_commands
 from kcloud.serving import commands as serving_commands
 from kcloud.tenancy import commands as tenancy_commands
@@ -24,7 +25,7 @@ app = typer.Typer(
 )
 
 for module in (device_commands, farm_commands, model_commands, serving_commands, bench_commands,
-               tenancy_commands):
+               tenancy_commands, deploy_commands):
     module.register(app)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from bench_helpers import KCLOUD, free_port
 
+
 @pytest.fixture(scope="session")
 def bench_models(builtin_repository):
     """The bundled models, built once for the session and linked into KCLOUD_HOME."""
@@ -30,7 +31,9 @@ def misfit_home(tmp_path_factory: pytest.TempPathFactory, bench_models) -> Path:
     home = tmp_path_factory.mktemp("misfit-home")
     digits = bench_models.get("digits-cnn")
     source = home / "source"
-    shutil.copytree(digits.model_dir, source, ignore=shutil.ignore_patterns("build.json", "graph-signature.json"))
+    shutil.copytree(
+        digits.model_dir, source, ignore=shutil.ignore_patterns("build.json", "graph-signature.json")
+    )
     dataset = source / digits.config.accuracy.dataset
     with np.load(dataset) as data:
         arrays = {key: data[key] for key in data.files}
@@ -61,9 +64,13 @@ def gateway(bench_models) -> Iterator[str]:
     """`kcloud up` as a user runs it (a subprocess on a loopback port, one replica per model)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([KCLOUD, "up", "--port", str(port), "--replicas", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "COLUMNS": "200"})
+    process = subprocess.Popen(
+        [KCLOUD, "up", "--port", str(port), "--replicas", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     try:
         _wait_ready(url, process)
         yield url

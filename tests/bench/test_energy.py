@@ -78,7 +78,10 @@ def test_emulated_device_energy_is_modelled_idle_power_over_the_window():
 
 def test_mlperf_power_figures():
     assert efficiency("Offline", 50.0, samples=1000, queries=1) == {
-        "name": "samples_per_joule", "unit": "samples/J", "value": 20.0}
+        "name": "samples_per_joule",
+        "unit": "samples/J",
+        "value": 20.0,
+    }
     assert efficiency("SingleStream", 2.0, samples=400, queries=400)["value"] == pytest.approx(5.0)
     assert efficiency("MultiStream", None, samples=80, queries=10)["value"] is None
     assert efficiency("Server", 0.0, samples=10, queries=10)["value"] is None

@@ -30,14 +30,36 @@ def _wait_for(predicate, process: subprocess.Popen, timeout_s: float = 90) -> No
 def test_sigint_mid_run_leaves_an_incomplete_result_never_valid(bench_models, tmp_path: Path):
     out = tmp_path / "runs"
     process = subprocess.Popen(
-        [KCLOUD, "bench", "run", "--model", "digits-cnn", "--scenario", "Server", "--quick",
-         "--min-duration-s", "300", "--max-duration-s", "0", "--no-progress", "--out", str(out), "--system", "ctrl-c"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"},
+        [
+            KCLOUD,
+            "bench",
+            "run",
+            "--model",
+            "digits-cnn",
+            "--scenario",
+            "Server",
+            "--quick",
+            "--min-duration-s",
+            "300",
+            "--max-duration-s",
+            "0",
+            "--no-progress",
+            "--out",
+            str(out),
+            "--system",
+            "ctrl-c",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
     )
     run_dir = out / "ctrl-c" / "digits-cnn" / "Server" / "performance"
     detail = run_dir / "mlperf_log_detail.txt"
     # LoadGen logs this line once it has started issuing queries
-    _wait_for(lambda: detail.exists() and "Starting performance mode" in detail.read_text(errors="replace"), process)
+    _wait_for(
+        lambda: detail.exists() and "Starting performance mode" in detail.read_text(errors="replace"), process
+    )
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output

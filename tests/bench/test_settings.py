@@ -20,8 +20,12 @@ from kcloud.bench.settings import (
 
 @pytest.mark.parametrize("scenario", ["SingleStream", "MultiStream", "Server", "Offline"])
 def test_defaults_are_loadgens_mlperf_rules(scenario):
-    ts = to_loadgen("digits-cnn", scenario, "performance", merge_settings(
-        scenario, quick=False, file=None, flags=BenchSettings()))
+    ts = to_loadgen(
+        "digits-cnn",
+        scenario,
+        "performance",
+        merge_settings(scenario, quick=False, file=None, flags=BenchSettings()),
+    )
     assert ts.min_duration_ms == 600_000  # mlperf.conf: *.<scenario>.min_duration = 600000
     assert ts.scenario == getattr(lg.TestScenario, scenario)
     assert ts.mode == lg.TestMode.PerformanceOnly
@@ -34,8 +38,12 @@ def test_defaults_are_loadgens_mlperf_rules(scenario):
 
 
 def test_quick_shortens_but_flags_win():
-    settings = merge_settings("Server", quick=True, file=None,
-                              flags=settings_from_flags({"target_qps": 50.0, "min_duration_s": 2.0}))
+    settings = merge_settings(
+        "Server",
+        quick=True,
+        file=None,
+        flags=settings_from_flags({"target_qps": 50.0, "min_duration_s": 2.0}),
+    )
     ts = to_loadgen("m", "Server", "accuracy", settings)
     assert ts.min_duration_ms == 2000 and ts.server_target_qps == 50.0
     assert ts.min_query_count == 64 and ts.max_duration_ms == 20_000
@@ -44,8 +52,9 @@ def test_quick_shortens_but_flags_win():
 
 def test_config_file_scenario_table_beats_shared_table(tmp_path: Path):
     path = tmp_path / "bench.toml"
-    path.write_text("[settings]\nmin_duration_s = 30\nseed = 7\ntarget_qps = 5\n\n"
-                    "[Offline]\ntarget_qps = 800\n")
+    path.write_text(
+        "[settings]\nmin_duration_s = 30\nseed = 7\ntarget_qps = 5\n\n[Offline]\ntarget_qps = 800\n"
+    )
     file = load_config_file(path)
     offline = merge_settings("Offline", quick=False, file=file, flags=BenchSettings())
     assert (offline.min_duration_s, offline.target_qps, offline.seed) == (30, 800, 7)
@@ -74,9 +83,15 @@ def test_flag_that_does_not_apply_to_the_scenario_is_refused():
         ("[settings\nmin_duration_s = 1", "not valid TOML"),
         ("[settings]\nmin_duraton_s = 1\n", r"\[settings\]\.min_duraton_s: unknown setting"),
         ("[Offline]\ntarget_qps = 0\n", r"\[Offline\]\.target_qps: Input should be greater than 0"),
-        ("[settings]\nmin_query_count = 'many'\n", r"\[settings\]\.min_query_count: Input should be a valid integer"),
+        (
+            "[settings]\nmin_query_count = 'many'\n",
+            r"\[settings\]\.min_query_count: Input should be a valid integer",
+        ),
         ("[Offlin]\ntarget_qps = 3\n", r"\[Offlin\]: unknown setting"),
-        ("[SingleStream]\nlatency_bound_ms = 5\n", r"bad.toml: \[SingleStream\] latency_bound_ms applies to Server"),
+        (
+            "[SingleStream]\nlatency_bound_ms = 5\n",
+            r"bad.toml: \[SingleStream\] latency_bound_ms applies to Server",
+        ),
     ],
 )
 def test_bad_config_file_names_file_and_key(tmp_path: Path, text: str, expected: str):

@@ -4,6 +4,9 @@ the same server still answers another client correctly (issue 3, "Bad input").""
 from __future__ import annotations
 
 import gzip
+import logging
+import socket
+import time
 
 import httpx
 import numpy as np
@@ -200,3 +203,17 @@ def test_corrupt_or_unknown_compression(post):
     _error(post(path, content=truncated, headers={**headers, "content-encoding": "gzip"}), 400)
     message = _error(post(path, content=body, headers={**headers, "content-encoding": "br"}), 415)
     assert "br" in message
+
+
+def test_client_hanging_up_mid_body_is_not_a_server_error(gateway, caplog):
+    host, port = "127.0.0.1", gateway.port
+    with socket.create_connection((host, port)) as sock:
+        sock.sendall(f"POST /v2/models/{NOOP}/infer HTTP/1.1\r\nHost: {host}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inputs\"".encode())
+    counted = 'kcloud_request_errors_total{code="499",model="noop"}'
+    deadline = time.monotonic() + 10
+    while counted not in httpx.get(f"{gateway.url}/metrics").text and time.monotonic() < deadline:
+        time.sleep(0.05)  # the hang-up is noticed asynchronously; poll the server's own count
+    assert counted in httpx.get(f"{gateway.url}/metrics").text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("kcloud")]
+    _still_serves(gateway.url)

@@ -199,8 +199,11 @@ def test_metrics_expose_serving_and_device_figures(client):
 
 def test_openapi_documents_both_protocols(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/v2", "/v2/models/{model}", "/v2/models/{model}/ready", "/v1/embeddings", "/v1/models"):
+    for path in ("/v2", "/v2/models/{model}", "/v2/models/{model}/ready", "/v2/models/{model}/infer",
+                 "/v2/models/{model}/versions/{version}/infer", "/v1/embeddings", "/v1/models"):
         assert path in spec["paths"], path
+    infer_doc = spec["paths"]["/v2/models/{model}/infer"]["post"]
+    assert "Inference-Header-Content-Length" in infer_doc["description"]
     assert client.get("/docs").status_code == 200
 
 
@@ -292,3 +295,13 @@ def test_stop_is_graceful_for_requests_in_flight(start_gateway, small_queue_repo
     assert not replica.alive
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{gateway.url}/v2/health/live", timeout=2)
+
+
+def test_thread_isolation_serves_the_same(start_gateway):
+    gateway = start_gateway(models=[NOOP], isolation="thread")
+    (replica,) = gateway.stack.router.replicas(NOOP)
+    assert replica.isolation == "thread" and replica.pid is None
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)
+    body, headers = encode_infer_request({"input": x})
+    outputs, _ = _decode(httpx.post(f"{gateway.url}/v2/models/{NOOP}/infer", content=body, headers=headers))
+    np.testing.assert_array_equal(outputs["output"], x)

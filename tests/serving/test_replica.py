@@ -184,3 +184,59 @@ def test_model_device_kinds_are_respected(tmp_path):
     entry = dataclasses.replace(entry, config=gpu_only)
     with pytest.raises(UnsupportedDeviceError, match="may run on gpu"):
         create_replica(entry, cpu_device())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+async def test_replica_on_an_nvidia_gpu(repo, isolation):
+    """Runs where onnxruntime offers CUDA and NVML sees a GPU (the lead runs it on a lent H100)."""
+    from kcloud.devices.plugins.nvidia import NvidiaPlugin
+    from kcloud.runtime import cuda_available
+
+    if not cuda_available():
+        pytest.skip("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    devices = NvidiaPlugin().discover("test-node")
+    if not devices:
+        pytest.skip("no NVIDIA GPU visible through NVML")
+    replica = create_replica(repo.get("slow"), devices[0], isolation=isolation)
+    await replica.start()
+    try:
+        assert replica.worker.provider == "CUDAExecutionProvider"
+        x = np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32)
+        prepared = [replica.pipeline.prepare({"x": x[i : i + 1]}) for i in range(64)]
+        outcomes = await asyncio.gather(*(replica.infer(p, deadline=None) for p in prepared))
+        for outcome in outcomes:
+            assert outcome.outputs["y"].shape == (1, 512) and outcome.compute_s > 0
+        assert max(o.batch_rows for o in outcomes) > 1
+        reference = create_replica(repo.get("slow"), cpu_device(), isolation="thread", threads=1)
+        await reference.start()
+        try:
+            expected = await reference.infer(reference.pipeline.prepare({"x": x}), deadline=None)
+        finally:
+            await reference.stop()
+        got = np.concatenate([o.outputs["y"] for o in outcomes])
+        np.testing.assert_allclose(got, expected.outputs["y"], atol=2e-2)  # each its own row (TF32 tolerance)
+    finally:
+        await replica.stop()
+
+
+async def test_text_requests_of_different_lengths_each_get_their_own_embedding(builtin_repository):
+    """The real MiniLM: requests padded together in one batch get exactly what they get alone."""
+    replica = create_replica(builtin_repository.get("all-MiniLM-L6-v2"), cpu_device(), isolation="thread",
+                             threads=1)
+    await replica.start()
+    try:
+        texts = [b"kcloud", b"a farm of NPUs serves sentence embeddings", b"Gwangju",
+                 b"the quick brown fox jumps over the lazy dog " * 3, b"short", "한국어".encode()]
+        prepared = [replica.pipeline.prepare({"text": np.array([t], dtype=object)}) for t in texts]
+        together = await asyncio.gather(*(replica.infer(p, deadline=None) for p in prepared))
+        assert max(o.batch_rows for o in together) > 1
+        for p, outcome in zip(prepared, together, strict=True):
+            alone = await replica.infer(p, deadline=None)
+            assert alone.batch_rows == 1
+            np.testing.assert_allclose(outcome.outputs["embedding"], alone.outputs["embedding"], atol=1e-5)
+            assert outcome.prepared.extra["tokens"] == p.extra["tokens"]
+        first, second = (o.outputs["embedding"][0] for o in together[:2])
+        assert float(first @ second) < 0.99  # different sentences, different answers
+    finally:
+        await replica.stop()

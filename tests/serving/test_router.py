@@ -126,6 +126,8 @@ async def test_killed_worker_loses_no_request(repo, caplog):
                 if len(clients) >= 32:
                     await clients[-32]
             await asyncio.gather(kill, *clients)
+        print(f"kill under load: {dict(done)}, answered after the kill: {dict(answered_after_kill)}, "
+              f"retried: {len([r for r in caplog.records if r.getMessage().startswith('retrying')])}")
         assert sum(done.values()) == total, done
         assert set(done) <= {"ok", QueueFullError.__name__, ReplicaDiedError.__name__}, done
         assert done["ok"] >= total - 32, done  # only requests on the victim could fail; retries save them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import socket
@@ -35,20 +36,56 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> 
     pytest.fail(f"kcloud up was not ready within {timeout_s} s")
 
 
+@pytest.fixture
+def home_with_an_unplaceable_model(builtin_repository, tmp_path) -> Path:
+    """A KCLOUD_HOME with the bundled models plus `npu-only`, which may not run on a CPU."""
+    from kcloud.models.repository import ModelRepository
+
+    models = tmp_path / "home" / "models"
+    models.mkdir(parents=True)
+    for entry in builtin_repository.list():
+        (models / entry.name).symlink_to(entry.model_dir.resolve(), target_is_directory=True)
+    noop = builtin_repository.get("noop")
+    source = tmp_path / "npu-only"
+    (source / "1").mkdir(parents=True)
+    (source / "1" / "model.onnx").write_bytes(noop.onnx_path.read_bytes())
+    (source / "config.toml").write_text(
+        'name = "npu-only"\ndevice_kinds = ["npu"]\n'
+        '[[inputs]]\nname = "input"\ndatatype = "FP32"\nshape = [-1, 16]\n'
+        '[[outputs]]\nname = "output"\ndatatype = "FP32"\nshape = [-1, 16]\n'
+    )
+    ModelRepository(models).add(source)
+    return tmp_path / "home"
+
+
+def _admin_key(home: Path) -> str:
+    """`kcloud up` asks every route but health for an API key: make one as an operator would."""
+    done = subprocess.run([KCLOUD, "keys", "create-admin", "--name", "test_up"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "KCLOUD_HOME": str(home)}, check=True)
+    match = re.search(r"\bkc_\w+", done.stdout + done.stderr)
+    assert match, done.stdout + done.stderr
+    return match.group(0)
+
+
 @pytest.mark.slow
-def test_up_serves_the_bundled_models_and_stops_cleanly(builtin_repository, free_port):
+def test_up_serves_the_bundled_models_and_stops_cleanly(home_with_an_unplaceable_model, free_port):
     url = f"http://127.0.0.1:{free_port}"
+    env = {**os.environ, "COLUMNS": "200", "KCLOUD_HOME": str(home_with_an_unplaceable_model)}
+    auth = {"Authorization": f"Bearer {_admin_key(home_with_an_unplaceable_model)}"}
     process = subprocess.Popen(
         [KCLOUD, "up", "--port", str(free_port), "--replicas", "1", "--farm", str(FARM)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
         _wait_ready(url, process)
         workers = psutil.Process(process.pid).children(recursive=True)
         assert len(workers) >= 3  # one worker process per bundled model
-        models = {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]}
-        assert models == {"all-MiniLM-L6-v2", "digits-cnn", "noop"}
-        metrics = httpx.get(f"{url}/metrics").text
+        models = {m["id"] for m in httpx.get(f"{url}/v1/models", headers=auth).json()["data"]}
+        assert models == {"all-MiniLM-L6-v2", "digits-cnn", "noop"}  # not npu-only
+        request = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["up, serving"]}]}
+        answer = httpx.post(f"{url}/v2/models/all-MiniLM-L6-v2/infer", json=request, headers=auth)
+        assert answer.status_code == 200 and answer.json()["outputs"][0]["shape"] == [1, 384]
+        metrics = httpx.get(f"{url}/metrics", headers=auth).text
         assert 'emulated="true"' in metrics  # the farm file's devices are metered
         assert 'emulated="false"' in metrics  # and this machine's CPU
     finally:
@@ -58,6 +95,8 @@ def test_up_serves_the_bundled_models_and_stops_cleanly(builtin_repository, free
     for path in ("/v2", "/v1", "/metrics", "/docs"):
         assert f"{url}{path}" in out
     assert "kcloud stopped." in out
+    warning = " ".join((out + err).split())
+    assert "npu-only v1 is not served" in warning and "npu" in warning
     _, alive = psutil.wait_procs(workers, timeout=10)  # the workers end with the server, not later
     assert not alive, [p.cmdline() for p in alive]
     # the printed curl example is a real, working request
@@ -94,6 +133,7 @@ def test_port_in_use_is_one_clear_line_and_exit_2(builtin_repository):
         (["--farm", "/nonexistent/farm.toml"], "not found"),
         (["--replicas", "0"], "--replicas"),
         (["--max-body-bytes", "0"], "--max-body-bytes"),
+        (["--isolation", "container"], "--isolation"),
     ],
 )
 def test_bad_options_are_refused_without_a_traceback(free_port, args, words):
@@ -102,3 +142,16 @@ def test_bad_options_are_refused_without_a_traceback(free_port, args, words):
     assert done.returncode == 2
     assert words in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_replica_layout_follows_the_runtime_or_the_option(builtin_repository):
+    from kcloud.farm.inventory import Inventory
+    from kcloud.runtime import default_layout, host_cores
+    from kcloud.serving.server import local_cpu, replica_layout
+
+    cpu = local_cpu(Inventory.build((), include_local=True))
+    assert replica_layout(cpu, None) == default_layout(cpu, host_cores())
+    assert replica_layout(cpu, 1) == (1, host_cores())  # one replica gets every core
+    assert replica_layout(cpu, 4 * host_cores()) == (4 * host_cores(), 1)
+    with pytest.raises(ValueError, match="replicas"):
+        replica_layout(cpu, 0)

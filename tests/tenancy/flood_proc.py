@@ -40,7 +40,8 @@ async def flood(url: str, key: str, model: str, concurrency: int, most: int) -> 
     request = _request(host, port, key, model)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True).start()
+    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)),
+                     daemon=True).start()
     statuses: Counter[int] = Counter()
     retry_after: Counter[str] = Counter()
     sent = 0
@@ -75,7 +76,8 @@ async def flood(url: str, key: str, model: str, concurrency: int, most: int) -> 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     if not announced:
         print("FLOODING", flush=True)
-    return {"statuses": {str(k): v for k, v in statuses.items()}, "retry_after": dict(retry_after), "sent": sent}
+    return {"statuses": {str(k): v for k, v in statuses.items()}, "retry_after": dict(retry_after),
+            "sent": sent}
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 from prometheus_client import CollectorRegistry
 
@@ -36,10 +37,14 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--farm", help="farm file with emulated devices")
     parser.add_argument("--emulated", default="", help="models to serve on the first emulated device")
+    parser.add_argument("--no-tenancy", action="store_true", help="serve without tenancy (measures its cost)")
+    parser.add_argument("--control-plane", action="store_true",
+                        help="attach the control plane (deployments API, reconciler) as `kcloud up` does")
     args = parser.parse_args()
+    # as `kcloud` configures logging
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     sock = bind_socket("127.0.0.1", 0)
-    db = open_database(args.db)
     inventory = Inventory.build([args.farm] if args.farm else [], include_local=True)
     repository = ModelRepository(args.repo)
 
@@ -53,7 +58,7 @@ def main() -> None:
         device = local_cpu(inventory)
         emulated = next((d for d in inventory if d.emulated), None)
         on_emulated = set(filter(None, args.emulated.split(",")))
-        entries = [repository.get(name) for name in args.models.split(",")]
+        entries = [repository.get(name) for name in args.models.split(",") if name]
         for entry in entries:
             if entry.name in on_emulated:
                 assert emulated is not None, "--emulated needs a farm file with an emulated device"
@@ -64,14 +69,26 @@ def main() -> None:
             await replica.start()
             router.add_replica(replica)
         app = create_app(router, inventory=inventory, registry=metrics.registry, metrics=metrics)
-        tenancy = attach(app, db, inventory=inventory, insecure=args.insecure, announce=announce,
-                         interval_s=args.interval)
+        control_plane = None
+        if args.control_plane:
+            from kcloud.farm.controlplane import attach as attach_control_plane
+
+            control_plane = await attach_control_plane(app, router, inventory, args.db, repository=repository,
+                                                       metrics=metrics, isolation="thread")
+            db = control_plane.db
+        else:
+            db = open_database(args.db)
+        tenancy = None if args.no_tenancy else attach(app, db, inventory=inventory, insecure=args.insecure,
+                                                      announce=announce, interval_s=args.interval)
         stack = Stack(router, app, inventory, metrics, device, repository, entries)
         port = sock.getsockname()[1]
         try:
             await serve_stack(stack, sock, on_listening=lambda: print(f"LISTENING {port}", flush=True))
         finally:
-            await asyncio.to_thread(tenancy.close)
+            if tenancy is not None:
+                await asyncio.to_thread(tenancy.close)
+            if control_plane is not None:
+                await control_plane.close()
 
     run_on_uvloop(serve)
 

@@ -26,7 +26,9 @@ def output_dtype(config: ModelConfig, output: str) -> np.dtype:
         raise ValueError(f"model {config.name} has no output `{output}`")
     dtype = NUMPY_DTYPES[spec.datatype]
     if dtype.kind == "O":
-        raise ValueError(f"output `{output}` is BYTES; the accuracy log cannot carry it as a fixed-width array")
+        raise ValueError(
+            f"output `{output}` is BYTES; the accuracy log cannot carry it as a fixed-width array"
+        )
     return dtype
 
 
@@ -61,8 +63,11 @@ def score_accuracy_log(path: Path, dataset: Dataset, config: ModelConfig) -> dic
     }
     if missing:
         # every sample must be answered for the score to mean what the target means
-        block.update(score=None, passed=False,
-                     reason=f"{len(missing)} of {total} samples have no answer in the accuracy log")
+        block.update(
+            score=None,
+            passed=False,
+            reason=f"{len(missing)} of {total} samples have no answer in the accuracy log",
+        )
         return block
     rows = [by_index[i] for i in range(total)]
     if dataset.metric == "top1" and all(r.size == 1 for r in rows):
@@ -70,6 +75,9 @@ def score_accuracy_log(path: Path, dataset: Dataset, config: ModelConfig) -> dic
     else:
         values = np.stack(rows)
     score = dataset.score(values)
-    block.update(score=score, passed=bool(target is not None and score >= target.threshold),
-                 reason=None if target is not None else "the model config has no accuracy target")
+    block.update(
+        score=score,
+        passed=bool(target is not None and score >= target.threshold),
+        reason=None if target is not None else "the model config has no accuracy target",
+    )
     return block

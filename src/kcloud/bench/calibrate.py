@@ -26,7 +26,7 @@ SERVER_LOAD_FRACTION = 0.5
 #: low a hint makes the run end before the minimum duration (INVALID); too high only makes it
 #: longer. A short (quick) warm-up underestimates a SUT that keeps warming up (connection pools,
 #: caches), so it gets more headroom.
-OFFLINE_HEADROOM = {True: 2.0, False: 1.1}
+OFFLINE_HEADROOM = {True: 2.0, False: 1.3}
 WARMUP_SAMPLES = 3
 
 
@@ -48,9 +48,18 @@ class Calibration:
         return asdict(self)
 
 
-async def calibrate(backend: Backend, samples: list[Inputs], scenario: str, *, mode: str, budget_s: float,
-                    samples_per_query: int, max_in_flight: int, output: str) -> Calibration:
-    """Warm the SUT up, then measure what the scenario's hint needs (nothing in accuracy mode).
+async def calibrate(
+    backend: Backend,
+    samples: list[Inputs],
+    scenario: str,
+    *,
+    mode: str,
+    budget_s: float,
+    samples_per_query: int,
+    max_in_flight: int,
+    output: str,
+) -> Calibration:
+    """Warm the SUT up, then measure what the scenario's hint needs.
 
     The warm-up samples must come back with `output` (the one LoadGen's accuracy log carries);
     a SUT that fails them raises `CalibrationError` before LoadGen starts."""
@@ -67,11 +76,16 @@ async def calibrate(backend: Backend, samples: list[Inputs], scenario: str, *, m
         try:
             answer = await backend.infer(sample())
         except Exception as exc:
-            raise CalibrationError(f"the SUT failed on a warm-up sample: {type(exc).__name__}: {exc}") from None
+            raise CalibrationError(
+                f"the SUT failed on a warm-up sample: {type(exc).__name__}: {exc}"
+            ) from None
         if output not in answer:
-            raise CalibrationError(f"the SUT's answer has outputs {sorted(answer)}, not `{output}` "
-                                   "(the output the accuracy script scores)")
-    if mode != "performance":
+            raise CalibrationError(
+                f"the SUT's answer has outputs {sorted(answer)}, not `{output}` "
+                "(the output the accuracy script scores)"
+            )
+    # accuracy runs need no hint, except Server's arrival rate (else LoadGen's default of 1 QPS)
+    if mode != "performance" and scenario != "Server":
         result.samples, result.seconds = count, time.perf_counter() - started
         return result
 
@@ -106,14 +120,17 @@ async def calibrate(backend: Backend, samples: list[Inputs], scenario: str, *, m
     return result
 
 
-def apply_calibration(scenario: str, settings: BenchSettings, calibration: Calibration, *,
-                      quick: bool) -> BenchSettings:
+def apply_calibration(
+    scenario: str, settings: BenchSettings, calibration: Calibration, *, quick: bool
+) -> BenchSettings:
     """Fill the scenario's scheduling hint from the measurement, where the user gave none."""
     chose: dict[str, float] = {}
     if scenario in ("Offline", "Server") and settings.target_qps is None and calibration.throughput_sps:
         share = OFFLINE_HEADROOM[quick] if scenario == "Offline" else SERVER_LOAD_FRACTION
         chose["target_qps"] = round(calibration.throughput_sps * share, 3)
-    elif scenario == "SingleStream" and settings.expected_latency_ms is None and calibration.single_latency_ms:
+    elif (
+        scenario == "SingleStream" and settings.expected_latency_ms is None and calibration.single_latency_ms
+    ):
         chose["expected_latency_ms"] = calibration.single_latency_ms
     elif scenario == "MultiStream" and settings.expected_latency_ms is None and calibration.query_latency_ms:
         chose["expected_latency_ms"] = calibration.query_latency_ms

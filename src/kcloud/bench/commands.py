@@ -29,31 +29,45 @@ def _fail(message: str, code: int = 2) -> None:
 @bench_app.command("run")
 def run(
     model: str = typer.Option(..., "--model", "-m", help="Model name in the repository."),
-    scenario: str = typer.Option(..., "--scenario", "-s", help="SingleStream, MultiStream, Server or Offline."),
+    scenario: str = typer.Option(
+        ..., "--scenario", "-s", help="SingleStream, MultiStream, Server or Offline."
+    ),
     mode: str = typer.Option("performance", "--mode", help="performance or accuracy."),
-    device: str | None = typer.Option(None, "--device", "-d",
-                                      help="Device uid for the in-process SUT (default: the local CPU)."),
-    url: str | None = typer.Option(None, "--url",
-                                   help="Gateway base URL for the network SUT, e.g. http://127.0.0.1:8000."),
+    device: str | None = typer.Option(
+        None, "--device", "-d", help="Device uid for the in-process SUT (default: the local CPU)."
+    ),
+    url: str | None = typer.Option(
+        None, "--url", help="Gateway base URL for the network SUT, e.g. http://127.0.0.1:8000."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Short run for tests (still fully through LoadGen)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of settings (see docs/bench.md)."),
-    target_qps: float | None = typer.Option(None, "--target-qps", help="Offline expected / Server target QPS."),
+    target_qps: float | None = typer.Option(
+        None, "--target-qps", help="Offline expected / Server target QPS."
+    ),
     latency_bound_ms: float | None = typer.Option(None, "--latency-bound-ms", help="Server latency bound."),
-    expected_latency_ms: float | None = typer.Option(None, "--expected-latency-ms",
-                                                     help="SingleStream/MultiStream expected latency."),
+    expected_latency_ms: float | None = typer.Option(
+        None, "--expected-latency-ms", help="SingleStream/MultiStream expected latency."
+    ),
     min_duration_s: float | None = typer.Option(None, "--min-duration-s", help="LoadGen minimum duration."),
     max_duration_s: float | None = typer.Option(None, "--max-duration-s", help="LoadGen maximum duration."),
-    min_query_count: int | None = typer.Option(None, "--min-query-count", help="LoadGen minimum query count."),
-    max_query_count: int | None = typer.Option(None, "--max-query-count", help="LoadGen maximum query count."),
-    samples_per_query: int | None = typer.Option(None, "--samples-per-query",
-                                                 help="MultiStream samples per query (MLPerf: 8)."),
+    min_query_count: int | None = typer.Option(
+        None, "--min-query-count", help="LoadGen minimum query count."
+    ),
+    max_query_count: int | None = typer.Option(
+        None, "--max-query-count", help="LoadGen maximum query count."
+    ),
+    samples_per_query: int | None = typer.Option(
+        None, "--samples-per-query", help="MultiStream samples per query (MLPerf: 8)."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Derives LoadGen's RNG seeds (default: MLPerf's)."),
-    max_in_flight: int | None = typer.Option(None, "--max-in-flight", help="Samples the SUT keeps in flight."),
+    max_in_flight: int | None = typer.Option(
+        None, "--max-in-flight", help="Samples the SUT keeps in flight."
+    ),
     farm: list[Path] = typer.Option([], "--farm", help="Farm file(s) declaring emulated devices."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Results root (default: $KCLOUD_HOME/bench)."),
     system: str | None = typer.Option(None, "--system", help="System name in the results tree."),
     isolation: str = typer.Option("thread", "--isolation", help="In-process replicas: thread or process."),
-    version: int | None = typer.Option(None, "--version", help="Model version (default: latest)."),
+    version: int | None = typer.Option(None, "--model-version", help="Model version (default: latest)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bars."),
 ) -> None:
     """Run MLPerf LoadGen against a model on a local device or behind a kcloud gateway."""
@@ -62,25 +76,46 @@ def run(
     from kcloud.bench.summary import print_run
 
     try:
-        flags = settings_from_flags({
-            "target_qps": target_qps, "latency_bound_ms": latency_bound_ms,
-            "expected_latency_ms": expected_latency_ms, "min_duration_s": min_duration_s,
-            "max_duration_s": max_duration_s, "min_query_count": min_query_count,
-            "max_query_count": max_query_count, "samples_per_query": samples_per_query, "seed": seed,
-            "max_in_flight": max_in_flight,
-        })
+        flags = settings_from_flags(
+            {
+                "target_qps": target_qps,
+                "latency_bound_ms": latency_bound_ms,
+                "expected_latency_ms": expected_latency_ms,
+                "min_duration_s": min_duration_s,
+                "max_duration_s": max_duration_s,
+                "min_query_count": min_query_count,
+                "max_query_count": max_query_count,
+                "samples_per_query": samples_per_query,
+                "seed": seed,
+                "max_in_flight": max_in_flight,
+            }
+        )
         file = load_config_file(config) if config is not None else None
         settings = merge_settings(scenario, quick=quick, file=file, flags=flags)
-        request = RunRequest(model=model, scenario=scenario, mode=mode, device=device, url=url, settings=settings,
-                             quick=quick, system=system, out=out, farm_files=list(farm), isolation=isolation,
-                             version=version)
+        request = RunRequest(
+            model=model,
+            scenario=scenario,
+            mode=mode,
+            device=device,
+            url=url,
+            settings=settings,
+            quick=quick,
+            system=system,
+            out=out,
+            farm_files=list(farm),
+            isolation=isolation,
+            version=version,
+        )
         prepared = prepare_run(request)
     except BenchError as exc:
         _fail(str(exc))
     target = prepared.device.uid if prepared.device is not None else prepared.backend.describe().get("url")
-    console.print(f"[bold]kcloud bench[/] {prepared.entry.name} v{prepared.entry.version} · {scenario} · {mode} · "
-                  f"{target}{' (emulated)' if prepared.device is not None and prepared.device.emulated else ''}"
-                  f"{' · quick' if quick else ''}", highlight=False)
+    console.print(
+        f"[bold]kcloud bench[/] {prepared.entry.name} v{prepared.entry.version} · {scenario} · {mode} · "
+        f"{target}{' (emulated)' if prepared.device is not None and prepared.device.emulated else ''}"
+        f"{' · quick' if quick else ''}",
+        highlight=False,
+    )
     try:
         path = execute_run(prepared, console, show_progress=not no_progress)
     except BenchInterrupted as exc:
@@ -96,7 +131,9 @@ def run(
 
 @bench_app.command("report")
 def report(
-    runs: list[Path] = typer.Argument(..., help="Run directories (or parents of many), or result.json files."),
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories (or parents of many), or result.json files."
+    ),
     output: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML file to write."),
 ) -> None:
     """One self-contained HTML report over one run or many."""

@@ -45,9 +45,12 @@ def compare_runs(console: Console, a_path: Path, b_path: Path) -> None:
     table.add_column(f"A: {Path(a.path or a_path).parent}", justify="right", overflow="fold")
     table.add_column(f"B: {Path(b.path or b_path).parent}", justify="right", overflow="fold")
     table.add_column("B - A", justify="right")
-    for label, get in (("system", lambda r: r.system), ("device", lambda r: r.device_label),
-                       ("model", lambda r: f"{r.model.name} v{r.model.version}"),
-                       ("scenario / mode", lambda r: f"{r.scenario} / {r.mode}")):
+    for label, get in (
+        ("system", lambda r: r.system),
+        ("device", lambda r: r.device_label),
+        ("model", lambda r: f"{r.model.name} v{r.model.version}"),
+        ("scenario / mode", lambda r: f"{r.scenario} / {r.mode}"),
+    ):
         table.add_row(label, escape(get(a)), escape(get(b)), "")
     table.add_row("LoadGen validity", validity_text(a), validity_text(b), "")
     rows_a, rows_b = dict(rows(a)), dict(rows(b))
@@ -56,8 +59,11 @@ def compare_runs(console: Console, a_path: Path, b_path: Path) -> None:
         table.add_row(escape(label), fmt(va), fmt(vb), _delta(va, vb, _lower_is_better(label, a)))
     console.print(table)
     if (a.scenario, a.mode) != (b.scenario, b.mode):
-        console.print(f"[yellow]note:[/] different scenarios or modes ({a.scenario}/{a.mode} vs "
-                      f"{b.scenario}/{b.mode}): their metrics are not the same measure", highlight=False)
+        console.print(
+            f"[yellow]note:[/] different scenarios or modes ({a.scenario}/{a.mode} vs "
+            f"{b.scenario}/{b.mode}): their metrics are not the same measure",
+            highlight=False,
+        )
     if a.model.sha256 and b.model.sha256 and a.model.sha256 != b.model.sha256:
         console.print("[yellow]note:[/] the two runs used different model files (sha256 differs)")
     for side, result in (("A", a), ("B", b)):

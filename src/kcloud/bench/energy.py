@@ -40,8 +40,13 @@ class DeviceEnergy:
     readings: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"uid": self.uid, "joules": self.joules, "modelled": self.modelled,
-                "reason": self.reason, "readings": self.readings}
+        return {
+            "uid": self.uid,
+            "joules": self.joules,
+            "modelled": self.modelled,
+            "reason": self.reason,
+            "readings": self.readings,
+        }
 
 
 @dataclass
@@ -64,9 +69,13 @@ class EnergyMeter:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def for_devices(cls, readers: dict[str, Callable[[], Telemetry]], *, interval_s: float = 0.5) -> EnergyMeter:
+    def for_devices(
+        cls, readers: dict[str, Callable[[], Telemetry]], *, interval_s: float = 0.5
+    ) -> EnergyMeter:
         """One reader per device (the local inventory's `sample`)."""
-        return cls(list(readers), lambda: {uid: read() for uid, read in readers.items()}, interval_s=interval_s)
+        return cls(
+            list(readers), lambda: {uid: read() for uid, read in readers.items()}, interval_s=interval_s
+        )
 
     def _read_all(self) -> None:
         try:
@@ -85,12 +94,17 @@ class EnergyMeter:
             now = reading.timestamp or time.time()
             series.modelled = series.modelled or reading.modelled
             if reading.energy_joules is None:
-                series.reason = (reading.reasons.get("energy_joules") or reading.reasons.get("telemetry")
-                                 or "device reports no energy counter")
+                series.reason = (
+                    reading.reasons.get("energy_joules")
+                    or reading.reasons.get("telemetry")
+                    or "device reports no energy counter"
+                )
                 continue
             if series.joules and reading.energy_joules < series.joules[-1]:
-                series.reason = ("energy counter went backwards between two readings "
-                                 "(counter reset, or a wrap the plugin did not see)")
+                series.reason = (
+                    "energy counter went backwards between two readings "
+                    "(counter reset, or a wrap the plugin did not see)"
+                )
                 continue
             if series.times and now <= series.times[-1]:
                 continue
@@ -130,14 +144,20 @@ class EnergyMeter:
             return DeviceEnergy(series.uid, None, series.modelled, series.reason, len(series.times))
         times, joules = series.times, series.joules
         if len(times) < 2:
-            return DeviceEnergy(series.uid, None, series.modelled,
-                                "fewer than two counter readings", len(times))
+            return DeviceEnergy(
+                series.uid, None, series.modelled, "fewer than two counter readings", len(times)
+            )
         # a window edge up to one interval outside the readings is clamped (the window and the
         # readings both start around LoadGen's start); beyond that it is not covered
         slack = 1.0
         if t0 < times[0] - slack or t1 > times[-1] + slack:
-            return DeviceEnergy(series.uid, None, series.modelled,
-                                "the counter readings do not cover LoadGen's run window", len(times))
+            return DeviceEnergy(
+                series.uid,
+                None,
+                series.modelled,
+                "the counter readings do not cover LoadGen's run window",
+                len(times),
+            )
         used = _interpolate(times, joules, t1) - _interpolate(times, joules, t0)
         return DeviceEnergy(series.uid, max(used, 0.0), series.modelled, None, len(times))
 
@@ -152,7 +172,9 @@ def _interpolate(times: list[float], values: list[float], t: float) -> float:
     return va + (vb - va) * (t - ta) / (tb - ta)
 
 
-def efficiency(scenario: str, joules: float | None, *, samples: int | None, queries: int | None) -> dict[str, Any]:
+def efficiency(
+    scenario: str, joules: float | None, *, samples: int | None, queries: int | None
+) -> dict[str, Any]:
     """MLPerf Power's figures: samples per joule (Offline, Server), mJ per query (SingleStream,
     MultiStream). `samples`/`queries` are those completed inside the same window."""
     if scenario in ("Offline", "Server"):

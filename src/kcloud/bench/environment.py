@@ -22,8 +22,18 @@ from kcloud.models.repository import ModelEntry
 
 #: Distributions whose versions matter to a result when installed (runtime, driver bindings, vendor SDKs).
 _PACKAGES = (
-    "mlcommons-loadgen", "onnxruntime", "onnxruntime-gpu", "numpy", "tokenizers", "nvidia-ml-py",
-    "rebel-compiler", "optimum-rbln", "furiosa-smi-py", "furiosa-sdk", "furiosa-llm", "httpx",
+    "mlcommons-loadgen",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "numpy",
+    "tokenizers",
+    "nvidia-ml-py",
+    "rebel-compiler",
+    "optimum-rbln",
+    "furiosa-smi-py",
+    "furiosa-sdk",
+    "furiosa-llm",
+    "httpx",
 )
 
 

@@ -23,9 +23,17 @@ from kcloud.serving.router import Router
 class InProcessBackend(Backend):
     kind = "in-process"
 
-    def __init__(self, entry: ModelEntry, device: Device, repository: ModelRepository, *,
-                 isolation: Isolation = "thread", emulation: WorkRecorder | None = None,
-                 replicas: int | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        device: Device,
+        repository: ModelRepository,
+        *,
+        isolation: Isolation = "thread",
+        emulation: WorkRecorder | None = None,
+        replicas: int | None = None,
+        threads: int | None = None,
+    ) -> None:
         layout = default_layout(device, host_cores())
         self.entry = entry
         self.device = device
@@ -42,8 +50,13 @@ class InProcessBackend(Backend):
 
     async def start(self) -> None:
         for _ in range(self.replicas):
-            replica = create_replica(self.entry, self.device, isolation=self.isolation, threads=self.threads,
-                                     emulation=self.emulation)
+            replica = create_replica(
+                self.entry,
+                self.device,
+                isolation=self.isolation,
+                threads=self.threads,
+                emulation=self.emulation,
+            )
             await replica.start()
             self.router.add_replica(replica)
 
@@ -75,8 +88,12 @@ class InProcessBackend(Backend):
             "mean_batch_compute_ms": self.compute_s / n * 1000 if n else None,
             "mean_batch_rows": float(np.mean(self.batches_rows)) if self.batches_rows else None,
             "modelled_device_s_total": self.modelled_device_s,
-            "modelled_note": ("MODELLED: time the emulated device's catalog chip would have spent "
-                              "(share per sample of each batch)") if self.device.emulated else None,
+            "modelled_note": (
+                "MODELLED: time the emulated device's catalog chip would have spent "
+                "(share per sample of each batch)"
+            )
+            if self.device.emulated
+            else None,
         }
 
     def describe(self) -> dict[str, Any]:

@@ -111,7 +111,7 @@ def parse_detail(text: str) -> dict[str, Any]:
         if not line.startswith(_MLLOG):
             continue
         try:
-            event = json.loads(line[len(_MLLOG):])
+            event = json.loads(line[len(_MLLOG) :])
         except json.JSONDecodeError:
             continue
         events[event.get("key")] = event.get("value")

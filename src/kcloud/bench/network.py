@@ -84,21 +84,30 @@ class NetworkBackend(Backend):
                 live = client.get("/v2/health/live")
                 server = client.get("/v2")
                 meta = client.get(f"/v2/models/{name}/versions/{version}")
-                ready = client.get(f"/v2/models/{name}/versions/{version}/ready") if meta.status_code == 200 else None
+                ready = (
+                    client.get(f"/v2/models/{name}/versions/{version}/ready")
+                    if meta.status_code == 200
+                    else None
+                )
         except httpx.HTTPError as exc:
             raise BenchError(f"gateway {self.url} is unreachable: {type(exc).__name__}: {exc}") from None
         if live.status_code != 200:
-            raise BenchError(f"gateway {self.url} is not live (GET /v2/health/live answered {live.status_code})")
+            raise BenchError(
+                f"gateway {self.url} is not live (GET /v2/health/live answered {live.status_code})"
+            )
         if server.status_code == 200:
             self.server = server.json()
         extensions = self.server.get("extensions") or []
         if "binary_tensor_data" not in extensions:
             raise BenchError(f"gateway {self.url} does not list the binary_tensor_data extension (GET /v2)")
         if meta.status_code == 404:
-            raise BenchError(f"gateway {self.url} does not serve model {name!r} version {version}: "
-                             f"{_error_text(meta)}")
+            raise BenchError(
+                f"gateway {self.url} does not serve model {name!r} version {version}: {_error_text(meta)}"
+            )
         if meta.status_code != 200:
-            raise BenchError(f"gateway {self.url}: model metadata answered {meta.status_code}: {_error_text(meta)}")
+            raise BenchError(
+                f"gateway {self.url}: model metadata answered {meta.status_code}: {_error_text(meta)}"
+            )
         self._check_signature(meta.json())
         if ready is None or ready.status_code != 200:
             raise BenchError(f"gateway {self.url}: model {name!r} v{version} is not ready (no live replica)")
@@ -106,18 +115,22 @@ class NetworkBackend(Backend):
     def _check_signature(self, meta: dict[str, Any]) -> None:
         config = self.entry.config
         for side, local in (("inputs", config.inputs), ("outputs", config.outputs)):
-            theirs = {t.get("name"): (t.get("datatype"), list(t.get("shape") or [])) for t in meta.get(side, [])}
+            theirs = {
+                t.get("name"): (t.get("datatype"), list(t.get("shape") or [])) for t in meta.get(side, [])
+            }
             ours = {t.name: (t.datatype, list(t.shape)) for t in local}
             if theirs != ours:
                 raise BenchError(
-                    f"gateway {self.url}: model {self.entry.name!r} has {side} {theirs}, but the local data set "
-                    f"was built for {ours} (the gateway serves a different model under this name)")
+                    f"gateway {self.url}: model {self.entry.name!r} has {side} {theirs}, but the local "
+                    f"data set was built for {ours} (the gateway serves a different model under this name)"
+                )
 
     # -- during the run ----------------------------------------------------------------------
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.max_in_flight)
-        self.client = aiohttp.ClientSession(self.url, connector=connector,
-                                            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
+        self.client = aiohttp.ClientSession(
+            self.url, connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        )
 
     async def stop(self) -> None:
         if self.client is not None:
@@ -135,8 +148,14 @@ class NetworkBackend(Backend):
         return outputs
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "url": self.url, "protocol": "OIP v2 REST, binary tensor data",
-                "max_in_flight": self.max_in_flight, "server": self.server, "client": f"aiohttp {aiohttp.__version__}"}
+        return {
+            "kind": self.kind,
+            "url": self.url,
+            "protocol": "OIP v2 REST, binary tensor data",
+            "max_in_flight": self.max_in_flight,
+            "server": self.server,
+            "client": f"aiohttp {aiohttp.__version__}",
+        }
 
     # -- energy through the gateway's own metrics ---------------------------------------------
     def scrape(self) -> dict[str, Any]:
@@ -153,12 +172,19 @@ class NetworkBackend(Backend):
                     if sample.name.endswith("_total"):
                         labels = sample.labels
                         uid = f"{labels.get('node')}/{labels.get('device')}"
-                        energy[uid] = Telemetry(uid, timestamp=now, energy_joules=sample.value,
-                                                modelled=labels.get("modelled") == "true")
+                        energy[uid] = Telemetry(
+                            uid,
+                            timestamp=now,
+                            energy_joules=sample.value,
+                            modelled=labels.get("modelled") == "true",
+                        )
             elif family.name == COMPUTE_METRIC:
                 for sample in family.samples:
-                    if sample.name.endswith("_count") and sample.labels.get("model") == self.entry.name \
-                            and sample.value > 0:
+                    if (
+                        sample.name.endswith("_count")
+                        and sample.labels.get("model") == self.entry.name
+                        and sample.value > 0
+                    ):
                         serving.add(sample.labels.get("device", ""))
         return {"energy": energy, "serving": sorted(serving)}
 
@@ -167,13 +193,19 @@ class NetworkBackend(Backend):
         try:
             scraped = self.scrape()
         except (httpx.HTTPError, RuntimeError, ValueError) as exc:
-            return [], f"the gateway's /metrics could not be read ({exc}); its devices' energy is not readable from outside"
+            return (
+                [],
+                f"the gateway's /metrics could not be read ({exc}); "
+                "its devices' energy is not readable from outside",
+            )
         if not scraped["serving"]:
             return [], "the gateway's /metrics names no device that computed this model"
         missing = [uid for uid in scraped["serving"] if uid not in scraped["energy"]]
         if len(missing) == len(scraped["serving"]):
-            return [], ("the gateway publishes no energy counter for the devices serving this model "
-                        f"({', '.join(missing)})")
+            return [], (
+                "the gateway publishes no energy counter for the devices serving this model "
+                f"({', '.join(missing)})"
+            )
         return scraped["serving"], None
 
     def read_energy(self) -> dict[str, Telemetry]:

@@ -24,8 +24,11 @@ class RunProgress:
             transient=False,
             disable=not enabled,
         )
-        self._time = self._progress.add_task(f"{title}: time   ", total=self._min_duration_s,
-                                             detail=f"0.0 s of min duration {min_duration_s:g} s")
+        self._time = self._progress.add_task(
+            f"{title}: time   ",
+            total=self._min_duration_s,
+            detail=f"0.0 s of min duration {min_duration_s:g} s",
+        )
         self._samples = self._progress.add_task(f"{title}: samples", total=1, detail="issued 0, completed 0")
 
     def __enter__(self) -> RunProgress:
@@ -33,13 +36,21 @@ class RunProgress:
         self._progress.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._progress.stop()
 
     def update(self, issued: int, completed: int) -> None:
         elapsed = time.monotonic() - self._started
-        self._progress.update(self._time, completed=min(elapsed, self._min_duration_s),
-                              detail=f"{elapsed:.1f} s of min duration {self._min_duration_s:g} s")
-        self._progress.update(self._samples, total=max(issued, 1), completed=completed,
-                              detail=f"issued {issued}, completed {completed}")
+        self._progress.update(
+            self._time,
+            completed=min(elapsed, self._min_duration_s),
+            detail=f"{elapsed:.1f} s of min duration {self._min_duration_s:g} s",
+        )
+        self._progress.update(
+            self._samples,
+            total=max(issued, 1),
+            completed=completed,
+            detail=f"issued {issued}, completed {completed}",
+        )

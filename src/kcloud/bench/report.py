@@ -37,7 +37,7 @@ th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; }
 th { background: #f3f5f8; } td.l, th.l { text-align: left; }
 .VALID { color: #137333; font-weight: 600; } .INVALID { color: #b3261e; font-weight: 600; }
 .INCOMPLETE { color: #a05a00; font-weight: 600; } .modelled { color: #7a4fbf; font-weight: 600; }
-.note { color: #555; font-size: 0.85em; } .plot { margin: 8px 0 24px; }
+.note { color: #555; font-size: 0.85em; } .plot { margin: 8px 0 24px; } .scroll { overflow-x: auto; }
 """
 
 
@@ -73,10 +73,28 @@ def _cell(value: object, cls: str = "") -> str:
 
 
 def _table(results: list[BenchResult]) -> str:
-    head = ["system", "device", "model", "mode", "LoadGen validity", "metric", "value", "p50 ms", "p90 ms",
-            "p99 ms", "accuracy", "target", "energy J", "efficiency", "run"]
-    out = ["<table><tr>" + "".join(f'<th class="l">{h}</th>' if i < 6 else f"<th>{h}</th>"
-                                   for i, h in enumerate(head)) + "</tr>"]
+    head = [
+        "system",
+        "device",
+        "model",
+        "mode",
+        "LoadGen validity",
+        "metric",
+        "value",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "accuracy",
+        "target",
+        "energy J",
+        "efficiency",
+        "run",
+    ]
+    out = [
+        "<table><tr>"
+        + "".join(f'<th class="l">{h}</th>' if i < 6 else f"<th>{h}</th>" for i, h in enumerate(head))
+        + "</tr>"
+    ]
     for r in results:
         metric = r.metric or {}
         lat = r.latency_ns
@@ -84,19 +102,37 @@ def _table(results: list[BenchResult]) -> str:
         eff = energy.get("efficiency") or {}
         acc = r.accuracy or {}
         modelled = energy.get("modelled")
-        eff_text = (f"{fmt(eff.get('value'))} {eff.get('unit', '')}" if eff.get("value") is not None
-                    else f"null ({energy.get('reason') or 'not measured'})")
+        eff_text = (
+            f"{fmt(eff.get('value'))} {eff.get('unit', '')}"
+            if eff.get("value") is not None
+            else f"null ({energy.get('reason') or 'not measured'})"
+        )
         cls = "modelled" if modelled else ""
-        acc_text = "" if r.accuracy is None else f"{fmt(acc.get('score'), 4)} {'PASS' if acc.get('passed') else 'FAIL'}"
+        acc_text = (
+            ""
+            if r.accuracy is None
+            else f"{fmt(acc.get('score'), 4)} {'PASS' if acc.get('passed') else 'FAIL'}"
+        )
         out.append(
-            "<tr>" + _cell(r.system, "l") + _cell(r.device_label, "l") + _cell(f"{r.model.name} v{r.model.version}", "l")
-            + _cell(r.mode, "l") + _cell(_validity(r), "l " + _validity(r).split(" ")[0])
-            + _cell(f"{metric.get('name', '')} [{metric.get('unit', '')}]", "l") + _cell(metric.get("value"))
+            "<tr>"
+            + _cell(r.system, "l")
+            + _cell(r.device_label, "l")
+            + _cell(f"{r.model.name} v{r.model.version}", "l")
+            + _cell(r.mode, "l")
+            + _cell(_validity(r), "l " + _validity(r).split(" ")[0])
+            + _cell(f"{metric.get('name', '')} [{metric.get('unit', '')}]", "l")
+            + _cell(metric.get("value"))
             + "".join(_cell(lat[k] / 1e6 if k in lat else None) for k in ("p50", "p90", "p99"))
-            + _cell(acc_text) + _cell(acc.get("threshold"))
-            + _cell((f"{fmt(energy.get('joules'))}" + (" MODELLED" if modelled else "")) if energy else "null", cls)
+            + _cell(acc_text)
+            + _cell(acc.get("threshold"))
+            + _cell(
+                (f"{fmt(energy.get('joules'))}" + (" MODELLED" if modelled else "")) if energy else "null",
+                cls,
+            )
             + _cell(eff_text + (" MODELLED" if modelled and eff.get("value") is not None else ""), cls)
-            + _cell(str(Path(r.path).parent) if r.path else "", "l") + "</tr>")
+            + _cell(str(Path(r.path).parent) if r.path else "", "l")
+            + "</tr>"
+        )
     out.append("</table>")
     return "".join(out)
 
@@ -105,7 +141,7 @@ def _table(results: list[BenchResult]) -> str:
 _QUANTILES = np.concatenate([np.linspace(0.0, 0.9, 91), np.linspace(0.9, 0.999, 100)[1:], [0.9995, 1.0]])
 
 
-def _latency_figure(scenario: str, results: list[BenchResult]) -> go.Figure | None:
+def _latency_figure(scenario: str, heading: str, results: list[BenchResult]) -> go.Figure | None:
     """Empirical CDF of each run's per-sample latency, LoadGen's percentiles as diamonds."""
     fig = go.Figure()
     drawn = False
@@ -116,40 +152,72 @@ def _latency_figure(scenario: str, results: list[BenchResult]) -> go.Figure | No
         drawn = True
         name = _label(r)
         colour = _COLOURS[index % len(_COLOURS)]
-        fig.add_trace(go.Scatter(x=np.quantile(values, _QUANTILES), y=_QUANTILES * 100, mode="lines", name=name,
-                                 line={"color": colour}, legendgroup=name))
+        fig.add_trace(
+            go.Scatter(
+                x=np.quantile(values, _QUANTILES),
+                y=_QUANTILES * 100,
+                mode="lines",
+                name=name,
+                line={"color": colour},
+                legendgroup=name,
+            )
+        )
         lat = r.latency_ns
         points = [(float(k[1:]), lat[k] / 1e6) for k in ("p50", "p90", "p99") if k in lat]
         if points:
-            fig.add_trace(go.Scatter(x=[v for _, v in points], y=[p for p, _ in points], mode="markers",
-                                     marker={"symbol": "diamond", "size": 10, "color": colour,
-                                             "line": {"color": "black", "width": 1}},
-                                     name=f"{name}: LoadGen p50/p90/p99", legendgroup=name, showlegend=False))
+            fig.add_trace(
+                go.Scatter(
+                    x=[v for _, v in points],
+                    y=[p for p, _ in points],
+                    mode="markers",
+                    marker={
+                        "symbol": "diamond",
+                        "size": 10,
+                        "color": colour,
+                        "line": {"color": "black", "width": 1},
+                    },
+                    name=f"{name}: LoadGen p50/p90/p99",
+                    legendgroup=name,
+                    showlegend=False,
+                )
+            )
     if not drawn:
         return None
     unit = "per query, " if scenario == "MultiStream" else ""
     fig.update_layout(
-        title=(f"{scenario}: latency distribution (lines: kcloud SUT per-sample timings, {TIMINGS_FILE}; "
-               f"◆: LoadGen's {unit}percentiles, mlperf_log_detail.txt)"),
-        xaxis={"title": "latency [ms] (log scale)", "type": "log"}, yaxis={"title": "percentile"},
-        height=420, legend={"orientation": "h", "y": -0.25},
+        title=(
+            f"{heading}: latency distribution (lines: kcloud SUT per-sample timings, {TIMINGS_FILE}; "
+            f"◆: LoadGen's {unit}percentiles, mlperf_log_detail.txt)"
+        ),
+        xaxis={"title": "latency [ms] (log scale)", "type": "log"},
+        yaxis={"title": "percentile"},
+        height=420,
+        legend={"orientation": "h", "y": -0.25},
     )
     return fig
 
 
 def _bar(title: str, axis: str, bars: list[tuple[str, float, bool]]) -> go.Figure:
-    fig = go.Figure(go.Bar(
-        x=[value for _, value, _ in bars], y=[label for label, _, _ in bars], orientation="h",
-        marker={"color": ["#7a4fbf" if modelled else "#1f6feb" for _, _, modelled in bars],
-                "pattern": {"shape": ["/" if modelled else "" for _, _, modelled in bars]}},
-        text=[f"{value:,.4g}{' MODELLED' if modelled else ''}" for _, value, modelled in bars],
-        textposition="auto",
-    ))
+    fig = go.Figure(
+        go.Bar(
+            x=[value for _, value, _ in bars],
+            y=[label for label, _, _ in bars],
+            orientation="h",
+            marker={
+                "color": ["#7a4fbf" if modelled else "#1f6feb" for _, _, modelled in bars],
+                "pattern": {"shape": ["/" if modelled else "" for _, _, modelled in bars]},
+            },
+            text=[f"{value:,.4g}{' MODELLED' if modelled else ''}" for _, value, modelled in bars],
+            textposition="auto",
+        )
+    )
     fig.update_layout(title=title, xaxis_title=axis, height=200 + 50 * len(bars), margin={"l": 260})
     return fig
 
 
-def _performance_figures(scenario: str, results: list[BenchResult]) -> tuple[list[go.Figure], list[str]]:
+def _performance_figures(
+    scenario: str, heading: str, results: list[BenchResult]
+) -> tuple[list[go.Figure], list[str]]:
     figures: list[go.Figure] = []
     notes: list[str] = []
     perf = [r for r in results if r.mode == "performance" and r.metric and r.metric.get("value") is not None]
@@ -157,10 +225,16 @@ def _performance_figures(scenario: str, results: list[BenchResult]) -> tuple[lis
         unit = perf[0].metric["unit"]  # type: ignore[index]
         name = perf[0].metric["name"]  # type: ignore[index]
         better = "lower is better" if unit == "ms" else "higher is better"
-        figures.append(_bar(f"{scenario}: {name} across devices and systems ({better}; LoadGen summary)",
-                            f"{name} [{unit}]",
-                            [(f"{_label(r)} [{_validity(r)}]", float(r.metric["value"]), False)  # type: ignore[index]
-                             for r in perf]))
+        figures.append(
+            _bar(
+                f"{heading}: {name} across devices and systems ({better}; LoadGen summary)",
+                f"{name} [{unit}]",
+                [
+                    (f"{_label(r)} [{_validity(r)}]", float(r.metric["value"]), False)  # type: ignore[index]
+                    for r in perf
+                ],
+            )
+        )
     effs = []
     for r in results:
         if r.mode != "performance":
@@ -174,9 +248,13 @@ def _performance_figures(scenario: str, results: list[BenchResult]) -> tuple[lis
     if effs:
         unit, name = effs[0][1]["unit"], effs[0][1]["name"]
         better = "lower is better" if name == "millijoules_per_query" else "higher is better"
-        figures.append(_bar(f"{scenario}: energy efficiency, {name} ({better}; purple = MODELLED, emulated device)",
-                            f"{name} [{unit}]",
-                            [(_label(r), float(e["value"]), bool((r.energy or {}).get("modelled"))) for r, e in effs]))
+        figures.append(
+            _bar(
+                f"{heading}: energy efficiency, {name} ({better}; purple = MODELLED, emulated device)",
+                f"{name} [{unit}]",
+                [(_label(r), float(e["value"]), bool((r.energy or {}).get("modelled"))) for r, e in effs],
+            )
+        )
     return figures, notes
 
 
@@ -189,29 +267,41 @@ def build_report(results: list[BenchResult]) -> str:
         f"<style>{_CSS}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
         "<h1>kcloud bench report</h1>",
         f"<p class='note'>{len(results)} run(s); generated {datetime.now(UTC).isoformat(timespec='seconds')} "
-        f"by kcloud {html.escape(__version__)}. Validity is LoadGen's own verdict; figures marked MODELLED come "
-        "from an emulated device's catalog model, not a sensor; null means no reading, with the reason.</p>",
+        f"by kcloud {html.escape(__version__)}. Validity is LoadGen's own verdict; figures marked MODELLED "
+        "come from an emulated device's catalog model, not a sensor; null means no reading, "
+        "with the reason.</p>",
     ]
     figure_count = 0
     order = [s for s in SCENARIOS if s in by_scenario] + sorted(set(by_scenario) - set(SCENARIOS))
     for scenario in order:
         runs = sorted(by_scenario[scenario], key=lambda r: (r.mode, r.system, r.device_label))
         parts.append(f"<h2>{html.escape(scenario)}</h2>")
-        parts.append(_table(runs))
-        figures, notes = _performance_figures(scenario, runs)
-        latency = _latency_figure(scenario, [r for r in runs if r.mode == "performance"])
-        if latency is not None:
-            figures.insert(0, latency)
+        parts.append("<div class='scroll'>" + _table(runs) + "</div>")
+        figures: list[go.Figure] = []
+        notes: list[str] = []
+        # one set of plots per model: a metric is only comparable across devices for one model
+        for model in sorted({r.model.name for r in runs}):
+            mine = [r for r in runs if r.model.name == model]
+            heading = f"{scenario} · {model}"
+            latency = _latency_figure(scenario, heading, [r for r in mine if r.mode == "performance"])
+            more, why = _performance_figures(scenario, heading, mine)
+            figures += ([latency] if latency is not None else []) + more
+            notes += why
         for fig in figures:
             figure_count += 1
             fig.update_layout(template="plotly_white")
-            parts.append("<div class='plot'>" + pio.to_html(fig, include_plotlyjs=False, full_html=False,
-                                                            div_id=f"plot-{figure_count}") + "</div>")
+            parts.append(
+                "<div class='plot'>"
+                + pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=f"plot-{figure_count}")
+                + "</div>"
+            )
         parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
         for r in runs:
             for note in r.notes:
                 parts.append(f"<p class='note'>{html.escape(_label(r))}: {html.escape(note)}</p>")
-    parts.append(f"<p class='note' id='figure-count' data-figures='{figure_count}'>{figure_count} plot(s).</p>")
+    parts.append(
+        f"<p class='note' id='figure-count' data-figures='{figure_count}'>{figure_count} plot(s).</p>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -42,7 +42,7 @@ from kcloud.bench.loadgen_logs import (
 )
 from kcloud.bench.network import NetworkBackend
 from kcloud.bench.progress import RunProgress
-from kcloud.bench.result import RESULT_FILE, SCENARIO_METRIC, SCHEMA, TIMINGS_FILE, write_result
+from kcloud.bench.result import SCENARIO_METRIC, SCHEMA, TIMINGS_FILE, write_result
 from kcloud.bench.settings import MODES, SCENARIOS, BenchSettings, describe_loadgen_settings, to_loadgen
 from kcloud.bench.sut import Backend, LoadGenSUT
 from kcloud.devices.device import Device
@@ -109,8 +109,9 @@ def _open_repository(request: RunRequest) -> ModelRepository:
         try:
             ensure_builtin_models(repository, include=[request.model])
         except Exception as exc:  # a failed build names the model and what went wrong
-            raise BenchError(f"could not build the built-in model {request.model!r} into {repository.root}: "
-                             f"{exc}") from None
+            raise BenchError(
+                f"could not build the built-in model {request.model!r} into {repository.root}: {exc}"
+            ) from None
     return repository
 
 
@@ -122,8 +123,10 @@ def _model(request: RunRequest, repository: ModelRepository) -> tuple[ModelEntry
     except ModelFileError as exc:
         raise BenchError(f"model {request.model!r} is broken: {exc}") from None
     if entry.config.accuracy is None or not entry.config.accuracy.dataset:
-        raise BenchError(f"model {entry.name!r} has no labelled data set (config `accuracy.dataset`); "
-                         "LoadGen needs one for its query sample library")
+        raise BenchError(
+            f"model {entry.name!r} has no labelled data set (config `accuracy.dataset`); "
+            "LoadGen needs one for its query sample library"
+        )
     try:
         dataset = load_dataset(entry)
     except ModelFileError as exc:
@@ -195,10 +198,17 @@ def prepare_run(request: RunRequest) -> PreparedRun:
         except UnsupportedDeviceError as exc:
             raise BenchError(f"device {device.uid} cannot run ONNX models here: {exc}") from None
         if device.spec.kind not in entry.config.device_kinds:
-            raise BenchError(f"model {entry.name} may run on {', '.join(entry.config.device_kinds)}; "
-                             f"device {device.uid} is a {device.spec.kind}")
-        backend = InProcessBackend(entry, device, repository, isolation=request.isolation,  # type: ignore[arg-type]
-                                   emulation=inventory.emulated)
+            raise BenchError(
+                f"model {entry.name} may run on {', '.join(entry.config.device_kinds)}; "
+                f"device {device.uid} is a {device.spec.kind}"
+            )
+        backend = InProcessBackend(
+            entry,
+            device,
+            repository,
+            isolation=request.isolation,  # type: ignore[arg-type]
+            emulation=inventory.emulated,
+        )
         in_flight = request.settings.max_in_flight or default_max_in_flight(entry, backend.replicas)
         system = request.system or f"{device.node}-{device.id}" + ("-emulated" if device.emulated else "")
     system = _safe(system)
@@ -221,10 +231,15 @@ class _Meter:
 
 
 _SCOPES = {
-    "cpu": "RAPL package energy, all packages summed: the whole CPU socket (other processes included), not wall power",
+    "cpu": (
+        "RAPL package energy, all packages summed: the whole CPU socket (other processes included), "
+        "not wall power"
+    ),
     "nvidia": "NVML total energy of the GPU board (host CPU work not included)",
-    "emulated": ("MODELLED, not measured: idle share of the catalog TDP plus the dynamic share for the "
-                 "modelled busy time of the work given to the emulated device"),
+    "emulated": (
+        "MODELLED, not measured: idle share of the catalog TDP plus the dynamic share for the "
+        "modelled busy time of the work given to the emulated device"
+    ),
 }
 
 
@@ -235,13 +250,19 @@ def _energy_meter(prepared: PreparedRun) -> _Meter:
         if not uids:
             return _Meter(None, reason, None, None)
         meter = EnergyMeter(uids, backend.read_energy, interval_s=ENERGY_INTERVAL_S)
-        return _Meter(meter, None, f"gateway {backend.url}/metrics (kcloud_device_energy_joules_total)",
-                      "device-level counters of the gateway's devices that served this model "
-                      "(any other work on them included)")
+        return _Meter(
+            meter,
+            None,
+            f"gateway {backend.url}/metrics (kcloud_device_energy_joules_total)",
+            "device-level counters of the gateway's devices that served this model "
+            "(any other work on them included)",
+        )
     device = prepared.device
     assert device is not None and prepared.inventory is not None
     inventory = prepared.inventory
-    meter = EnergyMeter.for_devices({device.uid: lambda: inventory.sample(device)}, interval_s=ENERGY_INTERVAL_S)
+    meter = EnergyMeter.for_devices(
+        {device.uid: lambda: inventory.sample(device)}, interval_s=ENERGY_INTERVAL_S
+    )
     scope = _SCOPES.get(device.plugin, f"{device.plugin} plugin's energy counter")
     return _Meter(meter, None, f"local inventory, {device.plugin} plugin", scope)
 
@@ -269,8 +290,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _run_loadgen(sut: LoadGenSUT, total: int, ts: lg.TestSettings, run_dir: Path,
-                 progress: RunProgress | None) -> None:
+def _run_loadgen(
+    sut: LoadGenSUT, total: int, ts: lg.TestSettings, run_dir: Path, progress: RunProgress | None
+) -> None:
     """StartTest in a thread so that the main thread keeps the view live and receives Ctrl-C."""
     sut_handle = lg.ConstructSUT(sut.issue_query, sut.flush_queries)
     qsl_handle = lg.ConstructQSL(total, total, sut.load_samples, sut.unload_samples)
@@ -296,8 +318,13 @@ def _run_loadgen(sut: LoadGenSUT, total: int, ts: lg.TestSettings, run_dir: Path
         raise failure[0]
 
 
-def _base_result(prepared: PreparedRun, settings: BenchSettings, calibration: Calibration | None,
-                 ts: lg.TestSettings | None, started_at: str) -> dict[str, Any]:
+def _base_result(
+    prepared: PreparedRun,
+    settings: BenchSettings,
+    calibration: Calibration | None,
+    ts: lg.TestSettings | None,
+    started_at: str,
+) -> dict[str, Any]:
     entry, request = prepared.entry, prepared.request
     return {
         "schema": SCHEMA,
@@ -324,10 +351,15 @@ def _base_result(prepared: PreparedRun, settings: BenchSettings, calibration: Ca
             "loadgen_test_settings": describe_loadgen_settings(ts) if ts is not None else None,
             "effective": None,
         },
-        "environment": environment_snapshot(entry, prepared.device,
-                                            dataset={"path": str(prepared.dataset.path),
-                                                     "samples": len(prepared.dataset),
-                                                     "metric": prepared.dataset.metric}),
+        "environment": environment_snapshot(
+            entry,
+            prepared.device,
+            dataset={
+                "path": str(prepared.dataset.path),
+                "samples": len(prepared.dataset),
+                "metric": prepared.dataset.metric,
+            },
+        ),
         "notes": [],
     }
 
@@ -338,8 +370,9 @@ def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool 
     request = prepared.request
     run_dir = prepared.run_dir
     backend = prepared.backend
-    sut = LoadGenSUT(backend, prepared.dataset.inputs, output=prepared.dataset.output,
-                     max_in_flight=prepared.max_in_flight)
+    sut = LoadGenSUT(
+        backend, prepared.dataset.inputs, output=prepared.dataset.output, max_in_flight=prepared.max_in_flight
+    )
     started_at = _now()
     result: dict[str, Any] | None = None
     calibration: Calibration | None = None
@@ -352,10 +385,18 @@ def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool 
             raise BenchError(f"the SUT did not start: {type(exc).__name__}: {exc}") from None
         spq = request.settings.samples_per_query or 8
         try:
-            calibration = sut.run(calibrate(
-                backend, prepared.dataset.inputs, request.scenario, mode=request.mode,
-                budget_s=CALIBRATION_S[request.quick], samples_per_query=spq,
-                max_in_flight=prepared.max_in_flight, output=prepared.dataset.output))
+            calibration = sut.run(
+                calibrate(
+                    backend,
+                    prepared.dataset.inputs,
+                    request.scenario,
+                    mode=request.mode,
+                    budget_s=CALIBRATION_S[request.quick],
+                    samples_per_query=spq,
+                    max_in_flight=prepared.max_in_flight,
+                    output=prepared.dataset.output,
+                )
+            )
         except CalibrationError as exc:
             raise BenchError(str(exc)) from None
         settings = apply_calibration(request.scenario, request.settings, calibration, quick=request.quick)
@@ -364,8 +405,11 @@ def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool 
         _clear_previous(run_dir)
         result = _base_result(prepared, settings, calibration, ts, started_at)
         write_result(run_dir, result)
-        meter = _energy_meter(prepared) if request.mode == "performance" else _Meter(
-            None, "accuracy mode: energy is measured in performance runs only", None, None)
+        meter = (
+            _energy_meter(prepared)
+            if request.mode == "performance"
+            else _Meter(None, "accuracy mode: energy is measured in performance runs only", None, None)
+        )
         sut.reset_counters()
         if isinstance(backend, InProcessBackend):
             backend.reset_stats()
@@ -373,7 +417,9 @@ def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool 
             meter.meter.start()
         min_duration_s = ts.min_duration_ms / 1000.0
         title = f"{request.scenario} {request.mode}"
-        with RunProgress(console, title=title, min_duration_s=min_duration_s, enabled=show_progress) as progress:
+        with RunProgress(
+            console, title=title, min_duration_s=min_duration_s, enabled=show_progress
+        ) as progress:
             _run_loadgen(sut, len(prepared.dataset), ts, run_dir, progress)
         if meter.meter is not None:
             meter.meter.stop()
@@ -382,8 +428,10 @@ def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool 
             meter.meter.stop()
         result = result or _base_result(prepared, settings, calibration, None, started_at)
         result.update(status="interrupted", complete=False, finished_at=_now())
-        result["loadgen"] = {"validity": None, "validity_note": "interrupted (Ctrl-C) before LoadGen finished: "
-                                                                 "no validity"}
+        result["loadgen"] = {
+            "validity": None,
+            "validity_note": "interrupted (Ctrl-C) before LoadGen finished: no validity",
+        }
         result["sut_stats"] = _sut_stats(sut, backend)
         result["notes"].append("run interrupted with Ctrl-C; LoadGen's logs in this directory are partial")
         path = write_result(run_dir, result)
@@ -416,8 +464,9 @@ def _finish(prepared: PreparedRun, result: dict[str, Any], sut: LoadGenSUT, mete
     summary = parse_summary(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else None
     events = parse_detail(detail_path.read_text(encoding="utf-8")) if detail_path.exists() else {}
     result.update(status="finished", complete=summary is not None, finished_at=_now())
-    result["settings"]["effective"] = {k.removeprefix("effective_"): v for k, v in events.items()
-                                       if str(k).startswith("effective_")}
+    result["settings"]["effective"] = {
+        k.removeprefix("effective_"): v for k, v in events.items() if str(k).startswith("effective_")
+    }
     loadgen: dict[str, Any] = {
         "version": events.get("loadgen_version"),
         "validity": None,
@@ -437,52 +486,83 @@ def _finish(prepared: PreparedRun, result: dict[str, Any], sut: LoadGenSUT, mete
         loadgen["validity"] = summary.validity
         loadgen["validity_source"] = "mlperf_log_summary.txt, line 'Result is'"
         if events.get("result_validity") not in (None, summary.validity):
-            result["notes"].append(f"LoadGen's detail log says {events.get('result_validity')} "
-                                   f"while its summary says {summary.validity}")
+            result["notes"].append(
+                f"LoadGen's detail log says {events.get('result_validity')} "
+                f"while its summary says {summary.validity}"
+            )
     else:
-        loadgen["validity_note"] = "LoadGen judges performance runs only; accuracy runs pass or fail on the target"
+        loadgen["validity_note"] = (
+            "LoadGen judges performance runs only; accuracy runs pass or fail on the target"
+        )
     result["loadgen"] = loadgen
     result["latency_ns"] = latency_stats_ns(events)
-    result["throughput"] = {k.removeprefix("result_"): v for k, v in events.items() if k in (
-        "result_samples_per_second", "result_completed_samples_per_sec", "result_scheduled_samples_per_sec",
-        "result_qps_with_loadgen_overhead", "result_qps_without_loadgen_overhead")}
+    result["throughput"] = {
+        k.removeprefix("result_"): v
+        for k, v in events.items()
+        if k
+        in (
+            "result_samples_per_second",
+            "result_completed_samples_per_sec",
+            "result_scheduled_samples_per_sec",
+            "result_qps_with_loadgen_overhead",
+            "result_qps_without_loadgen_overhead",
+        )
+    }
     if request.mode == "performance" and summary is not None:
         name, unit = SCENARIO_METRIC[request.scenario]
         value = summary.headline_value
         if value is not None and unit == "ms":
             value = value / 1e6
-        result["metric"] = {"name": name, "unit": unit, "value": value,
-                            "source": f"{SUMMARY_FILE}: '{summary.headline_name}'"}
+        result["metric"] = {
+            "name": name,
+            "unit": unit,
+            "value": value,
+            "source": f"{SUMMARY_FILE}: '{summary.headline_name}'",
+        }
     result["sut_stats"] = _sut_stats(sut, prepared.backend)
     result["sut_stats"]["latency_source"] = (
         f"{TIMINGS_FILE}: per-sample time from LoadGen's issue_query call to the SUT's QuerySamplesComplete, "
-        "measured by kcloud's SUT (not LoadGen's own timestamps)")
+        "measured by kcloud's SUT (not LoadGen's own timestamps)"
+    )
     if sut.errors:
         result["notes"].append(
             f"{sut.errors} samples failed in the SUT (first: {sut.first_error}); LoadGen counted them as "
-            "answered with empty data")
+            "answered with empty data"
+        )
     if prepared.device is not None and prepared.device.emulated:
         result["notes"].append(
-            f"{prepared.device.uid} is an EMULATED device: latency and throughput were measured on the host CPU "
-            "that computes for it; its energy is MODELLED from the catalog")
+            f"{prepared.device.uid} is an EMULATED device: latency and throughput were measured on the "
+            "host CPU that computes for it; its energy is MODELLED from the catalog"
+        )
     times = sut.times
-    np.savez_compressed(run_dir / TIMINGS_FILE, latency_ns=np.asarray(times.latency_ns, dtype=np.int64),
-                        issued_ns=np.asarray(times.issued_ns, dtype=np.int64),
-                        completed_at=np.asarray(times.completed_at, dtype=np.float64))
+    np.savez_compressed(
+        run_dir / TIMINGS_FILE,
+        latency_ns=np.asarray(times.latency_ns, dtype=np.int64),
+        issued_ns=np.asarray(times.issued_ns, dtype=np.int64),
+        completed_at=np.asarray(times.completed_at, dtype=np.float64),
+    )
     if request.mode == "accuracy":
         try:
             accuracy = score_accuracy_log(run_dir / ACCURACY_FILE, prepared.dataset, prepared.entry.config)
         except ValueError as exc:
             accuracy = {"score": None, "passed": False, "reason": str(exc)}
         result["accuracy"] = accuracy
-        result["metric"] = {"name": f"accuracy_{accuracy.get('metric', '')}", "unit": "ratio",
-                            "value": accuracy.get("score"), "source": f"{ACCURACY_FILE} scored by kcloud"}
+        result["metric"] = {
+            "name": f"accuracy_{accuracy.get('metric', '')}",
+            "unit": "ratio",
+            "value": accuracy.get("score"),
+            "source": f"{ACCURACY_FILE} scored by kcloud",
+        }
     result["energy"] = _energy_block(request.scenario, events, sut, meter, result)
 
 
-def _energy_block(scenario: str, events: dict[str, Any], sut: LoadGenSUT, meter: _Meter | None,
-                  result: dict[str, Any]) -> dict[str, Any]:
-    block: dict[str, Any] = {"joules": None, "efficiency": efficiency(scenario, None, samples=None, queries=None)}
+def _energy_block(
+    scenario: str, events: dict[str, Any], sut: LoadGenSUT, meter: _Meter | None, result: dict[str, Any]
+) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "joules": None,
+        "efficiency": efficiency(scenario, None, samples=None, queries=None),
+    }
     if meter is None or meter.meter is None:
         block.update(reason=meter.reason if meter else "no energy meter", modelled=False, devices=[])
         return block
@@ -517,4 +597,3 @@ def _energy_block(scenario: str, events: dict[str, Any], sut: LoadGenSUT, meter:
         reason="; ".join(reasons) if joules is None else None,
     )
     return block
-

@@ -122,8 +122,9 @@ def load_config_file(path: Path) -> BenchConfigFile:
     try:
         file = BenchConfigFile.model_validate(data)
     except ValidationError as exc:
-        detail = _problems(exc, lambda loc: "[" + "].".join(str(p) for p in loc[:2]) if len(loc) > 1
-                           else f"[{loc[0]}]")
+        detail = _problems(
+            exc, lambda loc: "[" + "].".join(str(p) for p in loc[:2]) if len(loc) > 1 else f"[{loc[0]}]"
+        )
         raise BenchError(f"config file {path}: {detail}") from None
     file._source = f"config file {path}"
     return file
@@ -136,8 +137,9 @@ def _check_applies(values: dict[str, Any], scenario: str, name_of: Any) -> None:
             raise BenchError(f"{name_of(key)} applies to {' and '.join(scenarios)}, not {scenario}")
 
 
-def merge_settings(scenario: str, *, quick: bool, file: BenchConfigFile | None,
-                   flags: BenchSettings) -> BenchSettings:
+def merge_settings(
+    scenario: str, *, quick: bool, file: BenchConfigFile | None, flags: BenchSettings
+) -> BenchSettings:
     """Quick profile < file `[settings]` < file `[<scenario>]` < flags.
 
     A setting that cannot apply to the scenario is an error where the user named it for this
@@ -149,8 +151,9 @@ def merge_settings(scenario: str, *, quick: bool, file: BenchConfigFile | None,
     if quick:
         merged.update(QUICK, min_query_count=QUICK_MIN_QUERIES[scenario])
     if file is not None:
-        shared = {k: v for k, v in file.settings.given().items()
-                  if k not in _ONLY_IN or scenario in _ONLY_IN[k]}
+        shared = {
+            k: v for k, v in file.settings.given().items() if k not in _ONLY_IN or scenario in _ONLY_IN[k]
+        }
         merged.update(shared)
         own = getattr(file, scenario).given()
         _check_applies(own, scenario, lambda key: f"{file._source}: [{scenario}] {key}")

@@ -53,15 +53,20 @@ def rows(result: BenchResult) -> list[tuple[str, Any]]:
         (f"{eff.get('name', 'efficiency')} [{eff.get('unit', '')}]{modelled}", eff.get("value")),
     ]
     if result.accuracy is not None:
-        out += [(f"accuracy ({accuracy.get('metric')})", accuracy.get("score")),
-                ("accuracy threshold", accuracy.get("threshold"))]
+        out += [
+            (f"accuracy ({accuracy.get('metric')})", accuracy.get("score")),
+            ("accuracy threshold", accuracy.get("threshold")),
+        ]
     return out
 
 
 def print_run(console: Console, path: Path) -> None:
     result = load_result(path)
-    table = Table(title=f"{result.system} · {result.model.name} · {result.scenario} · {result.mode}",
-                  show_header=False, title_justify="left")
+    table = Table(
+        title=f"{result.system} · {result.model.name} · {result.scenario} · {result.mode}",
+        show_header=False,
+        title_justify="left",
+    )
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     table.add_row("device", escape(result.device_label))

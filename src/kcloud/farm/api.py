@@ -52,7 +52,8 @@ def _refuse(exc: Exception) -> HTTPException:
     status = getattr(exc, "status", None)
     if not isinstance(status, int):
         raise exc
-    return HTTPException(status, str(exc).strip("'\""))
+    message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    return HTTPException(status, message)
 
 
 def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: None) -> APIRouter:
@@ -100,8 +101,12 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
             return service.list_deployments()
         return service.list_deployments(principal.tenant_name, all_tenants=False)
 
-    @api.post("/deployments", response_model=DeploymentView, status_code=201,
-              summary="Create a deployment; it is placed at once (pending, with the reason, if nothing fits)")
+    @api.post(
+        "/deployments",
+        response_model=DeploymentView,
+        status_code=201,
+        summary="Create a deployment; it is placed at once (pending, with the reason, if nothing fits)",
+    )
     def create_deployment(spec: DeploymentCreate) -> DeploymentView:
         may_change()
         principal = _principal()
@@ -119,8 +124,11 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
         visible(name)
         return call(service.get, name)
 
-    @api.patch("/deployments/{name}", response_model=DeploymentView,
-               summary="Change version, replicas, constraints, SLO or policy")
+    @api.patch(
+        "/deployments/{name}",
+        response_model=DeploymentView,
+        summary="Change version, replicas, constraints, SLO or policy",
+    )
     def update_deployment(name: str, patch: DeploymentUpdate) -> DeploymentView:
         visible(name)
         may_change()
@@ -129,7 +137,9 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
         wake()
         return view
 
-    @api.post("/deployments/{name}/scale", response_model=DeploymentView, summary="Set the number of replicas")
+    @api.post(
+        "/deployments/{name}/scale", response_model=DeploymentView, summary="Set the number of replicas"
+    )
     def scale_deployment(name: str, body: ScaleRequest) -> DeploymentView:
         visible(name)
         may_change()
@@ -147,18 +157,26 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
         wake()
         return Response(status_code=204)
 
-    @api.get("/deployments/{name}/placement", response_model=ExplainView,
-             summary="Where each replica is and why: every candidate device's verdict")
+    @api.get(
+        "/deployments/{name}/placement",
+        response_model=ExplainView,
+        summary="Where each replica is and why: every candidate device's verdict",
+    )
     def explain_placement(name: str, limit: int = Query(5, ge=1, le=20)) -> ExplainView:
         visible(name)
         return call(service.explain, name, limit)
 
-    @api.get("/devices", response_model=list[DeviceView], summary="Devices, their health, drain state and load")
+    @api.get(
+        "/devices", response_model=list[DeviceView], summary="Devices, their health, drain state and load"
+    )
     def list_devices() -> list[DeviceView]:
         return service.list_devices()
 
-    @api.post("/devices/{uid:path}/drain", response_model=DeviceView,
-              summary="Drain a device: its replicas are placed elsewhere, then stopped here")
+    @api.post(
+        "/devices/{uid:path}/drain",
+        response_model=DeviceView,
+        summary="Drain a device: its replicas are placed elsewhere, then stopped here",
+    )
     def drain_device(uid: str, body: DrainRequest | None = None) -> DeviceView:
         admin_only("drain devices")
         view = call(service.drain, uid, body.reason if body else None)
@@ -166,7 +184,9 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
         wake()
         return view
 
-    @api.post("/devices/{uid:path}/undrain", response_model=DeviceView, summary="Let a drained device take replicas")
+    @api.post(
+        "/devices/{uid:path}/undrain", response_model=DeviceView, summary="Let a drained device take replicas"
+    )
     def undrain_device(uid: str) -> DeviceView:
         admin_only("undrain devices")
         view = call(service.undrain, uid)
@@ -186,8 +206,9 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
             owned = [d.name for d in service.list_deployments(principal.tenant_name, all_tenants=False)]
             if deployment is not None and deployment not in owned:
                 raise HTTPException(404, f"deployment {deployment!r} not found")
-            return service.events(deployment=deployment, deployments=owned, device=device, after_id=after,
-                                  limit=limit)
+            return service.events(
+                deployment=deployment, deployments=owned, device=device, after_id=after, limit=limit
+            )
         return service.events(deployment=deployment, device=device, after_id=after, limit=limit)
 
     return api

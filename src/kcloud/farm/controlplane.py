@@ -76,14 +76,23 @@ async def attach(
     db = await asyncio.to_thread(open_database, db_url)
     try:
         service = ControlPlaneService(
-            db, repository or router.repository, inventory.devices, profiles=profiles,
+            db,
+            repository or router.repository,
+            inventory.devices,
+            profiles=profiles,
             admission=default_admission() if admission is None else admission,
         )
         await asyncio.to_thread(service.sync_inventory)
-        executor = executor or LocalExecutor(router, emulation=inventory.emulated, metrics=metrics,
-                                             isolation=isolation)
-        reconciler = Reconciler(service, executor, sample=inventory.sample, interval_s=interval_s,
-                                health_interval_s=health_interval_s)
+        executor = executor or LocalExecutor(
+            router, emulation=inventory.emulated, metrics=metrics, isolation=isolation
+        )
+        reconciler = Reconciler(
+            service,
+            executor,
+            sample=inventory.sample,
+            interval_s=interval_s,
+            health_interval_s=health_interval_s,
+        )
 
         def on_death(replica: Replica) -> None:
             reconciler.wake()

@@ -44,7 +44,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: Modules whose ORM classes share `kcloud.farm.schema.Base`. Imported before the schema check
 #: so that every table the migrations create is compared. Another package that adds tables
 #: (through a new Alembic revision) appends its module here.
-MODEL_MODULES: tuple[str, ...] = ("kcloud.farm.schema",)
+MODEL_MODULES: tuple[str, ...] = ("kcloud.farm.schema", "kcloud.tenancy.schema")
 #: Seconds to wait for a PostgreSQL server before saying it is unreachable.
 CONNECT_TIMEOUT_S = 5
 
@@ -75,7 +75,7 @@ def resolve_url(url: str | None = None) -> str:
     chosen = (url or os.environ.get(DB_URL_ENV) or "").strip() or default_url()
     for prefix in ("postgres://", "postgresql://"):
         if chosen.startswith(prefix):
-            return "postgresql+psycopg://" + chosen[len(prefix):]
+            return "postgresql+psycopg://" + chosen[len(prefix) :]
     return chosen
 
 
@@ -109,7 +109,13 @@ def create_db_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {"future": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailableError(
+                    f"database URL {redact(parsed)}: cannot create its folder {folder}: {exc.strerror or exc}"
+                ) from exc
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     elif parsed.get_backend_name() == "postgresql":
         if "connect_timeout" not in parsed.query:
@@ -123,7 +129,9 @@ def create_db_engine(url: str) -> Engine:
             f"{parsed.drivername!r} (kcloud supports sqlite and postgresql)"
         ) from exc
     except ModuleNotFoundError as exc:
-        hint = " (install the PostgreSQL extra: pip install 'kcloud[postgres]')" if "psycopg" in str(exc) else ""
+        hint = (
+            " (install the PostgreSQL extra: pip install 'kcloud[postgres]')" if "psycopg" in str(exc) else ""
+        )
         raise DatabaseUnavailableError(f"database URL {redact(parsed)}: driver missing: {exc}{hint}") from exc
     except (ArgumentError, TypeError) as exc:
         raise DatabaseUnavailableError(f"database URL {redact(parsed)}: {_first_line(exc)}") from exc
@@ -235,9 +243,7 @@ def _matters(diff: tuple[Any, ...], owned: set[str]) -> bool:
     kind = diff[0]
     if kind == "remove_table":
         return diff[1].name in owned
-    if kind in ("add_table", "add_column", "remove_column", "modify_nullable"):
-        return True
-    return False
+    return kind in ("add_table", "add_column", "remove_column", "modify_nullable")
 
 
 def _describe(diff: tuple[Any, ...]) -> str:
@@ -303,7 +309,9 @@ def open_database(url: str | None = None, *, migrate_schema: bool = True) -> Dat
             connection.exec_driver_sql("SELECT 1")
     except (SQLAlchemyError, OSError) as exc:
         engine.dispose()
-        raise DatabaseUnavailableError(f"cannot connect to database {redact(resolved)}: {_first_line(exc)}") from exc
+        raise DatabaseUnavailableError(
+            f"cannot connect to database {redact(resolved)}: {_first_line(exc)}"
+        ) from exc
     try:
         revision = migrate(engine) if migrate_schema else None
     except DatabaseError:

@@ -74,20 +74,35 @@ class Executor(Protocol):
         """Every replica this executor started and has not stopped (alive or not)."""
 
 
+_sigint_lock = threading.Lock()
+_sigint_users = 0
+_sigint_saved: Any = None
+
+
 @contextlib.contextmanager
 def _children_ignore_sigint() -> Iterator[None]:
     """Spawn workers with SIGINT ignored, so Ctrl-C reaches only the server, which drains them.
 
-    (An ignored signal stays ignored across exec; the server stops its workers itself.)
+    (An ignored signal stays ignored across exec; the server stops its workers itself.) Starts
+    overlap (the reconciler starts several replicas at once), so the server's own handler is
+    saved by the first and put back by the last: restoring per start could leave SIGINT ignored.
     """
+    global _sigint_users, _sigint_saved
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with _sigint_lock:
+        if _sigint_users == 0:
+            _sigint_saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _sigint_users += 1
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        with _sigint_lock:
+            _sigint_users -= 1
+            if _sigint_users == 0:
+                signal.signal(signal.SIGINT, _sigint_saved)
+                _sigint_saved = None
 
 
 class LocalExecutor:
@@ -110,11 +125,23 @@ class LocalExecutor:
         self.isolation = isolation
         self.threads = threads
         self._replicas: dict[str, Replica] = {}
+        #: Replicas whose worker died (the router tells us), as opposed to ones stopped on purpose:
+        #: when the server shuts down, the router stops every replica, and that is no death.
+        self._dead: set[str] = set()
+        router.on_replica_died.append(self._died)
+
+    def _died(self, replica: Replica) -> None:
+        if replica.id in self._replicas:
+            self._dead.add(replica.id)
 
     async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
         replica = create_replica(
-            spec.entry, spec.device, isolation=self.isolation, threads=self.threads,
-            emulation=self.emulation if spec.device.emulated else None, metrics=self.metrics,
+            spec.entry,
+            spec.device,
+            isolation=self.isolation,
+            threads=self.threads,
+            emulation=self.emulation if spec.device.emulated else None,
+            metrics=self.metrics,
             replica_id=spec.replica_id,
         )
         with _children_ignore_sigint():
@@ -128,14 +155,15 @@ class LocalExecutor:
         return ReplicaHandle(spec.replica_id, self.name, pid=replica.pid)
 
     async def stop(self, handle: ReplicaHandle) -> None:
+        self._dead.discard(handle.replica_id)
         replica = self._replicas.pop(handle.replica_id, None)
         removed = await self.router.remove_replica(handle.replica_id)
         if removed is None and replica is not None:
             await replica.stop()
 
     def alive(self, handle: ReplicaHandle) -> bool:
-        replica = self._replicas.get(handle.replica_id)
-        return replica is not None and replica.alive
+        """False once its worker died. A replica the router stopped (shutdown) is not dead."""
+        return handle.replica_id in self._replicas and handle.replica_id not in self._dead
 
     def handles(self) -> list[ReplicaHandle]:
         return [ReplicaHandle(rid, self.name, pid=r.pid) for rid, r in self._replicas.items()]

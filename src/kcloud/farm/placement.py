@@ -57,8 +57,23 @@ MIB = float(2**20)
 
 # Verdict codes, in filter order; 0 is eligible. Codes up to LATENCY depend only on a device's
 # class (chip, vendor, runtimes), so they are decided once per class and gathered.
-ELIGIBLE, ABSENT, UNHEALTHY, DRAINED, KIND, RUNTIME, VENDOR, CHIP, PRECISION, LATENCY, NODE, EXCLUDED, \
-    MEMORY_UNKNOWN, MEMORY, THROUGHPUT = range(15)
+(
+    ELIGIBLE,
+    ABSENT,
+    UNHEALTHY,
+    DRAINED,
+    KIND,
+    RUNTIME,
+    VENDOR,
+    CHIP,
+    PRECISION,
+    LATENCY,
+    NODE,
+    EXCLUDED,
+    MEMORY_UNKNOWN,
+    MEMORY,
+    THROUGHPUT,
+) = range(15)
 N_CODES = 15
 VERDICT_LABELS = {
     ABSENT: "not present in the inventory",
@@ -390,7 +405,8 @@ class PlacementResult:
         if self.outcome == "placed":
             if req.count == 0:
                 return "nothing to place"
-            return f"placed {self.placed} replica(s) on {where} ({req.policy}, by perf/watt); {eligible} eligible"
+            how = f"({req.policy}, by perf/watt); {eligible} eligible"
+            return f"placed {self.placed} replica(s) on {where} {how}"
         why = self.nothing_fits()
         if self.outcome == "partial":
             return f"placed {self.placed} of {req.count} on {where}; no room for the rest: {why}"
@@ -471,6 +487,8 @@ class PlacementResult:
             free = f"{_size(self.free_before[i])} free" if view.memory_known[i] else "memory unknown"
             head = f"chosen for {chosen} replica(s)" if chosen else "eligible, not chosen"
             tail = "; better-scoring devices took the replicas" if not chosen and self.chosen else ""
+            if req.slo_p99_ms is not None and math.isnan(latency_ms):
+                tail += "; latency unknown: SLO p99 not checked"
             return f"{head}: {self._ppw_text(i)}, {free}, score {self.score[i]:.4g}{tail}"
         label = VERDICT_LABELS[code]
         if code in (ABSENT, UNHEALTHY, DRAINED):
@@ -479,7 +497,8 @@ class PlacementResult:
         if code == KIND:
             return f"rejected: a {device.spec.kind}; the model runs on {', '.join(req.device_kinds)}"
         if code == RUNTIME:
-            return f"rejected: runtimes {', '.join(device.runtimes) or 'none'} cannot execute {req.platform} models"
+            have = ", ".join(device.runtimes) or "none"
+            return f"rejected: runtimes {have} cannot execute {req.platform} models"
         if code == VENDOR:
             return f"rejected: vendor {device.vendor}, the deployment wants {req.vendor}"
         if code == CHIP:
@@ -525,12 +544,14 @@ class PlacementEngine:
         n = len(view)
         figures = view.figures(request.model, request.flops_per_sample, request.precision)
         class_verdict = np.array(
-            [_class_verdict(d, request, figures.latency_ms[c]) for c, d in enumerate(view.class_devices)], np.int8
+            [_class_verdict(d, request, figures.latency_ms[c]) for c, d in enumerate(view.class_devices)],
+            np.int8,
         )
         cc = view.class_code
-        verdict = np.where(view.unavailable != 0, view.unavailable, class_verdict[cc] if n else view.unavailable)
-        ppw = figures.ppw[cc]
-        sps = figures.sps[cc]
+        verdict = np.where(
+            view.unavailable != 0, view.unavailable, class_verdict[cc] if n else view.unavailable
+        )
+        sps = figures.sps[cc] if request.rps_per_replica is not None else None
         overrides: dict[int, tuple[float, float, float, bool]] = {}
         for i in view.measured_devices:  # a device's own measurement overrides its class's figures
             p = view.profile(i, request.model, request.flops_per_sample, request.precision)
@@ -542,7 +563,8 @@ class PlacementEngine:
                 p.modelled,
             )
             overrides[i] = fig
-            ppw[i], sps[i] = fig[0], fig[1]
+            if sps is not None:
+                sps[i] = fig[1]
             if verdict[i] in (ELIGIBLE, LATENCY):
                 slow = request.slo_p99_ms is not None and fig[2] > request.slo_p99_ms
                 verdict[i] = LATENCY if slow else ELIGIBLE
@@ -566,9 +588,17 @@ class PlacementEngine:
             verdict[(verdict == ELIGIBLE) & (view.load_used + load_share > 1.0 + 1e-12)] = THROUGHPUT
 
         eligible = verdict == ELIGIBLE
-        known = eligible & ~np.isnan(ppw)
-        best = float(ppw[known].max()) if known.any() else math.nan
-        ppw_norm = np.nan_to_num(ppw / best, nan=0.0) if best > 0 else np.zeros(n)
+        # Normalise perf/watt by the best class that passed the class checks (and measured devices):
+        # worked out per class and gathered, which keeps this off the 10,000-element path.
+        passing = [float(figures.ppw[c]) for c in range(len(class_verdict)) if class_verdict[c] == ELIGIBLE]
+        known = [v for v in (*passing, *(f[0] for f in overrides.values())) if not math.isnan(v)]
+        best = max(known) if known else math.nan
+        if best > 0:
+            ppw_norm = np.nan_to_num(figures.ppw / best, nan=0.0)[cc] if n else np.zeros(0)
+            for i, fig in overrides.items():
+                ppw_norm[i] = 0.0 if math.isnan(fig[0]) else fig[0] / best
+        else:
+            ppw_norm = np.zeros(n)
         fullness = (view.memory_used + need) * view.inv_memory
         spread = request.policy == "spread"
         score = ppw_norm + POLICY_WEIGHT * ((1.0 - fullness) if spread else fullness)
@@ -655,9 +685,7 @@ class PlacementEngine:
         memory first (first-fit decreasing). On small instances this stays within a few % of
         the MILP optimum (benchmarks/placement_scale.py).
         """
-        keys = {
-            k: (-self.regret(req), -(req.memory_bytes or 0), k) for k, req in enumerate(requests)
-        }
+        keys = {k: (-self.regret(req), -(req.memory_bytes or 0), k) for k, req in enumerate(requests)}
         results: dict[int, PlacementResult] = {}
         for k in sorted(keys, key=keys.__getitem__):
             results[k] = self.place(requests[k])

@@ -18,6 +18,7 @@ Measured profiles are JSON files in `<kcloud home>/profiles/` (bench writes them
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -36,7 +37,12 @@ from kcloud.runtime.modelled import DEFAULT_EFFICIENCY, peak_ops_per_second
 log = logging.getLogger(__name__)
 
 #: Catalog figure that gives a chip's peak for each precision a deployment can ask for.
-PRECISION_FIGURES: dict[str, str] = {"fp16": "fp16_tflops", "bf16": "bf16_tflops", "int8": "int8_tops", "fp8": "fp8_tflops"}
+PRECISION_FIGURES: dict[str, str] = {
+    "fp16": "fp16_tflops",
+    "bf16": "bf16_tflops",
+    "int8": "int8_tops",
+    "fp8": "fp8_tflops",
+}
 #: Precisions a deployment may constrain to. FP32 has no catalog figure: CPUs and GPUs run it.
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
 FP32_KINDS = ("cpu", "gpu")
@@ -72,7 +78,7 @@ class DeviceProfile:
             return None
         if batch <= points[0][0]:
             return points[0][1] * batch / points[0][0]
-        for (b0, t0), (b1, t1) in zip(points, points[1:], strict=False):
+        for (b0, t0), (b1, t1) in itertools.pairwise(points):
             if batch <= b1:
                 return t0 + (t1 - t0) * (batch - b0) / (b1 - b0)
         b_last, t_last = points[-1]
@@ -89,7 +95,7 @@ class DeviceProfile:
         points = self.power_by_util
         if not points:
             return None
-        for (u0, w0), (u1, w1) in zip(points, points[1:], strict=False):
+        for (u0, w0), (u1, w1) in itertools.pairwise(points):
             if u0 <= utilization <= u1:
                 return w0 + (w1 - w0) * (utilization - u0) / (u1 - u0) if u1 > u0 else w1
         for u, w in points:
@@ -141,7 +147,11 @@ def modelled_profile(
     if flops_per_sample is None or flops_per_sample <= 0:
         reasons.append("the model config has no flops_per_sample")
     elif peak is None:
-        what = f"{precision.upper()} figure" if precision and precision != "fp32" else "FP16/BF16 TFLOPS or INT8 TOPS"
+        what = (
+            f"{precision.upper()} figure"
+            if precision and precision != "fp32"
+            else "FP16/BF16 TFLOPS or INT8 TOPS"
+        )
         reasons.append(f"catalog entry {spec.key} has no {what}")
     else:
         ops, figure = peak
@@ -213,7 +223,8 @@ def save_measured_profile(profile: MeasuredProfileFile, directory: Path | None =
     directory = directory or profiles_dir()
     directory.mkdir(parents=True, exist_ok=True)
     stem = "_".join(
-        part.replace("/", "-") for part in (profile.device_uid or profile.chip_key, profile.model, profile.precision or "any")
+        part.replace("/", "-")
+        for part in (profile.device_uid or profile.chip_key, profile.model, profile.precision or "any")
     )
     target = directory / f"{stem}.json"
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
@@ -243,7 +254,9 @@ class ProfileBook:
         if directory.is_dir():
             for path in sorted(directory.glob("*.json")):
                 try:
-                    found.append(MeasuredProfileFile.model_validate(json.loads(path.read_text("utf-8"))).profile())
+                    found.append(
+                        MeasuredProfileFile.model_validate(json.loads(path.read_text("utf-8"))).profile()
+                    )
                 except (OSError, ValueError, ValidationError) as exc:
                     log.warning("ignoring measured profile %s: %s", path, str(exc).splitlines()[0])
         return cls(found)

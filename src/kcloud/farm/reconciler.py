@@ -22,6 +22,7 @@ thread (`asyncio.to_thread`) so the serving loop never waits on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -94,20 +95,16 @@ class Reconciler:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     def wake(self) -> None:
         """Ask for a pass now; safe from any thread (API handlers run in a thread pool)."""
         if self._loop is None or self._wake is None or self._loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closing
             self._loop.call_soon_threadsafe(self._wake.set)
-        except RuntimeError:  # the loop is closing
-            pass
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -118,10 +115,8 @@ class Reconciler:
                 raise
             except Exception:  # a failed pass must not end reconciliation; the next one retries
                 log.exception("reconcile pass failed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     # ------------------------------------------------------------------------------ one pass
@@ -154,7 +149,11 @@ class Reconciler:
             readings = {}
             for device in self.service.devices:
                 telemetry = sample(device)
-                why = "; ".join(f"{k}: {v}" for k, v in telemetry.reasons.items()) if not telemetry.healthy else None
+                why = (
+                    "; ".join(f"{k}: {v}" for k, v in telemetry.reasons.items())
+                    if not telemetry.healthy
+                    else None
+                )
                 readings[device.uid] = (telemetry.healthy, why)
             return readings
 
@@ -193,8 +192,10 @@ class Reconciler:
             elif w.state in ("placed", "starting", "running") and not running_here:
                 if not w.device_usable:
                     await asyncio.to_thread(
-                        self.service.forget_unusable, w.replica_id,
-                        f"device {w.device_uid} is absent, unhealthy or drained")
+                        self.service.forget_unusable,
+                        w.replica_id,
+                        f"device {w.device_uid} is absent, unhealthy or drained",
+                    )
                     continue
                 to_start.append((w, w.state == "running"))
         # Replicas with no row (deleted deployment, or removed meanwhile) are stopped.
@@ -219,15 +220,24 @@ class Reconciler:
             handle = await self.executor.start(spec)
         except Exception as exc:
             message = str(exc).strip() or type(exc).__name__
-            log.warning("replica %s of %s could not start on %s: %s", w.replica_id, w.deployment, w.device_uid,
-                        message)
+            log.warning(
+                "replica %s of %s could not start on %s: %s",
+                w.replica_id,
+                w.deployment,
+                w.device_uid,
+                message,
+            )
             await asyncio.to_thread(self.service.start_failed, w.replica_id, message)
             report.failed.append(w.replica_id)
             return
         self._handles[w.replica_id] = handle
         recorded = await asyncio.to_thread(
-            self.service.mark_running, w.replica_id, executor=handle.executor, pid=handle.pid,
-            handle=handle.as_json())
+            self.service.mark_running,
+            w.replica_id,
+            executor=handle.executor,
+            pid=handle.pid,
+            handle=handle.as_json(),
+        )
         if not recorded:  # deleted while it was starting
             await self._quiet_stop(self._handles.pop(w.replica_id))
             return

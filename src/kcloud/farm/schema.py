@@ -16,7 +16,7 @@ that the history survives the deletion of what it talks about.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -78,7 +78,11 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[str]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UtcDateTime,
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+    }
 
 
 class Node(Base):
@@ -166,7 +170,7 @@ class Deployment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    model: Mapped[ModelRow] = relationship(lazy="joined")
+    model: Mapped[ModelRow] = relationship(lazy="joined", innerjoin=True)
     replica_rows: Mapped[list[ReplicaRow]] = relationship(
         back_populates="deployment", cascade="all, delete-orphan", passive_deletes=True
     )
@@ -216,7 +220,9 @@ class PlacementRow(Base):
     reason: Mapped[str] = mapped_column(Text)
 
     candidates: Mapped[list[PlacementCandidate]] = relationship(
-        back_populates="placement", cascade="all, delete-orphan", passive_deletes=True,
+        back_populates="placement",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
         order_by="PlacementCandidate.id",
     )
 

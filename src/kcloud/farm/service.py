@@ -146,16 +146,32 @@ class ControlPlaneService:
         self._epoch += 1
 
     @staticmethod
-    def _event(session: Session, kind: str, message: str, *, deployment: str | None = None,
-               device: str | None = None, replica: str | None = None, data: dict[str, Any] | None = None) -> None:
-        session.add(EventRow(kind=kind, message=message, deployment=deployment, device_uid=device,
-                             replica_id=replica, data=data))
+    def _event(
+        session: Session,
+        kind: str,
+        message: str,
+        *,
+        deployment: str | None = None,
+        device: str | None = None,
+        replica: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        session.add(
+            EventRow(
+                kind=kind,
+                message=message,
+                deployment=deployment,
+                device_uid=device,
+                replica_id=replica,
+                data=data,
+            )
+        )
         log.info("%s: %s", kind, message)
 
     def _deployment(self, session: Session, name: str, *, lock: bool = False) -> Deployment:
         query = select(Deployment).where(Deployment.name == name)
         if lock:
-            query = query.with_for_update()
+            query = query.with_for_update(of=Deployment)
         row = session.scalar(query)
         if row is None:
             raise NotFoundError(f"deployment {name!r} not found")
@@ -164,15 +180,18 @@ class ControlPlaneService:
     def _view(self, session: Session) -> FarmView:
         status = {
             row.uid: DeviceStatus(
-                present=row.present, healthy=row.healthy, drained=row.drained,
+                present=row.present,
+                healthy=row.healthy,
+                drained=row.drained,
                 reason=row.health_reason if not row.healthy else row.drain_reason,
             )
             for row in session.scalars(select(DeviceRow))
         }
         view = FarmView(self.devices, status, self.profiles)
         rows = session.execute(
-            select(Deployment.name, ReplicaRow.device_uid, ReplicaRow.memory_bytes, ReplicaRow.load_share)
-            .join(Deployment, ReplicaRow.deployment_id == Deployment.id)
+            select(
+                Deployment.name, ReplicaRow.device_uid, ReplicaRow.memory_bytes, ReplicaRow.load_share
+            ).join(Deployment, ReplicaRow.deployment_id == Deployment.id)
         )
         for name, uid, memory, share in rows:
             view.add_replica(name, uid, memory, share)
@@ -191,43 +210,80 @@ class ControlPlaneService:
     def _request(self, dep: Deployment, count: int) -> PlacementRequest:
         model = dep.model
         return PlacementRequest(
-            deployment=dep.name, model=model.name, count=count, total=dep.replicas,
-            memory_bytes=model.memory_bytes, flops_per_sample=model.flops_per_sample,
-            device_kinds=tuple(model.device_kinds), platform=model.platform,
-            vendor=dep.constraint_vendor, chip=dep.constraint_chip, precision=dep.constraint_precision,
-            node=dep.constraint_node, policy=dep.policy,  # type: ignore[arg-type]
-            slo_p99_ms=dep.slo_p99_ms, slo_throughput_rps=dep.slo_throughput_rps,
+            deployment=dep.name,
+            model=model.name,
+            count=count,
+            total=dep.replicas,
+            memory_bytes=model.memory_bytes,
+            flops_per_sample=model.flops_per_sample,
+            device_kinds=tuple(model.device_kinds),
+            platform=model.platform,
+            vendor=dep.constraint_vendor,
+            chip=dep.constraint_chip,
+            precision=dep.constraint_precision,
+            node=dep.constraint_node,
+            policy=dep.policy,  # type: ignore[arg-type]
+            slo_p99_ms=dep.slo_p99_ms,
+            slo_throughput_rps=dep.slo_throughput_rps,
             exclude=self._exclude(dep.name),
         )
 
-    def _place(self, session: Session, dep: Deployment, count: int, trigger: str,
-               view: FarmView | None = None) -> PlacementResult:
+    def _place(
+        self, session: Session, dep: Deployment, count: int, trigger: str, view: FarmView | None = None
+    ) -> PlacementResult:
         """Place `count` more replicas of `dep`, writing the replicas and the placement record."""
         view = view or self._view(session)
         result = PlacementEngine(view).place(self._request(dep, count))
         placement = PlacementRow(
-            deployment_id=dep.id, trigger=trigger, policy=dep.policy, requested=count,
-            placed=result.placed, outcome=result.outcome, reason=result.reason,
+            deployment_id=dep.id,
+            trigger=trigger,
+            policy=dep.policy,
+            requested=count,
+            placed=result.placed,
+            outcome=result.outcome,
+            reason=result.reason,
         )
         session.add(placement)
         session.flush()
         candidates = result.candidates()
-        session.execute(insert(PlacementCandidate), [
-            {"placement_id": placement.id, "device_uid": c.device_uid, "chosen": c.chosen, "eligible": c.eligible,
-             "reason": c.reason, "score": c.score, "perf_per_watt": c.perf_per_watt,
-             "perf_modelled": c.perf_modelled}
-            for c in candidates
-        ])
+        session.execute(
+            insert(PlacementCandidate),
+            [
+                {
+                    "placement_id": placement.id,
+                    "device_uid": c.device_uid,
+                    "chosen": c.chosen,
+                    "eligible": c.eligible,
+                    "reason": c.reason,
+                    "score": c.score,
+                    "perf_per_watt": c.perf_per_watt,
+                    "perf_modelled": c.perf_modelled,
+                }
+                for c in candidates
+            ],
+        )
         for i in result.chosen:
-            session.add(ReplicaRow(
-                id=_replica_id(dep.name), deployment_id=dep.id, device_uid=view.uids[i],
-                placement_id=placement.id, generation=dep.generation, state="placed",
-                memory_bytes=dep.model.memory_bytes, load_share=result.load_share_of(i),
-            ))
+            session.add(
+                ReplicaRow(
+                    id=_replica_id(dep.name),
+                    deployment_id=dep.id,
+                    device_uid=view.uids[i],
+                    placement_id=placement.id,
+                    generation=dep.generation,
+                    state="placed",
+                    memory_bytes=dep.model.memory_bytes,
+                    load_share=result.load_share_of(i),
+                )
+            )
         kind = "placement.placed" if result.outcome == "placed" else f"placement.{result.outcome}"
         if count:
-            self._event(session, kind, f"{dep.name}: {result.reason}", deployment=dep.name,
-                        data={"trigger": trigger, "devices": result.device_uids})
+            self._event(
+                session,
+                kind,
+                f"{dep.name}: {result.reason}",
+                deployment=dep.name,
+                data={"trigger": trigger, "devices": result.device_uids},
+            )
         self._prune_placements(session, dep.id)
         session.flush()
         return result
@@ -235,8 +291,10 @@ class ControlPlaneService:
     @staticmethod
     def _prune_placements(session: Session, deployment_id: int) -> None:
         ids = session.scalars(
-            select(PlacementRow.id).where(PlacementRow.deployment_id == deployment_id)
-            .order_by(PlacementRow.id.desc()).offset(PLACEMENTS_KEPT)
+            select(PlacementRow.id)
+            .where(PlacementRow.deployment_id == deployment_id)
+            .order_by(PlacementRow.id.desc())
+            .offset(PLACEMENTS_KEPT)
         ).all()
         if ids:
             session.execute(delete(PlacementRow).where(PlacementRow.id.in_(ids)))
@@ -247,19 +305,24 @@ class ControlPlaneService:
         session.flush()
         uids = session.scalars(
             select(ReplicaRow.device_uid).where(
-                ReplicaRow.deployment_id == dep.id, ReplicaRow.state.in_(ACTIVE_STATES))
+                ReplicaRow.deployment_id == dep.id, ReplicaRow.state.in_(ACTIVE_STATES)
+            )
         ).all()
         for check in self.admission:
-            check(session, tenant=dep.tenant, deployment=dep.name, replicas=dep.replicas, device_uids=list(uids))
+            check(
+                session, tenant=dep.tenant, deployment=dep.name, replicas=dep.replicas, device_uids=list(uids)
+            )
 
     def _resolve_model(self, session: Session, name: str, version: int | None) -> tuple[ModelEntry, ModelRow]:
         try:
             entry = self.repository.get(name, version)
         except ModelNotFoundError as exc:
-            raise UnknownModelError(str(exc).strip("'\"")) from None
+            raise UnknownModelError(exc.args[0] if exc.args else str(exc)) from None
         except ModelFileError as exc:
             raise InvalidSpecError(f"model {name!r} cannot be deployed: {exc}") from None
-        row = session.scalar(select(ModelRow).where(ModelRow.name == entry.name, ModelRow.version == entry.version))
+        row = session.scalar(
+            select(ModelRow).where(ModelRow.name == entry.name, ModelRow.version == entry.version)
+        )
         config = entry.config
         if row is None:
             row = ModelRow(name=entry.name, version=entry.version)
@@ -278,7 +341,9 @@ class ControlPlaneService:
         vendors = {spec.vendor for spec in catalog} | {d.vendor for d in self.devices}
         if constraints.vendor is not None and constraints.vendor not in vendors:
             raise InvalidSpecError(
-                f"constraints.vendor: unknown vendor {constraints.vendor!r}; known: {', '.join(sorted(vendors))}")
+                f"constraints.vendor: unknown vendor {constraints.vendor!r}; "
+                f"known: {', '.join(sorted(vendors))}"
+            )
         if constraints.chip is not None:
             try:
                 spec = catalog.get(constraints.chip)
@@ -287,26 +352,37 @@ class ControlPlaneService:
             if constraints.vendor is not None and spec.vendor != constraints.vendor:
                 raise InvalidSpecError(
                     f"constraints contradict each other: chip {spec.key} is made by {spec.vendor}, "
-                    f"not {constraints.vendor}")
+                    f"not {constraints.vendor}"
+                )
             if spec.kind not in device_kinds:
                 raise InvalidSpecError(
-                    f"constraints.chip: {spec.key} is a {spec.kind}; the model runs on {', '.join(device_kinds)}")
+                    f"constraints.chip: {spec.key} is a {spec.kind}; "
+                    f"the model runs on {', '.join(device_kinds)}"
+                )
             if constraints.precision == "fp32" and spec.kind not in FP32_KINDS:
-                raise InvalidSpecError(f"constraints: FP32 runs on CPUs and GPUs; {spec.key} is a {spec.kind}")
+                raise InvalidSpecError(
+                    f"constraints: FP32 runs on CPUs and GPUs; {spec.key} is a {spec.kind}"
+                )
 
     def _refresh_status(self, session: Session, dep: Deployment) -> None:
         states = Counter(
             (state, generation == dep.generation)
             for state, generation in session.execute(
-                select(ReplicaRow.state, ReplicaRow.generation).where(ReplicaRow.deployment_id == dep.id))
+                select(ReplicaRow.state, ReplicaRow.generation).where(ReplicaRow.deployment_id == dep.id)
+            )
         )
         running = states[("running", True)]
         active = sum(n for (state, current), n in states.items() if current and state in ACTIVE_STATES)
         last = session.scalar(
-            select(PlacementRow).where(PlacementRow.deployment_id == dep.id).order_by(PlacementRow.id.desc()).limit(1)
+            select(PlacementRow)
+            .where(PlacementRow.deployment_id == dep.id)
+            .order_by(PlacementRow.id.desc())
+            .limit(1)
         )
         if dep.replicas == 0:
-            status, reason = ("ready", "scaled to zero") if not sum(states.values()) else ("progressing", "stopping")
+            status, reason = (
+                ("ready", "scaled to zero") if not sum(states.values()) else ("progressing", "stopping")
+            )
         elif running >= dep.replicas and active == dep.replicas:
             status, reason = "ready", f"{running} of {dep.replicas} replicas running"
         elif active < dep.replicas:
@@ -340,10 +416,17 @@ class ControlPlaneService:
                 if row is None:
                     row = DeviceRow(uid=device.uid, node=device.node, drained=False, healthy=True)
                     session.add(row)
-                    self._event(session, "device.added", f"{device.uid} ({device.name}"
-                                f"{', emulated' if device.emulated else ''}) joined the farm", device=device.uid)
+                    self._event(
+                        session,
+                        "device.added",
+                        f"{device.uid} ({device.name}"
+                        f"{', emulated' if device.emulated else ''}) joined the farm",
+                        device=device.uid,
+                    )
                 elif not row.present:
-                    self._event(session, "device.returned", f"{device.uid} is present again", device=device.uid)
+                    self._event(
+                        session, "device.returned", f"{device.uid} is present again", device=device.uid
+                    )
                 row.local_id, row.plugin, row.vendor = device.id, device.plugin, device.vendor
                 row.chip_key, row.kind, row.name = device.spec.key, device.spec.kind, device.name
                 row.emulated, row.present = device.emulated, True
@@ -358,19 +441,24 @@ class ControlPlaneService:
             self._changed()
 
     def update_health(self, readings: dict[str, tuple[bool, str | None]]) -> list[str]:
-        """Record telemetry health; replicas on a device that turned unhealthy are moved. Returns those uids."""
+        """Record telemetry health; a device that turned unhealthy loses its replicas. Returns those."""
         turned: list[str] = []
         with self._lock, self.db.transaction() as session:
             for row in session.scalars(select(DeviceRow).where(DeviceRow.uid.in_(list(readings)))):
                 healthy, reason = readings[row.uid]
                 if healthy == row.healthy:
                     continue
-                row.healthy, row.health_reason = healthy, None if healthy else (reason or "telemetry says unhealthy")
+                row.healthy, row.health_reason = (
+                    healthy,
+                    None if healthy else (reason or "telemetry says unhealthy"),
+                )
                 if healthy:
                     self._event(session, "device.healthy", f"{row.uid} is healthy again", device=row.uid)
                 else:
                     turned.append(row.uid)
-                    self._event(session, "device.unhealthy", f"{row.uid}: {row.health_reason}", device=row.uid)
+                    self._event(
+                        session, "device.unhealthy", f"{row.uid}: {row.health_reason}", device=row.uid
+                    )
                     self._evict_device(session, row.uid, "failover")
                 self._changed()
         return turned
@@ -383,8 +471,14 @@ class ControlPlaneService:
             row.state = "evicting"
             self._triggers[row.deployment_id] = trigger
             dep_name = session.scalar(select(Deployment.name).where(Deployment.id == row.deployment_id))
-            self._event(session, "replica.evicting", f"{row.id} leaves {uid}; a replacement is placed first",
-                        deployment=dep_name, device=uid, replica=row.id)
+            self._event(
+                session,
+                "replica.evicting",
+                f"{row.id} leaves {uid}; a replacement is placed first",
+                deployment=dep_name,
+                device=uid,
+                replica=row.id,
+            )
         return len(rows)
 
     def drain(self, uid: str, reason: str | None = None) -> DeviceView:
@@ -395,8 +489,12 @@ class ControlPlaneService:
             if not row.drained:
                 row.drained, row.drain_reason = True, reason or "drained by an operator"
                 moved = self._evict_device(session, uid, "drain")
-                self._event(session, "device.drained", f"{uid} drained ({row.drain_reason}); {moved} replica(s) move",
-                            device=uid)
+                self._event(
+                    session,
+                    "device.drained",
+                    f"{uid} drained ({row.drain_reason}); {moved} replica(s) move",
+                    device=uid,
+                )
                 self._changed()
             session.flush()
             return self._device_views(session, [uid])[0]
@@ -420,20 +518,34 @@ class ControlPlaneService:
             self._check_constraints(spec.constraints, entry.config.device_kinds)
             name = spec.name or entry.name
             if session.scalar(select(Deployment.id).where(Deployment.name == name)) is not None:
-                raise ConflictError(f"deployment {name!r} already exists; scale or update it, or choose another name")
+                raise ConflictError(
+                    f"deployment {name!r} already exists; scale or update it, or choose another name"
+                )
             c, slo = spec.constraints, spec.slo
             dep = Deployment(
-                name=name, tenant=spec.tenant, model=model, version_pinned=spec.version is not None,
-                replicas=spec.replicas, constraint_vendor=c.vendor, constraint_chip=c.chip,
-                constraint_precision=c.precision, constraint_node=c.node, policy=spec.policy,
-                slo_p99_ms=slo.p99_latency_ms, slo_throughput_rps=slo.throughput_rps,
-                status="progressing", generation=1,
+                name=name,
+                tenant=spec.tenant,
+                model=model,
+                version_pinned=spec.version is not None,
+                replicas=spec.replicas,
+                constraint_vendor=c.vendor,
+                constraint_chip=c.chip,
+                constraint_precision=c.precision,
+                constraint_node=c.node,
+                policy=spec.policy,
+                slo_p99_ms=slo.p99_latency_ms,
+                slo_throughput_rps=slo.throughput_rps,
+                status="progressing",
+                generation=1,
             )
             session.add(dep)
             session.flush()
-            self._event(session, "deployment.created",
-                        f"{name}: {entry.name} v{entry.version}, {spec.replicas} replica(s), {spec.policy}",
-                        deployment=name)
+            self._event(
+                session,
+                "deployment.created",
+                f"{name}: {entry.name} v{entry.version}, {spec.replicas} replica(s), {spec.policy}",
+                deployment=name,
+            )
             self._place(session, dep, spec.replicas, "create")
             self._admit(session, dep)
             self._refresh_status(session, dep)
@@ -450,27 +562,39 @@ class ControlPlaneService:
             self._refresh_status(session, dep)
             return self._deployment_view(session, dep)
 
-    def _scale(self, session: Session, dep: Deployment, replicas: int) -> None:
+    def _scale(self, session: Session, dep: Deployment, replicas: int, trigger: str = "scale") -> None:
         before = dep.replicas
         dep.replicas = replicas
         active = session.scalars(
             select(ReplicaRow).where(
-                ReplicaRow.deployment_id == dep.id, ReplicaRow.state.in_(ACTIVE_STATES),
-                ReplicaRow.generation == dep.generation)
+                ReplicaRow.deployment_id == dep.id,
+                ReplicaRow.state.in_(ACTIVE_STATES),
+                ReplicaRow.generation == dep.generation,
+            )
         ).all()
         if before != replicas:
-            self._event(session, "deployment.scaled", f"{dep.name}: {before} -> {replicas} replica(s)",
-                        deployment=dep.name)
+            self._event(
+                session,
+                "deployment.scaled",
+                f"{dep.name}: {before} -> {replicas} replica(s)",
+                deployment=dep.name,
+            )
         if len(active) < replicas:
-            self._place(session, dep, replicas - len(active), "scale")
+            self._place(session, dep, replicas - len(active), trigger)
             self._tried[dep.id] = self._epoch
         elif len(active) > replicas:
             # Stop the ones not serving yet first, then the newest.
             order = sorted(active, key=lambda r: (r.state == "running", r.created_at), reverse=False)
             for row in order[: len(active) - replicas]:
                 row.state = "stopping"
-                self._event(session, "replica.stopping", f"{row.id} on {row.device_uid}: scaled down",
-                            deployment=dep.name, device=row.device_uid, replica=row.id)
+                self._event(
+                    session,
+                    "replica.stopping",
+                    f"{row.id} on {row.device_uid}: scaled down",
+                    deployment=dep.name,
+                    device=row.device_uid,
+                    replica=row.id,
+                )
             self._changed()
 
     def update(self, name: str, patch: DeploymentUpdate) -> DeploymentView:
@@ -484,15 +608,30 @@ class ControlPlaneService:
             if patch.constraints is not None:
                 kinds = dep.model.device_kinds
                 self._check_constraints(patch.constraints, kinds)
-                new = (patch.constraints.vendor, patch.constraints.chip, patch.constraints.precision,
-                       patch.constraints.node)
-                old = (dep.constraint_vendor, dep.constraint_chip, dep.constraint_precision, dep.constraint_node)
+                new = (
+                    patch.constraints.vendor,
+                    patch.constraints.chip,
+                    patch.constraints.precision,
+                    patch.constraints.node,
+                )
+                old = (
+                    dep.constraint_vendor,
+                    dep.constraint_chip,
+                    dep.constraint_precision,
+                    dep.constraint_node,
+                )
                 if new != old:
-                    (dep.constraint_vendor, dep.constraint_chip, dep.constraint_precision,
-                     dep.constraint_node) = new
+                    (
+                        dep.constraint_vendor,
+                        dep.constraint_chip,
+                        dep.constraint_precision,
+                        dep.constraint_node,
+                    ) = new
                     changed.append("constraints")
             if patch.slo is not None and (patch.slo.p99_latency_ms, patch.slo.throughput_rps) != (
-                    dep.slo_p99_ms, dep.slo_throughput_rps):
+                dep.slo_p99_ms,
+                dep.slo_throughput_rps,
+            ):
                 dep.slo_p99_ms, dep.slo_throughput_rps = patch.slo.p99_latency_ms, patch.slo.throughput_rps
                 changed.append("slo")
             if patch.policy is not None and patch.policy != dep.policy:
@@ -500,15 +639,21 @@ class ControlPlaneService:
                 changed.append(f"policy {patch.policy}")
             if changed:
                 dep.generation += 1
-                self._event(session, "deployment.updated", f"{name}: {', '.join(changed)}; replicas are replaced",
-                            deployment=name)
+                self._event(
+                    session,
+                    "deployment.updated",
+                    f"{name}: {', '.join(changed)}; replicas are replaced",
+                    deployment=name,
+                )
                 for row in session.scalars(
-                        select(ReplicaRow).where(ReplicaRow.deployment_id == dep.id,
-                                                 ReplicaRow.state.in_(ACTIVE_STATES))):
+                    select(ReplicaRow).where(
+                        ReplicaRow.deployment_id == dep.id, ReplicaRow.state.in_(ACTIVE_STATES)
+                    )
+                ):
                     row.state = "evicting"
                 self._changed()
             replicas = patch.replicas if patch.replicas is not None else dep.replicas
-            self._scale(session, dep, replicas)
+            self._scale(session, dep, replicas, "update" if changed else "scale")
             self._admit(session, dep)
             self._refresh_status(session, dep)
             return self._deployment_view(session, dep)
@@ -516,10 +661,13 @@ class ControlPlaneService:
     def delete(self, name: str) -> None:
         with self._lock, self.db.transaction() as session:
             dep = self._deployment(session, name, lock=True)
-            count = session.scalar(select(func.count()).select_from(ReplicaRow).where(ReplicaRow.deployment_id == dep.id))
+            count = session.scalar(
+                select(func.count()).select_from(ReplicaRow).where(ReplicaRow.deployment_id == dep.id)
+            )
             session.delete(dep)
-            self._event(session, "deployment.deleted", f"{name} deleted; its {count} replica(s) stop",
-                        deployment=name)
+            self._event(
+                session, "deployment.deleted", f"{name} deleted; its {count} replica(s) stop", deployment=name
+            )
             self._tried.pop(dep.id, None)
             self._changed()
 
@@ -532,11 +680,23 @@ class ControlPlaneService:
         """
         placed_for: list[str] = []
         with self._lock, self.db.transaction() as session:
+            now = self._clock()
+            expired = [key for key, (until, _) in self._exclusions.items() if until <= now]
+            for key in expired:  # a device avoided after a failed start may be tried again
+                del self._exclusions[key]
+            if expired:
+                self._changed()
             deps = session.scalars(select(Deployment).order_by(Deployment.id)).all()
             counts = Counter(
-                deployment_id for deployment_id, state, generation, dgen in session.execute(
-                    select(ReplicaRow.deployment_id, ReplicaRow.state, ReplicaRow.generation, Deployment.generation)
-                    .join(Deployment, ReplicaRow.deployment_id == Deployment.id))
+                deployment_id
+                for deployment_id, state, generation, dgen in session.execute(
+                    select(
+                        ReplicaRow.deployment_id,
+                        ReplicaRow.state,
+                        ReplicaRow.generation,
+                        Deployment.generation,
+                    ).join(Deployment, ReplicaRow.deployment_id == Deployment.id)
+                )
                 if state in ACTIVE_STATES and generation == dgen
             )
             view: FarmView | None = None
@@ -566,27 +726,48 @@ class ControlPlaneService:
                 dep = session.get(Deployment, dep_id)
                 if dep is None:
                     continue
-                running = session.scalar(select(func.count()).select_from(ReplicaRow).where(
-                    ReplicaRow.deployment_id == dep_id, ReplicaRow.state == "running",
-                    ReplicaRow.generation == dep.generation))
-                last = session.scalar(select(PlacementRow.outcome).where(PlacementRow.deployment_id == dep_id)
-                                      .order_by(PlacementRow.id.desc()).limit(1))
+                running = session.scalar(
+                    select(func.count())
+                    .select_from(ReplicaRow)
+                    .where(
+                        ReplicaRow.deployment_id == dep_id,
+                        ReplicaRow.state == "running",
+                        ReplicaRow.generation == dep.generation,
+                    )
+                )
+                last = session.scalar(
+                    select(PlacementRow.outcome)
+                    .where(PlacementRow.deployment_id == dep_id)
+                    .order_by(PlacementRow.id.desc())
+                    .limit(1)
+                )
                 if running >= dep.replicas or last in ("pending", "partial"):
                     for row in rows:
                         if row.deployment_id == dep_id:
                             row.state = "stopping"
                             stopping.append(row.id)
-                            self._event(session, "replica.stopping", f"{row.id} on {row.device_uid}: "
-                                        + ("replacement running" if running >= dep.replicas
-                                           else "no room for a replacement; stopping anyway"),
-                                        deployment=dep.name, device=row.device_uid, replica=row.id)
+                            self._event(
+                                session,
+                                "replica.stopping",
+                                f"{row.id} on {row.device_uid}: "
+                                + (
+                                    "replacement running"
+                                    if running >= dep.replicas
+                                    else "no room for a replacement; stopping anyway"
+                                ),
+                                deployment=dep.name,
+                                device=row.device_uid,
+                                replica=row.id,
+                            )
         return stopping
 
     def work(self) -> list[ReplicaWork]:
         with self.db.session() as session:
             usable = {
-                uid for uid, present, healthy, drained in session.execute(
-                    select(DeviceRow.uid, DeviceRow.present, DeviceRow.healthy, DeviceRow.drained))
+                uid
+                for uid, present, healthy, drained in session.execute(
+                    select(DeviceRow.uid, DeviceRow.present, DeviceRow.healthy, DeviceRow.drained)
+                )
                 if present and healthy and not drained
             }
             inventory = {d.uid for d in self.devices}
@@ -598,8 +779,13 @@ class ControlPlaneService:
             ).all()
             return [
                 ReplicaWork(
-                    replica_id=row.id, deployment=dep_name, state=row.state, device_uid=row.device_uid,
-                    model=model_name, version=version, generation=row.generation,
+                    replica_id=row.id,
+                    deployment=dep_name,
+                    state=row.state,
+                    device_uid=row.device_uid,
+                    model=model_name,
+                    version=version,
+                    generation=row.generation,
                     current=row.generation == generation,
                     device_usable=row.device_uid in usable and row.device_uid in inventory,
                     handle=row.handle,
@@ -620,7 +806,8 @@ class ControlPlaneService:
 
     def _replica(self, session: Session, replica_id: str) -> tuple[ReplicaRow, str] | None:
         hit = session.execute(
-            select(ReplicaRow, Deployment.name).join(Deployment, ReplicaRow.deployment_id == Deployment.id)
+            select(ReplicaRow, Deployment.name)
+            .join(Deployment, ReplicaRow.deployment_id == Deployment.id)
             .where(ReplicaRow.id == replica_id)
         ).first()
         return (hit[0], hit[1]) if hit else None
@@ -633,11 +820,19 @@ class ControlPlaneService:
             row, dep = hit
             row.state = "starting"
             if restoring:
-                self._event(session, "replica.restoring", f"{row.id}: restarting on {row.device_uid} after a restart",
-                            deployment=dep, device=row.device_uid, replica=row.id)
+                self._event(
+                    session,
+                    "replica.restoring",
+                    f"{row.id}: restarting on {row.device_uid} after a restart",
+                    deployment=dep,
+                    device=row.device_uid,
+                    replica=row.id,
+                )
             return True
 
-    def mark_running(self, replica_id: str, *, executor: str, pid: int | None, handle: dict[str, Any]) -> bool:
+    def mark_running(
+        self, replica_id: str, *, executor: str, pid: int | None, handle: dict[str, Any]
+    ) -> bool:
         """Record a started replica; False when its row is gone (deleted meanwhile: stop it)."""
         with self._lock, self.db.transaction() as session:
             hit = self._replica(session, replica_id)
@@ -646,8 +841,14 @@ class ControlPlaneService:
             row, dep = hit
             row.state, row.executor, row.pid, row.handle = "running", executor, pid, handle
             row.started_at, row.last_error = utcnow(), None
-            self._event(session, "replica.started", f"{row.id} running on {row.device_uid}"
-                        + (f" (pid {pid})" if pid else ""), deployment=dep, device=row.device_uid, replica=row.id)
+            self._event(
+                session,
+                "replica.started",
+                f"{row.id} running on {row.device_uid}" + (f" (pid {pid})" if pid else ""),
+                deployment=dep,
+                device=row.device_uid,
+                replica=row.id,
+            )
             dep_row = self._deployment(session, dep)
             self._refresh_status(session, dep_row)
             return True
@@ -660,10 +861,18 @@ class ControlPlaneService:
                 return
             row, dep = hit
             self._exclusions[(dep, row.device_uid)] = (
-                self._clock() + START_FAILURE_BACKOFF_S, f"a replica failed to start here: {error}")
+                self._clock() + START_FAILURE_BACKOFF_S,
+                f"a replica failed to start here: {error}",
+            )
             self._triggers[row.deployment_id] = "retry"
-            self._event(session, "replica.failed", f"{row.id} could not start on {row.device_uid}: {error}",
-                        deployment=dep, device=row.device_uid, replica=row.id)
+            self._event(
+                session,
+                "replica.failed",
+                f"{row.id} could not start on {row.device_uid}: {error}",
+                deployment=dep,
+                device=row.device_uid,
+                replica=row.id,
+            )
             session.delete(row)
             self._changed()
 
@@ -675,8 +884,15 @@ class ControlPlaneService:
                 return
             row, dep = hit
             self._triggers[row.deployment_id] = "failover"
-            self._event(session, "replica.died", f"{row.id} on {row.device_uid}: {reason}; placing a replacement",
-                        deployment=dep, device=row.device_uid, replica=row.id, data={"pid": row.pid})
+            self._event(
+                session,
+                "replica.died",
+                f"{row.id} on {row.device_uid}: {reason}; placing a replacement",
+                deployment=dep,
+                device=row.device_uid,
+                replica=row.id,
+                data={"pid": row.pid},
+            )
             session.delete(row)
             self._changed()
 
@@ -687,8 +903,14 @@ class ControlPlaneService:
             if hit is None:
                 return
             row, dep = hit
-            self._event(session, "replica.stopped", f"{row.id} stopped on {row.device_uid}",
-                        deployment=dep, device=row.device_uid, replica=row.id)
+            self._event(
+                session,
+                "replica.stopped",
+                f"{row.id} stopped on {row.device_uid}",
+                deployment=dep,
+                device=row.device_uid,
+                replica=row.id,
+            )
             session.delete(row)
             self._changed()
 
@@ -700,8 +922,14 @@ class ControlPlaneService:
                 return
             row, dep = hit
             self._triggers[row.deployment_id] = "restore"
-            self._event(session, "replica.lost", f"{row.id}: {why}; placing it elsewhere",
-                        deployment=dep, device=row.device_uid, replica=row.id)
+            self._event(
+                session,
+                "replica.lost",
+                f"{row.id}: {why}; placing it elsewhere",
+                deployment=dep,
+                device=row.device_uid,
+                replica=row.id,
+            )
             session.delete(row)
             self._changed()
 
@@ -711,7 +939,9 @@ class ControlPlaneService:
                 self._refresh_status(session, dep)
 
     # ----------------------------------------------------------------------------------- views
-    def list_deployments(self, tenant: str | None = None, *, all_tenants: bool = True) -> list[DeploymentView]:
+    def list_deployments(
+        self, tenant: str | None = None, *, all_tenants: bool = True
+    ) -> list[DeploymentView]:
         with self.db.session() as session:
             query = select(Deployment).order_by(Deployment.name)
             if not all_tenants:
@@ -730,19 +960,36 @@ class ControlPlaneService:
         with self.db.session() as session:
             dep = self._deployment(session, name)
             placements = session.scalars(
-                select(PlacementRow).where(PlacementRow.deployment_id == dep.id)
-                .order_by(PlacementRow.id.desc()).limit(limit)
+                select(PlacementRow)
+                .where(PlacementRow.deployment_id == dep.id)
+                .order_by(PlacementRow.id.desc())
+                .limit(limit)
             ).all()
             return ExplainView(
-                deployment=dep.name, status=dep.status, reason=dep.status_reason,
+                deployment=dep.name,
+                status=dep.status,
+                reason=dep.status_reason,
                 replicas=self._replica_views(session, dep),
                 placements=[
                     PlacementView(
-                        id=p.id, at=p.created_at, trigger=p.trigger, policy=p.policy, requested=p.requested,
-                        placed=p.placed, outcome=p.outcome, reason=p.reason,
+                        id=p.id,
+                        at=p.created_at,
+                        trigger=p.trigger,
+                        policy=p.policy,
+                        requested=p.requested,
+                        placed=p.placed,
+                        outcome=p.outcome,
+                        reason=p.reason,
                         candidates=[
-                            CandidateView(device=c.device_uid, chosen=c.chosen, eligible=c.eligible, reason=c.reason,
-                                          score=c.score, perf_per_watt=c.perf_per_watt, perf_modelled=c.perf_modelled)
+                            CandidateView(
+                                device=c.device_uid,
+                                chosen=c.chosen,
+                                eligible=c.eligible,
+                                reason=c.reason,
+                                score=c.score,
+                                perf_per_watt=c.perf_per_watt,
+                                perf_modelled=c.perf_modelled,
+                            )
                             for c in p.candidates
                         ],
                     )
@@ -754,8 +1001,15 @@ class ControlPlaneService:
         with self.db.session() as session:
             return self._device_views(session, None)
 
-    def events(self, *, deployment: str | None = None, deployments: Sequence[str] | None = None,
-               device: str | None = None, after_id: int | None = None, limit: int = 100) -> list[EventView]:
+    def events(
+        self,
+        *,
+        deployment: str | None = None,
+        deployments: Sequence[str] | None = None,
+        device: str | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[EventView]:
         with self.db.session() as session:
             query = select(EventRow)
             if deployment is not None:
@@ -768,8 +1022,15 @@ class ControlPlaneService:
                 query = query.where(EventRow.id > after_id)
             rows = session.scalars(query.order_by(EventRow.id.desc()).limit(limit)).all()
             return [
-                EventView(id=r.id, at=r.at, kind=r.kind, deployment=r.deployment, device=r.device_uid,
-                          replica=r.replica_id, message=r.message)
+                EventView(
+                    id=r.id,
+                    at=r.at,
+                    kind=r.kind,
+                    deployment=r.deployment,
+                    device=r.device_uid,
+                    replica=r.replica_id,
+                    message=r.message,
+                )
                 for r in reversed(rows)
             ]
 
@@ -777,26 +1038,47 @@ class ControlPlaneService:
         emulated = {d.uid: d.emulated for d in self.devices}
         nodes = {d.uid: d.node for d in self.devices}
         rows = session.scalars(
-            select(ReplicaRow).where(ReplicaRow.deployment_id == dep.id).order_by(ReplicaRow.created_at)).all()
+            select(ReplicaRow).where(ReplicaRow.deployment_id == dep.id).order_by(ReplicaRow.created_at)
+        ).all()
         return [
-            ReplicaView(id=r.id, device=r.device_uid, node=nodes.get(r.device_uid, r.device_uid.split("/")[0]),
-                        state=r.state, emulated=emulated.get(r.device_uid), pid=r.pid, generation=r.generation,
-                        started_at=r.started_at, last_error=r.last_error)
+            ReplicaView(
+                id=r.id,
+                device=r.device_uid,
+                node=nodes.get(r.device_uid, r.device_uid.split("/")[0]),
+                state=r.state,
+                emulated=emulated.get(r.device_uid),
+                pid=r.pid,
+                generation=r.generation,
+                started_at=r.started_at,
+                last_error=r.last_error,
+            )
             for r in rows
         ]
 
     def _deployment_view(self, session: Session, dep: Deployment) -> DeploymentView:
         replicas = self._replica_views(session, dep)
         return DeploymentView(
-            name=dep.name, model=dep.model.name, version=dep.model.version, version_pinned=dep.version_pinned,
-            tenant=dep.tenant, replicas=dep.replicas,
+            name=dep.name,
+            model=dep.model.name,
+            version=dep.model.version,
+            version_pinned=dep.version_pinned,
+            tenant=dep.tenant,
+            replicas=dep.replicas,
             running=sum(1 for r in replicas if r.state == "running" and r.generation == dep.generation),
-            constraints=Constraints(vendor=dep.constraint_vendor, chip=dep.constraint_chip,
-                                    precision=dep.constraint_precision, node=dep.constraint_node),  # type: ignore[arg-type]
+            constraints=Constraints(
+                vendor=dep.constraint_vendor,
+                chip=dep.constraint_chip,
+                precision=dep.constraint_precision,
+                node=dep.constraint_node,
+            ),  # type: ignore[arg-type]
             slo=Slo(p99_latency_ms=dep.slo_p99_ms, throughput_rps=dep.slo_throughput_rps),
             policy=dep.policy,  # type: ignore[arg-type]
-            status=dep.status, reason=dep.status_reason, generation=dep.generation, replica_list=replicas,
-            created_at=dep.created_at, updated_at=dep.updated_at,
+            status=dep.status,
+            reason=dep.status_reason,
+            generation=dep.generation,
+            replica_list=replicas,
+            created_at=dep.created_at,
+            updated_at=dep.updated_at,
         )
 
     def _device_views(self, session: Session, uids: Sequence[str] | None) -> list[DeviceView]:
@@ -806,15 +1088,28 @@ class ControlPlaneService:
         held = {
             uid: (count, memory or 0)
             for uid, count, memory in session.execute(
-                select(ReplicaRow.device_uid, func.count(), func.sum(ReplicaRow.memory_bytes))
-                .group_by(ReplicaRow.device_uid))
+                select(ReplicaRow.device_uid, func.count(), func.sum(ReplicaRow.memory_bytes)).group_by(
+                    ReplicaRow.device_uid
+                )
+            )
         }
         return [
             DeviceView(
-                uid=row.uid, node=row.node, name=row.name, chip=row.chip_key, vendor=row.vendor, kind=row.kind,
-                emulated=row.emulated, present=row.present, healthy=row.healthy, health_reason=row.health_reason,
-                drained=row.drained, drain_reason=row.drain_reason, memory_bytes=row.memory_bytes,
-                memory_placed_bytes=int(held.get(row.uid, (0, 0))[1]), replicas=held.get(row.uid, (0, 0))[0],
+                uid=row.uid,
+                node=row.node,
+                name=row.name,
+                chip=row.chip_key,
+                vendor=row.vendor,
+                kind=row.kind,
+                emulated=row.emulated,
+                present=row.present,
+                healthy=row.healthy,
+                health_reason=row.health_reason,
+                drained=row.drained,
+                drain_reason=row.drain_reason,
+                memory_bytes=row.memory_bytes,
+                memory_placed_bytes=int(held.get(row.uid, (0, 0))[1]),
+                replicas=held.get(row.uid, (0, 0))[0],
             )
             for row in session.scalars(query)
         ]

@@ -41,7 +41,9 @@ class Slo(_Strict):
 class DeploymentCreate(_Strict):
     model: str = Field(min_length=1, description="model name in the repository")
     version: int | None = Field(default=None, ge=1, description="model version; default: the latest")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="served name; default: the model's")
+    name: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description="served name; default: the model's"
+    )
     replicas: int = Field(default=1, ge=0, le=10_000)
     constraints: Constraints = Constraints()
     slo: Slo = Slo()

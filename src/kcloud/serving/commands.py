@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,11 @@ from rich.console import Console
 from rich.markup import escape
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class IsolationChoice(StrEnum):
+    process = "process"
+    thread = "thread"
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -30,19 +36,34 @@ def up(
     replicas: int | None = typer.Option(
         None, "--replicas", "-r", min=1,
         help="Replicas per model (default: the measured-best layout for this CPU)."),
+    isolation: IsolationChoice = typer.Option(
+        IsolationChoice.process, "--isolation",
+        help="Run each replica's session in a worker process (a crash costs one replica) or in a "
+             "thread of the server (no IPC)."),
+    db: str | None = typer.Option(
+        None, "--db", envvar="KCLOUD_DB_URL", show_default=False,
+        help="Control-plane database URL (default: SQLite in the kcloud home; postgresql://... "
+             "with the [postgres] extra)."),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth",
+        help="Switch API-key authentication off: anyone who can reach the port acts as an admin. "
+             "Announced loudly (banner, log warning, X-Kcloud-Insecure header on every response)."),
 ) -> None:
     """Serve the bundled models on this machine's CPU over OIP v2 and OpenAI; Ctrl-C stops."""
+    from kcloud.farm.db import DatabaseError
     from kcloud.farm.inventory import FarmFileError
     from kcloud.models.errors import BuildError, ModelFileError, ModelNotFoundError
     from kcloud.serving.server import NoLocalCpuError, PortInUseError, ServeOptions, serve
+    from kcloud.tenancy.keys import ServerSecretError
 
     options = ServeOptions(host=host, port=port, farm_files=tuple(farm), max_body_bytes=max_body_bytes,
-                           replicas=replicas)
+                           replicas=replicas, isolation=isolation.value, control_plane=True, db_url=db,
+                           tenancy=True, insecure_no_auth=insecure_no_auth)
     try:
         serve(options)
     except PortInUseError as exc:
         raise fail(exc.strerror or str(exc), 2) from None
-    except FarmFileError as exc:
+    except (FarmFileError, DatabaseError, ServerSecretError) as exc:
         raise fail(str(exc), 2) from None
     except (BuildError, ModelFileError, ModelNotFoundError, NoLocalCpuError) as exc:
         raise fail(str(exc).strip("'\""), 1) from None
@@ -123,6 +144,8 @@ def infer(
     version: int | None = typer.Option(None, "--version", min=1, help="Model version (default: latest)."),
     as_json: bool = typer.Option(False, "--json", help="Print the outputs as JSON."),
     timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds to wait for the answer."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="KCLOUD_API_KEY", show_default=False,
+                                       help="API key (default: $KCLOUD_API_KEY)."),
 ) -> None:
     """Call a served model over the Open Inference Protocol (binary tensors) and print its outputs."""
     import httpx
@@ -137,7 +160,8 @@ def infer(
     )
 
     base = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
-    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as client:
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=auth) as client:
         meta = _request(client, "GET", base)
         if meta.status_code != 200:
             raise fail(_error_of(meta))

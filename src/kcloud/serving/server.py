@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -24,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 import uvloop
@@ -41,6 +43,10 @@ from kcloud.serving.gateway import DEFAULT_MAX_BODY_BYTES, create_app
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import Isolation, create_replica
 from kcloud.serving.router import Router
+
+if TYPE_CHECKING:
+    from kcloud.farm.controlplane import ControlPlane
+    from kcloud.tenancy import Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,14 @@ class ServeOptions:
     #: Serve only these models (None = every model in the repository).
     models: Sequence[str] | None = None
     extra_routers: Sequence[APIRouter] = ()
+    #: Attach the control plane (deployments, placement, failover: `kcloud.farm.controlplane`).
+    control_plane: bool = False
+    #: Its database (None: $KCLOUD_DB_URL, else SQLite in the kcloud home).
+    db_url: str | None = None
+    #: Attach tenancy (API keys on every route, isolation, quotas, usage, audit: `kcloud.tenancy`).
+    tenancy: bool = False
+    #: With tenancy: switch authentication off (`--insecure-no-auth`), announced loudly.
+    insecure_no_auth: bool = False
 
 
 @dataclass
@@ -85,6 +99,8 @@ class Stack:
     device: Device
     repository: ModelRepository
     entries: list[ModelEntry] = field(default_factory=list)
+    control_plane: ControlPlane | None = None
+    tenancy: Tenancy | None = None
 
 
 # ------------------------------------------------------------------------------- the steps
@@ -251,6 +267,7 @@ async def build_stack(
     inventory: Inventory,
     on_replicas: Callable[[ModelEntry, int], None] | None = None,
     on_failed: Callable[[ModelEntry, BaseException], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> Stack:
     """Replicas and app, ready to serve (must run on the loop that will serve)."""
     metrics = ServingMetrics(CollectorRegistry())
@@ -263,7 +280,19 @@ async def build_stack(
     started = {r.entry.name for r in router.replicas()}
     entries = [e for e in entries if e.name in started]
     app = build_gateway(router, inventory, metrics, options)
-    return Stack(router, app, inventory, metrics, device, repository, list(entries))
+    stack = Stack(router, app, inventory, metrics, device, repository, list(entries))
+    if options.control_plane:  # restores the deployments from its database before serving
+        from kcloud.farm.controlplane import attach
+
+        stack.control_plane = await attach(app, router, inventory, options.db_url, repository=repository,
+                                           metrics=metrics, isolation=options.isolation)
+    if options.tenancy:  # keys on every route; prints the admin key at a database's first start
+        from kcloud.tenancy import attach as attach_tenancy
+
+        db = stack.control_plane.db if stack.control_plane is not None else options.db_url
+        stack.tenancy = attach_tenancy(app, db, inventory=inventory, insecure=options.insecure_no_auth,
+                                       announce=announce)
+    return stack
 
 
 # ------------------------------------------------------------------------------ serving HTTP
@@ -307,6 +336,7 @@ def uvicorn_config(app: FastAPI) -> uvicorn.Config:
         log_level="warning",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         server_header=False,
+        proxy_headers=False,  # loopback by default; nothing in front of us to trust
     )
 
 
@@ -332,8 +362,31 @@ async def serve_stack(
         await server.serve(sockets=[sock])
     finally:
         announcer.cancel()
+        if stack.tenancy is not None:  # writes the usage still in memory, while the database is open
+            await asyncio.to_thread(stack.tenancy.close)
+        if stack.control_plane is not None:  # stop reconciling before the replicas stop
+            await stack.control_plane.close()
         await stack.router.close()
         stack.inventory.close()
+
+
+#: Allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc_for_serving() -> None:
+    """Make the garbage collector cheap for a long-running server: call once start-up is done.
+
+    Start-up leaves hundreds of thousands of long-lived objects (routes, schemas, the ORM,
+    tokenizers); `gc.freeze()` moves them out of the collector's sight, so later collections do
+    not walk them again and again. A higher young-generation threshold means fewer collections
+    for the short-lived objects every request makes. Measured under the serving benchmark's
+    MiniLM load on 2 cores: about a fifth less CPU in the gateway process per request.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def run_on_uvloop(main: Callable[[], object]) -> object:
@@ -366,11 +419,17 @@ def print_banner(console: Console, url: str, stack: Stack, replicas: dict[str, i
     console.print(f"  OpenAI-compatible           {url}/v1")
     console.print(f"  Prometheus metrics          {url}/metrics")
     console.print(f"  API docs                    {url}/docs")
+    if stack.control_plane is not None:
+        console.print(f"  Admin API (deployments)     {url}/api/v1   (kcloud deploy --help)")
+    if stack.tenancy is not None and not stack.tenancy.insecure:
+        console.print("  API keys                    every route: Authorization: Bearer <key> (kcloud keys)")
     console.print(f"Models on {stack.device.uid} ({stack.device.name}):")
     for entry in stack.entries:
         count = replicas.get(entry.name, 0)
         console.print(f"  {entry.name} v{entry.version}  {count} replica{'s' if count != 1 else ''}")
     example = curl_example(url, stack.entries)
+    if example and stack.tenancy is not None and not stack.tenancy.insecure:  # every route needs a key
+        example = example.replace("curl -s ", 'curl -s -H "Authorization: Bearer $KCLOUD_API_KEY" ', 1)
     if example:
         text_model = example.split("/v2/models/")[1].split("/")[0]
         port_flag = "" if url == url_of(DEFAULT_HOST, DEFAULT_PORT) else f" --url {url}"
@@ -390,6 +449,15 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
     sock = bind_socket(options.host, options.port)
     try:
         url = url_of(options.host, sock.getsockname()[1])
+        if options.control_plane:  # a database that cannot be used fails before anything starts
+            from kcloud.farm.db import open_database
+
+            open_database(options.db_url).close()
+        if options.tenancy:  # so does an unusable API-key secret
+            from kcloud.home import kcloud_home
+            from kcloud.tenancy.keys import load_server_secret
+
+            load_server_secret(kcloud_home())
         inventory = build_inventory(options.farm_files)
         repository = prepare_repository(progress=True)
         started: dict[str, int] = {}
@@ -408,8 +476,12 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
                                            f"is not served: {escape(str(exc))}")
                     progress.update(task, advance=1)
 
+                from kcloud.tenancy import console_announcer
+
                 stack = await build_stack(options, repository=repository, inventory=inventory,
-                                          on_replicas=on_replicas, on_failed=on_failed)
+                                          on_replicas=on_replicas, on_failed=on_failed,
+                                          announce=console_announcer(progress.console))
+            tune_gc_for_serving()  # this process is the server from here on
             await serve_stack(stack, sock, on_listening=lambda: print_banner(console, url, stack, started))
             console.print("kcloud stopped.")
 

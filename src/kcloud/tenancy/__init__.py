@@ -14,6 +14,7 @@ _EXPORTS = {
     "attach": "kcloud.tenancy.service",
     "Tenancy": "kcloud.tenancy.service",
     "INSECURE_BANNER": "kcloud.tenancy.service",
+    "console_announcer": "kcloud.tenancy.service",
     "INSECURE_HEADER": "kcloud.tenancy.middleware",
     "enforce_deployment_quota": "kcloud.tenancy.holdings",
     "current_principal": "kcloud.tenancy.context",

@@ -110,7 +110,8 @@ def tenancy_router() -> APIRouter:
     @api.post("/tenants", response_model=TenantView, status_code=201, summary="Create a tenant")
     async def create_tenant(request: Request, body: TenantCreate) -> TenantView:
         ctx = _ctx(request)
-        ctx.audit("tenant.create", body.name, quota=body.quota.model_dump(exclude_none=True) if body.quota else None)
+        quota = body.quota.model_dump(exclude_none=True) if body.quota else None
+        ctx.audit("tenant.create", body.name, quota=quota)
         _require_admin(ctx, "create tenants")
         return await _run(store.create_tenant, _tenancy(request).db, body.name, actor=ctx.principal.label,
                           description=body.description, quota=body.quota)

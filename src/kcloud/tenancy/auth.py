@@ -14,9 +14,10 @@ holds the real key learns that it was revoked or has expired.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+import anyio
 import anyio.to_thread
 from sqlalchemy import select
 
@@ -26,6 +27,7 @@ from kcloud.tenancy.roles import Principal, Role
 from kcloud.tenancy.schema import ApiKey, TenantQuota
 
 DEFAULT_TTL_S = 5.0
+MAX_CONCURRENT_LOOKUPS = 4
 _MAX_CACHED = 50_000
 
 
@@ -59,12 +61,16 @@ class KeyRecord:
     requests_per_second: float | None
     burst: int | None
     max_concurrency: int | None
+    #: Made once per cached row, not per request.
+    principal: Principal = field(init=False, compare=False)
+    expires_epoch: float | None = field(init=False, compare=False)
 
-    def principal(self) -> Principal:
-        return Principal(
-            key_id=self.key_id, key_prefix=self.prefix, role=self.role,
-            tenant_id=self.tenant_id, tenant_name=self.tenant_name,
-        )
+    def __post_init__(self) -> None:
+        principal = Principal(key_id=self.key_id, key_prefix=self.prefix, role=self.role,
+                              tenant_id=self.tenant_id, tenant_name=self.tenant_name)
+        object.__setattr__(self, "principal", principal)
+        expires = None if self.expires_at is None else self.expires_at.timestamp()
+        object.__setattr__(self, "expires_epoch", expires)
 
 
 def load_key_record(db: Database, prefix: str) -> KeyRecord | None:
@@ -93,6 +99,9 @@ class Authenticator:
         self._secret = server_secret
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        #: Database look-ups at once: a flood of made-up keys must not take every worker thread
+        #: (the admin API's handlers share them) or every database connection.
+        self._lookups = anyio.CapacityLimiter(MAX_CONCURRENT_LOOKUPS)
 
     async def authenticate(self, authorization: str | None) -> KeyRecord:
         """The key's record, or `AuthError` for a missing, garbled, unknown, revoked or expired key."""
@@ -106,8 +115,9 @@ class Authenticator:
             raise AuthError("invalid API key")
         if record.revoked_at is not None:
             raise AuthError(f"API key kc_{record.prefix}_… was revoked at {record.revoked_at.isoformat()}")
-        if record.expires_at is not None and record.expires_at.timestamp() <= time.time():
-            raise AuthError(f"API key kc_{record.prefix}_… expired at {record.expires_at.isoformat()}")
+        if record.expires_epoch is not None and record.expires_epoch <= time.time():
+            expired = record.expires_at.isoformat() if record.expires_at else "?"
+            raise AuthError(f"API key kc_{record.prefix}_… expired at {expired}")
         return record
 
     async def _record(self, prefix: str) -> KeyRecord | None:
@@ -115,7 +125,8 @@ class Authenticator:
         cached = self._cache.get(prefix)
         if cached is not None and now - cached[1] < self.ttl_s:
             return cached[0]
-        record = await anyio.to_thread.run_sync(load_key_record, self._db, prefix)
+        async with self._lookups:
+            record = await anyio.to_thread.run_sync(load_key_record, self._db, prefix)
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
         self._cache[prefix] = (record, now)
@@ -134,7 +145,8 @@ def _bearer_token(authorization: str | None) -> str:
         raise AuthError("missing API key: send the header 'Authorization: Bearer <key>'", invalid_token=False)
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise AuthError(f"unsupported authorization scheme {scheme[:20]!r}: send 'Authorization: Bearer <key>'")
+        raise AuthError(f"unsupported authorization scheme {scheme[:20]!r}: "
+                        f"send 'Authorization: Bearer <key>'")
     token = token.strip()
     if not token:
         raise AuthError("empty bearer token: send 'Authorization: Bearer <key>'")

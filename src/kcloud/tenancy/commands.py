@@ -8,12 +8,14 @@ every change goes through the same checks and the same audit log as any other cl
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "KCLOUD_URL"
@@ -27,7 +29,8 @@ _KEY = typer.Option(None, "--api-key", envvar=KEY_ENV, show_default=False,
                     help=f"API key to act with (default: ${KEY_ENV}).")
 _JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
-out = Console()
+#: Tables piped to a file or another program are not cut to 80 columns (values would be elided).
+out = Console() if sys.stdout.isatty() else Console(width=max(Console().width, 160))
 err = Console(stderr=True)
 
 
@@ -41,7 +44,8 @@ def _call(url: str, key: str | None, method: str, path: str, **kwargs: Any) -> A
     import httpx
 
     if not key:
-        raise fail(f"no API key: pass --api-key or set {KEY_ENV} (the admin key is printed at the first start)")
+        raise fail(f"no API key: pass --api-key or set {KEY_ENV} "
+                   f"(the admin key is printed at the server's first start)")
     try:
         with httpx.Client(base_url=url.rstrip("/"), timeout=30,
                           headers={"Authorization": f"Bearer {key}"}) as client:
@@ -111,7 +115,8 @@ def _show_tenant(tenant: dict[str, Any]) -> None:
 # -- tenants -------------------------------------------------------------------------------------
 _MAX_REPLICAS = typer.Option(None, "--max-replicas", min=0, help="Most replicas over all its deployments.")
 _MAX_DEVICES = typer.Option(None, "--max-devices", min=0, help="Most distinct devices.")
-_VENDOR_CAPS = typer.Option([], "--max-devices-vendor", help="VENDOR=N: most devices of one vendor; repeatable.")
+_VENDOR_CAPS = typer.Option([], "--max-devices-vendor",
+                            help="VENDOR=N: most devices of one vendor; repeatable.")
 _MAX_PF = typer.Option(None, "--max-pf", min=0, help="Most compute, in PF of the catalog figure --pf-figure.")
 _PF_FIGURE = typer.Option(None, "--pf-figure", help="fp16_bf16_pflops (default) or int8_pops.")
 _RATE = typer.Option(None, "--rate", min=0.001, help="Requests per second per key (token bucket).")
@@ -136,7 +141,8 @@ def tenants_create(
     as_json: bool = _JSON,
 ) -> None:
     """Create a tenant, optionally with its quota."""
-    quota = _quota_options(max_replicas, max_devices, vendor_caps, max_pf, pf_figure, rate, burst, max_concurrency)
+    quota = _quota_options(max_replicas, max_devices, vendor_caps, max_pf, pf_figure, rate, burst,
+                           max_concurrency)
     body: dict[str, Any] = {"name": name, "description": description}
     if quota:
         body["quota"] = quota
@@ -156,7 +162,8 @@ def tenants_list(url: str = _URL, api_key: str | None = _KEY, as_json: bool = _J
     if as_json:
         out.print_json(json.dumps(tenants))
         return
-    table = Table("name", "replicas", "devices", "PF", "req/s", "burst", "concurrency", "created")
+    table = Table(Column("name", no_wrap=True), "replicas", "devices", "PF", "req/s", "burst", "concurrency",
+                  "created")
     for t in tenants:
         q = t["quota"]
         table.add_row(t["name"], *(("-" if q[f] is None else str(q[f])) for f in (
@@ -186,7 +193,8 @@ def tenants_quota(
     rate: float | None = _RATE,
     burst: int | None = _BURST,
     max_concurrency: int | None = _CONCURRENCY,
-    unset: list[str] = typer.Option([], "--unset", help="Remove a cap (field name, e.g. max_devices); repeatable."),
+    unset: list[str] = typer.Option([], "--unset",
+                                    help="Remove a cap (field name, e.g. max_devices); repeatable."),
     url: str = _URL,
     api_key: str | None = _KEY,
 ) -> None:
@@ -224,7 +232,8 @@ def keys_create(
     role: str = typer.Option("member", "--role", help="member, readonly or admin."),
     name: str | None = typer.Option(None, "--name", "-n", help="A label: who or what uses the key."),
     expires_in: float | None = typer.Option(None, "--expires-in", min=0.0001, help="Days until it expires."),
-    rate: float | None = typer.Option(None, "--rate", min=0.001, help="Requests/s for this key (default: tenant's)."),
+    rate: float | None = typer.Option(None, "--rate", min=0.001,
+                                      help="Requests/s for this key (default: the tenant's)."),
     burst: int | None = typer.Option(None, "--burst", min=1, help="Burst for this key (default: tenant's)."),
     url: str = _URL,
     api_key: str | None = _KEY,
@@ -235,7 +244,8 @@ def keys_create(
         raise fail(f"--role must be member, readonly or admin, got {role!r}")
     body = {"tenant": tenant, "role": role, "name": name, "expires_in_days": expires_in,
             "requests_per_second": rate, "burst": burst}
-    created = _call(url, api_key, "POST", "/api/v1/keys", json={k: v for k, v in body.items() if v is not None})
+    given = {k: v for k, v in body.items() if v is not None}
+    created = _call(url, api_key, "POST", "/api/v1/keys", json=given)
     if as_json:
         out.print_json(json.dumps(created))
         return
@@ -260,7 +270,8 @@ def keys_list(
     if as_json:
         out.print_json(json.dumps(keys))
         return
-    table = Table("prefix", "role", "tenant", "name", "state", "expires", "created by")
+    table = Table(Column("prefix", no_wrap=True, min_width=12), "role", Column("tenant", no_wrap=True),
+                  "name", "state", "expires", "created by")
     for k in keys:
         state = "revoked" if k["revoked_at"] else "active"
         if state == "active" and k["expires_at"]:
@@ -275,7 +286,7 @@ def keys_list(
 
 @keys_app.command("revoke")
 def keys_revoke(
-    prefix: str = typer.Argument(..., help="The key's prefix (as `kcloud keys list` shows) or the whole key."),
+    prefix: str = typer.Argument(..., help="The key's prefix (see `kcloud keys list`) or the whole key."),
     url: str = _URL,
     api_key: str | None = _KEY,
 ) -> None:
@@ -288,6 +299,41 @@ def keys_revoke(
     revoked = _call(url, api_key, "DELETE", f"/api/v1/keys/{prefix}")
     out.print(f"revoked key {revoked['prefix']} ({revoked['role']}, "
               f"{'tenant ' + revoked['tenant'] if revoked['tenant'] else 'farm-wide'})")
+
+
+@keys_app.command("create-admin")
+def keys_create_admin(
+    db: str | None = typer.Option(None, "--db", envvar="KCLOUD_DB_URL", show_default=False,
+                                  help="Database URL (default: the embedded SQLite file in kcloud home)."),
+    name: str | None = typer.Option("made with kcloud keys create-admin", "--name", "-n"),
+) -> None:
+    """Break glass: make an admin key directly in the database, on the server's machine.
+
+    For when no admin key is left. It needs what the server has (the database and the server
+    secret in kcloud home or $KCLOUD_KEY_SECRET), not a running server; the audit log records it.
+    """
+    from kcloud.farm.db import DatabaseError, open_database
+    from kcloud.home import kcloud_home
+    from kcloud.tenancy import audit as audit_log
+    from kcloud.tenancy import store
+    from kcloud.tenancy.keys import ServerSecretError, load_server_secret
+    from kcloud.tenancy.roles import SYSTEM, Role
+
+    try:
+        secret = load_server_secret(kcloud_home())
+        database = open_database(db)
+    except (DatabaseError, ServerSecretError) as exc:
+        raise fail(str(exc)) from None
+    try:
+        created = store.create_key(database, secret, role=Role.ADMIN, tenant=None, actor="local-cli",
+                                   name=name)
+        audit_log.record(database, SYSTEM, action="key.create-admin", target=created.info.prefix,
+                         detail={"via": "kcloud keys create-admin"})
+    finally:
+        database.close()
+    err.print("[bold]admin[/bold] key for the whole farm. "
+              "[yellow]It is shown only now; store it safely.[/yellow]")
+    out.print(created.key, soft_wrap=True, highlight=False)
 
 
 # -- usage and audit -----------------------------------------------------------------------------
@@ -323,8 +369,10 @@ def usage(
         out.print_json(json.dumps(records))
         return
     dims = [d.strip() for d in by.split(",") if d.strip()]
-    table = Table(*dims, "requests", "samples", "errors", "device-s", "energy J", "energy J (modelled)",
-                  title="usage")
+    numbers = ("requests", "samples", "errors", "device-s", "energy J", "modelled J")
+    table = Table(*(Column(d, no_wrap=True) for d in dims), *(Column(n, justify="right") for n in numbers),
+                  box=box.SIMPLE_HEAD,
+                  title="usage (energy J: measured; modelled J: emulated devices' modelled energy)")
     for r in records:
         table.add_row(*(str(r[d]) if r[d] is not None else "-" for d in dims),
                       str(r["requests"]), str(r["samples"]), str(r["errors"]), _number(r["device_seconds"]),
@@ -350,7 +398,8 @@ def audit(
     if as_json:
         out.print_json(json.dumps(entries))
         return
-    table = Table("when", "actor", "role", "action", "target", "status", title="audit log")
+    table = Table("when", Column("actor", no_wrap=True), "role", Column("action", no_wrap=True),
+                  Column("target", no_wrap=True), "status", title="audit log")
     for e in entries:
         table.add_row(e["at"][:19], e["actor"], e["actor_role"] or "-", e["action"], e["target"] or "-",
                       "-" if e["status"] is None else str(e["status"]))

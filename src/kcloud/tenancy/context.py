@@ -50,9 +50,9 @@ def current_principal() -> Principal | None:
     return ctx.principal if ctx is not None else None
 
 
-def bind(ctx: RequestContext | None):  # noqa: ANN201 - contextvars.Token
+def bind(ctx: RequestContext | None):
     return _current.set(ctx)
 
 
-def unbind(token) -> None:  # noqa: ANN001
+def unbind(token) -> None:
     _current.reset(token)

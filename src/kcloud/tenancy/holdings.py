@@ -7,7 +7,8 @@ refused change is left. The tenant's quota row is locked (`SELECT .. FOR UPDATE`
 SQLite serialises writers anyway), so two concurrent changes of one tenant cannot both pass.
 
 Counted: desired replicas of all the tenant's deployments (the changed one at its new count),
-and the distinct devices their replicas sit on (replicas being stopped are not counted), with
+and the distinct devices their active replicas sit on (the control plane's `ACTIVE_STATES`:
+placed, starting, running; replicas being evicted or stopped are on their way out), with
 each device's vendor and catalog compute. PF uses `kcloud.farm.capacity`'s figures.
 """
 
@@ -21,13 +22,11 @@ from sqlalchemy.orm import Session
 from kcloud.devices.catalog import UnknownChipError, load_catalog
 from kcloud.farm.capacity import FIGURES
 from kcloud.farm.schema import Deployment, DeviceRow, ReplicaRow
+from kcloud.farm.service import ACTIVE_STATES
 from kcloud.tenancy.errors import NotFoundError, QuotaExceededError
 from kcloud.tenancy.quotas import HeldDevice, Holding, QuotaLimits, check_holding
 from kcloud.tenancy.schema import Tenant, TenantQuota
 from kcloud.tenancy.store import _quota_view
-
-#: Replica states that no longer hold their device.
-RELEASING = ("stopping",)
 
 
 def _held_devices(session: Session, uids: set[str], pf_figure: str) -> list[HeldDevice]:
@@ -72,7 +71,7 @@ def tenant_holding(
         holding.replicas += replicas
         device_uids.update(session.scalars(
             select(ReplicaRow.device_uid).where(
-                ReplicaRow.deployment_id == deployment_id, ReplicaRow.state.not_in(RELEASING))
+                ReplicaRow.deployment_id == deployment_id, ReplicaRow.state.in_(ACTIVE_STATES))
         ))
     if replace is not None:
         holding.replicas += replace[1]

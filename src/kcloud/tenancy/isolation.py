@@ -11,9 +11,12 @@ A model another tenant owns is answered exactly as a model that does not exist â
 cannot even learn that a name is taken.
 
 Who owns a served model comes from the deployments table (`deployments.tenant`), read into an
-in-memory snapshot by the background refresher every few seconds, so the check on the hot path
-is a dict look-up. A served model with no deployment row (what `kcloud up` serves on its own)
-belongs to the operator: admins and farm-wide read-only keys see it, tenants do not.
+in-memory snapshot, so the check on the hot path is a dict look-up. The snapshot is re-read at
+once after a change through this gateway's deployments API, and every few seconds in the
+background (for changes made through another gateway sharing the database).
+
+A served model with no deployment row (what `kcloud up` serves on its own) belongs to the
+operator: admins and farm-wide read-only keys see it, tenants do not.
 """
 
 from __future__ import annotations
@@ -142,17 +145,26 @@ class TenantScopedRouter:
         *,
         deadline: float | None = None,
     ) -> InferOutcome:
-        self.entry(name, version)  # 404 unless visible
         ctx = current_request()
-        if ctx is not None and not ctx.principal.can_infer:
-            raise InferenceForbiddenError(
-                f"key {ctx.principal.label} is read-only: it may list and read, not run inference"
-            )
-        outcome = await self._inner.infer(name, version, inputs, deadline=deadline)
+        if ctx is not None:
+            if not ctx.principal.sees(self.ownership.owner(name).tenant):
+                raise self._not_served(name)
+            if not ctx.principal.can_infer:
+                raise InferenceForbiddenError(
+                    f"key {ctx.principal.label} is read-only: it may list and read, not run inference"
+                )
+            ctx.deployment = self.ownership.owner(name).deployment or name
+        try:
+            outcome = await self._inner.infer(name, version, inputs, deadline=deadline)
+        except ModelNotFoundError:
+            if not self._inner.replicas(name):
+                raise self._not_served(name) from None  # the router's message lists every tenant's models
+            raise
         if ctx is not None:
             rows = outcome.prepared.rows
             ctx.samples += rows
             if outcome.batch_rows > 0:
                 share = outcome.compute_s * rows / outcome.batch_rows
-                ctx.device_seconds[outcome.device_uid] = ctx.device_seconds.get(outcome.device_uid, 0.0) + share
+                uid = outcome.device_uid
+                ctx.device_seconds[uid] = ctx.device_seconds.get(uid, 0.0) + share
         return outcome

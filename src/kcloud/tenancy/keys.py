@@ -24,7 +24,6 @@ depend on how many leading characters of its digest were right.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import re
@@ -73,17 +72,29 @@ class NewKey:
     digest: str
 
 
+_KEY_LENGTH = len(KEY_SCHEME) + 1 + PREFIX_LENGTH + 1 + SECRET_LENGTH
+_SECRET_START = len(KEY_SCHEME) + 1 + PREFIX_LENGTH + 1
+
+
 def parse_key(text: str) -> ParsedKey:
-    """Split a presented key into prefix and secret, or raise `KeyFormatError`."""
-    match = _KEY_RE.fullmatch(text)
-    if match is None:
+    """Split a presented key into prefix and secret, or raise `KeyFormatError`.
+
+    String methods rather than the regex (kept as the definition, `_KEY_RE`): this runs on every
+    request, and they take a fraction of the time."""
+    if not (
+        len(text) == _KEY_LENGTH and text.isascii() and text.startswith(KEY_SCHEME + "_")
+        and text[_SECRET_START - 1] == "_"
+    ):
         raise KeyFormatError("not a kcloud API key (expected kc_<prefix>_<secret>)")
-    return ParsedKey(prefix=match.group(1), secret=match.group(2))
+    prefix, secret = text[len(KEY_SCHEME) + 1:_SECRET_START - 1], text[_SECRET_START:]
+    if not (prefix.isalnum() and prefix == prefix.lower() and secret.isalnum()):
+        raise KeyFormatError("not a kcloud API key (expected kc_<prefix>_<secret>)")
+    return ParsedKey(prefix=prefix, secret=secret)
 
 
 def digest_key(text: str, server_secret: bytes) -> str:
     """The stored form of a key: hex HMAC-SHA256 of the whole key under the server secret."""
-    return hmac.new(server_secret, text.encode("ascii"), hashlib.sha256).hexdigest()
+    return hmac.digest(server_secret, text.encode("ascii"), "sha256").hex()
 
 
 def generate_key(server_secret: bytes) -> NewKey:
@@ -97,7 +108,8 @@ def generate_key(server_secret: bytes) -> NewKey:
 def key_matches(text: str, stored_digest: str, server_secret: bytes) -> bool:
     """Whether `text` is the key whose digest is `stored_digest`, compared in constant time."""
     presented = digest_key(text, server_secret)
-    return hmac.compare_digest(presented.encode("ascii"), stored_digest.encode("ascii"))
+    # both are ASCII hex, which compare_digest compares as str, in constant time
+    return hmac.compare_digest(presented, stored_digest)
 
 
 def load_server_secret(home: Path) -> bytes:
@@ -119,7 +131,9 @@ def load_server_secret(home: Path) -> bytes:
         raise ServerSecretError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
     data = path.read_bytes().strip()
     if len(data) < _MIN_ENV_SECRET:
-        raise ServerSecretError(f"{path} holds fewer than {_MIN_ENV_SECRET} bytes; delete it to make a new one")
+        raise ServerSecretError(
+            f"{path} holds fewer than {_MIN_ENV_SECRET} bytes; delete it to make a new one "
+            f"(keys made with the old one stop working)")
     return data
 
 

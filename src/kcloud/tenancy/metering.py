@@ -73,8 +73,21 @@ class EnergyReading:
 EnergyReader = Callable[[str], EnergyReading]
 
 
+_DAY_S = 86_400
+_day_cache: tuple[int, date] = (-1, date.min)
+
+
 def utc_day(at: float | None = None) -> date:
-    return datetime.fromtimestamp(time.time() if at is None else at, UTC).date()
+    """The UTC date of `at` (now by default); cached per day, as every request asks for it."""
+    global _day_cache
+    now = time.time() if at is None else at
+    number = int(now // _DAY_S)
+    cached_number, cached_day = _day_cache
+    if number == cached_number:
+        return cached_day
+    day = datetime.fromtimestamp(now, UTC).date()
+    _day_cache = (number, day)
+    return day
 
 
 class UsageMeter:
@@ -166,7 +179,8 @@ class UsageMeter:
                 continue
             delta = reading.joules - previous.joules  # type: ignore[operator]
             if delta < 0:
-                log.warning("energy counter of %s went backwards (%.3f J); interval not attributed", uid, delta)
+                log.warning("energy counter of %s went backwards (%.3f J); interval not attributed",
+                            uid, delta)
                 continue
             wall = reading.at - previous.at
             busy = sum(used.values())

@@ -7,7 +7,8 @@ response stream untouched. In order, for each HTTP request:
 2. The bearer key is checked (`Authenticator`); no usable key -> 401 with `WWW-Authenticate`.
    With `--insecure-no-auth` every request acts as an admin instead, and every response carries
    `X-Kcloud-Insecure: auth-disabled`.
-3. A read-only key may only GET/HEAD/OPTIONS -> otherwise 403 (no changes, no inference).
+3. `/metrics` (labelled with every tenant's models) needs a farm-wide key -> otherwise 403.
+   A read-only key may only GET/HEAD/OPTIONS -> otherwise 403 (no changes, no inference).
 4. The key's token bucket, then the tenant's concurrency cap -> 429 with `Retry-After`.
    Both are checked before the body is read, and a refusal is held back until the client could
    usefully retry (at most `TARPIT_MAX_S`), so a flood costs the server timers, not CPU.
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+#: Routes whose answer covers every tenant (Prometheus metrics are labelled with every model).
+FARM_WIDE_PATHS = frozenset({"/metrics"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 INSECURE_HEADER = (b"x-kcloud-insecure", b"auth-disabled")
 ADMIN_PREFIX = "/api/"
@@ -56,7 +59,10 @@ class TenancyMiddleware:
         self._tarpitted: dict[int, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
+        if scope["type"] != "http":  # lifespan
             await self.app(scope, receive, send)
             return
         tenancy = self.tenancy
@@ -75,13 +81,18 @@ class TenancyMiddleware:
             try:
                 record = await tenancy.authenticator.authenticate(_header(scope, b"authorization"))
             except AuthError as exc:
-                await _refuse(send, path, 401, str(exc), [(b"www-authenticate", exc.www_authenticate.encode())])
+                challenge = [(b"www-authenticate", exc.www_authenticate.encode())]
+                await _refuse(send, path, 401, str(exc), challenge)
                 return
-            principal = record.principal()
+            principal = record.principal
 
         metered = method == "POST" and not path.startswith(ADMIN_PREFIX)
         ctx = RequestContext(principal)
 
+        if path in FARM_WIDE_PATHS and not principal.farm_wide:
+            await _refuse(send, path, 403, f"{path} shows the whole farm (every tenant's models); "
+                                            f"it needs an admin key or a farm-wide read-only key")
+            return
         if principal.role is Role.READONLY and method not in SAFE_METHODS:
             self._meter(ctx, metered, error=True)
             await _refuse(send, path, 403, f"key {principal.label} is read-only: it may list and read, "
@@ -131,7 +142,27 @@ class TenancyMiddleware:
                 tenancy.concurrency.leave(tenant_id)  # type: ignore[arg-type]
             self._meter(ctx, metered, error=status >= 400)
 
-    async def _throttled_refusal(self, send: Send, path: str, key_id: int, wait_s: float, message: str) -> None:
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """No route speaks WebSocket today; one added later is authenticated all the same
+        (a refused handshake is closed with 1008, policy violation)."""
+        if self.tenancy.insecure:
+            principal = INSECURE
+        else:
+            try:
+                record = await self.tenancy.authenticator.authenticate(_header(scope, b"authorization"))
+            except AuthError:
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            principal = record.principal
+        token = bind(RequestContext(principal))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            unbind(token)
+
+    async def _throttled_refusal(
+        self, send: Send, path: str, key_id: int, wait_s: float, message: str
+    ) -> None:
         """429 with Retry-After, sent no sooner than `min(wait_s, TARPIT_MAX_S)` from now.
 
         The delay costs a timer, not CPU, and it is what keeps a flood from turning the event loop

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 #: The catalog figures a PF cap may count, as `kcloud.farm.capacity` defines them.
 PfFigure = Literal["fp16_bf16_pflops", "int8_pops"]
+PF_UNITS: dict[str, str] = {"fp16_bf16_pflops": "FP16/BF16 PFLOPS", "int8_pops": "INT8 POPS"}
 
 
 class QuotaLimits(BaseModel):
@@ -36,14 +35,15 @@ class QuotaLimits(BaseModel):
     max_replicas: int | None = Field(default=None, ge=0)
     max_devices: int | None = Field(default=None, ge=0)
     max_devices_per_vendor: dict[str, int] = Field(
-        default_factory=dict, description="vendor -> most devices of that vendor; a vendor not named is uncapped"
+        default_factory=dict,
+        description="vendor -> most devices of that vendor; a vendor not named is uncapped",
     )
     max_pf: float | None = Field(default=None, ge=0, description="PF of compute, from catalog figures")
     pf_figure: PfFigure = Field(
         default="fp16_bf16_pflops", description="which catalog figure max_pf counts (kcloud.farm.capacity)"
     )
     requests_per_second: float | None = Field(default=None, gt=0, description="per key; token-bucket rate")
-    burst: int | None = Field(default=None, ge=1, description="per key; token-bucket size (default: the rate)")
+    burst: int | None = Field(default=None, ge=1, description="per key; bucket size (default: the rate)")
     max_concurrency: int | None = Field(default=None, ge=1, description="requests in flight for the tenant")
 
 
@@ -109,16 +109,18 @@ def check_holding(tenant: str, limits: QuotaLimits, after: Holding) -> QuotaViol
                 f"tenant {tenant!r} would hold {count} {vendor} devices; its quota allows {cap}",
             )
     if limits.max_pf is not None:
+        unit = PF_UNITS[limits.pf_figure]
         known, unknown = after.pf()
         if unknown:
             return QuotaViolation(
                 "max_pf", limits.max_pf, known,
-                f"tenant {tenant!r} has a cap of {limits.max_pf:g} PF, but the catalog has no compute figure "
-                f"for {', '.join(unknown)}, so its use cannot be counted",
+                f"tenant {tenant!r} has a cap of {limits.max_pf:g} {unit}, but the catalog has no "
+                f"{unit} figure for {', '.join(unknown)}, so its use cannot be counted",
             )
         if known > limits.max_pf + 1e-12:
             return QuotaViolation(
                 "max_pf", limits.max_pf, known,
-                f"tenant {tenant!r} would hold {known:.6g} PF of compute; its quota allows {limits.max_pf:g} PF",
+                f"tenant {tenant!r} would hold {known:.6g} {unit} of compute; its quota allows "
+                f"{limits.max_pf:g} {unit}",
             )
     return None

@@ -2,11 +2,12 @@
 
 Three roles, and what each may do:
 
-| role | scope | may |
-|---|---|---|
-| `admin` | the whole farm (an admin key belongs to no tenant) | everything: tenants, keys, quotas, every deployment, audit |
-| `member` | one tenant | see and call its tenant's deployments; create and scale them within the quota; manage its tenant's member and read-only keys; see its usage |
-| `readonly` | one tenant, or the whole farm when made without a tenant | list and see (deployments, models, metadata, usage) — no changes and **no inference** |
+- `admin` (the whole farm; an admin key belongs to no tenant): everything — tenants, keys,
+  quotas, every deployment, usage, audit.
+- `member` (one tenant): see and call its tenant's deployments; create and scale them within the
+  quota; manage its tenant's member and read-only keys; see its usage and audit entries.
+- `readonly` (one tenant, or the whole farm when made without one): list and see (deployments,
+  models, metadata, usage) — no changes and **no inference**.
 
 Why read-only cannot infer: inference spends the tenant's devices, rate limit and bill, which is
 an action with a cost, not a look. A read-only key is for dashboards, billing and auditors; a

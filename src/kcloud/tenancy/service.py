@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 2.0
+#: The control plane's deployments API: a change there changes who owns which served model.
+DEPLOYMENTS_PATH = "/api/v1/deployments"
 INSECURE_BANNER = (
     "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach this port acts as an admin. "
     "Every response carries 'X-Kcloud-Insecure: auth-disabled'."
@@ -69,8 +71,12 @@ class Tenancy:
             self.meter.prime(d.uid for d in inventory)
         self.ownership = Ownership()
         self._flush_lock = threading.Lock()
+        self._ownership_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False
+        #: Whether `close()` closes the database too (attach opened it, rather than sharing one).
+        self.owns_db = False
         self.refresh_ownership()
 
     # -- background work -----------------------------------------------------------------------
@@ -92,12 +98,17 @@ class Tenancy:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         self.flush_usage()
+        if self.owns_db and not self._closed:
+            self.db.close()
+        self._closed = True
 
     def refresh_ownership(self) -> None:
-        try:
-            self.ownership.replace(load_ownership(self.db))
-        except Exception as exc:  # keep the last snapshot; the next tick retries
-            log.warning("could not refresh deployment ownership: %s", exc)
+        # One reader at a time, so a snapshot read earlier can never replace one read later.
+        with self._ownership_lock:
+            try:
+                self.ownership.replace(load_ownership(self.db))
+            except Exception as exc:  # keep the last snapshot; the next tick retries
+                log.warning("could not refresh deployment ownership: %s", exc)
 
     def flush_usage(self) -> bool:
         """Write the usage counted since the last flush; on failure keep it for the next try."""
@@ -115,10 +126,14 @@ class Tenancy:
 
     # -- helpers for the middleware and the admin API --------------------------------------------
     async def audit_request(self, ctx: RequestContext, method: str, path: str, status: int) -> None:
+        """Write the audit row of a change (before its answer leaves); after a deployment changed,
+        also re-read who owns what, so its owner can call it (and nobody else can) at once."""
+        if path.startswith(DEPLOYMENTS_PATH) and status < 400:
+            await anyio.to_thread.run_sync(self.refresh_ownership)
         try:
             await anyio.to_thread.run_sync(lambda: audit.record(
-                self.db, ctx.principal, action=ctx.audit_action or f"{method} {path}", target=ctx.audit_target,
-                method=method, path=path, status=status, detail=ctx.audit_detail,
+                self.db, ctx.principal, action=ctx.audit_action or f"{method} {path}",
+                target=ctx.audit_target, method=method, path=path, status=status, detail=ctx.audit_detail,
             ))
         except Exception:  # the action happened; losing its audit row must be loud, not a 500
             log.exception("AUDIT LOG WRITE FAILED for %s %s by %s (status %s)", method, path,
@@ -159,7 +174,7 @@ def install_error_handler(app: FastAPI) -> None:
 
 def attach(
     app: FastAPI,
-    db: Database,
+    db: Database | str | None = None,
     *,
     inventory: Inventory | None = None,
     insecure: bool = False,
@@ -176,12 +191,25 @@ def attach(
     - on the database's first start, creates the admin key and hands it to `announce` once;
     - with `insecure`, announces loudly that authentication is off.
 
+    `db` is the control plane's `Database` (share it), or a URL / None to open one (None: the
+    embedded SQLite file, or `$KCLOUD_DB_URL`). Raises `kcloud.farm.db.DatabaseError` or
+    `kcloud.tenancy.keys.ServerSecretError` (one clear line each) before changing the app.
     Returns the `Tenancy`; call its `close()` at shutdown to write the last usage counters.
     """
+    from kcloud.farm.db import open_database
     from kcloud.tenancy.api import tenancy_router
 
-    tenancy = Tenancy(db, server_secret=server_secret, inventory=inventory, insecure=insecure,
-                      interval_s=interval_s, **options)
+    owns_db = not isinstance(db, Database)
+    if not isinstance(db, Database):
+        db = open_database(db)
+    try:
+        tenancy = Tenancy(db, server_secret=server_secret, inventory=inventory, insecure=insecure,
+                          interval_s=interval_s, **options)
+    except BaseException:
+        if owns_db:
+            db.close()
+        raise
+    tenancy.owns_db = owns_db
     app.state.tenancy = tenancy
     state = app.state.gateway
     if not isinstance(state.router, TenantScopedRouter):
@@ -209,4 +237,20 @@ def _print_stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-__all__ = ["INSECURE_HEADER", "Tenancy", "attach", "install_error_handler"]
+def console_announcer(console: Any) -> Callable[[str], None]:
+    """What `kcloud up` passes as `announce`: the insecure warning in a red panel; the admin key as
+    plain unwrapped lines (a panel would wrap a long key and break copying it)."""
+    from rich.panel import Panel
+
+    def announce(text: str) -> None:
+        if text.startswith("AUTHENTICATION IS OFF"):
+            console.print(Panel(text, title="INSECURE", border_style="bold red"))
+            return
+        console.rule("[bold yellow]kcloud tenancy[/bold yellow]", style="yellow")
+        console.print(text, soft_wrap=True, highlight=False, markup=False)
+        console.rule(style="yellow")
+
+    return announce
+
+
+__all__ = ["INSECURE_HEADER", "Tenancy", "attach", "console_announcer", "install_error_handler"]

@@ -208,7 +208,8 @@ def create_key(
 ) -> CreatedKey:
     """Make a key; the returned `key` is the only copy of the secret there will ever be."""
     if role is Role.ADMIN and tenant is not None:
-        raise InvalidRequestError("an admin key belongs to no tenant (admins see the whole farm); drop the tenant")
+        raise InvalidRequestError(
+            "an admin key belongs to no tenant (admins see the whole farm); drop the tenant")
     if role is Role.MEMBER and tenant is None:
         raise InvalidRequestError("a member key needs a tenant")
     if expires_at is not None and expires_at <= utcnow():

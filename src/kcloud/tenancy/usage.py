@@ -85,7 +85,7 @@ def write_interval(db: Database, counts: dict[UsageBucket, UsageCounts]) -> None
             session.execute(statement)
 
 
-def _add_nullable(old, new):  # noqa: ANN001, ANN202 - SQL expressions
+def _add_nullable(old, new):
     """old + new, where NULL means unknown: unknown + x = x, and x + unknown = x."""
     return case((new.is_(None), old), else_=func.coalesce(old, 0.0) + new)
 

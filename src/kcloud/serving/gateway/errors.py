@@ -17,6 +17,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from kcloud.models.errors import ModelNotFoundError
@@ -91,10 +92,13 @@ def error_body(path: str, status: int, message: str, *, code: str | None = None)
 
 
 def error_response(path: str, reply: ErrorReply) -> Response:
+    headers = dict(reply.headers)
+    if reply.status == 413:
+        headers["connection"] = "close"  # the client may still be sending the body we refused
     return Response(
         error_body(path, reply.status, reply.message),
         status_code=reply.status,
-        headers=dict(reply.headers),
+        headers=headers,
         media_type="application/json",
     )
 
@@ -145,8 +149,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> Response:
         return unexpected_error_response(request.url.path, exc)
 
+    async def disconnected(request: Request, exc: Exception) -> Response:
+        return Response(status_code=499)  # the client hung up mid-body; nobody reads this
+
+
     for kind in (ServingError, ClientError, BodyTooLargeError, InputError, CodecError, ModelNotFoundError):
         app.add_exception_handler(kind, known)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, disconnected)
     app.add_exception_handler(Exception, unexpected)

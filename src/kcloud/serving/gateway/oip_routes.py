@@ -15,9 +15,11 @@ codec, one encode back, so the gateway stays thin next to the model's compute.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -39,6 +41,8 @@ from kcloud.serving.router import Router
 #: Platform name for ONNX models in the spec's "Platforms" list.
 PLATFORM = "onnx_onnxv1"
 SERVER_NAME = "kcloud"
+#: Counted (not sent: the client is gone) when a client hangs up before its body arrived, as nginx does.
+CLIENT_CLOSED_REQUEST = 499
 #: Extensions we implement: Triton's binary tensor data, and request parameters (`timeout`).
 EXTENSIONS = ["binary_tensor_data", "parameters"]
 
@@ -78,6 +82,61 @@ class ModelReadyResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: str
+
+
+# -- schemas of the inference body, for the OpenAPI document only (the hot path never builds them)
+class InferInputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str = Field(description="BOOL, INT8..INT64, UINT8..UINT64, FP16, FP32, FP64 or BYTES")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data_size`: the tensor's bytes follow the JSON")
+    data: list[Any] | None = Field(default=None, description="row-major, flat or nested")
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = Field(default=None, description="`binary_data`: true or false")
+
+
+class InferRequestBody(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data_output`; `timeout` in microseconds")
+    inputs: list[InferInputTensor]
+    outputs: list[RequestedOutput] | None = None
+
+
+class InferOutputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferResponseBody(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[InferOutputTensor]
+
+
+_INFER_ERRORS = {
+    400: {"model": ErrorResponse, "description": "bad input"},
+    404: {"model": ErrorResponse, "description": "unknown model or version"},
+    413: {"model": ErrorResponse, "description": "body over the limit"},
+    429: {"model": ErrorResponse, "description": "queue full; see Retry-After"},
+    503: {"model": ErrorResponse, "description": "no live replica"},
+    504: {"model": ErrorResponse, "description": "deadline passed before compute"},
+}
+_INFER_DESCRIPTION = (
+    "Open Inference Protocol v2 inference. The body is the JSON inference request, optionally "
+    "followed by binary tensor data (Triton's binary tensor data extension): then send "
+    "`Content-Type: application/octet-stream` and `Inference-Header-Content-Length: <JSON bytes>`. "
+    "Binary outputs come back the same way."
+)
 
 
 _ERRORS = {
@@ -161,6 +220,19 @@ def metadata_router() -> APIRouter:
     async def version_metadata(request: Request, model: str, version: str) -> dict:
         return model_metadata(gateway_state(request).router, model, parse_version(model, version))
 
+    # Documentation only: the plain Starlette routes of `infer_routes()` come first in the app's
+    # route list and answer these paths, so these handlers are never reached.
+    @api.post("/v2/models/{model}/infer", response_model=InferResponseBody, summary="Inference",
+              description=_INFER_DESCRIPTION, responses=_INFER_ERRORS)
+    async def infer_documented(model: str, body: InferRequestBody) -> None:
+        raise RuntimeError("documentation route reached; infer_routes() must come first")
+
+    @api.post("/v2/models/{model}/versions/{version}/infer", response_model=InferResponseBody,
+              summary="Inference on a model version", description=_INFER_DESCRIPTION,
+              responses=_INFER_ERRORS)
+    async def infer_version_documented(model: str, version: str, body: InferRequestBody) -> None:
+        raise RuntimeError("documentation route reached; infer_routes() must come first")
+
     return api
 
 
@@ -181,7 +253,7 @@ async def infer(request: Request) -> Response:
         if decoded.outputs is not None:
             check_requested_outputs(decoded, (o.name for o in entry.config.outputs), name)
         deadline = deadline_from(decoded.parameters, headers)
-        outcome = await state.router.infer(name, version, decoded.inputs, deadline=deadline)
+        outcome = await state.router.infer(entry.name, entry.version, decoded.inputs, deadline=deadline)
         payload, response_headers = encode_infer_response(
             model_name=entry.name,
             model_version=str(entry.version),
@@ -189,6 +261,9 @@ async def infer(request: Request) -> Response:
             outputs=outcome.outputs,
             request=decoded,
         )
+    except ClientDisconnect:
+        state.observer.failed(entry.name if entry is not None else "", CLIENT_CLOSED_REQUEST)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody is left to read it
     except Exception as exc:
         reply = classify(exc)
         status = 500 if reply is None else reply.status

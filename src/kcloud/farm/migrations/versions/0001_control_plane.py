@@ -130,8 +130,10 @@ def upgrade() -> None:
         sa.Column("outcome", sa.String(length=16), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["deployment_id"], ["deployments.id"],
-            name="fk_placements_deployment_id_deployments", ondelete="CASCADE",
+            ["deployment_id"],
+            ["deployments.id"],
+            name="fk_placements_deployment_id_deployments",
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_placements"),
     )
@@ -149,8 +151,10 @@ def upgrade() -> None:
         sa.Column("perf_per_watt", sa.Float(), nullable=True),
         sa.Column("perf_modelled", sa.Boolean(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["placement_id"], ["placements.id"],
-            name="fk_placement_candidates_placement_id_placements", ondelete="CASCADE",
+            ["placement_id"],
+            ["placements.id"],
+            name="fk_placement_candidates_placement_id_placements",
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_placement_candidates"),
     )
@@ -174,13 +178,17 @@ def upgrade() -> None:
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Column("updated_at", Timestamp, nullable=False),
         sa.ForeignKeyConstraint(
-            ["deployment_id"], ["deployments.id"],
-            name="fk_replicas_deployment_id_deployments", ondelete="CASCADE",
+            ["deployment_id"],
+            ["deployments.id"],
+            name="fk_replicas_deployment_id_deployments",
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(["device_uid"], ["devices.uid"], name="fk_replicas_device_uid_devices"),
         sa.ForeignKeyConstraint(
-            ["placement_id"], ["placements.id"],
-            name="fk_replicas_placement_id_placements", ondelete="SET NULL",
+            ["placement_id"],
+            ["placements.id"],
+            name="fk_replicas_placement_id_placements",
+            ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_replicas"),
     )
@@ -190,6 +198,13 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
-        "replicas", "placement_candidates", "placements", "devices", "deployments", "nodes", "models", "events",
+        "replicas",
+        "placement_candidates",
+        "placements",
+        "devices",
+        "deployments",
+        "nodes",
+        "models",
+        "events",
     ):
         op.drop_table(table)

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import HERE, infer_body
+from tenancy_support import HERE, infer_body
 
 pytestmark = pytest.mark.slow
 
@@ -77,13 +77,19 @@ def _flood_and_measure(gateway, victim, flooder_key: str) -> tuple[np.ndarray, n
     return np.concatenate(quiet), np.concatenate(flooded), result
 
 
-def test_flood_is_refused_with_retry_after_and_spares_another_tenant(gateway):
-    with gateway.client(gateway.admin_key) as admin:
-        assert admin.post("/api/v1/tenants", json={"name": "alpha"}).status_code == 201
-        assert admin.post("/api/v1/tenants", json={"name": "beta", "quota": FLOODER_LIMITS}).status_code == 201
-        victim_key = admin.post("/api/v1/keys", json={"tenant": "alpha"}).json()["key"]
-        flooder_key = admin.post("/api/v1/keys", json={"tenant": "beta"}).json()["key"]
+@pytest.fixture
+def beta_limited(gateway, keys):
+    """beta (the flooder) with a rate limit and a concurrency cap, for this test only."""
+    with gateway.client(keys["admin"]) as admin:
+        assert admin.put("/api/v1/tenants/beta/quota", json=FLOODER_LIMITS).status_code == 200
+        try:
+            yield
+        finally:
+            assert admin.put("/api/v1/tenants/beta/quota", json={}).status_code == 200
 
+
+def test_flood_is_refused_with_retry_after_and_spares_another_tenant(gateway, keys, beta_limited):
+    victim_key, flooder_key = keys["alpha"], keys["beta"]
     ratios = []
     with gateway.client(victim_key) as victim:
         _latencies(victim, "alpha-model", 30)  # warm up connections, caches, the replica
@@ -101,8 +107,9 @@ def test_flood_is_refused_with_retry_after_and_spares_another_tenant(gateway):
             assert result["sent"] < FLOOD_MAX  # the flood lasted through every flooded phase
             quiet_p99, flooded_p99 = _p99(quiet), _p99(flooded)
             ratios.append(flooded_p99 / quiet_p99)
-            print(f"victim p50 {np.median(quiet) * 1e3:.2f} ms quiet, {np.median(flooded) * 1e3:.2f} ms flooded; "
-                  f"p99 {quiet_p99 * 1e3:.2f} ms quiet, {flooded_p99 * 1e3:.2f} ms flooded; flooder: {statuses}")
+            print(f"victim p50 {np.median(quiet) * 1e3:.2f} ms quiet, "
+                  f"{np.median(flooded) * 1e3:.2f} ms flooded; p99 {quiet_p99 * 1e3:.2f} ms quiet, "
+                  f"{flooded_p99 * 1e3:.2f} ms flooded; flooder: {statuses}")
             if ratios[-1] <= 2:
                 break
     assert min(ratios) <= 2, f"victim p99 during the flood / without it: {ratios}"

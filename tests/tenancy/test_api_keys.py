@@ -35,12 +35,28 @@ def test_generated_key_has_the_documented_shape_and_parses_back():
 
 @pytest.mark.parametrize(
     "garbled",
-    ["", "Bearer", "kc_", "kc_short_secret", "xx_abcdefghijkl_" + "A" * 43, "kc_abcdefghijkl_" + "A" * 42,
-     "kc_ABCDEFGHIJKL_" + "A" * 43, "kc_abcdefghijkl_" + "A" * 42 + "!", "kc_abcdefghijkl_" + "A" * 43 + "\n"],
+    ["", "Bearer", "kc_", "kc_short_secret", "xx_abcdefghijkl_" + "A" * 43,
+     "kc_abcdefghijkl_" + "A" * 42, "kc_ABCDEFGHIJKL_" + "A" * 43, "kc_abcdefghijkl_" + "A" * 42 + "!",
+     "kc_abcdefghijkl_" + "A" * 43 + "\n"],
 )
 def test_garbled_keys_are_refused_by_the_parser(garbled):
     with pytest.raises(KeyFormatError):
         parse_key(garbled)
+    assert keys._KEY_RE.fullmatch(garbled) is None  # the fast parser agrees with the definition
+
+
+def test_the_fast_parser_agrees_with_the_key_pattern_on_odd_input():
+    base = generate_key(SECRET).text
+    variants = [base, base.upper(), base.replace("_", "-"), base[:-1] + "é", base[:-1] + "٣",
+                base[:4] + "_" + base[5:], "kc_" + "a" * 12 + "_" + "b" * 43,
+                "kc_" + "A1" * 6 + "_" + "b" * 43]
+    for text in variants:
+        try:
+            parse_key(text)
+            parsed = True
+        except KeyFormatError:
+            parsed = False
+        assert parsed == (keys._KEY_RE.fullmatch(text) is not None), text
 
 
 def test_digest_depends_on_the_server_secret_and_on_the_prefix():
@@ -63,7 +79,7 @@ def test_key_comparison_uses_hmac_compare_digest(monkeypatch):
 
     monkeypatch.setattr(keys.hmac, "compare_digest", spy)
     assert key_matches(new.text, new.digest, SECRET) is False  # the spy's answer, though the key is right
-    assert calls == [(new.digest.encode(), new.digest.encode())]
+    assert calls == [(new.digest, new.digest)]
 
 
 def test_compare_digest_is_the_real_one_when_not_patched():

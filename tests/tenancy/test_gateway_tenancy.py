@@ -8,28 +8,13 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from conftest import WIDTH, GatewayProcess, infer_body
+from tenancy_support import SERVER_SECRET, WIDTH, GatewayProcess, infer_body
 
 from kcloud.farm.schema import utcnow
 from kcloud.tenancy.keys import generate_key
 from kcloud.tenancy.schema import ApiKey
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def keys(gateway):
-    """Tenants alpha and beta, a member key of each, a read-only key of alpha."""
-    with gateway.client(gateway.admin_key) as admin:
-        for name in ("alpha", "beta"):
-            assert admin.post("/api/v1/tenants", json={"name": name}).status_code == 201
-        made = {
-            "alpha": admin.post("/api/v1/keys", json={"tenant": "alpha", "name": "alpha app"}).json()["key"],
-            "beta": admin.post("/api/v1/keys", json={"tenant": "beta"}).json()["key"],
-            "alpha-ro": admin.post("/api/v1/keys", json={"tenant": "alpha", "role": "readonly"}).json()["key"],
-        }
-    made["admin"] = gateway.admin_key
-    return made
 
 
 def _error(response: httpx.Response) -> str:
@@ -68,8 +53,6 @@ def test_garbled_unknown_revoked_and_expired_keys_get_401(gateway, keys, db):
             assert client.get("/v1/models").status_code == 200
         assert admin.delete(f"/api/v1/keys/{victim['info']['prefix']}").status_code == 200
     # an expired key, written as the server writes keys (its HMAC secret is the test's)
-    from conftest import SERVER_SECRET
-
     expired = generate_key(SERVER_SECRET.encode())
     with db.transaction() as session:
         session.add(ApiKey(prefix=expired.prefix, digest=expired.digest, role="readonly", created_by="test",
@@ -139,6 +122,15 @@ def test_a_tenant_sees_and_calls_only_its_own_models(gateway, keys):
         assert admin.post("/v2/models/beta-model/infer", json=infer_body()).status_code == 200
 
 
+def test_metrics_which_name_every_tenants_models_are_for_farm_wide_keys_only(gateway, keys):
+    with gateway.client(keys["alpha"]) as alpha:
+        refused = alpha.get("/metrics")
+    assert refused.status_code == 403 and "farm-wide" in _error(refused)
+    with gateway.client(keys["admin"]) as admin:
+        metrics = admin.get("/metrics")
+    assert metrics.status_code == 200 and "kcloud_requests_total" in metrics.text
+
+
 def test_read_only_keys_read_but_neither_change_nor_infer(gateway, keys):
     with gateway.client(keys["alpha-ro"]) as ro:
         assert ro.get("/v2/models/alpha-model").status_code == 200
@@ -171,7 +163,9 @@ def test_members_manage_only_their_own_tenants_keys(gateway, keys):
 
 
 def test_usage_is_metered_per_tenant_key_deployment_and_day(gateway, keys):
-    with gateway.client(keys["beta"]) as beta:
+    with gateway.client(keys["admin"]) as admin:
+        fresh = admin.post("/api/v1/keys", json={"tenant": "beta", "name": "metered"}).json()["key"]
+    with gateway.client(fresh) as beta:
         for rows in (1, 2, 3):
             assert beta.post("/v2/models/beta-model/infer", json=infer_body(rows)).status_code == 200
         assert beta.post("/v2/models/beta-model/infer", json={"inputs": []}).status_code == 400
@@ -179,7 +173,7 @@ def test_usage_is_metered_per_tenant_key_deployment_and_day(gateway, keys):
         usage = beta.get("/api/v1/usage", params={"deployment": "beta-model"}).json()
         assert beta.get("/api/v1/usage", params={"tenant": "alpha"}).status_code == 404
         assert beta.get("/api/v1/usage", params={"group_by": "day,colour"}).status_code == 400
-    rows = [r for r in usage if r["key"] == keys["beta"][3:15]]
+    rows = [r for r in usage if r["key"] == fresh[3:15]]
     assert len(rows) == 1, usage
     row = rows[0]
     assert row["tenant"] == "beta" and row["day"] == utcnow().date().isoformat()
@@ -244,7 +238,8 @@ def test_admin_actions_are_audited_with_who_what_when(gateway, keys):
 def test_bad_admin_input_is_refused_with_a_reason(gateway, keys, method, path, body, status, message):
     with gateway.client(keys["admin"]) as admin:
         if body is None and method == "POST":
-            response = admin.request(method, path, content=b"{not json", headers={"content-type": "application/json"})
+            response = admin.request(method, path, content=b"{not json",
+                                     headers={"content-type": "application/json"})
         else:
             response = admin.request(method, path, json=body)
     assert response.status_code == status, response.text
@@ -257,3 +252,28 @@ def test_revoking_twice_is_a_conflict(gateway, keys):
         assert admin.delete(f"/api/v1/keys/{prefix}").status_code == 200
         again = admin.delete(f"/api/v1/keys/{prefix}")
     assert again.status_code == 409 and "already revoked" in _error(again)
+
+
+# -- the insecure mode --------------------------------------------------------------------------
+
+
+def test_insecure_no_auth_is_announced_loudly_and_on_every_response(db_url, repo_path, tmp_path):
+    process = GatewayProcess(db_url, repo_path, tmp_path / "home", insecure=True)
+    try:
+        assert any("AUTHENTICATION IS OFF" in line for line in process.announced)
+        assert not any("kc_" in line for line in process.announced)  # no admin key in this mode
+        with process.client() as anyone:
+            responses = [
+                anyone.get("/v2/health/live"),
+                anyone.get("/v1/models"),
+                anyone.post("/v2/models/alpha-model/infer", json=infer_body()),
+                anyone.get("/v2/models/no-such-model"),
+                anyone.get("/api/v1/whoami"),
+            ]
+        assert [r.status_code for r in responses] == [200, 200, 200, 404, 200]
+        assert all(r.headers.get("x-kcloud-insecure") == "auth-disabled" for r in responses)
+        assert responses[-1].json() == {"actor": "insecure-no-auth", "role": "admin", "tenant": None,
+                                        "insecure": True}
+    finally:
+        process.stop()
+    assert any("WARNING" in line and "AUTHENTICATION IS OFF" in line for line in process.output)

@@ -30,10 +30,12 @@ def test_each_limit_is_named_with_the_numbers():
     assert v is not None and v.limit == "max_replicas" and "2 replicas" in v.reason and "allows 1" in v.reason
     v = check_holding("acme", QuotaLimits(max_devices=1), _holding(2, NPU, GPU))
     assert v is not None and v.limit == "max_devices"
-    v = check_holding("acme", QuotaLimits(max_devices_per_vendor={"rebellions": 1}), _holding(2, NPU, NPU2, GPU))
-    assert v is not None and v.limit == "max_devices_per_vendor.rebellions" and "2 rebellions devices" in v.reason
+    one_npu = QuotaLimits(max_devices_per_vendor={"rebellions": 1})
+    v = check_holding("acme", one_npu, _holding(2, NPU, NPU2, GPU))
+    assert v is not None and v.limit == "max_devices_per_vendor.rebellions"
+    assert "2 rebellions devices" in v.reason
     v = check_holding("acme", QuotaLimits(max_pf=1.0), _holding(2, NPU, GPU))
-    assert v is not None and v.limit == "max_pf" and "1.117 PF" in v.reason
+    assert v is not None and v.limit == "max_pf" and "1.117 FP16/BF16 PFLOPS" in v.reason
 
 
 def test_replicas_sharing_a_device_count_it_once():
@@ -42,7 +44,7 @@ def test_replicas_sharing_a_device_count_it_once():
 
 def test_unknown_compute_cannot_be_counted_against_a_pf_cap():
     v = check_holding("acme", QuotaLimits(max_pf=10), _holding(1, CPU))
-    assert v is not None and "no compute figure" in v.reason and "n1/cpu0" in v.reason
+    assert v is not None and "no FP16/BF16 PFLOPS figure" in v.reason and "n1/cpu0" in v.reason
     assert check_holding("acme", QuotaLimits(), _holding(1, CPU)) is None
 
 

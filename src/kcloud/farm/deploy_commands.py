@@ -1,0 +1,387 @@
+"""`kcloud deploy ...` and `kcloud placement explain`: clients of the admin API (`/api/v1`).
+
+Like every admin command they talk to a running server (`--url` or `$KCLOUD_URL`; an API key
+from `--api-key` or `$KCLOUD_API_KEY` when tenancy asks for one), so they behave the same on
+the embedded server and on a remote farm, and every change goes through the same checks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_ENV = "KCLOUD_URL"
+KEY_ENV = "KCLOUD_API_KEY"
+
+deploy_app = typer.Typer(
+    help="Deployments: a model, its replicas, constraints and SLO.", no_args_is_help=True
+)
+placement_app = typer.Typer(help="Why replicas are where they are.", no_args_is_help=True)
+
+_URL = typer.Option(DEFAULT_URL, "--url", envvar=URL_ENV, help="The kcloud server's base URL.")
+_KEY = typer.Option(
+    None,
+    "--api-key",
+    envvar=KEY_ENV,
+    show_default=False,
+    help=f"API key, when the server asks for one (default: ${KEY_ENV}).",
+)
+_JSON = typer.Option(False, "--json", help="Print JSON instead of tables.")
+
+out = Console()
+err = Console(stderr=True)
+STATUS_STYLE = {"ready": "green", "progressing": "cyan", "degraded": "yellow", "pending": "red"}
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def call(url: str, key: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    """One admin API call; any failure is one red line and exit code 1."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with httpx.Client(base_url=url.rstrip("/") + "/api/v1", timeout=60, headers=headers) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.InvalidURL as exc:
+        raise fail(f"--url {url!r} is not a valid URL: {exc}") from None
+    except httpx.ConnectError:
+        raise fail(f"cannot reach the kcloud server at {url} (is `kcloud up` running?)") from None
+    except httpx.TimeoutException:
+        raise fail(f"the server at {url} did not answer in time") from None
+    except httpx.HTTPError as exc:
+        raise fail(f"request to {url} failed: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            error = response.json().get("error")
+        except ValueError:
+            error = None
+        if isinstance(error, dict):
+            error = error.get("message")
+        raise fail(f"{response.status_code}: {error or response.text.strip() or response.reason_phrase}")
+    if response.status_code == 204 or not response.content:
+        return None
+    return response.json()
+
+
+def _constraints(
+    vendor: str | None, chip: str | None, precision: str | None, node: str | None
+) -> dict[str, Any]:
+    return {
+        k: v for k, v in {"vendor": vendor, "chip": chip, "precision": precision, "node": node}.items() if v
+    }
+
+
+def _status(view: dict[str, Any]) -> str:
+    style = STATUS_STYLE.get(view["status"], "white")
+    return f"[{style}]{view['status']}[/{style}]"
+
+
+def _print_deployment(view: dict[str, Any]) -> None:
+    constraints = ", ".join(f"{k}={v}" for k, v in view["constraints"].items() if v) or "none"
+    slo = ", ".join(f"{k}={v}" for k, v in view["slo"].items() if v is not None) or "none"
+    out.print(
+        f"[bold]{escape(view['name'])}[/bold]  {escape(view['model'])} v{view['version']}  {_status(view)}  "
+        f"{view['running']}/{view['replicas']} running  policy {view['policy']}"
+    )
+    if view.get("reason"):
+        out.print(f"  {escape(view['reason'])}", soft_wrap=True)
+    out.print(
+        f"  constraints: {escape(constraints)}; SLO: {escape(slo)}; tenant: {escape(str(view['tenant']))}"
+    )
+    if view["replica_list"]:
+        table = Table("replica", "device", "node", "state", "pid", "emulated")
+        for r in view["replica_list"]:
+            table.add_row(
+                r["id"],
+                r["device"],
+                r["node"],
+                r["state"],
+                str(r["pid"] or "-"),
+                "[yellow]emulated[/yellow]" if r["emulated"] else "no",
+            )
+        out.print(table)
+
+
+def _wait(url: str, key: str | None, name: str, timeout_s: float) -> dict[str, Any]:
+    """Until every replica runs, the deployment is pending, or `timeout_s`; with a progress bar."""
+    view = call(url, key, "GET", f"/deployments/{name}")
+    deadline = time.monotonic() + timeout_s
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} running"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"Starting {name}", total=max(1, view["replicas"]))
+        while time.monotonic() < deadline:
+            view = call(url, key, "GET", f"/deployments/{name}")
+            progress.update(task, completed=view["running"], total=max(1, view["replicas"]))
+            if view["status"] in ("ready", "pending"):
+                break
+            time.sleep(0.25)
+    return view
+
+
+def _done(view: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(view))
+        return
+    _print_deployment(view)
+    if view["status"] == "pending":
+        err.print(
+            "[yellow]warning:[/yellow] nothing fits yet; the deployment waits for room "
+            "(see `kcloud placement explain " + escape(view["name"]) + "`)"
+        )
+
+
+@deploy_app.command("create")
+def create(
+    model: str = typer.Argument(..., help="Model name in the repository (`kcloud models list`)."),
+    name: str | None = typer.Option(None, "--name", "-n", help="Served name (default: the model's)."),
+    version: int | None = typer.Option(None, "--version", min=1, help="Model version (default: latest)."),
+    replicas: int = typer.Option(1, "--replicas", "-r", help="Number of replicas (>= 0)."),
+    vendor: str | None = typer.Option(None, "--vendor", help="Only devices of this vendor."),
+    chip: str | None = typer.Option(None, "--chip", help="Only this catalog chip (e.g. furiosa-rngd)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32, fp16, bf16, int8 or fp8."),
+    node: str | None = typer.Option(None, "--node", help="Only devices on this node."),
+    policy: str = typer.Option(
+        "spread", "--policy", help="spread (replicas apart) or binpack (fill devices)."
+    ),
+    p99_ms: float | None = typer.Option(None, "--p99-ms", help="SLO: p99 latency target in ms."),
+    rps: float | None = typer.Option(None, "--rps", help="SLO: throughput to serve, requests per second."),
+    tenant: str | None = typer.Option(None, "--tenant", help="Owner (admin keys only)."),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="Wait until the replicas run (or it is pending)."
+    ),
+    timeout: float = typer.Option(180.0, "--timeout", min=1, help="Seconds to wait."),
+    url: str = _URL,
+    api_key: str | None = _KEY,
+    as_json: bool = _JSON,
+) -> None:
+    """Deploy a model: placed at once on the best devices by perf/watt, then started."""
+    if replicas < 0:
+        raise fail(f"--replicas must be >= 0, got {replicas}", 2)
+    body: dict[str, Any] = {
+        "model": model,
+        "replicas": replicas,
+        "policy": policy,
+        "constraints": _constraints(vendor, chip, precision, node),
+        "slo": {"p99_latency_ms": p99_ms, "throughput_rps": rps},
+    }
+    for key, value in (("name", name), ("version", version), ("tenant", tenant)):
+        if value is not None:
+            body[key] = value
+    view = call(url, api_key, "POST", "/deployments", json=body)
+    if wait and view["status"] != "pending":
+        view = _wait(url, api_key, view["name"], timeout)
+    _done(view, as_json)
+
+
+@deploy_app.command("scale")
+def scale(
+    name: str = typer.Argument(..., help="Deployment name."),
+    replicas: int = typer.Argument(..., help="Number of replicas (>= 0)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    timeout: float = typer.Option(180.0, "--timeout", min=1),
+    url: str = _URL,
+    api_key: str | None = _KEY,
+    as_json: bool = _JSON,
+) -> None:
+    """Set the number of replicas."""
+    if replicas < 0:
+        raise fail(f"replicas must be >= 0, got {replicas}", 2)
+    view = call(url, api_key, "POST", f"/deployments/{name}/scale", json={"replicas": replicas})
+    if wait and view["status"] != "pending":
+        view = _wait(url, api_key, name, timeout)
+    _done(view, as_json)
+
+
+@deploy_app.command("update")
+def update(
+    name: str = typer.Argument(..., help="Deployment name."),
+    version: int | None = typer.Option(None, "--version", min=1, help="Move to this model version."),
+    replicas: int | None = typer.Option(None, "--replicas", "-r"),
+    vendor: str | None = typer.Option(None, "--vendor"),
+    chip: str | None = typer.Option(None, "--chip"),
+    precision: str | None = typer.Option(None, "--precision"),
+    node: str | None = typer.Option(None, "--node"),
+    clear_constraints: bool = typer.Option(False, "--clear-constraints", help="Drop every constraint."),
+    policy: str | None = typer.Option(None, "--policy"),
+    p99_ms: float | None = typer.Option(None, "--p99-ms"),
+    rps: float | None = typer.Option(None, "--rps"),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    timeout: float = typer.Option(180.0, "--timeout", min=1),
+    url: str = _URL,
+    api_key: str | None = _KEY,
+    as_json: bool = _JSON,
+) -> None:
+    """Change a deployment. New constraints replace the old set; replicas are replaced in turn."""
+    if replicas is not None and replicas < 0:
+        raise fail(f"--replicas must be >= 0, got {replicas}", 2)
+    patch: dict[str, Any] = {}
+    if version is not None:
+        patch["version"] = version
+    if replicas is not None:
+        patch["replicas"] = replicas
+    given = _constraints(vendor, chip, precision, node)
+    if clear_constraints and given:
+        raise fail("--clear-constraints and a constraint option together: choose one", 2)
+    if given or clear_constraints:
+        patch["constraints"] = given
+    if policy is not None:
+        patch["policy"] = policy
+    if p99_ms is not None or rps is not None:
+        patch["slo"] = {"p99_latency_ms": p99_ms, "throughput_rps": rps}
+    if not patch:
+        raise fail("nothing to change: give --version, --replicas, a constraint, --policy or an SLO", 2)
+    view = call(url, api_key, "PATCH", f"/deployments/{name}", json=patch)
+    if wait and view["status"] != "pending":
+        view = _wait(url, api_key, name, timeout)
+    _done(view, as_json)
+
+
+@deploy_app.command("delete")
+def delete(
+    name: str = typer.Argument(..., help="Deployment name."),
+    url: str = _URL,
+    api_key: str | None = _KEY,
+) -> None:
+    """Delete a deployment; its replicas stop."""
+    call(url, api_key, "DELETE", f"/deployments/{name}")
+    out.print(f"deleted {escape(name)}")
+
+
+@deploy_app.command("list")
+def list_deployments(url: str = _URL, api_key: str | None = _KEY, as_json: bool = _JSON) -> None:
+    """Every deployment you may see, with its status."""
+    views = call(url, api_key, "GET", "/deployments")
+    if as_json:
+        typer.echo(json.dumps(views))
+        return
+    table = Table("name", "model", "version", "running", "status", "devices", "reason")
+    for v in views:
+        devices = ", ".join(sorted({r["device"] for r in v["replica_list"]})) or "-"
+        table.add_row(
+            v["name"],
+            v["model"],
+            str(v["version"]),
+            f"{v['running']}/{v['replicas']}",
+            _status(v),
+            devices,
+            escape(v["reason"] or ""),
+        )
+    out.print(table)
+
+
+@deploy_app.command("show")
+def show(
+    name: str = typer.Argument(...), url: str = _URL, api_key: str | None = _KEY, as_json: bool = _JSON
+) -> None:
+    """One deployment and where its replicas run."""
+    view = call(url, api_key, "GET", f"/deployments/{name}")
+    _done(view, as_json)
+
+
+def _ppw(candidate: dict[str, Any]) -> str:
+    if candidate["perf_per_watt"] is None:
+        return "unknown"
+    tag = "modelled" if candidate["perf_modelled"] else "measured"
+    return f"{candidate['perf_per_watt']:.4g} ({tag})"
+
+
+@placement_app.command("explain")
+def explain(
+    name: str = typer.Argument(..., help="Deployment name."),
+    history: int = typer.Option(
+        1, "--history", min=1, max=20, help="How many placements to show, newest first."
+    ),
+    url: str = _URL,
+    api_key: str | None = _KEY,
+    as_json: bool = _JSON,
+) -> None:
+    """Where each replica is, and why every device was chosen or rejected."""
+    view = call(url, api_key, "GET", f"/deployments/{name}/placement", params={"limit": history})
+    if as_json:
+        typer.echo(json.dumps(view))
+        return
+    out.print(
+        f"[bold]{escape(view['deployment'])}[/bold]  {_status(view)}  {escape(view['reason'] or '')}",
+        soft_wrap=True,
+    )
+    if view["replicas"]:
+        table = Table("replica", "device", "state", "pid", title="replicas now")
+        for r in view["replicas"]:
+            device = r["device"] + (" [yellow](emulated)[/yellow]" if r["emulated"] else "")
+            table.add_row(r["id"], device, r["state"], str(r["pid"] or "-"))
+        out.print(table)
+    for placement in view["placements"]:
+        out.print(
+            f"\n[bold]placement {placement['id']}[/bold] ({placement['trigger']}, {placement['policy']}, "
+            f"{placement['at'][:19]}): {escape(placement['reason'])}",
+            soft_wrap=True,
+        )
+        table = Table("device", "chosen", "perf/watt (samples/J)", "score", "why")
+        for c in placement["candidates"]:
+            chosen = (
+                f"[green]{c['chosen']}[/green]"
+                if c["chosen"]
+                else ("-" if c["eligible"] else "[red]no[/red]")
+            )
+            score = f"{c['score']:.4g}" if c["score"] is not None else "-"
+            table.add_row(c["device"], chosen, _ppw(c), score, escape(c["reason"]))
+        out.print(table)
+    if not view["placements"]:
+        out.print("no placement recorded yet")
+
+
+def _print_device(view: dict[str, Any]) -> None:
+    state = "[yellow]drained[/yellow]" if view["drained"] else "[green]takes replicas[/green]"
+    health = "healthy" if view["healthy"] else f"[red]unhealthy[/red] ({escape(view['health_reason'] or '')})"
+    why = f" ({escape(view['drain_reason'])})" if view["drained"] and view["drain_reason"] else ""
+    out.print(f"{escape(view['uid'])}: {state}{why}, {health}, {view['replicas']} replica(s) on it")
+
+
+def drain(
+    uid: str = typer.Argument(..., help="Device uid, NODE/ID (see `kcloud devices` or GET /api/v1/devices)."),
+    reason: str | None = typer.Option(None, "--reason", help="Why, for the events and the device view."),
+    url: str = _URL,
+    api_key: str | None = _KEY,
+) -> None:
+    """Drain a device: its replicas are placed elsewhere first, then stopped here."""
+    _print_device(call(url, api_key, "POST", f"/devices/{uid}/drain", json={"reason": reason}))
+
+
+def undrain(
+    uid: str = typer.Argument(..., help="Device uid, NODE/ID."),
+    url: str = _URL,
+    api_key: str | None = _KEY,
+) -> None:
+    """Let a drained device take replicas again."""
+    _print_device(call(url, api_key, "POST", f"/devices/{uid}/undrain"))
+
+
+def add_device_commands(devices_app: typer.Typer) -> None:
+    """Add `drain` and `undrain` to the `kcloud devices` group (which the devices package owns)."""
+    devices_app.command("drain")(drain)
+    devices_app.command("undrain")(undrain)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `kcloud deploy ...` and `kcloud placement ...`."""
+    app.add_typer(deploy_app, name="deploy")
+    app.add_typer(placement_app, name="placement")

@@ -1,0 +1,118 @@
+"""Quotas enforced where deployments are created and scaled: the control plane's admin API on a
+real gateway (the control plane attached as `kcloud up` attaches it), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from tenancy_support import GatewayProcess, fresh_database, infer_body
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cp(backend, repo_path, tmp_path_factory):
+    """A gateway with the control plane, its own database, and tenants quota-a / quota-b."""
+    with fresh_database(backend, tmp_path_factory) as url:
+        process = GatewayProcess(url, repo_path, tmp_path_factory.mktemp("cp-home"), control_plane=True)
+        try:
+            with process.client(process.admin_key) as admin:
+                for name in ("quota-a", "quota-b"):
+                    assert admin.post("/api/v1/tenants", json={"name": name}).status_code == 201
+                keys = {name: admin.post("/api/v1/keys", json={"tenant": name}).json()["key"]
+                        for name in ("quota-a", "quota-b")}
+            keys["admin"] = process.admin_key
+            yield process, keys
+        finally:
+            process.stop()
+
+
+ATOM = {"chip": "rebellions-atom-ca22"}  # the emulated NPU of the test farm (node emu)
+CPU = {"vendor": "cpu"}  # this machine's CPU
+
+
+def _deploy(client, name: str, replicas: int, constraints: dict, model: str = "alpha-model", **extra):
+    body = {"model": model, "name": name, "replicas": replicas, "constraints": constraints, **extra}
+    return client.post("/api/v1/deployments", json=body)
+
+
+def _error(response) -> str:
+    return response.json()["error"]
+
+
+def _set_quota(cp, tenant: str, **quota) -> None:
+    process, keys = cp
+    with process.client(keys["admin"]) as admin:
+        assert admin.put(f"/api/v1/tenants/{tenant}/quota", json=quota).status_code == 200
+
+
+def test_replica_quota_refuses_create_and_scale_and_writes_nothing(cp):
+    process, keys = cp
+    _set_quota(cp, "quota-a", max_replicas=2)
+    with process.client(keys["quota-a"]) as a:
+        made = _deploy(a, "a-one", 1, ATOM)
+        assert made.status_code == 201 and made.json()["tenant"] == "quota-a"
+        scaled = a.post("/api/v1/deployments/a-one/scale", json={"replicas": 3})
+        assert scaled.status_code == 403
+        reason = _error(scaled)
+        assert "quota exceeded" in reason and "3 replicas" in reason and "allows 2" in reason
+        assert a.get("/api/v1/deployments/a-one").json()["replicas"] == 1  # the refused scale left nothing
+        second = _deploy(a, "a-two", 2, ATOM)
+        assert second.status_code == 403 and "3 replicas" in _error(second)
+        assert a.get("/api/v1/deployments/a-two").status_code == 404  # the refused create left nothing
+        assert a.post("/api/v1/deployments/a-one/scale", json={"replicas": 2}).status_code == 200
+    with process.client(keys["admin"]) as admin:  # the tenant's quota binds an admin acting for it too
+        assert _deploy(admin, "a-three", 1, ATOM, tenant="quota-a").status_code == 403
+
+
+def test_device_vendor_and_pf_quotas(cp):
+    process, keys = cp
+    _set_quota(cp, "quota-b", max_devices=1)
+    with process.client(keys["quota-b"]) as b:
+        assert _deploy(b, "b-cpu", 1, CPU, model="beta-model").status_code == 201
+        second = _deploy(b, "b-npu", 1, ATOM, model="beta-model")
+        assert second.status_code == 403 and "2 devices" in _error(second) and "allows 1" in _error(second)
+        _set_quota(cp, "quota-b", max_devices_per_vendor={"rebellions": 0})
+        vendor = _deploy(b, "b-npu", 1, ATOM, model="beta-model")
+        assert vendor.status_code == 403 and "1 rebellions devices" in _error(vendor)
+        # a PF cap cannot count a device whose catalog figure is unknown (the generic CPU): refused, not 0
+        _set_quota(cp, "quota-b", max_pf=10)
+        unknown = b.post("/api/v1/deployments/b-cpu/scale", json={"replicas": 2})
+        assert unknown.status_code == 403 and "no FP16/BF16 PFLOPS figure" in _error(unknown)
+        _set_quota(cp, "quota-b")
+    _set_quota(cp, "quota-a", max_pf=0.1, pf_figure="int8_pops")  # one ATOM is 0.128 INT8 POPS
+    with process.client(keys["quota-a"]) as a:
+        pf = a.post("/api/v1/deployments/a-one/scale", json={"replicas": 1})
+        assert pf.status_code == 403
+        assert "0.128 INT8 POPS" in _error(pf) and "allows 0.1 INT8 POPS" in _error(pf)
+    _set_quota(cp, "quota-a")
+
+
+def test_deployments_of_an_unknown_tenant_are_refused(cp):
+    process, keys = cp
+    with process.client(keys["admin"]) as admin:
+        refused = _deploy(admin, "ghostly", 1, ATOM, tenant="ghost")
+    assert refused.status_code == 404 and "tenant 'ghost' not found" in _error(refused)
+
+
+def test_control_plane_deployments_are_isolated_and_served_to_their_owner(cp):
+    process, keys = cp
+    with process.client(keys["quota-a"]) as a, process.client(keys["quota-b"]) as b:
+        assert _deploy(a, "a-served", 1, CPU).status_code == 201
+        assert b.get("/api/v1/deployments/a-served").status_code == 404
+        assert b.post("/api/v1/deployments/a-served/scale", json={"replicas": 0}).status_code == 404
+        assert "a-served" not in {d["name"] for d in b.get("/api/v1/deployments").json()}
+        assert {d["tenant"] for d in a.get("/api/v1/deployments").json()} == {"quota-a"}
+        deadline = time.monotonic() + 60
+        while a.get("/api/v1/deployments/a-served").json()["running"] < 1:
+            assert time.monotonic() < deadline, "the deployment did not start within 60 s"
+            time.sleep(0.1)
+        # the gateway learns owners from the deployments table within its refresh interval (0.5 s)
+        while a.post("/v2/models/a-served/infer", json=infer_body()).status_code != 200:
+            assert time.monotonic() < deadline, "the deployment was not served to its owner"
+            time.sleep(0.1)
+        assert b.post("/v2/models/a-served/infer", json=infer_body()).status_code == 404
+        assert "a-served" not in {m["id"] for m in b.get("/v1/models").json()["data"]}
+        assert "a-served" in {m["id"] for m in a.get("/v1/models").json()["data"]}
+

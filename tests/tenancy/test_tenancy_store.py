@@ -1,0 +1,122 @@
+"""Tenancy's database operations on SQLite and PostgreSQL, without a server: the authenticator's
+decision path, usage adding up, and the first-start key."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import anyio
+import pytest
+from tenancy_support import SERVER_SECRET
+
+from kcloud.tenancy import keys as keys_module
+from kcloud.tenancy import store, usage
+from kcloud.tenancy.auth import Authenticator, AuthError
+from kcloud.tenancy.metering import UsageBucket, UsageCounts
+from kcloud.tenancy.roles import Role
+
+SECRET = SERVER_SECRET.encode()
+
+
+def test_authenticator_decides_with_compare_digest(db, monkeypatch):
+    """The request path checks the presented key with `hmac.compare_digest` (a spy says no, and
+    the key is refused even though it is right) and never compares digests any other way."""
+    store.create_tenant(db, "store-co", actor="test")
+    made = store.create_key(db, SECRET, role=Role.MEMBER, tenant="store-co", actor="test")
+    authenticator = Authenticator(db, SECRET)
+    record = anyio.run(authenticator.authenticate, f"Bearer {made.key}")
+    assert record.prefix == made.info.prefix and record.tenant_name == "store-co"
+
+    seen: list[tuple[bytes, bytes]] = []
+
+    def spy(a: bytes, b: bytes) -> bool:
+        seen.append((a, b))
+        return False
+
+    monkeypatch.setattr(keys_module.hmac, "compare_digest", spy)
+    with pytest.raises(AuthError, match="invalid API key"):
+        anyio.run(authenticator.authenticate, f"Bearer {made.key}")
+    assert len(seen) == 1 and seen[0][1] == record.digest
+
+
+def test_revocation_reaches_the_cache_when_told(db):
+    store.create_tenant(db, "cache-co", actor="test")
+    made = store.create_key(db, SECRET, role=Role.READONLY, tenant="cache-co", actor="test")
+    authenticator = Authenticator(db, SECRET, ttl_s=3600)
+    anyio.run(authenticator.authenticate, f"Bearer {made.key}")
+    store.revoke_key(db, made.info.prefix, actor="test")
+    anyio.run(authenticator.authenticate, f"Bearer {made.key}")  # cached row: within its TTL
+    authenticator.invalidate(made.info.prefix)  # what the API does on revoke
+    with pytest.raises(AuthError, match="was revoked"):
+        anyio.run(authenticator.authenticate, f"Bearer {made.key}")
+
+
+def test_usage_adds_up_and_unknown_energy_stays_unknown(db):
+    bucket = UsageBucket(date(2030, 1, 2), 9001, 9002, "store-deployment", "store-tenant", "storeprefix1")
+    usage.write_interval(db, {bucket: UsageCounts(requests=2, samples=5, errors=1, device_seconds=0.5)})
+    usage.write_interval(db, {bucket: UsageCounts(requests=1, samples=1, device_seconds=0.25,
+                                                  energy_joules=3.0)})
+    usage.write_interval(db, {bucket: UsageCounts(requests=1, energy_joules_modelled=2.0)})
+    (row,) = usage.query(db, deployment="store-deployment")
+    assert (row.requests, row.samples, row.errors) == (4, 6, 1)
+    assert row.device_seconds == pytest.approx(0.75)
+    assert row.energy_joules == pytest.approx(3.0) and row.energy_joules_modelled == pytest.approx(2.0)
+    assert row.tenant == "store-tenant" and row.key == "storeprefix1" and row.day == date(2030, 1, 2)
+    assert usage.query(db, deployment="store-deployment", since=date(2030, 1, 3)) == []
+    (total,) = usage.query(db, tenant="store-tenant", group_by=())
+    assert total.requests == 4 and total.day is None
+
+
+def test_the_first_start_key_is_made_once_per_database(db, gateway):
+    # the session's gateway already made this database's bootstrap key at its first start
+    assert store.bootstrap_admin_key(db, SECRET) is None
+
+
+def test_websockets_are_authenticated_too(db):
+    """No gateway route speaks WebSocket today; one added later must not be a way around keys."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from kcloud.tenancy.context import current_principal
+    from kcloud.tenancy.middleware import TenancyMiddleware
+    from kcloud.tenancy.service import Tenancy
+
+    async def echo_role(websocket):
+        await websocket.accept()
+        await websocket.send_text(current_principal().role.value)
+        await websocket.close()
+
+    tenancy = Tenancy(db, server_secret=SECRET)
+    app = Starlette(routes=[WebSocketRoute("/ws", echo_role)])
+    app.add_middleware(TenancyMiddleware, tenancy=tenancy)
+    made = store.create_key(db, SECRET, role=Role.READONLY, tenant=None, actor="test")
+    with TestClient(app) as client:
+        with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws"):
+            pass
+        assert refused.value.code == 1008
+        with client.websocket_connect("/ws", headers={"Authorization": f"Bearer {made.key}"}) as ws:
+            assert ws.receive_text() == "readonly"
+
+
+def test_usage_survives_a_failed_write(db, monkeypatch):
+    """A database hiccup keeps the counted usage in memory for the next flush: nothing is lost."""
+    from kcloud.tenancy import service as service_module
+    from kcloud.tenancy.service import Tenancy
+
+    tenancy = Tenancy(db, server_secret=SECRET)
+    bucket = UsageBucket(date(2030, 2, 3), None, None, "flaky-deployment")
+    tenancy.meter.record(bucket, samples=2)
+    real_write = service_module.write_interval
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(service_module, "write_interval", failing)
+    assert tenancy.flush_usage() is False
+    tenancy.meter.record(bucket, samples=1)
+    monkeypatch.setattr(service_module, "write_interval", real_write)
+    assert tenancy.flush_usage() is True
+    (row,) = usage.query(db, deployment="flaky-deployment")
+    assert row.requests == 2 and row.samples == 3

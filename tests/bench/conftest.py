@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -61,7 +62,19 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> 
 
 @pytest.fixture(scope="module")
 def gateway(bench_models) -> Iterator[str]:
-    """`kcloud up` as a user runs it (a subprocess on a loopback port, one replica per model)."""
+    """`kcloud up` as a user runs it (a subprocess on a loopback port, one replica per model).
+
+    The gateway asks for an API key: an operator's admin key is made first, and the bench
+    commands find it in `$KCLOUD_API_KEY`, as a user's shell would hand it to them.
+    """
+    made = subprocess.run(
+        [KCLOUD, "keys", "create-admin", "--name", "bench-tests"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    key = re.search(r"\bkc_\w+", made.stdout + made.stderr)
+    assert key, made.stdout + made.stderr
+    previous_key = os.environ.get("KCLOUD_API_KEY")
+    os.environ["KCLOUD_API_KEY"] = key.group(0)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
@@ -75,6 +88,10 @@ def gateway(bench_models) -> Iterator[str]:
         _wait_ready(url, process)
         yield url
     finally:
+        if previous_key is None:
+            os.environ.pop("KCLOUD_API_KEY", None)
+        else:
+            os.environ["KCLOUD_API_KEY"] = previous_key
         process.send_signal(signal.SIGINT)
         try:
             process.communicate(timeout=60)

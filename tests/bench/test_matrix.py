@@ -182,3 +182,14 @@ def test_compare_shows_deltas(matrix):
     text = cli.output
     assert "B - A" in text and "samples_per_second" in text and "%" in text
     assert "MODELLED" in text  # the emulated device's energy is labelled in the comparison
+
+
+@pytest.mark.slow
+def test_gateway_without_a_key_is_refused_before_loadgen(gateway: str, tmp_path: Path) -> None:
+    result = run_cli(
+        "bench", "run", "--model", DIGITS, "--url", gateway, "--scenario", "Offline", "--quick",
+        "--out", str(tmp_path), env={"KCLOUD_API_KEY": ""},
+    )
+    assert result.exit_code != 0
+    assert "requires an API key" in result.output
+    assert not list(tmp_path.rglob("mlperf_log_summary.txt"))

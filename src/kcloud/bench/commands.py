@@ -39,6 +39,9 @@ def run(
     url: str | None = typer.Option(
         None, "--url", help="Gateway base URL for the network SUT, e.g. http://127.0.0.1:8000."
     ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="KCLOUD_API_KEY", help="Gateway API key for the network SUT."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Short run for tests (still fully through LoadGen)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of settings (see docs/bench.md)."),
     target_qps: float | None = typer.Option(
@@ -98,6 +101,7 @@ def run(
             mode=mode,
             device=device,
             url=url,
+            api_key=api_key,
             settings=settings,
             quick=quick,
             system=system,

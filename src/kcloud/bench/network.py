@@ -65,8 +65,12 @@ def _error_text(response: httpx.Response) -> str:
 class NetworkBackend(Backend):
     kind = "network"
 
-    def __init__(self, url: str, entry: ModelEntry, *, output: str, max_in_flight: int) -> None:
+    def __init__(
+        self, url: str, entry: ModelEntry, *, output: str, max_in_flight: int, api_key: str | None = None
+    ) -> None:
         self.url = check_url(url)
+        #: kcloud gateways want `Authorization: Bearer <key>` on every route but the health probes
+        self.auth_headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.entry = entry
         self.max_in_flight = max_in_flight
         #: the one output asked for: the one the accuracy script scores
@@ -80,7 +84,9 @@ class NetworkBackend(Backend):
         """Check the gateway and the model there; `BenchError` on anything that would spoil a run."""
         name, version = self.entry.name, self.entry.version
         try:
-            with httpx.Client(base_url=self.url, timeout=PREFLIGHT_TIMEOUT_S, trust_env=False) as client:
+            with httpx.Client(
+                base_url=self.url, timeout=PREFLIGHT_TIMEOUT_S, trust_env=False, headers=self.auth_headers
+            ) as client:
                 live = client.get("/v2/health/live")
                 server = client.get("/v2")
                 meta = client.get(f"/v2/models/{name}/versions/{version}")
@@ -95,6 +101,9 @@ class NetworkBackend(Backend):
             raise BenchError(
                 f"gateway {self.url} is not live (GET /v2/health/live answered {live.status_code})"
             )
+        if server.status_code == 401:
+            hint = "the key was refused" if self.auth_headers else "pass --api-key or set $KCLOUD_API_KEY"
+            raise BenchError(f"gateway {self.url} requires an API key (GET /v2 answered 401): {hint}")
         if server.status_code == 200:
             self.server = server.json()
         extensions = self.server.get("extensions") or []
@@ -129,7 +138,10 @@ class NetworkBackend(Backend):
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.max_in_flight)
         self.client = aiohttp.ClientSession(
-            self.url, connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+            self.url,
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+            headers=self.auth_headers,
         )
 
     async def stop(self) -> None:
@@ -160,7 +172,9 @@ class NetworkBackend(Backend):
     # -- energy through the gateway's own metrics ---------------------------------------------
     def scrape(self) -> dict[str, Any]:
         """The gateway's `/metrics`: energy counters by device uid, devices that computed this model."""
-        response = httpx.get(self.url + "/metrics", timeout=PREFLIGHT_TIMEOUT_S, trust_env=False)
+        response = httpx.get(
+            self.url + "/metrics", timeout=PREFLIGHT_TIMEOUT_S, trust_env=False, headers=self.auth_headers
+        )
         if response.status_code != 200:
             raise RuntimeError(f"GET /metrics answered {response.status_code}")
         now = time.time()

@@ -77,6 +77,7 @@ class RunRequest:
     mode: str = "performance"
     device: str | None = None
     url: str | None = None
+    api_key: str | None = None
     settings: BenchSettings = field(default_factory=BenchSettings)
     quick: bool = False
     system: str | None = None
@@ -185,7 +186,9 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     device = None
     if request.url is not None:
         in_flight = request.settings.max_in_flight or NETWORK_MAX_IN_FLIGHT
-        backend: Backend = NetworkBackend(request.url, entry, output=dataset.output, max_in_flight=in_flight)
+        backend: Backend = NetworkBackend(
+            request.url, entry, output=dataset.output, max_in_flight=in_flight, api_key=request.api_key
+        )
         backend.preflight()
         host = backend.url.split("://", 1)[1]
         system = request.system or f"gateway-{host}"

@@ -8,12 +8,17 @@ Why this shape:
 - One batch computes while the next one forms: the loop forms a batch, waits for the worker
   to be free, tops the batch up with what arrived meanwhile, then dispatches. So the device
   never waits for the queue, and requests that arrived during a long batch join the next one.
+- The worker is not kept waiting for answers either: when a batch comes back from the worker,
+  the next formed batch is dispatched to it *before* the finished batch's outputs are split
+  and its requests answered (profiling showed the worker idle ~3.5 % of the time otherwise).
 - A request whose deadline passed while it waited is dropped with `DeadlineExceededError`
   and never computed; a request whose caller went away (cancelled) is dropped too.
 
 The batcher knows nothing of models: `execute(batch)` (from the replica) computes a batch and
-resolves each request's future. Whatever it leaves unresolved is failed here, so no request is
-ever lost or left hanging.
+either resolves each request's future itself or returns a `finish()` callable that does (split
+the outputs, answer the requests); the batcher calls `finish()` after the next batch has gone to
+the worker. Whatever is left unresolved is failed here, so no request is ever lost or left
+hanging.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ THROUGHPUT_SMOOTHING = 0.2
 #: Retry-After is never shorter than this (HTTP gives it in whole seconds).
 MIN_RETRY_AFTER_S = 1.0
 
+#: Answers a computed batch: splits its outputs and resolves its requests' futures.
+Finish = Callable[[], None]
+#: Computes a batch on the worker; returns a `Finish` to answer it later, or None if it answered.
+Execute = Callable[[list["Pending"]], Awaitable["Finish | None"]]
+
 
 @dataclass(eq=False)
 class Pending:
@@ -71,7 +81,7 @@ class Batcher:
 
     def __init__(
         self,
-        execute: Callable[[list[Pending]], Awaitable[None]],
+        execute: Execute,
         *,
         max_batch_size: int,
         max_queue_delay_s: float,
@@ -99,6 +109,8 @@ class Batcher:
         self._idle.set()
         self._loop_task: asyncio.Task[None] | None = None
         self._batch_task: asyncio.Task[None] | None = None
+        self._formed_waiting = False  # the loop holds a formed batch until the worker is free
+        self._stopping = False
         self._closed: ServingError | None = None
         self._rows_per_s: float | None = None
 
@@ -288,35 +300,79 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             await self._wait_until_formed()
-            await self._free.wait()  # the previous batch still computes: keep filling meanwhile
-            batch = self._take_batch()
-            if not batch:
-                self._depth_changed()
-                continue
-            rows = sum(p.rows for p in batch)
-            self._in_flight_rows += rows
-            self._free.clear()
-            self._depth_changed()
-            self._batch_task = asyncio.get_running_loop().create_task(self._compute(batch, rows))
+            if not self._free.is_set():
+                # The previous batch still computes: keep filling meanwhile. When it comes back
+                # from the worker, its task dispatches this batch before answering its own.
+                self._formed_waiting = True
+                try:
+                    await self._free.wait()
+                finally:
+                    self._formed_waiting = False
+                if not self._free.is_set():
+                    continue  # dispatched by the finished batch's task already
+            self._dispatch()
 
-    async def _compute(self, batch: list[Pending], rows: int) -> None:
+    def _dispatch(self) -> asyncio.Future[None] | None:
+        """Send the queued batch to the (free) worker. Returns a future that is done once the new
+        batch's task has taken its first step (collated and handed its feeds to the worker), or
+        None when nothing was left to send."""
+        batch = self._take_batch()
+        if not batch:
+            self._depth_changed()
+            return None
+        rows = sum(p.rows for p in batch)
+        self._in_flight_rows += rows
+        self._free.clear()
+        self._depth_changed()
+        handed_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.get_running_loop().create_task(self._compute(batch, rows, handed_over))
+        # A task cancelled before its first step never marks the hand-over: don't hang on it.
+        task.add_done_callback(lambda _: handed_over.done() or handed_over.set_result(None))
+        self._batch_task = task
+        return handed_over
+
+    def _batch_error(self, exc: Exception, rows: int) -> Exception:
+        if isinstance(exc, ServingError | ValueError):
+            return exc
+        log.error("%s: batch of %d rows failed", self.name, rows, exc_info=exc)
+        return InferenceFailedError(f"{self.name}: batch failed: {type(exc).__name__}: {exc}")
+
+    async def _compute(self, batch: list[Pending], rows: int, handed_over: asyncio.Future[None]) -> None:
+        if not handed_over.done():
+            handed_over.set_result(None)  # wakes the previous batch's task after this first step
+        error: Exception | None = None
+        finish: Finish | None = None
         try:
-            await self._execute(batch)
-        except Exception as exc:
-            error = exc if isinstance(exc, ServingError | ValueError) else InferenceFailedError(
-                f"{self.name}: batch failed: {type(exc).__name__}: {exc}")
-            if not isinstance(exc, ServingError | ValueError):
-                log.exception("%s: batch of %d rows failed", self.name, rows)
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+            try:
+                finish = await self._execute(batch)
+            except Exception as exc:
+                error = self._batch_error(exc, rows)
+            finally:
+                self._in_flight_rows -= rows
+                self._free.set()
+            if self._formed_waiting and not self._stopping:
+                # Keep the worker fed: the next batch goes out before this one is answered.
+                next_handed_over = None
+                try:
+                    next_handed_over = self._dispatch()
+                except Exception:  # the loop meets the same error and fails the replica
+                    log.debug("%s: dispatch after a batch failed; left to the loop", self.name, exc_info=True)
+                if next_handed_over is not None:
+                    await next_handed_over
+            if error is None and finish is not None:
+                try:
+                    finish()
+                except Exception as exc:
+                    error = self._batch_error(exc, rows)
+            if error is not None:
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
         finally:
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(
                         InferenceFailedError(f"{self.name}: batch ended without an answer"))
-            self._in_flight_rows -= rows
-            self._free.set()
             self._depth_changed()
 
     # -- shutdown ---------------------------------------------------------------------------
@@ -342,6 +398,7 @@ class Batcher:
 
     async def stop(self) -> None:
         """Stop the loop; a batch in flight is awaited (its requests get their answers)."""
+        self._stopping = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -17,6 +17,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kcloud.admin_client import call_admin_api, err, fail
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "KCLOUD_URL"
 KEY_ENV = "KCLOUD_API_KEY"
@@ -37,42 +39,12 @@ _KEY = typer.Option(
 _JSON = typer.Option(False, "--json", help="Print JSON instead of tables.")
 
 out = Console()
-err = Console(stderr=True)
 STATUS_STYLE = {"ready": "green", "progressing": "cyan", "degraded": "yellow", "pending": "red"}
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code)
-
-
 def call(url: str, key: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    """One admin API call; any failure is one red line and exit code 1."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        with httpx.Client(base_url=url.rstrip("/") + "/api/v1", timeout=60, headers=headers) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.InvalidURL as exc:
-        raise fail(f"--url {url!r} is not a valid URL: {exc}") from None
-    except httpx.ConnectError:
-        raise fail(f"cannot reach the kcloud server at {url} (is `kcloud up` running?)") from None
-    except httpx.TimeoutException:
-        raise fail(f"the server at {url} did not answer in time") from None
-    except httpx.HTTPError as exc:
-        raise fail(f"request to {url} failed: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            error = response.json().get("error")
-        except ValueError:
-            error = None
-        if isinstance(error, dict):
-            error = error.get("message")
-        raise fail(f"{response.status_code}: {error or response.text.strip() or response.reason_phrase}")
-    if response.status_code == 204 or not response.content:
-        return None
-    return response.json()
+    """One call to the control plane's admin API under `/api/v1`."""
+    return call_admin_api(url, key, method, "/api/v1" + path, **kwargs)
 
 
 def _constraints(

@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from kcloud.admin_client import call_admin_api, err, fail
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "KCLOUD_URL"
 KEY_ENV = "KCLOUD_API_KEY"
@@ -31,44 +33,14 @@ _JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 #: Tables piped to a file or another program are not cut to 80 columns (values would be elided).
 out = Console() if sys.stdout.isatty() else Console(width=max(Console().width, 160))
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _call(url: str, key: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    """One admin API call; any failure becomes one red line and exit code 1."""
-    import httpx
-
+    """One admin API call; these routes always need a key, so its absence is said up front."""
     if not key:
         raise fail(f"no API key: pass --api-key or set {KEY_ENV} "
                    f"(the admin key is printed at the server's first start)")
-    try:
-        with httpx.Client(base_url=url.rstrip("/"), timeout=30,
-                          headers={"Authorization": f"Bearer {key}"}) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.InvalidURL as exc:
-        raise fail(f"--url {url!r} is not a valid URL: {exc}") from None
-    except httpx.ConnectError:
-        raise fail(f"cannot reach the kcloud server at {url} (is `kcloud up` running?)") from None
-    except httpx.TimeoutException:
-        raise fail(f"the server at {url} did not answer in time") from None
-    except httpx.HTTPError as exc:
-        raise fail(f"request to {url} failed: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            error = response.json().get("error")
-        except ValueError:
-            error = None
-        if isinstance(error, dict):
-            error = error.get("message")
-        raise fail(f"{response.status_code}: {error or response.text.strip() or response.reason_phrase}")
-    if response.status_code == 204 or not response.content:
-        return None
-    return response.json()
+    return call_admin_api(url, key, method, path, **kwargs)
 
 
 def _parse_vendor_caps(values: list[str]) -> dict[str, int]:

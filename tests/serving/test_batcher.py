@@ -252,3 +252,31 @@ async def test_a_crashed_loop_fails_waiters_instead_of_hanging():
     assert not b.running and len(crashes) == 1
     with pytest.raises(ReplicaDiedError):
         b.submit(request(1), None)
+
+
+async def test_next_batch_is_dispatched_before_the_finished_one_is_answered():
+    """Answering a batch (split, encode, resolve) must not leave the device idle: `execute` may
+    return a `finish` step, and the batcher hands the next batch over before running it."""
+    events: list[tuple[str, list[int]]] = []
+
+    async def execute(batch: list[Pending]):
+        tags = [p.prepared.extra["tag"] for p in batch]
+        events.append(("start", tags))
+        await asyncio.sleep(0.01)  # on the device
+
+        def finish() -> None:
+            events.append(("finish", tags))
+            for pending in batch:
+                pending.future.set_result(pending.prepared.extra["tag"])
+
+        return finish
+
+    b = Batcher(execute, max_batch_size=2, max_queue_delay_s=0.0, queue_limit=100)
+    b.start()
+    pendings = [b.submit(request(i), None) for i in range(6)]
+    assert await asyncio.gather(*(b.result(p) for p in pendings)) == list(range(6))
+    await b.stop()
+    order = [(kind, tuple(tags)) for kind, tags in events]
+    assert order.index(("start", (2, 3))) < order.index(("finish", (0, 1)))
+    assert order.index(("start", (4, 5))) < order.index(("finish", (2, 3)))
+    assert sorted(tag for kind, tags in events if kind == "finish" for tag in tags) == list(range(6))

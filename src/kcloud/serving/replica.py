@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from kcloud.models.pipeline import Pipeline, Prepared
 from kcloud.runtime.layout import default_layout, host_cores
 from kcloud.runtime.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
 from kcloud.runtime.session import UnsupportedDeviceError, plan_for
-from kcloud.serving.batcher import Batcher, Pending
+from kcloud.serving.batcher import Batcher, Finish, Pending
 from kcloud.serving.errors import ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.worker import ProcessWorker, ThreadWorker, Worker
@@ -99,6 +99,9 @@ class Replica:
         self._started = False
         self._stopping = False
         self._death_reported = False
+        self._depth_gauge: Any = None  # metrics.queue_depth child of this replica, once used
+        self._batch_children: tuple[Any, Any, Any] | None = None  # queue, compute, rows histograms
+        self._modelled_child: Any = None
         batching = entry.config.batching
         self.batcher = Batcher(
             self._execute,
@@ -186,8 +189,9 @@ class Replica:
             batch_rows=answer.batch_rows,
         )
 
-    async def _execute(self, batch: list[Pending]) -> None:
-        """Compute one batch and resolve each request's future with its own outputs."""
+    async def _execute(self, batch: list[Pending]) -> Finish:
+        """Compute one batch; returns the step that resolves each request's future with its own
+        outputs, which the batcher runs once the next batch is on the worker."""
         items = [pending.prepared for pending in batch]
         rows = sum(item.rows for item in items)
         feeds = self.pipeline.collate(items)
@@ -198,16 +202,20 @@ class Replica:
             self._worker_died()
             raise
         compute_s = time.perf_counter() - started
-        parts = self.pipeline.split(outputs, items)
-        if len(parts) != len(batch):
-            raise RuntimeError(
-                f"{self.entry.name}: split gave {len(parts)} answers for {len(batch)} requests")
-        self.batcher.record_throughput(rows, compute_s)
-        modelled = self._model_device_time(rows) if self.device.emulated else None
-        self._record_batch(batch, rows, compute_s, modelled)
-        for pending, part in zip(batch, parts, strict=True):
-            if not pending.future.done():
-                pending.future.set_result(_BatchAnswer(part, compute_s, modelled, rows))
+
+        def finish() -> None:
+            parts = self.pipeline.split(outputs, items)
+            if len(parts) != len(batch):
+                raise RuntimeError(
+                    f"{self.entry.name}: split gave {len(parts)} answers for {len(batch)} requests")
+            self.batcher.record_throughput(rows, compute_s)
+            modelled = self._model_device_time(rows) if self.device.emulated else None
+            self._record_batch(batch, rows, compute_s, modelled)
+            for pending, part in zip(batch, parts, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(_BatchAnswer(part, compute_s, modelled, rows))
+
+        return finish
 
     def _model_device_time(self, rows: int) -> ModelledTime:
         modelled = modelled_device_seconds(
@@ -221,18 +229,31 @@ class Replica:
     ) -> None:
         if self.metrics is None:
             return
+        # `.labels()` hashes and locks on every call: look each child up once per replica.
         labels = (self.entry.name, self.device.uid)
-        queue_hist = self.metrics.queue_seconds.labels(*labels)
+        if self._batch_children is None:
+            self._batch_children = (
+                self.metrics.queue_seconds.labels(*labels),
+                self.metrics.compute_seconds.labels(*labels),
+                self.metrics.batch_rows.labels(*labels),
+            )
+        queue_hist, compute_hist, rows_hist = self._batch_children
         for pending in batch:
             queue_hist.observe((pending.dispatched or pending.enqueued) - pending.enqueued)
-        self.metrics.compute_seconds.labels(*labels).observe(compute_s)
-        self.metrics.batch_rows.labels(*labels).observe(rows)
+        compute_hist.observe(compute_s)
+        rows_hist.observe(rows)
         if modelled is not None and modelled.seconds is not None:
-            self.metrics.modelled_device_seconds.labels(*labels).observe(modelled.seconds)
+            if self._modelled_child is None:  # the series exists only for emulated devices
+                self._modelled_child = self.metrics.modelled_device_seconds.labels(*labels)
+            self._modelled_child.observe(modelled.seconds)
 
     def _record_depth(self, depth: int) -> None:
+        # Called on every submit and dispatch: the gauge child is looked up once, lazily, so the
+        # series appears with the first request as before (and is removed by `stop()`).
         if self.metrics is not None and not self._stopping:
-            self.metrics.queue_depth.labels(self.entry.name, self.id).set(depth)
+            if self._depth_gauge is None:
+                self._depth_gauge = self.metrics.queue_depth.labels(self.entry.name, self.id)
+            self._depth_gauge.set(depth)
 
     def _worker_died(self) -> None:
         """The worker (or the batching loop) died by itself: fail what is queued (the router

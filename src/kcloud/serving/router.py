@@ -31,6 +31,10 @@ class Router:
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
         self._replicas: dict[str, Replica] = {}
+        # Looked up on every request, changed only by add/remove: rebuilt lazily after a change.
+        self._served: list[ModelEntry] | None = None
+        self._versions: dict[str, list[ModelEntry]] = {}  # name -> served entries, by version
+        self._candidates_of: dict[tuple[str, int], list[Replica]] = {}
         self._turn = itertools.count()
         #: Called once per replica whose worker died (not for replicas stopped on purpose).
         self.on_replica_died: list[Callable[[Replica], None]] = []
@@ -45,16 +49,23 @@ class Router:
             raise ValueError(f"replica {replica.id} is already routed")
         replica.on_death.append(self._replica_died)
         self._replicas[replica.id] = replica
+        self._replicas_changed()
 
     async def remove_replica(self, replica_id: str) -> Replica | None:
         """Stop routing to a replica and stop it (it finishes what it has queued first)."""
         replica = self._replicas.pop(replica_id, None)
         if replica is not None:
+            self._replicas_changed()
             await replica.stop()
         return replica
 
     def replicas(self, model: str | None = None) -> list[Replica]:
         return [r for r in self._replicas.values() if model is None or r.entry.name == model]
+
+    def _replicas_changed(self) -> None:
+        self._served = None
+        self._versions = {}
+        self._candidates_of = {}
 
     def _replica_died(self, replica: Replica) -> None:
         log.error("replica %s of %s on %s died", replica.id, replica.entry.name, replica.device.uid)
@@ -67,15 +78,22 @@ class Router:
     # -- models -----------------------------------------------------------------------------
     def served_models(self) -> list[ModelEntry]:
         """One entry per (name, version) that has at least one replica, dead or alive."""
-        entries: dict[tuple[str, int], ModelEntry] = {}
-        for replica in self._replicas.values():
-            entries.setdefault((replica.entry.name, replica.entry.version), replica.entry)
-        return [entries[key] for key in sorted(entries)]
+        if self._served is None:
+            entries: dict[tuple[str, int], ModelEntry] = {}
+            for replica in self._replicas.values():
+                entries.setdefault((replica.entry.name, replica.entry.version), replica.entry)
+            self._served = [entries[key] for key in sorted(entries)]
+            versions: dict[str, list[ModelEntry]] = {}
+            for served in self._served:  # sorted by (name, version), so each list is by version
+                versions.setdefault(served.name, []).append(served)
+            self._versions = versions
+        return list(self._served)
 
     def entry(self, name: str, version: int | None = None) -> ModelEntry:
         """The served entry of `name` (its latest served version when `version` is None)."""
-        versions = sorted(
-            (e for e in self.served_models() if e.name == name), key=lambda e: e.version)
+        if self._served is None:
+            self.served_models()
+        versions = self._versions.get(name, [])
         if not versions:
             served = sorted({e.name for e in self.served_models()})
             have = f"served models: {', '.join(served)}" if served else "no model is served"
@@ -90,8 +108,13 @@ class Router:
             f"served versions: {', '.join(str(e.version) for e in versions)}")
 
     def _candidates(self, entry: ModelEntry) -> list[Replica]:
-        return [r for r in self._replicas.values()
+        key = (entry.name, entry.version)
+        candidates = self._candidates_of.get(key)
+        if candidates is None:
+            candidates = self._candidates_of[key] = [
+                r for r in self._replicas.values()
                 if r.entry.name == entry.name and r.entry.version == entry.version]
+        return candidates
 
     def is_ready(self, name: str, version: int | None = None) -> bool:
         """True when the model (version) is served and has a live replica."""
@@ -144,4 +167,5 @@ class Router:
         """Stop every replica."""
         replicas = list(self._replicas.values())
         self._replicas.clear()
+        self._replicas_changed()
         await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)

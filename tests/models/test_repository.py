@@ -121,6 +121,31 @@ def test_wrong_type(repo: ModelRepository, tmp_path: Path) -> None:
     _bad_add(repo, source, r"key `batching\.max_batch_size`: .*integer.*'eight'")
 
 
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        ("cpu = 9", r"preferred_batch_size\.cpu = 9: must be between 1 and max_batch_size \(8\)"),
+        ("cpu = 0", r"preferred_batch_size\.cpu = 0: must be between 1"),
+        ("tpu = 4", r"key `batching\.preferred_batch_size\.tpu`"),
+    ],
+)
+def test_bad_preferred_batch_size(repo: ModelRepository, tmp_path: Path, table: str, match: str) -> None:
+    source = affine_dir(tmp_path / "src")
+    text = (source / "config.toml").read_text().replace(
+        "[batching]", f"[batching]\npreferred_batch_size = {{ {table} }}")
+    (source / "config.toml").write_text(text)
+    _bad_add(repo, source, match)
+
+
+def test_preferred_batch_size_is_per_device_kind(repo: ModelRepository, tmp_path: Path) -> None:
+    source = affine_dir(tmp_path / "src")
+    text = (source / "config.toml").read_text().replace(
+        "[batching]", "[batching]\npreferred_batch_size = { cpu = 4 }")
+    (source / "config.toml").write_text(text)
+    batching = repo.add(source).config.batching
+    assert (batching.batch_rows("cpu"), batching.batch_rows("gpu")) == (4, 8)
+
+
 @pytest.mark.parametrize("dim", [0, -2])
 def test_non_positive_dims(repo: ModelRepository, tmp_path: Path, dim: int) -> None:
     source = affine_dir(tmp_path / "src")

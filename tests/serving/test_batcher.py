@@ -233,7 +233,8 @@ async def test_batch_without_answers_fails_instead_of_hanging():
     await b.stop()
 
 
-@pytest.mark.parametrize("kwargs", [{"max_batch_size": -1}, {"max_queue_delay_s": -1}, {"queue_limit": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"max_batch_size": -1}, {"max_queue_delay_s": -1}, {"queue_limit": 0}, {"pipeline_depth": 0}])
 def test_bad_settings_are_refused(kwargs):
     settings = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "queue_limit": 10} | kwargs
     with pytest.raises(ValueError):
@@ -280,3 +281,27 @@ async def test_next_batch_is_dispatched_before_the_finished_one_is_answered():
     assert order.index(("start", (2, 3))) < order.index(("finish", (0, 1)))
     assert order.index(("start", (4, 5))) < order.index(("finish", (2, 3)))
     assert sorted(tag for kind, tags in events if kind == "finish" for tag in tags) == list(range(6))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+async def test_pipeline_depth_bounds_the_batches_on_the_worker(depth):
+    """With `pipeline_depth` N, up to N batches are handed to `execute` before the first returns
+    (the next waits on the worker), and never more."""
+    on_worker = 0
+    most = 0
+
+    async def execute(batch: list[Pending]) -> None:
+        nonlocal on_worker, most
+        on_worker += 1
+        most = max(most, on_worker)
+        await asyncio.sleep(0.02)
+        on_worker -= 1
+        for pending in batch:
+            pending.future.set_result(pending.prepared.extra["tag"])
+
+    b = Batcher(execute, max_batch_size=1, max_queue_delay_s=0.0, queue_limit=100, pipeline_depth=depth)
+    b.start()
+    pendings = [b.submit(request(i), None) for i in range(8)]
+    assert await asyncio.gather(*(b.result(p) for p in pendings)) == list(range(8))
+    await b.stop()
+    assert most == depth

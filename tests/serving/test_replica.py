@@ -21,7 +21,7 @@ from kcloud.models.repository import ModelRepository
 from kcloud.runtime import UnsupportedDeviceError
 from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics
-from kcloud.serving.replica import create_replica
+from kcloud.serving.replica import PIPELINE_DEPTH, create_replica
 
 pytestmark = pytest.mark.anyio
 
@@ -87,28 +87,45 @@ async def test_multi_row_requests_keep_their_rows_together(repo):
         await replica.stop()
 
 
-async def test_expired_requests_are_not_computed(repo):
+async def _busy_batches(replica, count: int) -> list[asyncio.Future]:
+    """`count` 1024-row batches (8.6 GFLOP each) sent to the replica's worker, one per batch."""
+    prepare = replica.pipeline.prepare
+    busy = []
+    for _ in range(count):
+        busy.append(asyncio.ensure_future(
+            replica.infer(prepare({"x": np.ones((1024, 512), np.float32)}), deadline=None)))
+        async with asyncio.timeout(10):
+            while replica.batcher.queued or replica.load < 1024 * len(busy):
+                await asyncio.sleep(0.001)
+    return busy
+
+
+@pytest.mark.parametrize(
+    ("busy_batches", "where"),
+    [(1, "on the worker, behind the batch computing"), (PIPELINE_DEPTH, "in the replica's queue")],
+)
+async def test_expired_requests_are_not_computed(repo, busy_batches, where):
+    """Requests whose deadline passes while they wait get 504 and are never computed, whether
+    they wait in the queue (answered at the deadline) or on the worker behind another batch
+    (answered when the worker reaches them)."""
     metrics = ServingMetrics(CollectorRegistry())
     device = cpu_device()
     replica = create_replica(repo.get("slow"), device, isolation="thread", threads=1, metrics=metrics)
     await replica.start()
     try:
         prepare = replica.pipeline.prepare
-        # A 1024-row batch (8.6 GFLOP) keeps the worker busy while the short-deadline ones wait.
-        busy = asyncio.ensure_future(
-            replica.infer(prepare({"x": np.ones((1024, 512), np.float32)}), deadline=None))
-        async with asyncio.timeout(10):
-            while replica.batcher.queued or replica.load == 0:
-                await asyncio.sleep(0.001)
+        busy = await _busy_batches(replica, busy_batches)
         one_row = {"x": np.ones((1, 512), np.float32)}
         doomed = [replica.infer(prepare(one_row), deadline=time.monotonic() + 0.01) for _ in range(5)]
         results = await asyncio.gather(*doomed, return_exceptions=True)
-        assert all(isinstance(r, DeadlineExceededError) for r in results), results
-        assert not busy.done(), "the busy batch finished before the deadlines: test proves nothing"
-        await busy
+        assert all(isinstance(r, DeadlineExceededError) for r in results), (where, results)
+        if busy_batches == PIPELINE_DEPTH:  # refused from the queue at the deadline, not later
+            assert not busy[-1].done(), "the busy batches finished before the deadlines: proves nothing"
+        await asyncio.gather(*busy)
         last = await replica.infer(prepare(one_row), deadline=time.monotonic() + 30)
         assert last.batch_rows == 1
-        assert rows_computed(metrics, "slow", device.uid) == 1024 + 1  # none of the 5 expired rows
+        # none of the 5 expired rows
+        assert rows_computed(metrics, "slow", device.uid) == 1024 * busy_batches + 1, where
     finally:
         await replica.stop()
 

@@ -136,7 +136,8 @@ async def test_killed_worker_loses_no_request(repo, caplog):
               f"retried: {len([r for r in caplog.records if r.getMessage().startswith('retrying')])}")
         assert sum(done.values()) == len(clients), done
         assert set(done) <= {"ok", QueueFullError.__name__, ReplicaDiedError.__name__}, done
-        assert done["ok"] >= len(clients) - 32, done  # only requests on the victim could fail; retries save them
+        # only requests on the victim could fail, and retries save them
+        assert done["ok"] >= len(clients) - 32, done
         retries = [r for r in caplog.records if r.getMessage().startswith("retrying a request")]
         assert retries, "the kill hit no request: nothing was retried"
         assert not victim.alive and survivor.alive

@@ -58,8 +58,9 @@ async def test_worker_runs_batches(models, kind):
             assert worker.pid is None
         for rows in (1, 7):
             x = np.random.default_rng(rows).standard_normal((rows, 4)).astype(np.float32)
-            out = await worker.run({"x": x})
-            np.testing.assert_array_equal(out["y"], 2 * x)
+            computed = await worker.run({"x": x}, [(rows, None)])
+            np.testing.assert_array_equal(computed.outputs["y"], 2 * x)
+            assert 0 < computed.seconds < 5
     finally:
         await worker.close()
     assert not worker.alive
@@ -71,9 +72,57 @@ async def test_runtime_error_fails_the_batch_not_the_worker(models, kind):
     await worker.start()
     try:
         with pytest.raises(InferenceFailedError, match="runtime failed"):
-            await worker.run({"x": np.zeros((2, 5), dtype=np.float32)})  # wrong width
-        out = await worker.run({"x": np.ones((1, 4), dtype=np.float32)})
+            await worker.run({"x": np.zeros((2, 5), dtype=np.float32)}, [(2, None)])  # wrong width
+        out = (await worker.run({"x": np.ones((1, 4), dtype=np.float32)}, [(1, None)])).outputs
         assert worker.alive and out["y"][0, 0] == 2.0
+    finally:
+        await worker.close()
+
+
+@pytest.mark.parametrize("kind", [ThreadWorker, ProcessWorker])
+async def test_batches_sent_before_the_last_returned_are_answered_in_order(models, kind):
+    """Replicas keep a second batch on the worker: many calls at once each get their own rows."""
+    worker = kind(models["double"], cpu_device(), threads=1)
+    await worker.start()
+    try:
+        batches = [np.full((1 + i % 3, 4), i, np.float32) for i in range(20)]
+        done = await asyncio.gather(*(worker.run({"x": x}, [(len(x), None)]) for x in batches))
+        for x, computed in zip(batches, done, strict=True):
+            np.testing.assert_array_equal(computed.outputs["y"], 2 * x)
+    finally:
+        await worker.close()
+
+
+@pytest.mark.parametrize("kind", [ThreadWorker, ProcessWorker])
+async def test_requests_past_their_deadline_when_the_batch_starts_are_cut_out(models, kind):
+    """A batch waiting on the worker can outlive some deadlines: those rows are not computed."""
+    worker = kind(models["double"], cpu_device(), threads=1)
+    await worker.start()
+    try:
+        x = np.arange(4 * 4, dtype=np.float32).reshape(4, 4)
+        past, future = time.monotonic() - 1, time.monotonic() + 60
+        computed = await worker.run({"x": x}, [(1, future), (2, past), (1, None)])
+        assert computed.live == [True, False, True]
+        np.testing.assert_array_equal(computed.outputs["y"], 2 * x[[0, 3]])
+        nothing = await worker.run({"x": x[:2]}, [(1, past), (1, past)])
+        assert nothing.live == [False, False] and nothing.outputs is None and nothing.seconds == 0
+        everyone = await worker.run({"x": x[:1]}, [(1, future)])
+        assert everyone.live is None and everyone.outputs["y"].shape == (1, 4)
+    finally:
+        await worker.close()
+
+
+async def test_every_batch_on_a_killed_child_is_replica_died(models):
+    worker = ProcessWorker(models["slow"], cpu_device(), threads=1)
+    await worker.start()
+    try:
+        x = np.ones((4096, 512), dtype=np.float32)
+        runs = [asyncio.ensure_future(worker.run({"x": x}, [(4096, None)])) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        os.kill(worker.pid, signal.SIGKILL)
+        for run in runs:
+            with pytest.raises(ReplicaDiedError, match="died"):
+                await asyncio.wait_for(run, timeout=30)
     finally:
         await worker.close()
 
@@ -101,7 +150,7 @@ async def test_child_killed_mid_batch_is_replica_died(models):
     await worker.start()
     try:
         x = np.ones((4096, 512), dtype=np.float32)  # long enough to be killed while computing
-        run = asyncio.ensure_future(worker.run({"x": x}))
+        run = asyncio.ensure_future(worker.run({"x": x}, [(4096, None)]))
         await asyncio.sleep(0.05)
         assert not run.done()
         os.kill(worker.pid, signal.SIGKILL)
@@ -109,7 +158,7 @@ async def test_child_killed_mid_batch_is_replica_died(models):
             await asyncio.wait_for(run, timeout=30)
         assert not worker.alive and deaths == [True]
         with pytest.raises(ReplicaDiedError):
-            await worker.run({"x": x[:1]})
+            await worker.run({"x": x[:1]}, [(1, None)])
     finally:
         await worker.close()
 

@@ -36,7 +36,23 @@ def test_authenticator_decides_with_compare_digest(db, monkeypatch):
     monkeypatch.setattr(keys_module.hmac, "compare_digest", spy)
     with pytest.raises(AuthError, match="invalid API key"):
         anyio.run(authenticator.authenticate, f"Bearer {made.key}")
-    assert len(seen) == 1 and seen[0][1] == record.digest
+    # first against the key that matched before (the cheap path), then the HMAC digest
+    assert seen == [(made.key, made.key), (seen[1][0], record.digest)]
+
+
+def test_a_wrong_secret_under_a_known_prefix_is_refused_after_the_right_one(db):
+    """The remembered match is only a shortcut for the exact key that matched: another secret
+    under the same prefix still goes through the HMAC and fails, and does not evict the match."""
+    store.create_tenant(db, "prefix-co", actor="test")
+    made = store.create_key(db, SECRET, role=Role.MEMBER, tenant="prefix-co", actor="test")
+    authenticator = Authenticator(db, SECRET, ttl_s=3600)
+    anyio.run(authenticator.authenticate, f"Bearer {made.key}")
+    secret = made.key.rsplit("_", 1)[1]
+    forged = made.key[: -len(secret)] + ("A" if secret[0] != "A" else "B") + secret[1:]
+    assert keys_module.parse_key(forged).prefix == made.info.prefix
+    with pytest.raises(AuthError, match="invalid API key"):
+        anyio.run(authenticator.authenticate, f"Bearer {forged}")
+    assert anyio.run(authenticator.authenticate, f"Bearer {made.key}").prefix == made.info.prefix
 
 
 def test_revocation_reaches_the_cache_when_told(db):

@@ -83,7 +83,10 @@ def _build_minilm(target: Path, report: Report) -> dict[str, object]:
         ),
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, int(settings["hidden"])]}],  # type: ignore[call-overload]
-        "batching": {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "queue_limit": 1024},
+        # On a CPU, batches of 8 computed the most sentences per CPU-second (benchmarks/
+        # serving_throughput.py's sweep; docs/serving.md): a request may still carry 64.
+        "batching": {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "queue_limit": 1024,
+                     "preferred_batch_size": {"cpu": 8}},
         "processing": {
             "kind": "sentence-embedding",
             "tokenizer": "tokenizer.json",
@@ -214,7 +217,7 @@ def _noop_key() -> str:
 
 
 BUILTINS: dict[str, Builtin] = {
-    MINILM: Builtin(MINILM, 1, 5, _minilm_key, _build_minilm),
+    MINILM: Builtin(MINILM, 2, 5, _minilm_key, _build_minilm),
     DIGITS: Builtin(DIGITS, 1, 5, _digits_key, _build_digits),
     NOOP: Builtin(NOOP, 1, 1, _noop_key, _build_noop),
 }

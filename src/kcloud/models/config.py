@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kcloud.devices.spec import DeviceKind
 
@@ -42,11 +42,33 @@ class TensorSpec(_Strict):
 
 
 class Batching(_Strict):
-    """Dynamic batching: wait up to `max_queue_delay_ms` to fill `max_batch_size` rows."""
+    """Dynamic batching: wait up to `max_queue_delay_ms` to fill a batch.
+
+    `max_batch_size` is the contract (the most rows one request may carry, and the most the
+    graph is run with). `preferred_batch_size` is a tuning, per device kind, like Triton's
+    setting of that name: the batcher closes a batch at that many rows, because the batch a
+    device computes most efficiently is often smaller than the largest it accepts (a CPU's
+    caches; see docs/serving.md). A single request with more rows still runs whole.
+    """
 
     max_batch_size: int = Field(default=32, ge=0, description="0 turns batching off")
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     queue_limit: int = Field(default=1024, ge=1, description="requests waiting; beyond it: 429")
+    preferred_batch_size: dict[DeviceKind, int] = Field(
+        default_factory=dict, description="rows at which a batch closes, by device kind")
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> Batching:
+        for kind, rows in self.preferred_batch_size.items():
+            if self.max_batch_size == 0 or not 1 <= rows <= self.max_batch_size:
+                raise ValueError(
+                    f"preferred_batch_size.{kind} = {rows}: must be between 1 and max_batch_size "
+                    f"({self.max_batch_size}), and batching must be on")
+        return self
+
+    def batch_rows(self, kind: DeviceKind) -> int:
+        """Rows at which the batcher closes a batch on a device of `kind` (0: batching off)."""
+        return self.preferred_batch_size.get(kind, self.max_batch_size)
 
 
 class Processing(_Strict):

@@ -24,6 +24,8 @@ CONFIG_FILE = "config.toml"
 def _key(loc: tuple[Any, ...]) -> str:
     text = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for a bad key (rather than value) of a table
+            continue
         if isinstance(part, int):
             text += f"[{part}]"
         else:
@@ -72,7 +74,10 @@ def load_config(path: Path) -> ModelConfig:
 
 def config_to_toml(config: ModelConfig) -> str:
     """TOML text of a config; `None` fields are left out (TOML has no null, and absent = `None`)."""
-    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
+    data = config.model_dump(mode="json", exclude_none=True)
+    if not data["batching"]["preferred_batch_size"]:  # an empty table reads as noise in the file
+        del data["batching"]["preferred_batch_size"]
+    return tomli_w.dumps(data)
 
 
 def save_config(config: ModelConfig, path: Path) -> None:

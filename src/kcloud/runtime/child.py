@@ -4,9 +4,9 @@ It lives in `kcloud.runtime` (not beside the worker) so that a spawned child imp
 numpy, onnxruntime and this package, never the gateway.
 
 Protocol, one message per batch, pickled by `multiprocessing.connection`:
-  parent -> child: a feeds dict (`{name: ndarray}`), or `None` to stop.
+  parent -> child: `(feeds, requests)` (see `run_batch`), or `None` to stop.
   child -> parent: first `("ready", info)` or `("failed", message)` after building the session;
-                   then `("ok", outputs)` or `("error", message)` per batch.
+                   then `run_batch`'s reply per batch, in the order the batches came.
 
 The child ends when the parent closes its end of the pipe, and also when the parent dies
 without closing it (a watchdog thread compares `os.getppid()` with the parent's pid), so a
@@ -20,6 +20,9 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from kcloud.devices.device import Device
 from kcloud.runtime.session import RUNTIME_NOTE, create_session, session_provider
@@ -33,6 +36,35 @@ def _exit_when_orphaned(parent_pid: int) -> None:
         time.sleep(PARENT_CHECK_S)
         if os.getppid() != parent_pid:
             os._exit(0)
+
+
+#: Rows and monotonic deadline (or None) of each request of a batch, in batch order.
+Requests = list[tuple[int, float | None]]
+#: `(status, outputs or message or None, seconds in the runtime, live)`; status "ok", "error" or
+#: "expired"; `live` says which requests were computed (None: all of them).
+Reply = tuple[str, object, float, list[bool] | None]
+
+
+def run_batch(session: Any, names: list[str], feeds: dict[str, np.ndarray], requests: Requests) -> Reply:
+    """Run one batch, leaving out the requests whose deadline passed before it started.
+
+    A batch can wait on the worker behind another one (replicas keep two there), so a deadline
+    can pass after the batch left the queue: those rows are cut from the feeds (whose first
+    dimension is the batch) and never computed; the replica answers those requests 504.
+    """
+    now = time.monotonic()
+    live = [deadline is None or deadline > now for _, deadline in requests]
+    if not any(live):
+        return ("expired", None, 0.0, live)
+    if not all(live):
+        keep = np.repeat(live, [rows for rows, _ in requests])
+        feeds = {name: value[keep] for name, value in feeds.items()}
+    started = time.perf_counter()
+    try:
+        outputs = dict(zip(names, session.run(names, feeds), strict=True))
+    except Exception as exc:  # an ORT failure fails this batch, not the worker
+        return ("error", f"{type(exc).__name__}: {exc}", time.perf_counter() - started, None)
+    return ("ok", outputs, time.perf_counter() - started, None if all(live) else live)
 
 
 def serve_session(
@@ -54,15 +86,12 @@ def serve_session(
     }))
     while True:
         try:
-            feeds = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             break  # parent gone
-        if feeds is None:
+        if message is None:
             break
-        try:
-            reply = ("ok", dict(zip(names, session.run(names, feeds), strict=True)))
-        except Exception as exc:  # an ORT failure fails this batch, not the worker
-            reply = ("error", f"{type(exc).__name__}: {exc}")
+        reply = run_batch(session, names, *message)
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):

@@ -11,6 +11,10 @@ Why this shape:
 - The worker is not kept waiting for answers either: when a batch comes back from the worker,
   the next formed batch is dispatched to it *before* the finished batch's outputs are split
   and its requests answered (profiling showed the worker idle ~3.5 % of the time otherwise).
+- With `pipeline_depth` 2 (what replicas use) a second batch is sent while the first computes,
+  so it already waits on the worker when the first is done: the device does not wait for this
+  event loop, which is also busy with HTTP, to notice and dispatch (a worker child waited ~5 %
+  of its time otherwise). Depth 1 keeps exactly one batch on the worker.
 - A request whose deadline passed while it waited is dropped with `DeadlineExceededError`
   and never computed; a request whose caller went away (cancelled) is dropped too.
 
@@ -89,9 +93,11 @@ class Batcher:
         name: str = "replica",
         on_depth: Callable[[int], None] | None = None,
         on_crash: Callable[[BaseException], None] | None = None,
+        pipeline_depth: int = 1,
     ) -> None:
-        if max_batch_size < 0 or max_queue_delay_s < 0 or queue_limit < 1:
-            raise ValueError("max_batch_size >= 0, max_queue_delay_s >= 0 and queue_limit >= 1 are required")
+        if max_batch_size < 0 or max_queue_delay_s < 0 or queue_limit < 1 or pipeline_depth < 1:
+            raise ValueError("max_batch_size >= 0, max_queue_delay_s >= 0, queue_limit >= 1 and "
+                             "pipeline_depth >= 1 are required")
         self._execute = execute
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -103,12 +109,14 @@ class Batcher:
         self._queued_rows = 0
         self._in_flight_rows = 0
         self._arrived = asyncio.Event()
-        self._free = asyncio.Event()  # worker free: no batch in flight
+        self.pipeline_depth = pipeline_depth
+        self._in_flight_batches = 0
+        self._free = asyncio.Event()  # the worker takes another batch: fewer than the depth in flight
         self._free.set()
         self._idle = asyncio.Event()  # nothing queued and nothing in flight
         self._idle.set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._batch_task: asyncio.Task[None] | None = None
+        self._batch_tasks: set[asyncio.Task[None]] = set()
         self._formed_waiting = False  # the loop holds a formed batch until the worker is free
         self._stopping = False
         self._closed: ServingError | None = None
@@ -301,7 +309,7 @@ class Batcher:
         while True:
             await self._wait_until_formed()
             if not self._free.is_set():
-                # The previous batch still computes: keep filling meanwhile. When it comes back
+                # The worker holds all the batches it may: keep filling meanwhile. When one comes back
                 # from the worker, its task dispatches this batch before answering its own.
                 self._formed_waiting = True
                 try:
@@ -322,13 +330,16 @@ class Batcher:
             return None
         rows = sum(p.rows for p in batch)
         self._in_flight_rows += rows
-        self._free.clear()
+        self._in_flight_batches += 1
+        if self._in_flight_batches >= self.pipeline_depth:
+            self._free.clear()
         self._depth_changed()
         handed_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._compute(batch, rows, handed_over))
         # A task cancelled before its first step never marks the hand-over: don't hang on it.
         task.add_done_callback(lambda _: handed_over.done() or handed_over.set_result(None))
-        self._batch_task = task
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
         return handed_over
 
     def _batch_error(self, exc: Exception, rows: int) -> Exception:
@@ -349,6 +360,7 @@ class Batcher:
                 error = self._batch_error(exc, rows)
             finally:
                 self._in_flight_rows -= rows
+                self._in_flight_batches -= 1
                 self._free.set()
             if self._formed_waiting and not self._stopping:
                 # Keep the worker fed: the next batch goes out before this one is answered.
@@ -397,13 +409,13 @@ class Batcher:
         return True
 
     async def stop(self) -> None:
-        """Stop the loop; a batch in flight is awaited (its requests get their answers)."""
+        """Stop the loop; batches in flight are awaited (their requests get their answers)."""
         self._stopping = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
-        if self._batch_task is not None and not self._batch_task.done():
-            with contextlib.suppress(Exception):
-                await self._batch_task
+        # a batch's task may dispatch the next one before it ends: wait until none is left
+        while running := [task for task in self._batch_tasks if not task.done()]:
+            await asyncio.gather(*running, return_exceptions=True)

@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -27,7 +26,7 @@ from kcloud.runtime.layout import default_layout, host_cores
 from kcloud.runtime.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
 from kcloud.runtime.session import UnsupportedDeviceError, plan_for
 from kcloud.serving.batcher import Batcher, Finish, Pending
-from kcloud.serving.errors import ModelNotReadyError, ReplicaDiedError
+from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.worker import ProcessWorker, ThreadWorker, Worker
 
@@ -38,6 +37,9 @@ log = logging.getLogger(__name__)
 
 Isolation = Literal["thread", "process"]
 
+#: Batches a replica keeps on its worker: one computing, one waiting to start the moment it
+#: is done (see `kcloud.serving.worker`).
+PIPELINE_DEPTH = 2
 #: How long `stop()` lets queued and computing requests finish before failing the rest.
 DRAIN_TIMEOUT_S = 10.0
 
@@ -105,12 +107,13 @@ class Replica:
         batching = entry.config.batching
         self.batcher = Batcher(
             self._execute,
-            max_batch_size=batching.max_batch_size,
+            max_batch_size=batching.batch_rows(device.spec.kind),
             max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
             queue_limit=batching.queue_limit,
             name=replica_id,
             on_depth=self._record_depth,
             on_crash=lambda exc: self._worker_died(),
+            pipeline_depth=PIPELINE_DEPTH,
         )
         self.worker.on_death = self._worker_died
         if device.emulated and emulation is None:
@@ -193,25 +196,34 @@ class Replica:
         """Compute one batch; returns the step that resolves each request's future with its own
         outputs, which the batcher runs once the next batch is on the worker."""
         items = [pending.prepared for pending in batch]
-        rows = sum(item.rows for item in items)
         feeds = self.pipeline.collate(items)
-        started = time.perf_counter()
         try:
-            outputs = await self.worker.run(feeds)
+            computed = await self.worker.run(feeds, [(p.rows, p.deadline) for p in batch])
         except ReplicaDiedError:
             self._worker_died()
             raise
-        compute_s = time.perf_counter() - started
+        compute_s = computed.seconds
 
         def finish() -> None:
-            parts = self.pipeline.split(outputs, items)
-            if len(parts) != len(batch):
-                raise RuntimeError(
-                    f"{self.entry.name}: split gave {len(parts)} answers for {len(batch)} requests")
+            computed_batch = batch
+            if computed.live is not None:  # some deadlines passed while the batch waited on the worker
+                computed_batch = [p for p, live in zip(batch, computed.live, strict=True) if live]
+                for pending, live in zip(batch, computed.live, strict=True):
+                    if not live and not pending.future.done():
+                        pending.future.set_exception(DeadlineExceededError(
+                            "deadline passed while waiting for the device; not computed"))
+            if not computed_batch:
+                return
+            assert computed.outputs is not None
+            parts = self.pipeline.split(computed.outputs, [p.prepared for p in computed_batch])
+            if len(parts) != len(computed_batch):
+                raise RuntimeError(f"{self.entry.name}: split gave {len(parts)} answers "
+                                   f"for {len(computed_batch)} requests")
+            rows = sum(p.rows for p in computed_batch)
             self.batcher.record_throughput(rows, compute_s)
             modelled = self._model_device_time(rows) if self.device.emulated else None
-            self._record_batch(batch, rows, compute_s, modelled)
-            for pending, part in zip(batch, parts, strict=True):
+            self._record_batch(computed_batch, rows, compute_s, modelled)
+            for pending, part in zip(computed_batch, parts, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(_BatchAnswer(part, compute_s, modelled, rows))
 

@@ -13,6 +13,7 @@ holds the real key learns that it was revoked or has expired.
 
 from __future__ import annotations
 
+import hmac
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -99,6 +100,10 @@ class Authenticator:
         self._secret = server_secret
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        #: prefix -> (the key text that matched, the digest it matched): a client sends the same
+        #: key on every request, and comparing it with the one that matched is much cheaper than
+        #: an HMAC. Kept only while the prefix's row is cached, and only for that row's digest.
+        self._matched: dict[str, tuple[str, str]] = {}
         #: Database look-ups at once: a flood of made-up keys must not take every worker thread
         #: (the admin API's handlers share them) or every database connection.
         self._lookups = anyio.CapacityLimiter(MAX_CONCURRENT_LOOKUPS)
@@ -111,7 +116,7 @@ class Authenticator:
         except KeyFormatError as exc:
             raise AuthError(f"malformed API key: {exc}") from None
         record = await self._record(parsed.prefix)
-        if record is None or not key_matches(text, record.digest, self._secret):
+        if record is None or not self._matches(parsed.prefix, text, record.digest):
             raise AuthError("invalid API key")
         if record.revoked_at is not None:
             raise AuthError(f"API key kc_{record.prefix}_… was revoked at {record.revoked_at.isoformat()}")
@@ -119,6 +124,15 @@ class Authenticator:
             expired = record.expires_at.isoformat() if record.expires_at else "?"
             raise AuthError(f"API key kc_{record.prefix}_… expired at {expired}")
         return record
+
+    def _matches(self, prefix: str, text: str, digest: str) -> bool:
+        matched = self._matched.get(prefix)
+        if matched is not None and matched[1] == digest and hmac.compare_digest(matched[0], text):
+            return True
+        if not key_matches(text, digest, self._secret):
+            return False
+        self._matched[prefix] = (text, digest)
+        return True
 
     async def _record(self, prefix: str) -> KeyRecord | None:
         now = time.monotonic()
@@ -129,15 +143,20 @@ class Authenticator:
             record = await anyio.to_thread.run_sync(load_key_record, self._db, prefix)
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
+            self._matched.clear()
         self._cache[prefix] = (record, now)
+        if record is None:
+            self._matched.pop(prefix, None)
         return record
 
     def invalidate(self, prefix: str | None = None) -> None:
         """Forget one key's cached row (or all, e.g. after a quota change)."""
         if prefix is None:
             self._cache.clear()
+            self._matched.clear()
         else:
             self._cache.pop(prefix, None)
+            self._matched.pop(prefix, None)
 
 
 def _bearer_token(authorization: str | None) -> str:

@@ -9,7 +9,7 @@ from model_files import affine_config
 from kcloud.models.config import ModelConfig
 from kcloud.models.local import LocalRunner
 from kcloud.models.pipeline import InputError
-from kcloud.models.pipelines import SentenceEmbeddingPipeline, TensorPipeline, pipeline_for
+from kcloud.models.pipelines import SentenceEmbeddingPipeline, TensorPipeline, length_bucket, pipeline_for
 
 
 def _texts(*items: bytes | str) -> np.ndarray:
@@ -133,6 +133,23 @@ def test_text_truncates_at_max_length(text: SentenceEmbeddingPipeline) -> None:
     long_text = " ".join(["tokens"] * 1000).encode()
     prepared = text.prepare({"text": _texts(long_text)})
     assert prepared.extra["tokens"] == text.config.processing.max_length == 256
+
+
+@pytest.mark.parametrize(("tokens", "bucket"), [(1, 16), (16, 16), (17, 32), (32, 32), (33, 64), (256, 256)])
+def test_length_buckets_are_powers_of_two(tokens: int, bucket: int) -> None:
+    assert length_bucket(tokens) == bucket
+
+
+def test_text_requests_batch_with_requests_of_similar_length(text: SentenceEmbeddingPipeline) -> None:
+    """The batcher shares batches only among equal `shape_key`s: a long sentence does not make
+    short ones pay for its padding."""
+    def key(*sentences: bytes) -> object:
+        return text.prepare({"text": _texts(*sentences)}).extra["shape_key"]
+
+    short, other_short = key(b"hello world"), key(b"a short one")
+    long = key(" ".join(["word"] * 100).encode())
+    assert short == other_short == 16 and long == 128
+    assert key(b"hi", " ".join(["word"] * 100).encode()) == long  # a request goes by its longest
 
 
 def test_text_collate_pads_to_the_longest(text: SentenceEmbeddingPipeline) -> None:

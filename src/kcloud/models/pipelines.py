@@ -200,6 +200,25 @@ def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     return tokenizer
 
 
+#: Shortest length bucket: sentences up to this many tokens share batches whatever their length.
+MIN_LENGTH_BUCKET = 16
+
+
+def length_bucket(tokens: int) -> int:
+    """The batching key of a text request: the power of two (at least `MIN_LENGTH_BUCKET`) its
+    longest sequence fits in.
+
+    A batch is padded to its longest sequence, and attention costs grow faster than length, so
+    one 256-token sentence among short ones multiplies the batch's cost (measured: MiniLM on its
+    own data set, batches of 8 mixed lengths ran at 93 sentences/s). Requests of one bucket
+    share batches; padding within a bucket is at most 2x.
+    """
+    bucket = MIN_LENGTH_BUCKET
+    while bucket < tokens:
+        bucket *= 2
+    return bucket
+
+
 class SentenceEmbeddingPipeline:
     """Kind `sentence-embedding`: BYTES text in, tokenised here, one embedding row per text out.
 
@@ -259,7 +278,7 @@ class SentenceEmbeddingPipeline:
         return Prepared(
             rows=len(texts),
             feeds={"input_ids": ids, "attention_mask": mask},
-            extra={"tokens": sum(lengths), "token_counts": lengths},
+            extra={"tokens": sum(lengths), "token_counts": lengths, "shape_key": length_bucket(max(lengths))},
         )
 
     def collate(self, items: list[Prepared]) -> dict[str, np.ndarray]:

@@ -13,14 +13,12 @@ nothing here is `--quick`. LoadGen's scheduling hints come from measurements:
   MLPerf model closest to MiniLM (LoadGen's default for unknown models is 10 ms).
 
 How many samples the SUT keeps in flight (`--max-in-flight`) is chosen first, unless given, by a
-sweep of short (`--quick`) Offline LoadGen runs: on a 2-core CPU, MiniLM's dynamic batching
-pads every row to the batch's longest text, so more samples in flight can mean less throughput.
-The sweep's figures are written out with the rest.
+sweep of short (`--quick`) Offline LoadGen runs. The sweep's figures are written out with the rest.
 
 Validity is LoadGen's own. Runs take about 11 minutes each (LoadGen issues 10 % more than the
 minimum); run it when the machine is quiet:
 
-    /work/venv0/bin/python benchmarks/bench_full_runs.py
+    .venv/bin/python benchmarks/bench_full_runs.py
 
 Writes the LoadGen run directories under benchmarks/results/bench-full/ and a summary to
 benchmarks/results/bench_full_runs.json (printed too).

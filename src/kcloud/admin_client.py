@@ -9,17 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one red error line; return the Exit for the caller to raise."""
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code)
+from kcloud.cli_errors import fail
 
 
 def call_admin_api(url: str, key: str | None, method: str, path: str, **kwargs: Any) -> Any:

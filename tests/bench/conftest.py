@@ -7,14 +7,14 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from bench_helpers import KCLOUD, free_port
+
+from up_support import wait_until_ready
 
 
 @pytest.fixture(scope="session")
@@ -44,22 +44,6 @@ def misfit_home(tmp_path_factory: pytest.TempPathFactory, bench_models) -> Path:
     return home
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            out, _ = process.communicate()
-            pytest.fail(f"kcloud up exited with {process.returncode}:\n{out}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)  # polling a starting subprocess: it has no event to wait on
-    process.kill()
-    pytest.fail(f"kcloud up was not ready within {timeout_s} s")
-
-
 @pytest.fixture(scope="module")
 def gateway(bench_models) -> Iterator[str]:
     """`kcloud up` as a user runs it (a subprocess on a loopback port, one replica per model).
@@ -85,7 +69,7 @@ def gateway(bench_models) -> Iterator[str]:
         env={**os.environ, "COLUMNS": "200"},
     )
     try:
-        _wait_ready(url, process)
+        wait_until_ready(url, process)
         yield url
     finally:
         if previous_key is None:

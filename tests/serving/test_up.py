@@ -9,31 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from up_support import wait_until_ready
+
 KCLOUD = str(Path(sys.executable).with_name("kcloud"))
 FARM = Path(__file__).resolve().parents[2] / "examples" / "k-cloud-phase1.toml"
-
-
-def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            out, err = process.communicate()
-            pytest.fail(f"kcloud up exited with {process.returncode}:\n{out}\n{err}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)  # polling a starting subprocess: it has no event to wait on
-    process.kill()
-    pytest.fail(f"kcloud up was not ready within {timeout_s} s")
 
 
 @pytest.fixture
@@ -77,7 +62,7 @@ def test_up_serves_the_bundled_models_and_stops_cleanly(home_with_an_unplaceable
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
-        _wait_ready(url, process)
+        wait_until_ready(url, process)
         workers = psutil.Process(process.pid).children(recursive=True)
         assert len(workers) >= 3  # one worker process per bundled model
         models = {m["id"] for m in httpx.get(f"{url}/v1/models", headers=auth).json()["data"]}

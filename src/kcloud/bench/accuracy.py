@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 
 from kcloud.bench.loadgen_logs import read_accuracy_log
+from kcloud.datatypes import DATATYPE_TO_NUMPY
 from kcloud.models.config import ModelConfig
 from kcloud.models.datasets import Dataset
-from kcloud.models.datatypes import NUMPY_DTYPES
 
 
 def output_dtype(config: ModelConfig, output: str) -> np.dtype:
     spec = next((o for o in config.outputs if o.name == output), None)
     if spec is None:
         raise ValueError(f"model {config.name} has no output `{output}`")
-    dtype = NUMPY_DTYPES[spec.datatype]
+    dtype = DATATYPE_TO_NUMPY[spec.datatype]
     if dtype.kind == "O":
         raise ValueError(
             f"output `{output}` is BYTES; the accuracy log cannot carry it as a fixed-width array"

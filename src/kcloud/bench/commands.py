@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from kcloud.bench.errors import BenchError, BenchInterrupted
+from kcloud.cli_errors import BAD_INPUT, fail
 
 bench_app = typer.Typer(
     name="bench",
@@ -19,11 +20,6 @@ bench_app = typer.Typer(
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @bench_app.command("run")
@@ -112,7 +108,7 @@ def run(
         )
         prepared = prepare_run(request)
     except BenchError as exc:
-        _fail(str(exc))
+        raise fail(str(exc), BAD_INPUT) from None
     target = prepared.device.uid if prepared.device is not None else prepared.backend.describe().get("url")
     console.print(
         f"[bold]kcloud bench[/] {prepared.entry.name} v{prepared.entry.version} · {scenario} · {mode} · "
@@ -129,7 +125,7 @@ def run(
         # LoadGen's thread cannot be stopped from Python; the result is on disk, so end here.
         os._exit(130)
     except BenchError as exc:
-        _fail(str(exc))
+        raise fail(str(exc), BAD_INPUT) from None
     print_run(console, path)
 
 
@@ -146,7 +142,7 @@ def report(
     try:
         path, count = write_report(runs, output)
     except BenchError as exc:
-        _fail(str(exc))
+        raise fail(str(exc), BAD_INPUT) from None
     console.print(f"wrote {path} ({count} run{'s' if count != 1 else ''})", highlight=False)
 
 
@@ -161,7 +157,7 @@ def compare(
     try:
         compare_runs(console, a, b)
     except BenchError as exc:
-        _fail(str(exc))
+        raise fail(str(exc), BAD_INPUT) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+
+from kcloud.cli_errors import BAD_INPUT, fail
 
 if TYPE_CHECKING:
     from kcloud.devices.device import Device, Telemetry
@@ -38,12 +39,6 @@ LocalOption = typer.Option(True, "--local/--no-local", help="Include this machin
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one red line on stderr and return the Exit to raise."""
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code)
-
-
 def wide_console() -> Console:
     """A console for tables: the terminal's width, or 160 columns when output is piped."""
     console = Console()
@@ -57,7 +52,7 @@ def inventory_from_cli(farm: list[Path] | None, node: str | None, local: bool) -
     try:
         return Inventory.build(farm or (), node=node, include_local=local)
     except FarmFileError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), BAD_INPUT) from None
 
 
 def _fixed(value: float | None, digits: int = 1) -> str:

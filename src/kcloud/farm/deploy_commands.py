@@ -17,7 +17,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kcloud.admin_client import call_admin_api, err, fail
+from kcloud.admin_client import call_admin_api
+from kcloud.cli_errors import err, fail
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "KCLOUD_URL"

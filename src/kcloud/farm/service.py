@@ -855,81 +855,51 @@ class ControlPlaneService:
 
     def start_failed(self, replica_id: str, error: str) -> None:
         """A replica could not start: forget it, and keep its deployment off that device a while."""
-        with self._lock, self.db.transaction() as session:
-            hit = self._replica(session, replica_id)
-            if hit is None:
-                return
-            row, dep = hit
-            self._exclusions[(dep, row.device_uid)] = (
-                self._clock() + START_FAILURE_BACKOFF_S,
-                f"a replica failed to start here: {error}",
-            )
-            self._triggers[row.deployment_id] = "retry"
-            self._event(
-                session,
-                "replica.failed",
-                f"{row.id} could not start on {row.device_uid}: {error}",
-                deployment=dep,
-                device=row.device_uid,
-                replica=row.id,
-            )
-            session.delete(row)
-            self._changed()
+        self._drop_replica(
+            replica_id, "replica.failed",
+            lambda row: f"{row.id} could not start on {row.device_uid}: {error}",
+            trigger="retry", exclusion=f"a replica failed to start here: {error}")
 
     def replica_died(self, replica_id: str, reason: str) -> None:
         """A running replica's process died: forget it; the next placement replaces it (failover)."""
-        with self._lock, self.db.transaction() as session:
-            hit = self._replica(session, replica_id)
-            if hit is None:
-                return
-            row, dep = hit
-            self._triggers[row.deployment_id] = "failover"
-            self._event(
-                session,
-                "replica.died",
-                f"{row.id} on {row.device_uid}: {reason}; placing a replacement",
-                deployment=dep,
-                device=row.device_uid,
-                replica=row.id,
-                data={"pid": row.pid},
-            )
-            session.delete(row)
-            self._changed()
+        self._drop_replica(
+            replica_id, "replica.died",
+            lambda row: f"{row.id} on {row.device_uid}: {reason}; placing a replacement",
+            trigger="failover", with_pid=True)
 
     def replica_stopped(self, replica_id: str) -> None:
         """A `stopping` (or vanished) replica is stopped: its row goes, its device is free."""
-        with self._lock, self.db.transaction() as session:
-            hit = self._replica(session, replica_id)
-            if hit is None:
-                return
-            row, dep = hit
-            self._event(
-                session,
-                "replica.stopped",
-                f"{row.id} stopped on {row.device_uid}",
-                deployment=dep,
-                device=row.device_uid,
-                replica=row.id,
-            )
-            session.delete(row)
-            self._changed()
+        self._drop_replica(replica_id, "replica.stopped", lambda row: f"{row.id} stopped on {row.device_uid}")
 
     def forget_unusable(self, replica_id: str, why: str) -> None:
         """A replica to restore whose device is gone, unhealthy or drained: replace it elsewhere."""
+        self._drop_replica(
+            replica_id, "replica.lost", lambda row: f"{row.id}: {why}; placing it elsewhere",
+            trigger="restore")
+
+    def _drop_replica(
+        self,
+        replica_id: str,
+        kind: str,
+        describe: Callable[[ReplicaRow], str],
+        *,
+        trigger: str | None = None,
+        with_pid: bool = False,
+        exclusion: str | None = None,
+    ) -> None:
+        """Forget a replica's row, record why (event `kind`), and tell the next placement pass
+        what to do about it (`trigger`); `exclusion` keeps its deployment off the device a while."""
         with self._lock, self.db.transaction() as session:
             hit = self._replica(session, replica_id)
             if hit is None:
                 return
             row, dep = hit
-            self._triggers[row.deployment_id] = "restore"
-            self._event(
-                session,
-                "replica.lost",
-                f"{row.id}: {why}; placing it elsewhere",
-                deployment=dep,
-                device=row.device_uid,
-                replica=row.id,
-            )
+            if exclusion is not None:
+                self._exclusions[(dep, row.device_uid)] = (self._clock() + START_FAILURE_BACKOFF_S, exclusion)
+            if trigger is not None:
+                self._triggers[row.deployment_id] = trigger
+            self._event(session, kind, describe(row), deployment=dep, device=row.device_uid, replica=row.id,
+                        data={"pid": row.pid} if with_pid else None)
             session.delete(row)
             self._changed()
 

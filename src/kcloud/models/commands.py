@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kcloud.cli_errors import BAD_INPUT, fail
+
 if TYPE_CHECKING:
     from kcloud.models.config import ModelConfig, TensorSpec
     from kcloud.models.repository import ModelEntry, ModelRepository
@@ -33,11 +35,6 @@ RepoOption = typer.Option(None, "--repo", help="Model repository directory (defa
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the `kcloud` app."""
     app.add_typer(models_app, name="models")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _console() -> Console:
@@ -94,7 +91,7 @@ def _run(action: Any) -> Any:
     try:
         return action()
     except (ModelFileError, ModelNotFoundError, BuildError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), BAD_INPUT) from None
 
 
 def entry_record(entry: ModelEntry, versions: list[int]) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kcloud.datatypes import oip_datatype
 from kcloud.models.config import ModelConfig
-from kcloud.models.datatypes import oip_datatype
 from kcloud.models.errors import ModelFileError
 from kcloud.models.repository import ModelEntry
 

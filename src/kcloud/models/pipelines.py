@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from kcloud.datatypes import DATATYPE_TO_NUMPY, oip_datatype
 from kcloud.models.config import ModelConfig, TensorSpec
-from kcloud.models.datatypes import NUMPY_DTYPES, oip_datatype
 from kcloud.models.errors import ModelFileError
 from kcloud.models.graph import read_signature
 from kcloud.models.pipeline import InputError, Pipeline, Prepared
@@ -119,7 +119,7 @@ class TensorPipeline:
                 )
         if spec.datatype == "BYTES":
             return _decoded_strings(spec.name, array)
-        return np.ascontiguousarray(array, dtype=NUMPY_DTYPES[spec.datatype])
+        return np.ascontiguousarray(array, dtype=DATATYPE_TO_NUMPY[spec.datatype])
 
     def collate(self, items: list[Prepared]) -> dict[str, np.ndarray]:
         """Concatenate along the batch axis; items must share `extra["shape_key"]`.

@@ -11,18 +11,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from kcloud.cli_errors import fail
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class IsolationChoice(StrEnum):
     process = "process"
     thread = "thread"
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """One red line on stderr, and the Exit to raise."""
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code)
 
 
 def up(

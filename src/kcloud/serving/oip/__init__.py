@@ -4,8 +4,8 @@ Pure functions over bytes and numpy arrays: the gateway and the clients do the H
 docs/oip.md for what is supported and how datatypes map.
 """
 
+from kcloud.datatypes import DATATYPE_TO_NUMPY, numpy_to_datatype
 from kcloud.serving.oip.client import decode_infer_response, encode_infer_request
-from kcloud.serving.oip.datatypes import DATATYPE_TO_NUMPY, numpy_to_datatype
 from kcloud.serving.oip.errors import CodecError
 from kcloud.serving.oip.server import (
     InferRequest,

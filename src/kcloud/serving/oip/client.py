@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from kcloud.serving.oip.datatypes import numpy_to_datatype
+from kcloud.datatypes import numpy_to_datatype
 from kcloud.serving.oip.errors import CodecError
 from kcloud.serving.oip.tensors import (
     binary_data,

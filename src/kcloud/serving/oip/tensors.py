@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kcloud.serving.oip.datatypes import DATATYPE_TO_NUMPY, FLOAT_DATATYPES, INTEGER_DATATYPES
+from kcloud.datatypes import DATATYPE_TO_NUMPY, FLOAT_DATATYPES, INTEGER_DATATYPES
 from kcloud.serving.oip.errors import CodecError
 
 INFERENCE_HEADER_CONTENT_LENGTH = "Inference-Header-Content-Length"

@@ -1,6 +1,9 @@
-"""Open Inference Protocol v2 tensor datatypes and their numpy dtypes.
+"""Open Inference Protocol v2 tensor datatypes and their numpy dtypes: the one table.
 
-The table is the one in KServe's `required_api.md` ("Tensor Data Types"). Binary tensor data is
+The gateway's codec, the model configs, the pipelines and the bench all name tensor types the
+OIP way (`FP32`, `BYTES`); this module is the only place that maps them to numpy (the ONNX
+element types are mapped in `kcloud.models.datatypes`). The table is the one in KServe's
+`required_api.md` ("Tensor Data Types"). Binary tensor data is
 little-endian (Triton's binary tensor data extension), so the fixed-size dtypes are spelled
 little-endian explicitly; on the usual little-endian host they equal the native dtypes.
 """
@@ -47,3 +50,12 @@ def numpy_to_datatype(dtype: object) -> str:
     if name is None:
         raise TypeError(f"numpy dtype {dt} has no Open Inference Protocol datatype")
     return name
+
+
+def oip_datatype(dtype: object) -> str | None:
+    """`numpy_to_datatype`, but `None` for a dtype the protocol has no name for (a client's
+    wrong datatype is reported, not raised as a bug)."""
+    try:
+        return numpy_to_datatype(dtype)
+    except TypeError:
+        return None

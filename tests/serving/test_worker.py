@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 from synthetic_models import build_double, build_slow, cpu_device, device_of
 
 from kcloud.serving.errors import InferenceFailedError, ReplicaDiedError
-from kcloud.serving.worker import ProcessWorker, ThreadWorker, WorkerStartError
+from kcloud.serving.worker import ProcessWorker, ThreadWorker, Worker, WorkerStartError
 
 pytestmark = pytest.mark.anyio
 
@@ -31,6 +33,16 @@ def anyio_backend():
 def models(tmp_path_factory):
     base = tmp_path_factory.mktemp("worker-models")
     return {"double": build_double(base / "double.onnx"), "slow": build_slow(base / "slow.onnx")}
+
+
+@asynccontextmanager
+async def started(worker: Worker) -> AsyncIterator[Worker]:
+    """The worker, started, and closed whatever the test does."""
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.close()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -49,8 +61,7 @@ def _pid_alive(pid: int) -> bool:
 @pytest.mark.parametrize("kind", [ThreadWorker, ProcessWorker])
 async def test_worker_runs_batches(models, kind):
     worker = kind(models["double"], cpu_device(), threads=1)
-    await worker.start()
-    try:
+    async with started(worker):
         assert worker.alive and worker.provider == "CPUExecutionProvider"
         if kind is ProcessWorker:
             assert worker.pid is not None and worker.pid != os.getpid()
@@ -61,44 +72,35 @@ async def test_worker_runs_batches(models, kind):
             computed = await worker.run({"x": x}, [(rows, None)])
             np.testing.assert_array_equal(computed.outputs["y"], 2 * x)
             assert 0 < computed.seconds < 5
-    finally:
-        await worker.close()
     assert not worker.alive
 
 
 @pytest.mark.parametrize("kind", [ThreadWorker, ProcessWorker])
 async def test_runtime_error_fails_the_batch_not_the_worker(models, kind):
     worker = kind(models["double"], cpu_device(), threads=1)
-    await worker.start()
-    try:
+    async with started(worker):
         with pytest.raises(InferenceFailedError, match="runtime failed"):
             await worker.run({"x": np.zeros((2, 5), dtype=np.float32)}, [(2, None)])  # wrong width
         out = (await worker.run({"x": np.ones((1, 4), dtype=np.float32)}, [(1, None)])).outputs
         assert worker.alive and out["y"][0, 0] == 2.0
-    finally:
-        await worker.close()
 
 
 @pytest.mark.parametrize("kind", [ThreadWorker, ProcessWorker])
 async def test_batches_sent_before_the_last_returned_are_answered_in_order(models, kind):
     """Replicas keep a second batch on the worker: many calls at once each get their own rows."""
     worker = kind(models["double"], cpu_device(), threads=1)
-    await worker.start()
-    try:
+    async with started(worker):
         batches = [np.full((1 + i % 3, 4), i, np.float32) for i in range(20)]
         done = await asyncio.gather(*(worker.run({"x": x}, [(len(x), None)]) for x in batches))
         for x, computed in zip(batches, done, strict=True):
             np.testing.assert_array_equal(computed.outputs["y"], 2 * x)
-    finally:
-        await worker.close()
 
 
 @pytest.mark.parametrize("kind", [ThreadWorker, ProcessWorker])
 async def test_requests_past_their_deadline_when_the_batch_starts_are_cut_out(models, kind):
     """A batch waiting on the worker can outlive some deadlines: those rows are not computed."""
     worker = kind(models["double"], cpu_device(), threads=1)
-    await worker.start()
-    try:
+    async with started(worker):
         x = np.arange(4 * 4, dtype=np.float32).reshape(4, 4)
         past, future = time.monotonic() - 1, time.monotonic() + 60
         computed = await worker.run({"x": x}, [(1, future), (2, past), (1, None)])
@@ -108,14 +110,11 @@ async def test_requests_past_their_deadline_when_the_batch_starts_are_cut_out(mo
         assert nothing.live == [False, False] and nothing.outputs is None and nothing.seconds == 0
         everyone = await worker.run({"x": x[:1]}, [(1, future)])
         assert everyone.live is None and everyone.outputs["y"].shape == (1, 4)
-    finally:
-        await worker.close()
 
 
 async def test_every_batch_on_a_killed_child_is_replica_died(models):
     worker = ProcessWorker(models["slow"], cpu_device(), threads=1)
-    await worker.start()
-    try:
+    async with started(worker):
         x = np.ones((4096, 512), dtype=np.float32)
         runs = [asyncio.ensure_future(worker.run({"x": x}, [(4096, None)])) for _ in range(2)]
         await asyncio.sleep(0.05)
@@ -123,8 +122,6 @@ async def test_every_batch_on_a_killed_child_is_replica_died(models):
         for run in runs:
             with pytest.raises(ReplicaDiedError, match="died"):
                 await asyncio.wait_for(run, timeout=30)
-    finally:
-        await worker.close()
 
 
 @pytest.mark.parametrize("kind", [ThreadWorker, ProcessWorker])
@@ -147,8 +144,7 @@ async def test_child_killed_mid_batch_is_replica_died(models):
     worker = ProcessWorker(models["slow"], cpu_device(), threads=1)
     deaths = []
     worker.on_death = lambda: deaths.append(True)
-    await worker.start()
-    try:
+    async with started(worker):
         x = np.ones((4096, 512), dtype=np.float32)  # long enough to be killed while computing
         run = asyncio.ensure_future(worker.run({"x": x}, [(4096, None)]))
         await asyncio.sleep(0.05)
@@ -159,21 +155,16 @@ async def test_child_killed_mid_batch_is_replica_died(models):
         assert not worker.alive and deaths == [True]
         with pytest.raises(ReplicaDiedError):
             await worker.run({"x": x[:1]}, [(1, None)])
-    finally:
-        await worker.close()
 
 
 async def test_child_death_while_idle_is_noticed(models):
     worker = ProcessWorker(models["double"], cpu_device(), threads=1)
     died = asyncio.Event()
     worker.on_death = died.set
-    await worker.start()
-    try:
+    async with started(worker):
         os.kill(worker.pid, signal.SIGKILL)
         await asyncio.wait_for(died.wait(), timeout=10)
         assert not worker.alive
-    finally:
-        await worker.close()
 
 
 PARENT = """

@@ -3,12 +3,14 @@ decision path, usage adding up, and the first-start key."""
 
 from __future__ import annotations
 
+import time
 from datetime import date
 
 import anyio
 import pytest
 from tenancy_support import SERVER_SECRET
 
+from kcloud.tenancy import auth as auth_module
 from kcloud.tenancy import keys as keys_module
 from kcloud.tenancy import store, usage
 from kcloud.tenancy.auth import Authenticator, AuthError
@@ -53,6 +55,59 @@ def test_a_wrong_secret_under_a_known_prefix_is_refused_after_the_right_one(db):
     with pytest.raises(AuthError, match="invalid API key"):
         anyio.run(authenticator.authenticate, f"Bearer {forged}")
     assert anyio.run(authenticator.authenticate, f"Bearer {made.key}").prefix == made.info.prefix
+
+
+def _counted_lookups(monkeypatch, fail_first: bool = False) -> list[str]:
+    """Make the authenticator's database look-up slow (so requests pile up behind it) and count it."""
+    calls: list[str] = []
+    real = auth_module.load_key_record
+
+    def slow(db, prefix):
+        calls.append(prefix)
+        time.sleep(0.2)
+        if fail_first and len(calls) == 1:
+            raise RuntimeError("database went away")
+        return real(db, prefix)
+
+    monkeypatch.setattr(auth_module, "load_key_record", slow)
+    return calls
+
+
+async def _authenticate_at_once(authenticator: Authenticator, key: str, n: int) -> list:
+    outcomes: list = []
+
+    async def one() -> None:
+        try:
+            outcomes.append(await authenticator.authenticate(f"Bearer {key}"))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(n):
+            group.start_soon(one)
+    return outcomes
+
+
+def test_requests_missing_the_cache_together_share_one_lookup(db, monkeypatch):
+    store.create_tenant(db, "herd-co", actor="test")
+    made = store.create_key(db, SECRET, role=Role.MEMBER, tenant="herd-co", actor="test")
+    calls = _counted_lookups(monkeypatch)
+    authenticator = Authenticator(db, SECRET, ttl_s=3600)
+    outcomes = anyio.run(_authenticate_at_once, authenticator, made.key, 32)
+    assert calls == [made.info.prefix]
+    assert len(outcomes) == 32 and all(o.prefix == made.info.prefix for o in outcomes)
+
+
+def test_a_failed_shared_lookup_fails_only_its_own_request(db, monkeypatch):
+    """The waiting requests do not inherit the error: one of them looks the key up again."""
+    store.create_tenant(db, "retry-co", actor="test")
+    made = store.create_key(db, SECRET, role=Role.MEMBER, tenant="retry-co", actor="test")
+    calls = _counted_lookups(monkeypatch, fail_first=True)
+    authenticator = Authenticator(db, SECRET, ttl_s=3600)
+    outcomes = anyio.run(_authenticate_at_once, authenticator, made.key, 8)
+    failed = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(calls) == 2 and len(failed) == 1 and "went away" in str(failed[0])
+    assert all(o.prefix == made.info.prefix for o in outcomes if o not in failed)
 
 
 def test_revocation_reaches_the_cache_when_told(db):

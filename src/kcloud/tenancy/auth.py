@@ -94,6 +94,15 @@ def load_key_record(db: Database, prefix: str) -> KeyRecord | None:
         )
 
 
+@dataclass
+class _PendingLookup:
+    """One database look-up of a prefix, awaited by every request that missed the cache."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    found: bool = False
+    record: KeyRecord | None = None
+
+
 class Authenticator:
     def __init__(self, db: Database, server_secret: bytes, *, ttl_s: float = DEFAULT_TTL_S) -> None:
         self._db = db
@@ -107,6 +116,8 @@ class Authenticator:
         #: Database look-ups at once: a flood of made-up keys must not take every worker thread
         #: (the admin API's handlers share them) or every database connection.
         self._lookups = anyio.CapacityLimiter(MAX_CONCURRENT_LOOKUPS)
+        #: prefix -> the database look-up in progress for it
+        self._pending: dict[str, _PendingLookup] = {}
 
     async def authenticate(self, authorization: str | None) -> KeyRecord:
         """The key's record, or `AuthError` for a missing, garbled, unknown, revoked or expired key."""
@@ -135,19 +146,38 @@ class Authenticator:
         return True
 
     async def _record(self, prefix: str) -> KeyRecord | None:
-        now = time.monotonic()
-        cached = self._cache.get(prefix)
-        if cached is not None and now - cached[1] < self.ttl_s:
-            return cached[0]
-        async with self._lookups:
-            record = await anyio.to_thread.run_sync(load_key_record, self._db, prefix)
-        if len(self._cache) >= _MAX_CACHED:
-            self._cache.clear()
-            self._matched.clear()
-        self._cache[prefix] = (record, now)
-        if record is None:
-            self._matched.pop(prefix, None)
-        return record
+        """The prefix's row, from the cache or else from one database look-up that every request
+        missing the cache at the same time waits for: when a hot key's entry expires under load,
+        dozens of requests miss at once, and they need one query, not one each."""
+        while True:
+            now = time.monotonic()
+            cached = self._cache.get(prefix)
+            if cached is not None and now - cached[1] < self.ttl_s:
+                return cached[0]
+            pending = self._pending.get(prefix)
+            if pending is None:
+                return await self._look_up(prefix, now)
+            await pending.done.wait()
+            if pending.found:
+                return pending.record
+            # the look-up failed or was cancelled: this request tries for itself
+
+    async def _look_up(self, prefix: str, now: float) -> KeyRecord | None:
+        pending = self._pending[prefix] = _PendingLookup()
+        try:
+            async with self._lookups:
+                record = await anyio.to_thread.run_sync(load_key_record, self._db, prefix)
+            if len(self._cache) >= _MAX_CACHED:
+                self._cache.clear()
+                self._matched.clear()
+            self._cache[prefix] = (record, now)
+            if record is None:
+                self._matched.pop(prefix, None)
+            pending.found, pending.record = True, record
+            return record
+        finally:
+            del self._pending[prefix]
+            pending.done.set()
 
     def invalidate(self, prefix: str | None = None) -> None:
         """Forget one key's cached row (or all, e.g. after a quota change)."""

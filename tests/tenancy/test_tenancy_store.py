@@ -64,10 +64,11 @@ def _counted_lookups(monkeypatch, fail_first: bool = False) -> list[str]:
 
     def slow(db, prefix):
         calls.append(prefix)
+        record = real(db, prefix)  # read now, answered late: the row is as it was at the start
         time.sleep(0.2)
         if fail_first and len(calls) == 1:
             raise RuntimeError("database went away")
-        return real(db, prefix)
+        return record
 
     monkeypatch.setattr(auth_module, "load_key_record", slow)
     return calls
@@ -108,6 +109,39 @@ def test_a_failed_shared_lookup_fails_only_its_own_request(db, monkeypatch):
     failed = [o for o in outcomes if isinstance(o, Exception)]
     assert len(calls) == 2 and len(failed) == 1 and "went away" in str(failed[0])
     assert all(o.prefix == made.info.prefix for o in outcomes if o not in failed)
+
+
+def test_a_request_after_invalidate_does_not_join_a_lookup_begun_before_it(db, monkeypatch):
+    """A revocation through this server takes effect at once, even while a look-up that read the
+    row before it is still on its way: later requests look again, and the stale row is not cached."""
+    store.create_tenant(db, "race-co", actor="test")
+    made = store.create_key(db, SECRET, role=Role.MEMBER, tenant="race-co", actor="test")
+    calls = _counted_lookups(monkeypatch)
+    authenticator = Authenticator(db, SECRET, ttl_s=3600)
+
+    async def race() -> tuple[object, object, object]:
+        outcomes: dict[str, object] = {}
+
+        async def attempt(name: str) -> None:
+            try:
+                outcomes[name] = await authenticator.authenticate(f"Bearer {made.key}")
+            except AuthError as exc:
+                outcomes[name] = exc
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(attempt, "before")
+            await anyio.sleep(0.1)  # its look-up has read the row and is on its way back
+            store.revoke_key(db, made.info.prefix, actor="test")
+            authenticator.invalidate(made.info.prefix)  # what the API does on revoke
+            group.start_soon(attempt, "after")
+        await attempt("later")
+        return outcomes["before"], outcomes["after"], outcomes["later"]
+
+    before, after, later = anyio.run(race)
+    assert getattr(before, "prefix", None) == made.info.prefix  # begun before the revocation
+    assert isinstance(after, AuthError) and "was revoked" in str(after)
+    assert isinstance(later, AuthError) and "was revoked" in str(later)
+    assert len(calls) == 2
 
 
 def test_revocation_reaches_the_cache_when_told(db):

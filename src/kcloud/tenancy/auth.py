@@ -167,6 +167,10 @@ class Authenticator:
         try:
             async with self._lookups:
                 record = await anyio.to_thread.run_sync(load_key_record, self._db, prefix)
+            if self._pending.get(prefix) is not pending:
+                # `invalidate` came while the row was on its way: it may predate the change, so
+                # it is neither cached nor shared (the waiting requests look again)
+                return record
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
                 self._matched.clear()
@@ -176,17 +180,21 @@ class Authenticator:
             pending.found, pending.record = True, record
             return record
         finally:
-            del self._pending[prefix]
+            if self._pending.get(prefix) is pending:
+                del self._pending[prefix]
             pending.done.set()
 
     def invalidate(self, prefix: str | None = None) -> None:
-        """Forget one key's cached row (or all, e.g. after a quota change)."""
+        """Forget one key's cached row (or all, e.g. after a quota change), and any look-up of it
+        in progress, which may have read the row before the change."""
         if prefix is None:
             self._cache.clear()
             self._matched.clear()
+            self._pending.clear()
         else:
             self._cache.pop(prefix, None)
             self._matched.pop(prefix, None)
+            self._pending.pop(prefix, None)
 
 
 def _bearer_token(authorization: str | None) -> str:

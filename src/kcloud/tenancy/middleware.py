@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kcloud.serving.gateway.errors import error_body
+from kcloud.serving.gateway.errors import error_body, send_error
 from kcloud.tenancy.auth import AuthError, KeyRecord
 from kcloud.tenancy.context import RequestContext, bind, unbind
 from kcloud.tenancy.metering import UsageBucket, utc_day
@@ -81,7 +81,7 @@ class TenancyMiddleware:
             try:
                 record = await tenancy.authenticator.authenticate(_header(scope, b"authorization"))
             except AuthError as exc:
-                challenge = [(b"www-authenticate", exc.www_authenticate.encode())]
+                challenge = {"www-authenticate": exc.www_authenticate}
                 await _refuse(send, path, 401, str(exc), challenge)
                 return
             principal = record.principal
@@ -172,10 +172,10 @@ class TenancyMiddleware:
         waiting at once, the rest are answered at once with `Connection: close`, so a flood of
         connections costs the flooder a reconnect each, and the server no unbounded set of timers.
         """
-        retry = [(b"retry-after", retry_after_header(wait_s).encode())]
+        retry = {"retry-after": retry_after_header(wait_s)}
         waiting = self._tarpitted.get(key_id, 0)
         if waiting >= TARPIT_MAX_PER_KEY:
-            await _refuse(send, path, 429, message, [*retry, (b"connection", b"close")])
+            await _refuse(send, path, 429, message, {**retry, "connection": "close"})
             return
         self._tarpitted[key_id] = waiting + 1
         try:
@@ -216,16 +216,6 @@ def _insecure_send(send: Send) -> Send:
 
 
 async def _refuse(
-    send: Send, path: str, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send, path: str, status: int, message: str, headers: dict[str, str] | None = None
 ) -> None:
-    body = error_body(path, status, message)
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *(headers or []),
-        ],
-    })
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, status, error_body(path, status, message), headers)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kcloud.serving.gateway.errors import BodyTooLargeError, error_body
+from kcloud.serving.gateway.errors import BodyTooLargeError, error_body, send_error
 
 #: Default cap: 16 MiB, enough for a batch of images, far from what hurts the server.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -34,13 +34,13 @@ class BodyLimitMiddleware:
                     declared = int(value)
                 except ValueError:
                     body = error_body(scope["path"], 400, "Content-Length is not a number")
-                    await _send_error(send, 400, body)
+                    await send_error(send, 400, body, {"connection": "close"})
                     return
                 break
         if declared is not None:
             if declared > limit:
                 too_large = BodyTooLargeError(limit, declared)
-                await _send_error(send, 413, error_body(scope["path"], 413, str(too_large)))
+                await send_error(send, 413, error_body(scope["path"], 413, str(too_large)))
                 return
             # The server never hands the app more than Content-Length bytes: no need to count.
             await self.app(scope, receive, send)
@@ -69,20 +69,4 @@ class BodyLimitMiddleware:
         except BodyTooLargeError as exc:
             if started:
                 raise
-            await _send_error(send, 413, error_body(scope["path"], 413, str(exc)))
-
-
-async def _send_error(send: Send, status: int, body: bytes) -> None:
-    # `connection: close`: the client may still be sending the body we refuse to read.
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+            await send_error(send, 413, error_body(scope["path"], 413, str(exc)))

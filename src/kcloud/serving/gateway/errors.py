@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import Send
 
 from kcloud.models.errors import ModelNotFoundError
 from kcloud.models.pipeline import InputError
@@ -28,6 +29,8 @@ from kcloud.serving.oip.errors import CodecError
 log = logging.getLogger(__name__)
 
 OPENAI_PREFIX = "/v1/"
+#: Counted (not sent: the client is gone) when a client hangs up before its body arrived, as nginx does.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class BodyTooLargeError(Exception):
@@ -103,11 +106,34 @@ def error_response(path: str, reply: ErrorReply) -> Response:
     )
 
 
+def log_unexpected(path: str, exc: BaseException) -> None:
+    log.error("unexpected error serving %s", path, exc_info=exc)
+
+
+def unexpected_message(exc: BaseException) -> str:
+    """What a client is told of a fault of ours: its kind, no internals."""
+    return f"internal server error ({type(exc).__name__}); see the server log"
+
+
 def unexpected_error_response(path: str, exc: BaseException) -> Response:
     """A 500 for a fault of ours: logged with its traceback, answered without internals."""
-    log.error("unexpected error serving %s", path, exc_info=exc)
-    message = f"internal server error ({type(exc).__name__}); see the server log"
-    return Response(error_body(path, 500, message), status_code=500, media_type="application/json")
+    log_unexpected(path, exc)
+    body = error_body(path, 500, unexpected_message(exc))
+    return Response(body, status_code=500, media_type="application/json")
+
+
+async def send_error(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+    """An error answer (`error_body`) on raw ASGI, for the middleware and the inference lane.
+
+    A 413 closes the connection: the client may still be sending the body that was refused.
+    """
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw += [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()]
+    if status == 413 and not (headers and "connection" in headers):
+        raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def exception_response(path: str, exc: BaseException) -> Response:
@@ -150,7 +176,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return unexpected_error_response(request.url.path, exc)
 
     async def disconnected(request: Request, exc: Exception) -> Response:
-        return Response(status_code=499)  # the client hung up mid-body; nobody reads this
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # the client hung up mid-body; nobody reads this
 
 
     for kind in (ServingError, ClientError, BodyTooLargeError, InputError, CodecError, ModelNotFoundError):

@@ -7,42 +7,28 @@ unmodified `tritonclient.http.InferenceServerClient` works against us.
 Health answers by status code (200 true, 400 false, as the spec's "a 4xx status code indicates
 false" and Triton do) with the OIP JSON body (`{"live": ...}`, `{"ready": ...}`).
 
-The metadata and health routes are FastAPI (typed, in the OpenAPI document). Inference is a plain
-Starlette route over the raw request: no pydantic model on the tensor body, one decode by the
-codec, one encode back, so the gateway stays thin next to the model's compute.
+The metadata and health routes are FastAPI (typed, in the OpenAPI document). Inference is
+answered on raw ASGI by `infer_lane.InferLane`, ahead of FastAPI's routing: no pydantic model on
+the tensor body, one decode by the codec, one encode back, so the gateway stays thin next to the
+model's compute. Its routes here are documentation only.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from kcloud import __version__
 from kcloud.models.errors import ModelNotFoundError
-from kcloud.models.repository import ModelEntry
-from kcloud.serving.gateway.deadline import deadline_from
-from kcloud.serving.gateway.encoding import decoded_body
-from kcloud.serving.gateway.errors import classify, error_response, unexpected_error_response
-from kcloud.serving.gateway.state import GatewayState, gateway_state
-from kcloud.serving.oip import (
-    check_requested_outputs,
-    decode_infer_request,
-    encode_infer_response,
-    parse_header_length,
-)
+from kcloud.serving.gateway.state import gateway_state
 from kcloud.serving.router import Router
 
 #: Platform name for ONNX models in the spec's "Platforms" list.
 PLATFORM = "onnx_onnxv1"
 SERVER_NAME = "kcloud"
-#: Counted (not sent: the client is gone) when a client hangs up before its body arrived, as nginx does.
-CLIENT_CLOSED_REQUEST = 499
 #: Extensions we implement: Triton's binary tensor data, and request parameters (`timeout`).
 EXTENSIONS = ["binary_tensor_data", "parameters"]
 
@@ -220,66 +206,16 @@ def metadata_router() -> APIRouter:
     async def version_metadata(request: Request, model: str, version: str) -> dict:
         return model_metadata(gateway_state(request).router, model, parse_version(model, version))
 
-    # Documentation only: the plain Starlette routes of `infer_routes()` come first in the app's
-    # route list and answer these paths, so these handlers are never reached.
+    # Documentation only: `InferLane` answers these paths before FastAPI's routing sees them.
     @api.post("/v2/models/{model}/infer", response_model=InferResponseBody, summary="Inference",
               description=_INFER_DESCRIPTION, responses=_INFER_ERRORS)
     async def infer_documented(model: str, body: InferRequestBody) -> None:
-        raise RuntimeError("documentation route reached; infer_routes() must come first")
+        raise RuntimeError("documentation route reached; InferLane must answer inference")
 
     @api.post("/v2/models/{model}/versions/{version}/infer", response_model=InferResponseBody,
               summary="Inference on a model version", description=_INFER_DESCRIPTION,
               responses=_INFER_ERRORS)
     async def infer_version_documented(model: str, version: str, body: InferRequestBody) -> None:
-        raise RuntimeError("documentation route reached; infer_routes() must come first")
+        raise RuntimeError("documentation route reached; InferLane must answer inference")
 
     return api
-
-
-async def infer(request: Request) -> Response:
-    """POST /v2/models/{model}[/versions/{version}]/infer, on the raw request (the hot path)."""
-    state: GatewayState = request.app.state.gateway
-    path_params = request.path_params
-    name: str = path_params["model"]
-    started = time.perf_counter()
-    entry: ModelEntry | None = None
-    try:
-        version = parse_version(name, path_params.get("version"))
-        entry = state.router.entry(name, version)
-        headers = request.headers
-        body = decoded_body(await request.body(), headers.get("content-encoding"), state.max_body_bytes)
-        header_length = parse_header_length(headers.get("inference-header-content-length"))
-        decoded = decode_infer_request(body, header_length)
-        if decoded.outputs is not None:
-            check_requested_outputs(decoded, (o.name for o in entry.config.outputs), name)
-        deadline = deadline_from(decoded.parameters, headers)
-        outcome = await state.router.infer(entry.name, entry.version, decoded.inputs, deadline=deadline)
-        payload, response_headers = encode_infer_response(
-            model_name=entry.name,
-            model_version=str(entry.version),
-            request_id=decoded.id,
-            outputs=outcome.outputs,
-            request=decoded,
-        )
-    except ClientDisconnect:
-        state.observer.failed(entry.name if entry is not None else "", CLIENT_CLOSED_REQUEST)
-        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody is left to read it
-    except Exception as exc:
-        reply = classify(exc)
-        status = 500 if reply is None else reply.status
-        if entry is None:
-            state.observer.failed("", status)
-        else:
-            state.observer.failed(entry.name, status, version=entry.version)
-        if reply is None:
-            return unexpected_error_response(request.url.path, exc)
-        return error_response(request.url.path, reply)
-    state.observer.served(entry, "oip", outcome.device_uid, time.perf_counter() - started)
-    return Response(payload, headers=response_headers)
-
-
-def infer_routes() -> list[Route]:
-    return [
-        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
-    ]

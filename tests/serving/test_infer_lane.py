@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kcloud.serving.gateway import infer_lane
-from kcloud.serving.gateway.infer_lane import infer_target
+from kcloud.serving.gateway.infer_lane import infer_target, route_path
 from kcloud.serving.oip import encode_infer_request
 
 NOOP = "noop"
@@ -41,6 +41,18 @@ NOOP = "noop"
 )
 def test_infer_target_claims_exactly_the_inference_routes(path, target):
     assert infer_target(path) == target
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "expected"),
+    [
+        ("/v2/models/noop/infer", "", "/v2/models/noop/infer"),
+        ("/kcloud/v2/models/noop/infer", "/kcloud", "/v2/models/noop/infer"),  # root_path inside path
+        ("/v2/models/noop/infer", "/kcloud", "/v2/models/noop/infer"),  # older servers: path without it
+    ],
+)
+def test_route_path_drops_a_mount_prefix(path, root_path, expected):
+    assert route_path({"path": path, "root_path": root_path}) == expected
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,16 @@ def infer_target(path: str) -> tuple[str, str | None] | None:
     return None
 
 
+def route_path(scope: Scope) -> str:
+    """The path the routes match: without the app's mount prefix (`root_path`), when the server
+    includes it in `path` (as newer ASGI servers and Starlette do) and when it does not."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :]
+    return path
+
+
 class ClientGone(Exception):
     """The client closed the connection before its whole body arrived."""
 
@@ -91,8 +101,8 @@ class InferLane:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            target = infer_target(scope["path"])
+        if scope["type"] == "http" and scope["method"] == "POST":
+            target = infer_target(route_path(scope))
             if target is not None:
                 await self.infer(scope, receive, send, *target)
                 return

@@ -535,12 +535,10 @@ def main() -> None:
     print("(a) in-process limit: sweep", file=sys.stderr)
     sweep = sweep_limit(entry, device, sentences, args.sweep_seconds, cores)
     best = max(sweep, key=lambda p: p.sentences_per_s)
-    # The sweep is brief and the machine shared: re-measure the best point and the all-core
-    # layouts at its batch size in every round; the layout with the best median over the rounds
-    # is the limit (`_judge_rounds`).
-    # A 1 s sweep point on a shared machine can miss the best batch size by noise, and a limit
-    # measured at the wrong batch would flatter the ratio: every round re-measures the two best
-    # batch sizes of the sweep in each all-core layout, and the best median wins.
+    # The sweep is brief and the machine shared: a 1 s point can miss the best batch size by
+    # noise, and a limit measured at the wrong batch would flatter the ratio. Every round
+    # re-measures the best point's layout and the all-core layouts at the sweep's two best batch
+    # sizes; the point with the best median over the rounds is the limit (`_judge_rounds`).
     by_batch = sorted({p.batch for p in sweep}, key=lambda b: -max(p.sentences_per_s for p in sweep
                                                                    if p.batch == b))
     layouts = list(dict.fromkeys([(best.sessions, best.threads), (cores, 1), (1, cores)]))
@@ -553,7 +551,6 @@ def main() -> None:
     def pipeline_inputs(batch: int) -> dict[str, np.ndarray]:
         texts = (sentences * (batch // len(sentences) + 1))[:batch]
         return {entry.config.inputs[0].name: np.array([t.encode() for t in texts], dtype=object)}
-
 
     port = free_port()
     log_path = Path(tempfile.gettempdir()) / f"kcloud-bench-serving-{port}.log"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kcloud.serving.gateway.errors import error_body, send_error
+from kcloud.serving.gateway.errors import ErrorReply, send_error
 from kcloud.tenancy.auth import AuthError, KeyRecord
 from kcloud.tenancy.context import RequestContext, bind, unbind
 from kcloud.tenancy.metering import UsageBucket, utc_day
@@ -218,4 +218,4 @@ def _insecure_send(send: Send) -> Send:
 async def _refuse(
     send: Send, path: str, status: int, message: str, headers: dict[str, str] | None = None
 ) -> None:
-    await send_error(send, status, error_body(path, status, message), headers)
+    await send_error(send, path, ErrorReply(status, message, headers or {}))

@@ -94,53 +94,50 @@ def error_body(path: str, status: int, message: str, *, code: str | None = None)
     return orjson.dumps({"error": message})
 
 
-def error_response(path: str, reply: ErrorReply) -> Response:
+def unexpected_reply(path: str, exc: BaseException) -> ErrorReply:
+    """A 500 for a fault of ours: logged with its traceback, answered without internals."""
+    log.error("unexpected error serving %s", path, exc_info=exc)
+    return ErrorReply(500, f"internal server error ({type(exc).__name__}); see the server log")
+
+
+def reply_for(path: str, exc: BaseException) -> ErrorReply:
+    """`classify`'s answer, or the 500 of `unexpected_reply`."""
+    reply = classify(exc)
+    return reply if reply is not None else unexpected_reply(path, exc)
+
+
+def _headers(reply: ErrorReply) -> dict[str, str]:
     headers = dict(reply.headers)
     if reply.status == 413:
         headers["connection"] = "close"  # the client may still be sending the body we refused
+    return headers
+
+
+def error_response(path: str, reply: ErrorReply) -> Response:
     return Response(
         error_body(path, reply.status, reply.message),
         status_code=reply.status,
-        headers=headers,
+        headers=_headers(reply),
         media_type="application/json",
     )
 
 
-def log_unexpected(path: str, exc: BaseException) -> None:
-    log.error("unexpected error serving %s", path, exc_info=exc)
-
-
-def unexpected_message(exc: BaseException) -> str:
-    """What a client is told of a fault of ours: its kind, no internals."""
-    return f"internal server error ({type(exc).__name__}); see the server log"
-
-
 def unexpected_error_response(path: str, exc: BaseException) -> Response:
-    """A 500 for a fault of ours: logged with its traceback, answered without internals."""
-    log_unexpected(path, exc)
-    body = error_body(path, 500, unexpected_message(exc))
-    return Response(body, status_code=500, media_type="application/json")
-
-
-async def send_error(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
-    """An error answer (`error_body`) on raw ASGI, for the middleware and the inference lane.
-
-    A 413 closes the connection: the client may still be sending the body that was refused.
-    """
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if headers:
-        raw += [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()]
-    if status == 413 and not (headers and "connection" in headers):
-        raw.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+    return error_response(path, unexpected_reply(path, exc))
 
 
 def exception_response(path: str, exc: BaseException) -> Response:
-    reply = classify(exc)
-    if reply is None:
-        return unexpected_error_response(path, exc)
-    return error_response(path, reply)
+    return error_response(path, reply_for(path, exc))
+
+
+async def send_error(send: Send, path: str, reply: ErrorReply) -> None:
+    """`error_response` on raw ASGI, for the middleware and the inference lane."""
+    body = error_body(path, reply.status, reply.message)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    for key, value in _headers(reply).items():
+        raw.append((key.lower().encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": reply.status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _validation_message(exc: RequestValidationError) -> str:

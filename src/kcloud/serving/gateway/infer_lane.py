@@ -21,15 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kcloud.models.repository import ModelEntry
 from kcloud.serving.gateway.deadline import TIMEOUT_HEADER, deadline_from
 from kcloud.serving.gateway.encoding import decoded_body
-from kcloud.serving.gateway.errors import (
-    CLIENT_CLOSED_REQUEST,
-    ErrorReply,
-    classify,
-    error_body,
-    log_unexpected,
-    send_error,
-    unexpected_message,
-)
+from kcloud.serving.gateway.errors import CLIENT_CLOSED_REQUEST, reply_for, send_error
 from kcloud.serving.gateway.oip_routes import parse_version
 from kcloud.serving.gateway.state import GatewayState
 from kcloud.serving.oip import (
@@ -143,12 +135,9 @@ class InferLane:
             self._failed(entry, CLIENT_CLOSED_REQUEST)  # nobody is left to answer
             return
         except Exception as exc:
-            reply = classify(exc)
-            if reply is None:
-                log_unexpected(path, exc)
-                reply = ErrorReply(500, unexpected_message(exc))
+            reply = reply_for(path, exc)
             self._failed(entry, reply.status)
-            await send_error(send, reply.status, error_body(path, reply.status, reply.message), reply.headers)
+            await send_error(send, path, reply)
             return
         state.observer.served(entry, "oip", outcome.device_uid, time.perf_counter() - started)
         raw_headers = [(b"content-length", str(len(payload)).encode())]

@@ -1,4 +1,4 @@
-"""The CLI's side of the admin API: one call, and one way to fail.
+"""The CLI's side of a running server: where to find it, one admin API call, one way to fail.
 
 `kcloud deploy`, `kcloud tenants`, `kcloud keys` and `kcloud usage` all talk to a running server
 the same way, so a refused key, a server that is down or a 4xx reads the same in every command:
@@ -10,6 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from kcloud.cli_errors import fail
+
+#: Where the CLI finds a server unless told otherwise: `kcloud up`'s default address.
+DEFAULT_URL = "http://127.0.0.1:8000"
+#: Environment variables every client command reads for `--url` and `--api-key`.
+URL_ENV = "KCLOUD_URL"
+KEY_ENV = "KCLOUD_API_KEY"
 
 
 def call_admin_api(url: str, key: str | None, method: str, path: str, **kwargs: Any) -> Any:

@@ -51,6 +51,15 @@ def test_specific_version(gateway, tmp_path):
     assert json.loads(result.stdout)["outputs"][0]["data"] == [1.0] * 16
 
 
+def test_url_from_environment(gateway, tmp_path):
+    """`$KCLOUD_URL` names the gateway when `--url` is not given, as in every client command."""
+    np.save(tmp_path / "x.npy", np.ones((1, 16), np.float32))
+    result = CliRunner().invoke(app, ["infer", "noop", "--input", f"input={tmp_path / 'x.npy'}", "--json"],
+                                env={"KCLOUD_URL": gateway.url})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["outputs"][0]["data"] == [1.0] * 16
+
+
 def _fails(result, *words: str) -> None:
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output

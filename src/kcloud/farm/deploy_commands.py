@@ -17,12 +17,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kcloud.admin_client import call_admin_api
+from kcloud.admin_client import DEFAULT_URL, KEY_ENV, URL_ENV, call_admin_api
 from kcloud.cli_errors import err, fail
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-URL_ENV = "KCLOUD_URL"
-KEY_ENV = "KCLOUD_API_KEY"
 
 deploy_app = typer.Typer(
     help="Deployments: a model, its replicas, constraints and SLO.", no_args_is_help=True

@@ -11,9 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from kcloud.admin_client import DEFAULT_URL, KEY_ENV, URL_ENV
 from kcloud.cli_errors import fail
-
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class IsolationChoice(StrEnum):
@@ -136,12 +135,13 @@ def infer(
     text: list[str] = typer.Option([], "--text", "-t", help="A text for a text model; repeat for a batch."),
     input_files: list[str] = typer.Option(
         [], "--input", "-i", help="NAME=FILE.npy: an input tensor from a numpy file; repeatable."),
-    url: str = typer.Option(DEFAULT_URL, "--url", help="The gateway's base URL."),
+    url: str = typer.Option(DEFAULT_URL, "--url", envvar=URL_ENV,
+                            help=f"The gateway's base URL (default: ${URL_ENV}, else {DEFAULT_URL})."),
     version: int | None = typer.Option(None, "--version", min=1, help="Model version (default: latest)."),
     as_json: bool = typer.Option(False, "--json", help="Print the outputs as JSON."),
     timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds to wait for the answer."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="KCLOUD_API_KEY", show_default=False,
-                                       help="API key (default: $KCLOUD_API_KEY)."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar=KEY_ENV, show_default=False,
+                                       help=f"API key (default: ${KEY_ENV})."),
 ) -> None:
     """Call a served model over the Open Inference Protocol (binary tensors) and print its outputs."""
     import httpx

@@ -17,12 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
-from kcloud.admin_client import call_admin_api
+from kcloud.admin_client import DEFAULT_URL, KEY_ENV, URL_ENV, call_admin_api
 from kcloud.cli_errors import err, fail
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-URL_ENV = "KCLOUD_URL"
-KEY_ENV = "KCLOUD_API_KEY"
 
 tenants_app = typer.Typer(help="Tenants and their quotas (admin API).", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)

@@ -95,7 +95,15 @@ def test_bad_arguments(gateway, args, words):
     _fails(_run("infer", *args, "--url", gateway.url), *words)
 
 
-def test_not_an_npy_file(gateway, tmp_path):
-    (tmp_path / "bad.npy").write_text("not numpy")
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"not numpy", ["not a readable .npy"]),
+        (b"", ["not a readable .npy", "empty or cut short"]),
+        (b"\x93NUMPY\x01\x00", ["not a readable .npy"]),  # numpy's magic, then nothing
+    ],
+)
+def test_not_an_npy_file(gateway, tmp_path, content, words):
+    (tmp_path / "bad.npy").write_bytes(content)
     _fails(_run("infer", "noop", "--input", f"input={tmp_path / 'bad.npy'}", "--url", gateway.url),
-           "not a readable .npy")
+           *words)

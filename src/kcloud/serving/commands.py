@@ -90,6 +90,8 @@ def _load_inputs(texts: list[str], files: list[str], metadata: dict) -> dict[str
             array = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             raise fail(f"--input {name}: no such file {path}") from None
+        except EOFError:  # numpy's word for an empty or cut-short file; click would print "Aborted."
+            raise fail(f"--input {name}: {path} is not a readable .npy array (empty or cut short)") from None
         except (ValueError, OSError) as exc:
             raise fail(f"--input {name}: {path} is not a readable .npy array ({exc})") from None
         if not isinstance(array, np.ndarray):

@@ -68,7 +68,8 @@ def test_dataset_that_does_not_fit_the_model(tmp_path: Path, arrays: dict, match
         load_dataset_file(tmp_path / "data.npz", affine_config(), "top1")
 
 
-def test_dataset_that_is_not_npz(tmp_path: Path) -> None:
-    (tmp_path / "data.npz").write_text("labels,images\n")
+@pytest.mark.parametrize("content", [b"labels,images\n", b""], ids=["csv", "empty"])
+def test_dataset_that_is_not_npz(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "data.npz").write_bytes(content)
     with pytest.raises(ModelFileError, match=r"not a readable \.npz data set"):
         load_dataset_file(tmp_path / "data.npz", affine_config(), "top1")

@@ -103,6 +103,8 @@ def load_dataset_file(path: Path, config: ModelConfig, metric: str) -> Dataset:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{path}: not a readable .npz data set: {exc}") from None
+    except EOFError:  # numpy's word for an empty or cut-short file
+        raise ModelFileError(f"{path}: not a readable .npz data set: empty or cut short") from None
     if REFERENCE_KEY not in arrays:
         raise ModelFileError(f"{path}: no `{REFERENCE_KEY}` array")
     references = arrays.pop(REFERENCE_KEY)

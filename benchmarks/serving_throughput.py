@@ -195,6 +195,7 @@ class LoadResult:
     gateway_cpu_s: float | None
     other_cpu_s: float | None
     server_rows_per_s: float | None
+    server_mean_batch_rows: float | None
     error_samples: list[str]
 
 
@@ -292,11 +293,12 @@ class _LoadState:
 
 async def run_load(port: int, requests: list[bytes], concurrency: int, warmup_s: float, seconds: float,
                    server: psutil.Process | None,
-                   server_rows: Callable[[], float] | None = None) -> LoadResult:
+                   server_rows: Callable[[], tuple[float, float]] | None = None) -> LoadResult:
     """`concurrency` clients for `warmup_s` + `seconds`; figures from the last `seconds`.
 
-    `server_rows`, if given, reads how many rows the server has computed so far; its count over
-    the window is a cross-check of the client's, from the other end.
+    `server_rows`, if given, reads (rows, batches) the server has computed so far: its count of
+    rows over the window is a cross-check of the client's, from the other end, and with the
+    batches it gives the mean batch the server ran in the same window.
     """
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
@@ -311,13 +313,15 @@ async def run_load(port: int, requests: list[bytes], concurrency: int, warmup_s:
     server_cpu0 = _cpu_seconds(server)
     gateway_cpu0 = _cpu_seconds(server, children=False)
     busy0 = machine_busy_seconds()
-    rows0 = None if server_rows is None else await loop.run_in_executor(None, server_rows)
+    counts0 = None if server_rows is None else await loop.run_in_executor(None, server_rows)
     await asyncio.sleep(max(0.0, state.stop_at - time.perf_counter()))
     client_cpu = time.process_time() - client_cpu0
     server_cpu1 = _cpu_seconds(server)
     gateway_cpu1 = _cpu_seconds(server, children=False)
     busy = machine_busy_seconds() - busy0
-    rows1 = None if server_rows is None else await loop.run_in_executor(None, server_rows)
+    counts1 = None if server_rows is None else await loop.run_in_executor(None, server_rows)
+    rows, batches = (None, None) if counts0 is None or counts1 is None else (
+        counts1[0] - counts0[0], counts1[1] - counts0[1])
     server_cpu = None if server_cpu0 is None or server_cpu1 is None else server_cpu1 - server_cpu0
     await asyncio.wait_for(asyncio.gather(*(c.closed for c in connections)), timeout=60)
     lat = np.array(state.latencies) * 1e3
@@ -336,7 +340,8 @@ async def run_load(port: int, requests: list[bytes], concurrency: int, warmup_s:
         gateway_cpu_s=None if gateway_cpu0 is None or gateway_cpu1 is None
         else round(gateway_cpu1 - gateway_cpu0, 2),
         other_cpu_s=None if server_cpu is None else round(max(0.0, busy - server_cpu - client_cpu), 2),
-        server_rows_per_s=None if rows0 is None or rows1 is None else round((rows1 - rows0) / seconds, 1),
+        server_rows_per_s=None if rows is None else round(rows / seconds, 1),
+        server_mean_batch_rows=round(rows / batches, 1) if rows is not None and batches else None,
         error_samples=state.error_samples,
     )
     result.latencies_ms = lat  # type: ignore[attr-defined]  # raw, for merging rounds; not in the JSON
@@ -621,11 +626,9 @@ def main() -> None:
                                                     inputs=pipeline_inputs(top["batch"]))
                 print(f"(a) round {index + 1}: limit {limit_rate:.1f} sentences/s "
                       f"({top['sessions']}x{top['threads']}, batch {top['batch']})", file=sys.stderr)
-                rows0, batches0 = batch_rows_so_far(port, MINILM, auth_headers)
                 served = runner.run(run_load(
                     port, binary_requests, args.concurrency, args.warmup, args.seconds, server_ps,
-                    server_rows=lambda: batch_rows_so_far(port, MINILM, auth_headers)[0]))
-                rows1, batches1 = batch_rows_so_far(port, MINILM, auth_headers)
+                    server_rows=lambda: batch_rows_so_far(port, MINILM, auth_headers)))
                 print(f"(b) round {index + 1}: served {served.requests_per_s:.1f} requests/s, "
                       f"p99 {served.p99_ms} ms", file=sys.stderr)
                 served_results.append(served)
@@ -636,8 +639,6 @@ def main() -> None:
                     "ratio_to_limit_with_tokenizer": round(served.requests_per_s / pipeline_rate, 3)
                     if pipeline_rate else None,
                     "served": asdict(served),
-                    "served_mean_batch_rows": round((rows1 - rows0) / (batches1 - batches0), 1)
-                    if batches1 > batches0 else None,
                     "ratio_to_round_max": round(served.requests_per_s / limit_rate, 3)
                     if limit_rate else None,
                 })

@@ -99,3 +99,32 @@ def test_a_schema_changed_by_hand_is_refused_with_the_difference(db_url):
     engine.dispose()
     with pytest.raises(SchemaMismatchError, match="table placement_candidates is missing"):
         open_database(db_url)
+
+
+def _modes(path) -> dict[str, str]:
+    import stat
+
+    files = (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm"))
+    return {file.name: oct(stat.S_IMODE(file.stat().st_mode)) for file in files}
+
+
+def test_the_sqlite_files_are_readable_by_their_owner_only(tmp_path):
+    """kcloud.db, -wal and -shm hold key digests, usage and the audit log: 0600, like the key secret,
+    whatever the umask; files an older kcloud left with the umask's mode are tightened."""
+    import os
+
+    path = tmp_path / "kcloud.db"
+    previous = os.umask(0)  # the loosest umask: the mode must come from kcloud, not from it
+    try:
+        database = open_database(f"sqlite:///{path}")
+        with database.transaction() as session:  # a write: SQLite makes the -wal and -shm files
+            session.add(EventRow(kind="test.mode", message="private"))
+        assert _modes(path) == dict.fromkeys(_modes(path), "0o600")
+        for file in tmp_path.iterdir():  # as an older kcloud left them (the -wal and -shm are open)
+            file.chmod(0o644)
+        reopened = open_database(f"sqlite:///{path}")
+        assert _modes(path) == dict.fromkeys(_modes(path), "0o600")
+        reopened.close()
+        database.close()
+    finally:
+        os.umask(previous)

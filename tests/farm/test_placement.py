@@ -304,7 +304,7 @@ def test_an_admission_check_that_refuses_rolls_back_the_placement(database, repo
         service.create(DeploymentCreate(model="small", replicas=3, tenant="acme"))
     assert seen == {
         "tenant": "acme",
-        "deployment": "small",
+        "deployment": "acme:small",  # a tenant's deployment is served in its name space
         "replicas": 3,
         "devices": ["npu-a/atom-ca22-0", "npu-a/rngd0", "npu-a/rngd1"],
     }

@@ -205,6 +205,34 @@ async def test_full_queue_sheds_with_retry_after_from_measured_throughput():
     await b.stop()
 
 
+async def test_queue_time_budget_sheds_what_could_only_wait_too_long():
+    """Issue 13 item 9: a count bound let 256 clients wait 1.6 s; a budget in time sheds instead."""
+    device = Device()
+    b = batcher(device, queue_budget_s=0.5)
+    device.gate.clear()
+    blocker = asyncio.ensure_future(submit_all(b, [request(0)]))
+    await device.started.wait()
+    queued = [b.submit(request(i), None) for i in range(1, 10)]  # nothing measured yet: admitted
+    b.record_throughput(rows=100, seconds=1.0)  # the device's speed does not decide admission...
+    assert b.expected_wait_s() is None
+    b.record_drain(rows=20, seconds=1.0)  # ...the queue's drain rate does: 10 rows ahead are 0.5 s
+    assert b.expected_wait_s() == pytest.approx(0.5)
+    queued.append(b.submit(request(10), None))  # exactly the budget: still admitted
+    with pytest.raises(QueueFullError) as busy:
+        b.submit(request(11), None)  # 11 rows ahead: 0.55 s
+    assert busy.value.status == 429 and "ms a request may wait" in str(busy.value)
+    assert busy.value.retry_after_s == 1.0  # 11 rows at 100 rows/s, rounded up to the minimum
+    # a request's own deadline is a budget too, when it is the shorter one
+    with pytest.raises(QueueFullError):
+        b.check_admission(time.monotonic() + 0.2, time.monotonic())
+    b.queue_budget_s = 0.0  # no budget: only the count bound (and deadlines) refuse
+    b.check_admission(None, time.monotonic())
+    device.gate.set()
+    assert await blocker == [0]
+    assert await asyncio.gather(*(b.result(p) for p in queued)) == list(range(1, 11))
+    await b.stop()
+
+
 async def test_close_fails_queued_and_new_requests():
     device = Device()
     b = batcher(device)
@@ -305,3 +333,20 @@ async def test_pipeline_depth_bounds_the_batches_on_the_worker(depth):
     assert await asyncio.gather(*(b.result(p) for p in pendings)) == list(range(8))
     await b.stop()
     assert most == depth
+
+
+async def test_drain_rate_is_measured_over_busy_stretches_only():
+    device = Device()
+    b = batcher(device, max_batch_size=1)
+    device.gate.clear()
+    pending = asyncio.ensure_future(submit_all(b, [request(i) for i in range(3)]))
+    await device.started.wait()
+    await asyncio.sleep(0.05)
+    device.gate.set()  # three batches back to back: the second and third measure the drain
+    assert await pending == [0, 1, 2]
+    assert b.expected_wait_s() == 0.0  # measured, and nothing is queued
+    measured = b._drain_rows_per_s
+    await asyncio.sleep(0.2)  # idle: the next batch's interval includes this and must not count
+    assert await submit_all(b, [request(3)]) == [3]
+    assert b._drain_rows_per_s == measured
+    await b.stop()

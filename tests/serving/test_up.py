@@ -140,3 +140,16 @@ def test_replica_layout_follows_the_runtime_or_the_option(builtin_repository):
     assert replica_layout(cpu, 4 * host_cores()) == (4 * host_cores(), 1)
     with pytest.raises(ValueError, match="replicas"):
         replica_layout(cpu, 0)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("KCLOUD_USAGE_FLUSH_MS", "soon"), ("KCLOUD_USAGE_FLUSH_MS", "0"), ("KCLOUD_USAGE_DURABILITY", "maybe")],
+)
+def test_bad_usage_settings_are_one_clear_line_before_anything_starts(free_port, tmp_path, variable, value):
+    env = {**os.environ, "KCLOUD_HOME": str(tmp_path), variable: value}
+    done = subprocess.run([KCLOUD, "up", "--port", str(free_port)], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 2
+    assert variable in done.stderr and "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "models").exists()  # refused before any model was built

@@ -47,7 +47,9 @@ def _p99(samples: np.ndarray) -> float:
 
 
 def _flood_and_measure(gateway, victim, flooder_key: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Victim latencies in alternating quiet and flooded phases, and the flooder's tally."""
+    """Victim latencies in alternating quiet and flooded phases, and the flooder's tally (with
+    `seconds`, how long it ran at most)."""
+    began = time.monotonic()
     flooder = subprocess.Popen(
         [sys.executable, str(HERE / "flood_proc.py"), gateway.url, flooder_key, "beta-model",
          "--concurrency", "8", "--max", str(FLOOD_MAX)],
@@ -68,6 +70,7 @@ def _flood_and_measure(gateway, victim, flooder_key: str) -> tuple[np.ndarray, n
             flooded.append(_latencies(victim, "alpha-model", PER_PHASE))
         flooder.stdin.close()  # stop flooding
         result = json.loads(flooder.stdout.readline())
+        result["seconds"] = time.monotonic() - began
         flooder.wait(timeout=30)
     finally:
         killer.cancel()
@@ -101,7 +104,12 @@ def test_flood_is_refused_with_retry_after_and_spares_another_tenant(gateway, ke
             statuses = {int(k): v for k, v in result["statuses"].items()}
             refused, served = statuses.get(429, 0), statuses.get(200, 0)
             assert set(statuses) <= {200, 429}, statuses
-            assert served > 0 and refused > 3 * served, statuses  # a flood: most of it over the limit
+            # Over its limit, the flooder is refused, and admitted no faster than its limit allows.
+            # (Its refusals are held longer the more it ignores Retry-After, so they are few: its
+            # 8 connections get about 8 a second, not as many as the gateway could write.)
+            assert served > 0 and refused > 0, statuses
+            limit = FLOODER_LIMITS["requests_per_second"] * result["seconds"] + FLOODER_LIMITS["burst"]
+            assert served <= limit, (statuses, result["seconds"])
             assert sum(result["retry_after"].values()) == refused  # every 429 says when to come back
             assert all(int(seconds) >= 1 for seconds in result["retry_after"])
             assert result["sent"] < FLOOD_MAX  # the flood lasted through every flooded phase

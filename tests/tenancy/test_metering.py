@@ -106,3 +106,21 @@ def test_restore_puts_an_unwritten_interval_back():
     meter.restore(taken)
     again = meter.take_interval()
     assert again[A].requests == 2 and again[A].samples == 3
+
+
+def test_energy_is_attributed_only_when_asked_with_the_device_time_accumulated_since():
+    """Counts are written every 100 ms, energy every 2 s (reading a device counter is a driver
+    call): device time piles up across the takes in between, and the attributing take hands the
+    energy to a bucket even when its requests went out in an earlier take."""
+    counter = Counter()
+    meter = UsageMeter(counter)
+    counter.set("n/d0", 0.0, at=0.0)
+    meter.prime(["n/d0"])
+    meter.record(A, samples=1, device_seconds={"n/d0": 1.0})
+    first = meter.take_interval(attribute_energy=False)
+    assert first[A].requests == 1 and first[A].energy_joules is None
+    meter.record(B, samples=1, device_seconds={"n/d0": 3.0})
+    counter.set("n/d0", 80.0, at=4.0)  # 80 J over 4 s, the device busy all of it
+    second = meter.take_interval(attribute_energy=True)
+    assert second[A].requests == 0 and second[A].energy_joules == pytest.approx(20.0)
+    assert second[B].requests == 1 and second[B].energy_joules == pytest.approx(60.0)

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 def cp(backend, repo_path, tmp_path_factory):
     """A gateway with the control plane, its own database, and tenants quota-a / quota-b."""
     with fresh_database(backend, tmp_path_factory) as url:
-        process = GatewayProcess(url, repo_path, tmp_path_factory.mktemp("cp-home"), control_plane=True)
+        process = GatewayProcess(url, repo_path, tmp_path_factory.mktemp("cp-home"), control_plane=True,
+                                 bundled=("ops-model",))
         try:
             with process.client(process.admin_key) as admin:
                 for name in ("quota-a", "quota-b"):
@@ -99,10 +100,15 @@ def test_deployments_of_an_unknown_tenant_are_refused(cp):
 def test_control_plane_deployments_are_isolated_and_served_to_their_owner(cp):
     process, keys = cp
     with process.client(keys["quota-a"]) as a, process.client(keys["quota-b"]) as b:
-        assert _deploy(a, "a-served", 1, CPU).status_code == 201
-        assert b.get("/api/v1/deployments/a-served").status_code == 404
-        assert b.post("/api/v1/deployments/a-served/scale", json={"replicas": 0}).status_code == 404
-        assert "a-served" not in {d["name"] for d in b.get("/api/v1/deployments").json()}
+        made = _deploy(a, "a-served", 1, CPU)
+        assert made.status_code == 201 and made.json()["name"] == "quota-a:a-served"
+        for name in ("a-served", "quota-a:a-served"):
+            assert b.get(f"/api/v1/deployments/{name}").status_code == 404
+            assert b.post(f"/api/v1/deployments/{name}/scale", json={"replicas": 0}).status_code == 404
+        assert "quota-a:a-served" not in {d["name"] for d in b.get("/api/v1/deployments").json()}
+        events = a.get("/api/v1/events", params={"deployment": "a-served"})  # a bare name, resolved
+        assert events.status_code == 200 and {e["deployment"] for e in events.json()} == {"quota-a:a-served"}
+        assert b.get("/api/v1/events", params={"deployment": "quota-a:a-served"}).status_code == 404
         assert {d["tenant"] for d in a.get("/api/v1/deployments").json()} == {"quota-a"}
         deadline = time.monotonic() + 60
         while a.get("/api/v1/deployments/a-served").json()["running"] < 1:
@@ -112,7 +118,71 @@ def test_control_plane_deployments_are_isolated_and_served_to_their_owner(cp):
         while a.post("/v2/models/a-served/infer", json=infer_body()).status_code != 200:
             assert time.monotonic() < deadline, "the deployment was not served to its owner"
             time.sleep(0.1)
-        assert b.post("/v2/models/a-served/infer", json=infer_body()).status_code == 404
-        assert "a-served" not in {m["id"] for m in b.get("/v1/models").json()["data"]}
-        assert "a-served" in {m["id"] for m in a.get("/v1/models").json()["data"]}
+        assert a.post("/v2/models/quota-a:a-served/infer", json=infer_body()).status_code == 200
+        for name in ("a-served", "quota-a:a-served"):
+            assert b.post(f"/v2/models/{name}/infer", json=infer_body()).status_code == 404
+        assert "quota-a:a-served" not in {m["id"] for m in b.get("/v1/models").json()["data"]}
+        assert "quota-a:a-served" in {m["id"] for m in a.get("/v1/models").json()["data"]}
 
+
+
+def _served_by(client, name: str) -> str:
+    """The served name that answered an inference of `name` (OIP `model_name`)."""
+    answer = client.post(f"/v2/models/{name}/infer", json=infer_body())
+    assert answer.status_code == 200, answer.text
+    return answer.json()["model_name"]
+
+
+def _wait_served(client, name: str) -> None:
+    deadline = time.monotonic() + 60
+    while client.post(f"/v2/models/{name}/infer", json=infer_body()).status_code != 200:
+        assert time.monotonic() < deadline, f"{name} was not served within 60 s"
+        time.sleep(0.1)
+
+
+def test_a_tenant_cannot_take_a_bundled_name_and_requests_never_cross(cp):
+    """Issue 13's reproducer: a tenant deploys another model under a bundled model's name."""
+    process, keys = cp
+    with process.client(keys["quota-a"]) as a, process.client(keys["admin"]) as admin:
+        made = _deploy(a, "ops-model", 1, CPU, model="beta-model")
+        assert made.status_code == 201 and made.json()["name"] == "quota-a:ops-model"
+        _wait_served(a, "ops-model")
+        # every operator call reaches the operator's replica; every tenant call its own
+        assert {_served_by(admin, "ops-model") for _ in range(12)} == {"ops-model"}
+        assert {_served_by(a, "ops-model") for _ in range(12)} == {"quota-a:ops-model"}
+        # the operator cannot put a deployment under a bundled name either (its replicas would mix)
+        clash = _deploy(admin, "ops-model", 1, CPU, model="beta-model")
+        assert clash.status_code == 409 and "bundled model" in _error(clash)
+        assert a.delete("/api/v1/deployments/ops-model").status_code == 204
+
+
+def test_names_reveal_nothing_of_other_tenants(cp):
+    process, keys = cp
+    with process.client(keys["quota-a"]) as a, process.client(keys["quota-b"]) as b:
+        assert _deploy(b, "shared-name", 0, CPU, model="beta-model").status_code == 201
+        # the same name in another tenant's name space is free: no 409 that would reveal b's
+        mine = _deploy(a, "shared-name", 0, CPU)
+        assert mine.status_code == 201 and mine.json()["name"] == "quota-a:shared-name"
+        again = _deploy(a, "shared-name", 0, CPU)
+        assert again.status_code == 409  # only ever a collision with one's own deployment
+        # naming into another tenant's name space is refused by the caller's own rule, whether or not
+        # that name exists there
+        answers = {}
+        for foreign in ("quota-b:shared-name", "quota-b:never-made"):
+            refused = _deploy(a, foreign, 0, CPU)
+            assert refused.status_code == 400 and "quota-a:NAME" in _error(refused)
+            answers[foreign] = _error(refused).replace(foreign, "<name>")
+            assert a.get(f"/api/v1/deployments/{foreign}").status_code == 404
+        assert len(set(answers.values())) == 1, answers  # the same words for a taken and a free name
+        assert a.delete("/api/v1/deployments/shared-name").status_code == 204
+        assert b.delete("/api/v1/deployments/shared-name").status_code == 204
+
+
+def test_operator_names_have_no_tenant_part(cp):
+    process, keys = cp
+    with process.client(keys["admin"]) as admin:
+        refused = _deploy(admin, "quota-a:by-admin", 0, CPU)
+        assert refused.status_code == 400 and "tenant's name" in _error(refused)
+        for_tenant = _deploy(admin, "by-admin", 0, CPU, tenant="quota-a")
+        assert for_tenant.status_code == 201 and for_tenant.json()["name"] == "quota-a:by-admin"
+        assert admin.delete("/api/v1/deployments/quota-a:by-admin").status_code == 204

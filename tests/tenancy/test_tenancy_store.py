@@ -57,6 +57,43 @@ def test_a_wrong_secret_under_a_known_prefix_is_refused_after_the_right_one(db):
     assert anyio.run(authenticator.authenticate, f"Bearer {made.key}").prefix == made.info.prefix
 
 
+def test_an_unknown_prefix_and_a_wrong_secret_are_refused_by_the_same_work(db, monkeypatch):
+    """Both go through one HMAC + constant-time comparison and are held to the same floor before
+    the 401, so their refusal times say nothing about whether a prefix exists (the times
+    themselves are measured by benchmarks/overload.py (d), not asserted here)."""
+    store.create_tenant(db, "timing-co", actor="test")
+    made = store.create_key(db, SECRET, role=Role.MEMBER, tenant="timing-co", actor="test")
+    authenticator = Authenticator(db, SECRET, ttl_s=3600)
+    anyio.run(authenticator.authenticate, f"Bearer {made.key}")  # cached, and its match remembered
+    secret = made.key.rsplit("_", 1)[1]
+    wrong_secret = made.key[: -len(secret)] + ("A" if secret[0] != "A" else "B") + secret[1:]
+    unknown = keys_module.generate_key(SECRET).text
+
+    verified: list[str] = []
+    real_key_matches = auth_module.key_matches
+
+    def counting(text: str, digest: str, server_secret: bytes) -> bool:
+        verified.append(text)
+        return real_key_matches(text, digest, server_secret)
+
+    held: list[float] = []
+
+    async def hold(started: float) -> None:
+        held.append(started)
+
+    monkeypatch.setattr(auth_module, "key_matches", counting)
+    monkeypatch.setattr(Authenticator, "_hold_refusal", staticmethod(hold))
+    for key in (wrong_secret, unknown):
+        before = time.monotonic()
+        with pytest.raises(AuthError, match=r"^invalid API key$"):
+            anyio.run(authenticator.authenticate, f"Bearer {key}")
+        assert verified == [key], "each refusal runs the HMAC and comparison exactly once"
+        assert len(held) == 1 and held[0] >= before, "and is held from the request's start"
+        verified.clear()
+        held.clear()
+    assert auth_module.INVALID_KEY_FLOOR_S > 0.01  # far above a database look-up
+
+
 def _counted_lookups(monkeypatch, fail_first: bool = False) -> list[str]:
     """Make the authenticator's database look-up slow (so requests pile up behind it) and count it."""
     calls: list[str] = []

@@ -18,6 +18,8 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from kcloud.farm.bounds import INTEGER_MAX
+from kcloud.farm.names import resolve
 from kcloud.farm.service import ControlPlaneService, NotFoundError
 from kcloud.farm.spec import (
     DeploymentCreate,
@@ -31,8 +33,11 @@ from kcloud.farm.spec import (
 )
 
 PREFIX = "/api/v1"
+#: Every route's refusals (the gateway adds the `{"error": ...}` body to each in the OpenAPI document).
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "malformed request (e.g. replicas < 0)"},
+    403: {"description": "a read-only key, a tenant key on another tenant's behalf or on devices, "
+                         "or over the tenant's quota"},
     404: {"description": "no such deployment, device or model"},
     409: {"description": "a deployment of that name exists"},
     422: {"description": "constraints that contradict the catalog or the model"},
@@ -67,13 +72,19 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
         except Exception as exc:
             raise _refuse(exc) from None
 
-    def visible(name: str) -> None:
-        """404 for a deployment the caller's tenant does not own (as if it did not exist)."""
+    def visible(name: str) -> str:
+        """The served name `name` means to the caller (a tenant's bare names are in its name space),
+        or 404 for a deployment the caller's tenant does not own (as if it did not exist)."""
         principal = _principal()
         if principal is None or principal.farm_wide:
-            return
-        if call(service.owner, name) != principal.tenant_name:
-            raise HTTPException(404, f"deployment {name!r} not found")
+            return name
+        for candidate in dict.fromkeys((resolve(principal.tenant_name, name), name)):
+            try:
+                if service.owner(candidate) == principal.tenant_name:
+                    return candidate
+            except NotFoundError:
+                pass
+        raise HTTPException(404, f"deployment {name!r} not found")
 
     def may_change() -> None:
         principal = _principal()
@@ -121,7 +132,7 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
 
     @api.get("/deployments/{name}", response_model=DeploymentView, summary="One deployment and its replicas")
     def get_deployment(name: str) -> DeploymentView:
-        visible(name)
+        name = visible(name)
         return call(service.get, name)
 
     @api.patch(
@@ -130,7 +141,7 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
         summary="Change version, replicas, constraints, SLO or policy",
     )
     def update_deployment(name: str, patch: DeploymentUpdate) -> DeploymentView:
-        visible(name)
+        name = visible(name)
         may_change()
         view = call(service.update, name, patch)
         audit("deployment.update", name, **patch.model_dump(exclude_none=True, mode="json"))
@@ -141,7 +152,7 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
         "/deployments/{name}/scale", response_model=DeploymentView, summary="Set the number of replicas"
     )
     def scale_deployment(name: str, body: ScaleRequest) -> DeploymentView:
-        visible(name)
+        name = visible(name)
         may_change()
         view = call(service.scale, name, body.replicas)
         audit("deployment.scale", name, replicas=body.replicas)
@@ -150,7 +161,7 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
 
     @api.delete("/deployments/{name}", status_code=204, summary="Delete a deployment; its replicas stop")
     def delete_deployment(name: str) -> Response:
-        visible(name)
+        name = visible(name)
         may_change()
         call(service.delete, name)
         audit("deployment.delete", name)
@@ -163,7 +174,7 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
         summary="Where each replica is and why: every candidate device's verdict",
     )
     def explain_placement(name: str, limit: int = Query(5, ge=1, le=20)) -> ExplainView:
-        visible(name)
+        name = visible(name)
         return call(service.explain, name, limit)
 
     @api.get(
@@ -198,14 +209,15 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
     def list_events(
         deployment: str | None = None,
         device: str | None = None,
-        after: int | None = Query(None, ge=0, description="only events with a larger id"),
+        # Event ids are INTEGER: a larger `after` is a 400, not a database error (kcloud.farm.bounds).
+        after: int | None = Query(None, ge=0, le=INTEGER_MAX, description="only events with a larger id"),
         limit: int = Query(100, ge=1, le=1000),
     ) -> list[EventView]:
         principal = _principal()
         if principal is not None and not principal.farm_wide:
             owned = [d.name for d in service.list_deployments(principal.tenant_name, all_tenants=False)]
-            if deployment is not None and deployment not in owned:
-                raise HTTPException(404, f"deployment {deployment!r} not found")
+            if deployment is not None:
+                deployment = visible(deployment)
             return service.events(
                 deployment=deployment, deployments=owned, device=device, after_id=after, limit=limit
             )

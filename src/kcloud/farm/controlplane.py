@@ -81,6 +81,8 @@ async def attach(
             inventory.devices,
             profiles=profiles,
             admission=default_admission() if admission is None else admission,
+            # What the router serves before any deployment is restored: the bundled models.
+            reserved_names={replica.entry.name for replica in router.replicas()},
         )
         await asyncio.to_thread(service.sync_inventory)
         executor = executor or LocalExecutor(

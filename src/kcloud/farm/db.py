@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,9 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MODEL_MODULES: tuple[str, ...] = ("kcloud.farm.schema", "kcloud.tenancy.schema")
 #: Seconds to wait for a PostgreSQL server before saying it is unreachable.
 CONNECT_TIMEOUT_S = 5
+#: The embedded database holds key digests, usage and the audit log: its owner's alone, like the key
+#: secret. SQLite gives the `-wal` and `-shm` files it creates the database file's mode.
+SQLITE_FILE_MODE = 0o600
 
 
 class DatabaseError(RuntimeError):
@@ -116,6 +120,8 @@ def create_db_engine(url: str) -> Engine:
                 raise DatabaseUnavailableError(
                     f"database URL {redact(parsed)}: cannot create its folder {folder}: {exc.strerror or exc}"
                 ) from exc
+            if not parsed.database.startswith("file:"):
+                private_sqlite_files(Path(parsed.database).expanduser())
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     elif parsed.get_backend_name() == "postgresql":
         if "connect_timeout" not in parsed.query:
@@ -138,6 +144,30 @@ def create_db_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def private_sqlite_files(path: Path) -> None:
+    """Make the SQLite file (created here if new) and its `-wal` and `-shm` files owner-only (0600).
+
+    Created before SQLite opens it, with the mode given to `open` (a umask can only take bits away),
+    so it is never readable by others, not even between creation and a chmod. Files made by an
+    older kcloud with the umask's mode are tightened. A file we may not change (another user's) is
+    left as it is, with a warning: SQLite then says whether it can be used at all.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SQLITE_FILE_MODE))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        log.warning("cannot create the database file %s: %s", path, exc.strerror or exc)
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        try:
+            if stat.S_IMODE(file.stat().st_mode) & ~SQLITE_FILE_MODE:
+                file.chmod(SQLITE_FILE_MODE)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot make %s readable by its owner only: %s", file, exc.strerror or exc)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

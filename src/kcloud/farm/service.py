@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from kcloud.devices.catalog import UnknownChipError, load_catalog
 from kcloud.devices.device import Device
 from kcloud.farm.db import Database
+from kcloud.farm.names import DeploymentNameError, qualify
 from kcloud.farm.placement import DeviceStatus, FarmView, PlacementEngine, PlacementRequest, PlacementResult
 from kcloud.farm.profiles import FP32_KINDS, ProfileBook
 from kcloud.farm.schema import (
@@ -87,6 +88,12 @@ class ConflictError(ControlPlaneError):
     status = 409
 
 
+class BadNameError(ControlPlaneError):
+    """A deployment name outside the caller's name space (`kcloud.farm.names`)."""
+
+    status = 400
+
+
 class InvalidSpecError(ControlPlaneError):
     """Constraints that no farm could ever satisfy (unknown chip, a chip of another vendor)."""
 
@@ -124,9 +131,13 @@ class ControlPlaneService:
         *,
         profiles: ProfileBook | None = None,
         admission: Iterable[AdmissionCheck] = (),
+        reserved_names: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
+        #: Names the gateway serves outside the control plane (the bundled models): no deployment
+        #: may take one, or its replicas would join theirs under one name.
+        self.reserved_names = frozenset(reserved_names)
         self.repository = repository
         self.devices = list(devices)
         self.profiles = profiles if profiles is not None else ProfileBook.load()
@@ -516,7 +527,12 @@ class ControlPlaneService:
         with self._lock, self.db.transaction() as session:
             entry, model = self._resolve_model(session, spec.model, spec.version)
             self._check_constraints(spec.constraints, entry.config.device_kinds)
-            name = spec.name or entry.name
+            try:  # a tenant's names are TENANT:NAME, so it can only collide with its own
+                name = qualify(spec.tenant, spec.name or entry.name)
+            except DeploymentNameError as exc:
+                raise BadNameError(str(exc)) from None
+            if name in self.reserved_names:
+                raise ConflictError(f"{name!r} is a bundled model this gateway serves; choose another name")
             if session.scalar(select(Deployment.id).where(Deployment.name == name)) is not None:
                 raise ConflictError(
                     f"deployment {name!r} already exists; scale or update it, or choose another name"
@@ -1086,4 +1102,9 @@ class ControlPlaneService:
 
 
 def _replica_id(deployment: str) -> str:
-    return f"{deployment[:48]}-{secrets.token_hex(4)}"
+    """A new replica's id: 64 random bits after the name, within the column's 64 characters.
+
+    One request may place up to 10,000 replicas at once; with 32 bits two of them shared an id
+    about once in a hundred such requests (a UNIQUE violation, answered 500), with 64 never.
+    """
+    return f"{deployment[:47]}-{secrets.token_hex(8)}"

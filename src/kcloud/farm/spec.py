@@ -14,23 +14,28 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kcloud.farm.bounds import INTEGER_MAX, StorableBody
+from kcloud.farm.names import NAME_PATTERN
 from kcloud.farm.profiles import PRECISIONS
 
 Policy = Literal["spread", "binpack"]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
 assert set(PRECISIONS) == {"fp32", "fp16", "bf16", "int8", "fp8"}
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No infinite or NaN number (JSON's 1e400 parses as one): no column or audit detail can hold it.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Constraints(_Strict):
-    vendor: str | None = Field(default=None, description="vendor as the catalog names it, e.g. furiosa")
-    chip: str | None = Field(default=None, description="catalog key, e.g. furiosa-rngd")
+    # Lengths: those of the deployments table's columns (see `kcloud.farm.bounds`).
+    vendor: str | None = Field(
+        default=None, max_length=64, description="vendor as the catalog names it, e.g. furiosa"
+    )
+    chip: str | None = Field(default=None, max_length=128, description="catalog key, e.g. furiosa-rngd")
     precision: Precision | None = None
-    node: str | None = Field(default=None, description="node name")
+    node: str | None = Field(default=None, max_length=255, description="node name")
 
 
 class Slo(_Strict):
@@ -38,23 +43,29 @@ class Slo(_Strict):
     throughput_rps: float | None = Field(default=None, gt=0)
 
 
-class DeploymentCreate(_Strict):
-    model: str = Field(min_length=1, description="model name in the repository")
-    version: int | None = Field(default=None, ge=1, description="model version; default: the latest")
+class DeploymentCreate(_Strict, StorableBody):
+    model: str = Field(min_length=1, max_length=255, description="model name in the repository")
+    version: int | None = Field(
+        default=None, ge=1, le=INTEGER_MAX, description="model version; default: the latest"
+    )
     name: str | None = Field(
-        default=None, pattern=NAME_PATTERN, description="served name; default: the model's"
+        default=None,
+        pattern=NAME_PATTERN,
+        description="served name; default: the model's. A tenant's deployment is served as TENANT:NAME",
     )
     replicas: int = Field(default=1, ge=0, le=10_000)
     constraints: Constraints = Constraints()
     slo: Slo = Slo()
     policy: Policy = "spread"
-    tenant: str | None = Field(default=None, description="owner; set by tenancy for tenant keys")
+    tenant: str | None = Field(
+        default=None, max_length=255, description="owner; set by tenancy for tenant keys"
+    )
 
 
-class DeploymentUpdate(_Strict):
+class DeploymentUpdate(_Strict, StorableBody):
     """Only the fields given change. A new version, constraints, policy or SLO replace replicas."""
 
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=INTEGER_MAX)
     replicas: int | None = Field(default=None, ge=0, le=10_000)
     constraints: Constraints | None = None
     slo: Slo | None = None
@@ -65,7 +76,7 @@ class ScaleRequest(_Strict):
     replicas: int = Field(ge=0, le=10_000)
 
 
-class DrainRequest(_Strict):
+class DrainRequest(_Strict, StorableBody):
     reason: str | None = Field(default=None, max_length=500)
 
 

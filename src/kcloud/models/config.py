@@ -11,6 +11,7 @@ graph); the model's `processing` says how to get from one to the other.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -54,6 +55,10 @@ class Batching(_Strict):
     max_batch_size: int = Field(default=32, ge=0, description="0 turns batching off")
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     queue_limit: int = Field(default=1024, ge=1, description="requests waiting; beyond it: 429")
+    queue_budget_ms: float = Field(
+        default=500.0, ge=0,
+        description="longest a request may be expected to wait in a replica's queue (the queued work "
+                    "at the replica's measured speed); beyond it: 429. 0: no budget")
     preferred_batch_size: dict[DeviceKind, int] = Field(
         default_factory=dict, description="rows at which a batch closes, by device kind")
 
@@ -107,3 +112,25 @@ class ModelConfig(_Strict):
     flops_per_sample: float | None = None
     #: Bytes a replica holds on its device (weights and workspace); used for memory fit.
     memory_bytes: int | None = None
+
+    def max_request_elements(self) -> int | None:
+        """The most tensor elements one request can carry and still fit this model's signature
+        (its batch limit times each input's row shape); None when a free dimension leaves it open.
+
+        The gateway refuses a request over this bound before decoding it, so an absurd shape (4
+        million text elements for a model that takes 64) costs a header check, not a second.
+        """
+        total = 0
+        for spec in self.inputs:
+            dims = spec.shape[1:] if self.batching.max_batch_size > 0 else spec.shape
+            if any(d < 0 for d in dims):
+                return None
+            rows = self.batching.max_batch_size if self.batching.max_batch_size > 0 else 1
+            total += rows * math.prod(dims)
+        return total
+
+    def request_limit_words(self) -> str:
+        """`max_request_elements` as a user reads it: where the bound comes from."""
+        if self.batching.max_batch_size > 0:
+            return f"at most {self.batching.max_batch_size} rows: its max_batch_size"
+        return f"one sample of shape {self.inputs[0].shape}"

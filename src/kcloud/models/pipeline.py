@@ -35,6 +35,10 @@ class Pipeline(Protocol):
     def prepare(self, inputs: dict[str, np.ndarray]) -> Prepared:
         """Check one request's public inputs; raise `InputError` with a clear message."""
 
+    def heavy(self, inputs: dict[str, np.ndarray]) -> bool:
+        """True when `prepare` of these inputs costs enough CPU (milliseconds: long texts to
+        tokenise) that it must run off the event loop; never raises."""
+
     def collate(self, items: list[Prepared]) -> dict[str, np.ndarray]:
         """Join prepared requests into the ONNX graph's feeds."""
 

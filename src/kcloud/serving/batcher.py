@@ -74,6 +74,11 @@ class Pending:
         return self.prepared.rows
 
 
+def _smoothed(previous: float | None, rate: float) -> float:
+    """An exponentially weighted mean of rates; the first rate stands alone."""
+    return rate if previous is None else (1 - THROUGHPUT_SMOOTHING) * previous + THROUGHPUT_SMOOTHING * rate
+
+
 def _silence_unretrieved(future: asyncio.Future[Any]) -> None:
     # A caller that was cancelled never reads its future; don't log "exception never retrieved".
     if not future.cancelled():
@@ -90,6 +95,7 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_s: float,
         queue_limit: int,
+        queue_budget_s: float = 0.0,
         name: str = "replica",
         on_depth: Callable[[int], None] | None = None,
         on_crash: Callable[[BaseException], None] | None = None,
@@ -102,6 +108,8 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.queue_limit = queue_limit
+        #: Longest expected wait a new request is admitted to (0: none); see `check_admission`.
+        self.queue_budget_s = queue_budget_s
         self.name = name
         self._on_depth = on_depth
         self._on_crash = on_crash
@@ -121,6 +129,11 @@ class Batcher:
         self._stopping = False
         self._closed: ServingError | None = None
         self._rows_per_s: float | None = None
+        #: Rows answered per second of wall time while busy: the rate the queue really drains at
+        #: (the device's compute rate leaves out the gateway's share of the CPU, and contention).
+        self._drain_rows_per_s: float | None = None
+        self._last_done: float | None = None  # when the latest batch came back
+        self._busy_since_done = False  # work was in flight or queued ever since
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -140,9 +153,7 @@ class Batcher:
     def record_throughput(self, rows: int, seconds: float) -> None:
         if rows <= 0 or seconds <= 0:
             return
-        rate = rows / seconds
-        self._rows_per_s = rate if self._rows_per_s is None else (
-            (1 - THROUGHPUT_SMOOTHING) * self._rows_per_s + THROUGHPUT_SMOOTHING * rate)
+        self._rows_per_s = _smoothed(self._rows_per_s, rows / seconds)
 
     def retry_after_s(self) -> float:
         """When a shed client should come back: the time to drain what is queued, at least 1 s."""
@@ -155,15 +166,41 @@ class Batcher:
             self._idle.clear()
         else:
             self._idle.set()
+            self._busy_since_done = False  # an idle stretch is no measure of the drain rate
         if self._on_depth is not None:
             self._on_depth(len(self._queue))
 
-    # -- requests ---------------------------------------------------------------------------
-    def submit(self, prepared: Prepared, deadline: float | None) -> Pending:
-        """Queue one request, or refuse it now (closed, full, or already past its deadline)."""
-        if self._closed is not None:
-            raise type(self._closed)(str(self._closed))
+    def record_drain(self, rows: int, seconds: float) -> None:
+        """`rows` answered over `seconds` of wall time during which the replica was never idle."""
+        if rows <= 0 or seconds <= 0:
+            return
+        self._drain_rows_per_s = _smoothed(self._drain_rows_per_s, rows / seconds)
+
+    def _batch_done(self, rows: int) -> None:
         now = time.monotonic()
+        if self._busy_since_done and self._last_done is not None:
+            self.record_drain(rows, now - self._last_done)
+        self._last_done = now
+        self._busy_since_done = self._in_flight_batches > 0 or bool(self._queue)
+
+    def expected_wait_s(self) -> float | None:
+        """How long a request queued now would wait: the work ahead of it at the rate the queue has
+        been draining (None until a busy stretch has measured it)."""
+        if not self._drain_rows_per_s:
+            return None
+        return self.load / self._drain_rows_per_s
+
+    # -- requests ---------------------------------------------------------------------------
+    def check_admission(self, deadline: float | None, now: float) -> None:
+        """Refuse now what could only wait too long: 429 when `queue_limit` requests wait, or when
+        the expected wait exceeds the queue-time budget (or the time left to the request's own
+        deadline, whichever is shorter).
+
+        A count alone does not bound latency: 1,024 queued MiniLM requests are 4 s of work on a
+        CPU. A budget in time sheds overload as 429s with Retry-After while the requests admitted
+        keep their latency. The router calls this before preparing a request (tokenising a text
+        that is then refused is wasted work), and `submit` again.
+        """
         if deadline is not None and deadline <= now:
             raise DeadlineExceededError("deadline passed before the request was queued; not computed")
         if len(self._queue) >= self.queue_limit:
@@ -171,6 +208,25 @@ class Batcher:
             raise QueueFullError(
                 f"{self.name}: queue full ({self.queue_limit} requests waiting); retry in {retry:.0f} s",
                 retry_after_s=retry)
+        budget = self.queue_budget_s or math.inf
+        if deadline is not None:
+            budget = min(budget, deadline - now)
+        if budget == math.inf:
+            return
+        wait = self.expected_wait_s()
+        if wait is not None and wait > budget:
+            retry = self.retry_after_s()
+            raise QueueFullError(
+                f"{self.name}: busy: {wait * 1000:.0f} ms of work queued, more than the "
+                f"{budget * 1000:.0f} ms a request may wait; retry in {retry:.0f} s",
+                retry_after_s=retry)
+
+    def submit(self, prepared: Prepared, deadline: float | None) -> Pending:
+        """Queue one request, or refuse it now (closed, full, too busy, or past its deadline)."""
+        if self._closed is not None:
+            raise type(self._closed)(str(self._closed))
+        now = time.monotonic()
+        self.check_admission(deadline, now)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_silence_unretrieved)
         pending = Pending(prepared, deadline, now, future)
@@ -362,6 +418,7 @@ class Batcher:
                 self._in_flight_rows -= rows
                 self._in_flight_batches -= 1
                 self._free.set()
+                self._batch_done(rows)
             if self._formed_waiting and not self._stopping:
                 # Keep the worker fed: the next batch goes out before this one is answered.
                 next_handed_over = None

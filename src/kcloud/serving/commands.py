@@ -43,6 +43,18 @@ def up(
         False, "--insecure-no-auth",
         help="Switch API-key authentication off: anyone who can reach the port acts as an admin. "
              "Announced loudly (banner, log warning, X-Kcloud-Insecure header on every response)."),
+    header_timeout: float = typer.Option(
+        10.0, "--header-timeout", min=0.001, metavar="SECONDS",
+        help="A request's headers must be complete this long after its first byte (else 408 and close)."),
+    body_timeout: float = typer.Option(
+        30.0, "--body-timeout", min=0.001, metavar="SECONDS",
+        help="Longest pause between two pieces of a request body (else 408 and close)."),
+    keep_alive_timeout: float = typer.Option(
+        5.0, "--keep-alive-timeout", min=0.001, metavar="SECONDS",
+        help="An idle keep-alive connection is closed after this long."),
+    max_connections_per_client: int = typer.Option(
+        1024, "--max-connections-per-client", min=0,
+        help="Open connections one client address may hold; more are answered 503 (0: no cap)."),
 ) -> None:
     """Serve the bundled models on this machine's CPU over OIP v2 and OpenAI; Ctrl-C stops."""
     from kcloud.farm.db import DatabaseError
@@ -50,15 +62,18 @@ def up(
     from kcloud.models.errors import BuildError, ModelFileError, ModelNotFoundError
     from kcloud.serving.server import NoLocalCpuError, PortInUseError, ServeOptions, serve
     from kcloud.tenancy.keys import ServerSecretError
+    from kcloud.tenancy.service import UsageSettingsError
 
     options = ServeOptions(host=host, port=port, farm_files=tuple(farm), max_body_bytes=max_body_bytes,
                            replicas=replicas, isolation=isolation.value, control_plane=True, db_url=db,
-                           tenancy=True, insecure_no_auth=insecure_no_auth)
+                           tenancy=True, insecure_no_auth=insecure_no_auth, header_timeout_s=header_timeout,
+                           body_timeout_s=body_timeout, keep_alive_timeout_s=keep_alive_timeout,
+                           max_connections_per_client=max_connections_per_client)
     try:
         serve(options)
     except PortInUseError as exc:
         raise fail(exc.strerror or str(exc), 2) from None
-    except (FarmFileError, DatabaseError, ServerSecretError) as exc:
+    except (FarmFileError, DatabaseError, ServerSecretError, UsageSettingsError) as exc:
         raise fail(str(exc), 2) from None
     except (BuildError, ModelFileError, ModelNotFoundError, NoLocalCpuError) as exc:
         raise fail(str(exc).strip("'\""), 1) from None

@@ -110,6 +110,7 @@ class Replica:
             max_batch_size=batching.batch_rows(device.spec.kind),
             max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
             queue_limit=batching.queue_limit,
+            queue_budget_s=batching.queue_budget_ms / 1000.0,
             name=replica_id,
             on_depth=self._record_depth,
             on_crash=lambda exc: self._worker_died(),

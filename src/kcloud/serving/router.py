@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -152,7 +153,12 @@ class Router:
         first = self._least_loaded(entry, set())
         if first is None:
             raise ModelNotReadyError(f"model {entry.name} v{entry.version} has no live replica")
-        prepared = first.pipeline.prepare(inputs)
+        first.batcher.check_admission(deadline, time.monotonic())  # refuse before any work on it
+        pipeline = first.pipeline
+        if pipeline.heavy(inputs):  # long texts: tokenise off the event loop, which serves everyone
+            prepared = await asyncio.to_thread(pipeline.prepare, inputs)
+        else:
+            prepared = pipeline.prepare(inputs)
         try:
             return await first.infer(prepared, deadline=deadline)
         except ReplicaDiedError as died:

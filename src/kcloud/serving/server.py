@@ -40,6 +40,14 @@ from kcloud.farm.inventory import Inventory
 from kcloud.models.repository import ModelEntry, ModelRepository, default_repository_path
 from kcloud.runtime.layout import default_layout, host_cores
 from kcloud.serving.gateway import DEFAULT_MAX_BODY_BYTES, create_app
+from kcloud.serving.http_protocol import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    ConnectionLimits,
+    protocol_class,
+)
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import Isolation, create_replica
 from kcloud.serving.router import Router
@@ -86,6 +94,20 @@ class ServeOptions:
     tenancy: bool = False
     #: With tenancy: switch authentication off (`--insecure-no-auth`), announced loudly.
     insecure_no_auth: bool = False
+    #: Connection limits (`kcloud.serving.http_protocol`): a request's headers must be complete
+    #: this long after its first byte (else 408, or a silent close when nothing came) ...
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    #: ... its body may pause this long between two pieces (else 408) ...
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    #: ... an idle keep-alive connection is closed after this long ...
+    keep_alive_timeout_s: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S
+    #: ... and one peer address may hold this many open connections (503 beyond; 0 = no cap).
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(header_timeout_s=self.header_timeout_s, body_timeout_s=self.body_timeout_s,
+                                keep_alive_timeout_s=self.keep_alive_timeout_s,
+                                max_per_client=self.max_connections_per_client)
 
 
 @dataclass
@@ -326,11 +348,13 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def uvicorn_config(app: FastAPI) -> uvicorn.Config:
+def uvicorn_config(app: FastAPI, limits: ConnectionLimits | None = None) -> uvicorn.Config:
+    limits = limits or ConnectionLimits()
     return uvicorn.Config(
         app,
         loop="none",  # the caller's loop (uvloop) already runs
-        http="httptools",
+        http=protocol_class(limits),  # httptools, with header/body timeouts and a per-client cap
+        timeout_keep_alive=limits.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
         lifespan="off",
         access_log=False,
         log_level="warning",
@@ -346,9 +370,10 @@ async def serve_stack(
     *,
     on_listening: Callable[[], None] | None = None,
     server_ready: Callable[[_Server], None] | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Serve `stack.app` on `sock` until stopped, then drain the replicas."""
-    server = _Server(uvicorn_config(stack.app))
+    server = _Server(uvicorn_config(stack.app, limits))
     if server_ready is not None:
         server_ready(server)
 
@@ -458,6 +483,9 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
             from kcloud.tenancy.keys import load_server_secret
 
             load_server_secret(kcloud_home())
+            from kcloud.tenancy.service import check_usage_settings
+
+            check_usage_settings()
         inventory = build_inventory(options.farm_files)
         repository = prepare_repository(progress=True)
         started: dict[str, int] = {}
@@ -482,7 +510,8 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
                                           on_replicas=on_replicas, on_failed=on_failed,
                                           announce=console_announcer(progress.console))
             tune_gc_for_serving()  # this process is the server from here on
-            await serve_stack(stack, sock, on_listening=lambda: print_banner(console, url, stack, started))
+            await serve_stack(stack, sock, on_listening=lambda: print_banner(console, url, stack, started),
+                              limits=options.connection_limits())
             console.print("kcloud stopped.")
 
         run_on_uvloop(main)
@@ -545,7 +574,8 @@ class BackgroundGateway:
             self.stack = await build_stack(self.options, repository=self.repository, inventory=inventory)
             assert self._sock is not None
             await serve_stack(self.stack, self._sock, on_listening=self._ready.set,
-                              server_ready=lambda server: setattr(self, "_server", server))
+                              server_ready=lambda server: setattr(self, "_server", server),
+                              limits=self.options.connection_limits())
 
         try:
             run_on_uvloop(main)

@@ -13,7 +13,7 @@ request's context first (a context variable), then block nowhere on the event lo
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -21,6 +21,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
+from kcloud.farm.bounds import INTEGER_MAX, StorableBody
 from kcloud.farm.schema import utcnow
 from kcloud.tenancy import audit, store, usage
 from kcloud.tenancy.audit import AuditEntry
@@ -32,9 +33,36 @@ from kcloud.tenancy.store import CreatedKey, KeyView, TenantView
 from kcloud.tenancy.usage import ALL_DIMENSIONS, UsageRecord
 
 PREFIX = "/api/v1"
+#: What each refusal means here, for the OpenAPI document (the gateway adds the `{"error": ...}` body;
+#: 400 for a malformed parameter or body is on every route that takes one, and tenancy's
+#: middleware adds 401 and 429 to every route).
+_REFUSALS: dict[int, str] = {
+    400: "invalid request: a value the route refuses (the message names it)",
+    403: "this key's role may not do this",
+    404: "no such tenant or key (or one of another tenant: answered as if it did not exist)",
+    409: "conflicts with what exists (already exists, already revoked, still owns deployments)",
+}
 
 
-class TenantCreate(BaseModel):
+def _refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route that answers `statuses` besides its success."""
+    return {status: {"description": _REFUSALS[status]} for status in statuses}
+
+
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    """`value` in UTC. A date or a time without a zone (`2026-12-04`) is taken as UTC, as the usage
+    days are; a time that leaves the calendar once moved to UTC (year 1 or 9999 with an offset) is a 400."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequestError(f"{name}: {value.isoformat()} is out of range in UTC") from None
+
+
+class TenantCreate(StorableBody):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="lowercase letters, digits and '-', at most 63")
@@ -42,7 +70,7 @@ class TenantCreate(BaseModel):
     quota: QuotaLimits | None = None
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(StorableBody):
     model_config = ConfigDict(extra="forbid")
 
     role: Role = Role.MEMBER
@@ -51,14 +79,19 @@ class KeyCreate(BaseModel):
     expires_at: datetime | None = None
     expires_in_days: float | None = Field(default=None, gt=0, le=3650)
     requests_per_second: float | None = Field(default=None, gt=0)
-    burst: int | None = Field(default=None, ge=1)
+    burst: int | None = Field(default=None, ge=1, le=INTEGER_MAX)
 
     @field_validator("expires_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("expires_at needs a timezone (e.g. 2030-01-01T00:00:00Z)")
-        return value
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
 
 
 class Whoami(BaseModel):
@@ -107,7 +140,8 @@ def tenancy_router() -> APIRouter:
         return Whoami(actor=p.label, role=p.role, tenant=p.tenant_name, insecure=p.insecure)
 
     # -- tenants -------------------------------------------------------------------------------
-    @api.post("/tenants", response_model=TenantView, status_code=201, summary="Create a tenant")
+    @api.post("/tenants", response_model=TenantView, status_code=201, summary="Create a tenant",
+              responses=_refusals(400, 403, 409))
     async def create_tenant(request: Request, body: TenantCreate) -> TenantView:
         ctx = _ctx(request)
         quota = body.quota.model_dump(exclude_none=True) if body.quota else None
@@ -122,14 +156,16 @@ def tenancy_router() -> APIRouter:
         tenants = await _run(store.list_tenants, _tenancy(request).db)
         return [t for t in tenants if ctx.principal.sees(t.name)]
 
-    @api.get("/tenants/{name}", response_model=TenantView, summary="Show a tenant and its quota")
+    @api.get("/tenants/{name}", response_model=TenantView, summary="Show a tenant and its quota",
+             responses=_refusals(404))
     async def get_tenant(request: Request, name: str) -> TenantView:
         ctx = _ctx(request)
         if not ctx.principal.sees(name):
             raise NotFoundError(f"tenant {name!r} not found")
         return await _run(store.get_tenant, _tenancy(request).db, name)
 
-    @api.delete("/tenants/{name}", status_code=204, summary="Delete a tenant (it must own no deployments)")
+    @api.delete("/tenants/{name}", status_code=204, summary="Delete a tenant (it must own no deployments)",
+                responses=_refusals(403, 404, 409))
     async def delete_tenant(request: Request, name: str) -> Response:
         ctx = _ctx(request)
         ctx.audit("tenant.delete", name)
@@ -139,14 +175,16 @@ def tenancy_router() -> APIRouter:
         tenancy.key_changed()
         return Response(status_code=204)
 
-    @api.get("/tenants/{name}/quota", response_model=QuotaLimits, summary="A tenant's quota")
+    @api.get("/tenants/{name}/quota", response_model=QuotaLimits, summary="A tenant's quota",
+             responses=_refusals(404))
     async def get_quota(request: Request, name: str) -> QuotaLimits:
         ctx = _ctx(request)
         if not ctx.principal.sees(name):
             raise NotFoundError(f"tenant {name!r} not found")
         return await _run(store.tenant_quota, _tenancy(request).db, name)
 
-    @api.put("/tenants/{name}/quota", response_model=TenantView, summary="Set a tenant's quota")
+    @api.put("/tenants/{name}/quota", response_model=TenantView, summary="Set a tenant's quota",
+             responses=_refusals(403, 404))
     async def set_quota(request: Request, name: str, body: QuotaLimits) -> TenantView:
         ctx = _ctx(request)
         ctx.audit("quota.set", name, **body.model_dump(exclude_none=True))
@@ -160,7 +198,8 @@ def tenancy_router() -> APIRouter:
 
     # -- keys ----------------------------------------------------------------------------------
     @api.post("/keys", response_model=CreatedKey, status_code=201,
-              summary="Create an API key (the key is in this answer only; it is never shown again)")
+              summary="Create an API key (the key is in this answer only; it is never shown again)",
+              responses=_refusals(400, 403, 404))
     async def create_key(request: Request, body: KeyCreate) -> CreatedKey:
         ctx = _ctx(request)
         p = ctx.principal
@@ -184,7 +223,8 @@ def tenancy_router() -> APIRouter:
         ctx.audit_target = created.info.prefix
         return created
 
-    @api.get("/keys", response_model=list[KeyView], summary="List API keys (never their secrets)")
+    @api.get("/keys", response_model=list[KeyView], summary="List API keys (never their secrets)",
+             responses=_refusals(404))
     async def list_keys(request: Request, tenant: str | None = None) -> list[KeyView]:
         ctx = _ctx(request)
         scoped = _scoped_tenant(ctx, tenant)
@@ -199,11 +239,12 @@ def tenancy_router() -> APIRouter:
             raise NotFoundError(f"no key with prefix {prefix!r}")
         return view
 
-    @api.get("/keys/{prefix}", response_model=KeyView, summary="Show an API key")
+    @api.get("/keys/{prefix}", response_model=KeyView, summary="Show an API key", responses=_refusals(404))
     async def get_key(request: Request, prefix: str) -> KeyView:
         return await _visible_key(request, _ctx(request), prefix)
 
-    @api.delete("/keys/{prefix}", response_model=KeyView, summary="Revoke an API key (for good)")
+    @api.delete("/keys/{prefix}", response_model=KeyView, summary="Revoke an API key (for good)",
+                responses=_refusals(403, 404, 409))
     async def revoke_key(request: Request, prefix: str) -> KeyView:
         ctx = _ctx(request)
         ctx.audit("key.revoke", prefix)
@@ -216,7 +257,8 @@ def tenancy_router() -> APIRouter:
         return revoked
 
     # -- usage and audit ----------------------------------------------------------------------
-    @api.get("/usage", response_model=list[UsageRecord], summary="Usage per tenant, key, deployment and day")
+    @api.get("/usage", response_model=list[UsageRecord], summary="Usage per tenant, key, deployment and day",
+             responses=_refusals(400, 404))
     async def get_usage(
         request: Request,
         tenant: str | None = None,
@@ -241,19 +283,23 @@ def tenancy_router() -> APIRouter:
         return await _run(usage.query, tenancy.db, tenant=scoped, key=key, deployment=deployment,
                           since=since, until=until, group_by=dims)  # type: ignore[arg-type]
 
-    @api.get("/audit", response_model=list[AuditEntry], summary="The audit log, newest first")
+    @api.get("/audit", response_model=list[AuditEntry], summary="The audit log, newest first",
+             responses=_refusals(400, 404))
     async def get_audit(
         request: Request,
         tenant: str | None = None,
         actor: str | None = None,
         action: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: Annotated[datetime | None, Query(description=(
+            "entries at or after this time; a date or a time without a zone is UTC"))] = None,
+        until: Annotated[datetime | None, Query(description=(
+            "entries before this time; a date or a time without a zone is UTC"))] = None,
         limit: Annotated[int, Query(ge=1, le=audit.MAX_LIMIT)] = 100,
     ) -> list[AuditEntry]:
         ctx = _ctx(request)
         scoped = _scoped_tenant(ctx, tenant)
+        start, end = _utc(since, "since"), _utc(until, "until")
         return await _run(audit.query, _tenancy(request).db, tenant=scoped, actor=actor, action=action,
-                          since=since, until=until, limit=limit)
+                          since=start, until=end, limit=limit)
 
     return api

@@ -29,6 +29,7 @@ import numpy as np
 from sqlalchemy import select
 
 from kcloud.farm.db import Database
+from kcloud.farm.names import resolve
 from kcloud.farm.schema import Deployment
 from kcloud.models.errors import ModelNotFoundError
 from kcloud.models.repository import ModelEntry
@@ -65,6 +66,10 @@ class Ownership:
 
     def owner(self, served_name: str) -> Owner:
         return self._owners.get(served_name, _OPERATOR)
+
+    def knows(self, served_name: str) -> bool:
+        """True when a deployment serves under this name."""
+        return served_name in self._owners
 
     def replace(self, owners: dict[str, Owner]) -> None:
         self._owners = dict(owners)
@@ -109,6 +114,15 @@ class TenantScopedRouter:
         ctx = current_request()
         return ctx is None or ctx.principal.sees(self.ownership.owner(name).tenant)
 
+    def _resolve(self, name: str) -> str:
+        """The served name `name` means to this request's caller: a tenant's bare `minilm` is its
+        `TENANT:minilm` (`kcloud.farm.names`) when it has one; farm-wide keys name models as served."""
+        ctx = current_request()
+        if ctx is None or ctx.principal.farm_wide:
+            return name
+        resolved = resolve(ctx.principal.tenant_name, name)
+        return resolved if self.ownership.knows(resolved) else name
+
     def served_models(self) -> list[ModelEntry]:
         return [e for e in self._inner.served_models() if self._visible(e.name)]
 
@@ -121,6 +135,7 @@ class TenantScopedRouter:
         return ModelNotFoundError(f"model {name!r} is not served; {have}")
 
     def entry(self, name: str, version: int | None = None) -> ModelEntry:
+        name = self._resolve(name)
         if not self._visible(name):
             raise self._not_served(name)
         try:
@@ -135,6 +150,7 @@ class TenantScopedRouter:
         return entry
 
     def is_ready(self, name: str, version: int | None = None) -> bool:
+        name = self._resolve(name)
         return self._visible(name) and self._inner.is_ready(name, version)
 
     async def infer(
@@ -145,6 +161,7 @@ class TenantScopedRouter:
         *,
         deadline: float | None = None,
     ) -> InferOutcome:
+        name = self._resolve(name)
         ctx = current_request()
         if ctx is not None:
             if not ctx.principal.sees(self.ownership.owner(name).tenant):

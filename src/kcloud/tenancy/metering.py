@@ -1,9 +1,12 @@
 """Usage metering in memory: counters per (day, tenant, key, deployment), and energy attribution.
 
 The gateway calls `UsageMeter.record` once per request, on the event loop: a dict update under an
-uncontended lock, no I/O. A background flusher (`kcloud.tenancy.usage.UsageFlusher`) calls
-`take_interval` every few seconds, which swaps the counters out and attributes energy, then adds
-them to the database in one transaction. The hot path never waits on the database.
+uncontended lock, no I/O. A background thread (`kcloud.tenancy.service.Tenancy`) calls
+`take_interval` every `DEFAULT_USAGE_FLUSH_S` (100 ms), which swaps the counters out, then adds
+them to the database in one transaction, so a crash loses at most the requests of the last
+interval and of the write in progress. Energy is attributed every `ENERGY_INTERVAL_S` only
+(`take_interval(attribute_energy=True)`): it reads every device's energy counter, a driver call
+each, which is not worth doing ten times a second; device time accumulates in between.
 
 **Device-seconds.** A batch computes for `compute_s` on one device for `batch_rows` rows; a request
 owning `rows` of them is charged `compute_s * rows / batch_rows` device-seconds on that device.
@@ -31,6 +34,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 log = logging.getLogger(__name__)
+
+#: How often device energy is attributed to the buckets that used the devices.
+ENERGY_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +144,18 @@ class UsageMeter:
         with self._lock:
             return bool(self._counts)
 
-    def take_interval(self) -> dict[UsageBucket, UsageCounts]:
-        """Swap out this interval's counters, with energy attributed. Call off the event loop:
-        it reads device counters, which may take a driver call each."""
+    def take_interval(self, *, attribute_energy: bool = True) -> dict[UsageBucket, UsageCounts]:
+        """Swap out this interval's counters; with `attribute_energy`, also the device time since the
+        last attribution, with its energy attributed (a bucket with no requests since the last take
+        then gets an entry of energy alone). Call off the event loop: attributing reads device
+        counters, which may take a driver call each."""
         with self._lock:
             counts, self._counts = self._counts, {}
-            device_time, self._device_time = self._device_time, {}
-        if self._read_energy is not None:
+            take_time = attribute_energy or self._read_energy is None
+            device_time: dict[str, dict[UsageBucket, float]] = {}
+            if take_time:
+                device_time, self._device_time = self._device_time, {}
+        if take_time and self._read_energy is not None:
             self._attribute_energy(counts, device_time)
         return counts
 
@@ -188,7 +199,10 @@ class UsageMeter:
             if denominator <= 0:
                 continue
             for bucket, seconds in used.items():
-                counts[bucket].add_energy(delta * seconds / denominator, modelled=reading.modelled)
+                counts_of = counts.get(bucket)
+                if counts_of is None:  # its requests were taken in an earlier interval
+                    counts_of = counts[bucket] = UsageCounts()
+                counts_of.add_energy(delta * seconds / denominator, modelled=reading.modelled)
 
     def _safe_read(self, uid: str) -> EnergyReading | None:
         assert self._read_energy is not None

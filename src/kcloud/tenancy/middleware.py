@@ -10,16 +10,24 @@ response stream untouched. In order, for each HTTP request:
 3. `/metrics` (labelled with every tenant's models) needs a farm-wide key -> otherwise 403.
    A read-only key may only GET/HEAD/OPTIONS -> otherwise 403 (no changes, no inference).
 4. The key's token bucket, then the tenant's concurrency cap -> 429 with `Retry-After`.
-   Both are checked before the body is read, and a refusal is held back until the client could
-   usefully retry (at most `TARPIT_MAX_S`), so a flood costs the server timers, not CPU.
+   Both are checked before the body is read, and a refusal is held back before it is sent
+   (`TenancyMiddleware._throttled_refusal`): the limit's own wait for a client that retries when
+   told, up to `HOLD_MAX_S` for one that keeps coming back early. A flood of refused requests
+   then costs the server a timer per connection and second, not its CPU.
 5. The request runs with its `RequestContext` bound (isolation, metering and handlers read it).
-6. State-changing requests under `/api/` are written to the audit log before the answer leaves.
-7. Inference requests (POST outside `/api/`) are counted for usage, in memory.
+6. State-changing requests under `/api/` are written to the audit log, once, whatever the outcome:
+   before the answer leaves, or, when the app raised before answering, with status 500 before the
+   500 leaves (the error handler that sends it sits outside this middleware).
+7. Inference requests (POST outside `/api/`) are counted for usage, in memory, and written to the
+   database within `kcloud.tenancy.service.DEFAULT_USAGE_FLUSH_S`; or, with usage written before
+   acknowledging (`Tenancy.usage_before_ack`), the answer waits for the write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -43,10 +51,20 @@ FARM_WIDE_PATHS = frozenset({"/metrics"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 INSECURE_HEADER = (b"x-kcloud-insecure", b"auth-disabled")
 ADMIN_PREFIX = "/api/"
-#: Longest a 429 is held back before it is sent (see `TenancyMiddleware._throttled_refusal`).
+#: Longest first hold of a 429 (see `TenancyMiddleware._throttled_refusal`): a client that
+#: retries when told waits at most this, besides Retry-After.
 TARPIT_MAX_S = 0.25
-#: Most refusals of one key held back at once; beyond, refusals go out at once and close the connection.
-TARPIT_MAX_PER_KEY = 64
+#: Longest hold of a 429, for a client that keeps coming back before its Retry-After: each early
+#: return doubles its hold up to this, so n such connections get about n refusals a second.
+HOLD_MAX_S = 1.0
+#: Refusals held back at once, all keys together. Each is a sleeping task beside a connection the
+#: server holds anyway; past this bound a refusal is sent at once with `Connection: close`.
+MAX_HELD = 4096
+#: (key, client address) pairs whose refusal history is remembered; the least recently refused
+#: are forgotten first, so the memory is bounded whatever the number of clients.
+MAX_TRACKED = 16_384
+#: Doublings of the hold at most (2 ** 20 x 1 µs is already past `HOLD_MAX_S`).
+_MAX_STRIKES = 20
 #: Retry-After (and hold-back) for a refusal by the concurrency cap: requests in flight end in ms to s.
 CONCURRENCY_RETRY_S = 0.1
 
@@ -55,8 +73,11 @@ class TenancyMiddleware:
     def __init__(self, app: ASGIApp, tenancy: Tenancy) -> None:
         self.app = app
         self.tenancy = tenancy
-        #: Refusals waiting out their delay, per key.
-        self._tarpitted: dict[int, int] = {}
+        #: Refusals waiting out their hold, all keys together.
+        self._held = 0
+        #: (key id, client host) -> (early returns in a row, when its last Retry-After ends), in
+        #: order of the last refusal (a dict keeps insertion order: the first entry is the oldest).
+        self._refused: dict[tuple[int, str | None], tuple[int, float]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -104,7 +125,7 @@ class TenancyMiddleware:
                 self._meter(ctx, metered, error=True)
                 burst = record.burst or record.requests_per_second
                 await self._throttled_refusal(
-                    send, path, record.key_id, wait,
+                    scope, send, path, record.key_id, wait,
                     f"rate limit of key {principal.label} reached "
                     f"({record.requests_per_second:g} requests/s, burst {burst:g})",
                 )
@@ -116,21 +137,40 @@ class TenancyMiddleware:
             if not tenancy.concurrency.try_enter(tenant_id, record.max_concurrency):
                 self._meter(ctx, metered, error=True)
                 await self._throttled_refusal(
-                    send, path, record.key_id, CONCURRENCY_RETRY_S,
+                    scope, send, path, record.key_id, CONCURRENCY_RETRY_S,
                     f"tenant {principal.tenant_name!r} has {record.max_concurrency} requests in flight, "
                     f"its concurrency cap",
                 )
                 return
 
         audited = method not in SAFE_METHODS and path.startswith(ADMIN_PREFIX)
+        metered_before_ack = metered and tenancy.usage_before_ack
+        #: What uvicorn answers when the app ends without starting a response, and what the outer
+        #: error handler answers when it raised: the status of a request that never sent one.
         status = 500
+        # One audit row and one usage count per request, whichever path gets there first.
+        audit_pending = audited
+        meter_pending = metered
+        slot_held = capped
 
         async def observed_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, audit_pending, meter_pending, slot_held
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if audited:
+                if audit_pending:
+                    audit_pending = False
                     await tenancy.audit_request(ctx, method, path, status)
+                if meter_pending and metered_before_ack and status < 400:  # what is billed
+                    meter_pending = False
+                    self._meter(ctx, True, error=False)
+                    await tenancy.usage_written()
+                if status == 429 and record is not None:
+                    # refused further in (a model's queue is full or too slow): held like the
+                    # middleware's own refusals, its concurrency slot given back first
+                    if slot_held:
+                        slot_held = False
+                        tenancy.concurrency.leave(tenant_id)  # type: ignore[arg-type]
+                    await self._hold_app_refusal(scope, record.key_id, message)
             await send(message)
 
         token = bind(ctx)
@@ -138,9 +178,16 @@ class TenancyMiddleware:
             await self.app(scope, receive, observed_send)
         finally:
             unbind(token)
-            if capped:
+            if slot_held:
                 tenancy.concurrency.leave(tenant_id)  # type: ignore[arg-type]
-            self._meter(ctx, metered, error=status >= 400)
+            if meter_pending:
+                self._meter(ctx, True, error=status >= 400)
+            if audit_pending:
+                # The app raised (or ended) before answering: the 500 is sent by the error handler
+                # outside this middleware, after this row is written; shielded, so a cancelled
+                # request is audited all the same.
+                with anyio.CancelScope(shield=True):
+                    await tenancy.audit_request(ctx, method, path, status)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """No route speaks WebSocket today; one added later is authenticated all the same
@@ -161,32 +208,68 @@ class TenancyMiddleware:
             unbind(token)
 
     async def _throttled_refusal(
-        self, send: Send, path: str, key_id: int, wait_s: float, message: str
+        self, scope: Scope, send: Send, path: str, key_id: int, wait_s: float, message: str
     ) -> None:
-        """429 with Retry-After, sent no sooner than `min(wait_s, TARPIT_MAX_S)` from now.
-
-        The delay costs a timer, not CPU, and it is what keeps a flood from turning the event loop
-        into a refusal machine: a client with n connections that ignores Retry-After gets at most
-        about n / TARPIT_MAX_S refusals a second instead of as many as the loop can write. A client
-        that honours Retry-After never waits for it. Past `TARPIT_MAX_PER_KEY` refusals of one key
-        waiting at once, the rest are answered at once with `Connection: close`, so a flood of
-        connections costs the flooder a reconnect each, and the server no unbounded set of timers.
-        """
-        retry = {"retry-after": retry_after_header(wait_s)}
-        waiting = self._tarpitted.get(key_id, 0)
-        if waiting >= TARPIT_MAX_PER_KEY:
-            await _refuse(send, path, 429, message, {**retry, "connection": "close"})
+        """429 with Retry-After, held back before it is sent (`_next_hold`); the connection stays
+        open. Past `MAX_HELD` refusals held at once, one is sent at once with `Connection: close`."""
+        retry = retry_after_header(wait_s)
+        hold = self._next_hold(scope, key_id, wait_s, int(retry))
+        if hold is None:
+            await _refuse(send, path, 429, message, {"retry-after": retry, "connection": "close"})
             return
-        self._tarpitted[key_id] = waiting + 1
+        await self._hold(hold)
+        await _refuse(send, path, 429, message, {"retry-after": retry})
+
+    async def _hold_app_refusal(self, scope: Scope, key_id: int, start: Message) -> None:
+        """Hold a 429 that the app sent (a model's queue refused the request) as the middleware
+        holds its own: a client that ignores Retry-After is refused more slowly each time,
+        wherever the refusal came from."""
+        retry_s = CONCURRENCY_RETRY_S
+        for name, value in start.get("headers", ()):
+            if name.lower() == b"retry-after":
+                with contextlib.suppress(ValueError):
+                    retry_s = float(value)
+                break
+        hold = self._next_hold(scope, key_id, retry_s, max(1, int(retry_s)))
+        if hold is not None:
+            await self._hold(hold)
+
+    def _next_hold(self, scope: Scope, key_id: int, wait_s: float, retry_after_s: int) -> float | None:
+        """How long to hold a refusal of `key_id` from this client before sending it; None past
+        `MAX_HELD` holds at once (send it now).
+
+        A refusal answered at once is an invitation to ask again at once: a client with n
+        connections that ignores Retry-After would get as many refusals as the event loop can
+        write, each costing the HTTP parse, the key check and the answer, and that CPU is taken
+        from the requests that were admitted. So the answer is held on a timer (no CPU):
+
+        - the first refusal of a (key, client address) is held `min(wait_s, TARPIT_MAX_S)`: a
+          retry sooner would be refused again, and a client that honours Retry-After waits that
+          long anyway;
+        - each refusal that comes before the previous one's Retry-After ended doubles the hold,
+          up to `HOLD_MAX_S`: n connections that ignore it get about n refusals a second in all.
+
+        Keeping the connection open matters: a `Connection: close` makes the flooder reconnect,
+        which costs the server more than the refusal. Memory is bounded: at most `MAX_TRACKED`
+        clients are remembered, the least recently refused forgotten first.
+        """
+        client = scope.get("client")
+        who = (key_id, client[0] if client else None)
+        now = time.monotonic()
+        last = self._refused.pop(who, None)  # re-inserted below: the dict stays in refusal order
+        strikes = min(last[0] + 1, _MAX_STRIKES) if last is not None and now < last[1] else 0
+        hold = min(HOLD_MAX_S, min(wait_s, TARPIT_MAX_S) * (1 << strikes))
+        self._refused[who] = (strikes, now + hold + retry_after_s)
+        if len(self._refused) > MAX_TRACKED:
+            del self._refused[next(iter(self._refused))]
+        return None if self._held >= MAX_HELD else hold
+
+    async def _hold(self, seconds: float) -> None:
+        self._held += 1
         try:
-            await anyio.sleep(min(wait_s, TARPIT_MAX_S))
+            await anyio.sleep(seconds)
         finally:
-            left = self._tarpitted[key_id] - 1
-            if left:
-                self._tarpitted[key_id] = left
-            else:
-                del self._tarpitted[key_id]
-        await _refuse(send, path, 429, message, retry)
+            self._held -= 1
 
     def _meter(self, ctx: RequestContext, metered: bool, *, error: bool) -> None:
         if not metered:

@@ -18,23 +18,33 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from kcloud.farm.bounds import INTEGER_MAX, StorableBody
 
 #: The catalog figures a PF cap may count, as `kcloud.farm.capacity` defines them.
 PfFigure = Literal["fp16_bf16_pflops", "int8_pops"]
 PF_UNITS: dict[str, str] = {"fp16_bf16_pflops": "FP16/BF16 PFLOPS", "int8_pops": "INT8 POPS"}
 
 
-class QuotaLimits(BaseModel):
-    """What the operator sets for a tenant; every field optional (None = no cap)."""
+#: A count stored in an INTEGER column: at most `INTEGER_MAX` (PostgreSQL's), refused with 400 beyond.
+_Count = Annotated[int, Field(ge=0, le=INTEGER_MAX)]
+
+
+class QuotaLimits(StorableBody):
+    """What the operator sets for a tenant; every field optional (None = no cap).
+
+    Counts are bounded by their column's type (`kcloud.farm.bounds`), so a cap too large to store is
+    a 400 rather than a database error; no cap at all is `null`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    max_replicas: int | None = Field(default=None, ge=0)
-    max_devices: int | None = Field(default=None, ge=0)
-    max_devices_per_vendor: dict[str, int] = Field(
+    max_replicas: int | None = Field(default=None, ge=0, le=INTEGER_MAX)
+    max_devices: int | None = Field(default=None, ge=0, le=INTEGER_MAX)
+    max_devices_per_vendor: dict[str, _Count] = Field(
         default_factory=dict,
         description="vendor -> most devices of that vendor; a vendor not named is uncapped",
     )
@@ -43,8 +53,12 @@ class QuotaLimits(BaseModel):
         default="fp16_bf16_pflops", description="which catalog figure max_pf counts (kcloud.farm.capacity)"
     )
     requests_per_second: float | None = Field(default=None, gt=0, description="per key; token-bucket rate")
-    burst: int | None = Field(default=None, ge=1, description="per key; bucket size (default: the rate)")
-    max_concurrency: int | None = Field(default=None, ge=1, description="requests in flight for the tenant")
+    burst: int | None = Field(
+        default=None, ge=1, le=INTEGER_MAX, description="per key; bucket size (default: the rate)"
+    )
+    max_concurrency: int | None = Field(
+        default=None, ge=1, le=INTEGER_MAX, description="requests in flight for the tenant"
+    )
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from kcloud.farm.names import TENANT_PART
 from kcloud.farm.schema import Base, utcnow
 
-#: Tenant names: DNS-label-like, so they fit in URLs, labels and file names unchanged.
-TENANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+#: Tenant names: DNS-label-like, so they fit in URLs, labels and file names unchanged; no `:`,
+#: which starts a tenant's own name space of deployments (`kcloud.farm.names`).
+TENANT_NAME_PATTERN = rf"^{TENANT_PART}$"
 ROLES = ("admin", "member", "readonly")
 
 

@@ -79,7 +79,9 @@ def check_tenant_name(name: str) -> str:
 def _quota_view(row: TenantQuota | None) -> QuotaLimits:
     if row is None:
         return QuotaLimits()
-    return QuotaLimits(
+    # Not validated again: the request's bounds (`kcloud.farm.bounds`) are checked on the way in, and
+    # a row that an older kcloud stored outside them (SQLite took any 64-bit cap) must still read back.
+    return QuotaLimits.model_construct(
         max_replicas=row.max_replicas,
         max_devices=row.max_devices,
         max_devices_per_vendor=dict(row.max_devices_per_vendor or {}),

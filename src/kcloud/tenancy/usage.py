@@ -1,16 +1,17 @@
 """Usage in the database: adding an interval's counters, and reading them back with filters.
 
 `write_interval` adds one interval (see `kcloud.tenancy.metering`) in a single transaction with
-one INSERT .. ON CONFLICT DO UPDATE per row, so concurrent gateways sharing a PostgreSQL database
-add up instead of overwriting each other. `inventory_energy_reader` reads devices' cumulative
-energy counters through the `Inventory`, labelled modelled for emulated devices.
+one INSERT .. ON CONFLICT DO UPDATE, run for every row, so concurrent gateways sharing a
+PostgreSQL database add up instead of overwriting each other. `inventory_energy_reader` reads
+devices' cumulative energy counters through the `Inventory`, labelled modelled for emulated devices.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import case, func, select
@@ -63,26 +64,34 @@ def write_interval(db: Database, counts: dict[UsageBucket, UsageCounts]) -> None
         }
         for bucket, c in counts.items()
     ]
-    insert = postgresql_insert if db.dialect == "postgresql" else sqlite_insert
-    table = UsageRow.__table__
+    # the same order in every gateway, so two writing at once cannot deadlock on each other's rows
+    rows.sort(key=lambda row: row["bucket"])
     with db.transaction() as session:
-        for row in rows:
-            statement = insert(table).values(**row)
-            new = statement.excluded
-            statement = statement.on_conflict_do_update(
-                index_elements=[table.c.bucket],
-                set_={
-                    "requests": table.c.requests + new.requests,
-                    "samples": table.c.samples + new.samples,
-                    "errors": table.c.errors + new.errors,
-                    "device_seconds": table.c.device_seconds + new.device_seconds,
-                    "energy_joules": _add_nullable(table.c.energy_joules, new.energy_joules),
-                    "energy_joules_modelled": _add_nullable(
-                        table.c.energy_joules_modelled, new.energy_joules_modelled),
-                    "updated_at": new.updated_at,
-                },
-            )
-            session.execute(statement)
+        session.execute(_upsert(db.dialect), rows)
+
+
+@functools.cache
+def _upsert(dialect: str) -> Any:
+    """One INSERT .. ON CONFLICT DO UPDATE with bound parameters, built once per dialect and run
+    with every row of an interval (executemany): usage is written every 100 ms, and building and
+    compiling a statement per row cost about 0.8 ms of CPU each."""
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    table = UsageRow.__table__
+    statement = insert(table)
+    new = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.bucket],
+        set_={
+            "requests": table.c.requests + new.requests,
+            "samples": table.c.samples + new.samples,
+            "errors": table.c.errors + new.errors,
+            "device_seconds": table.c.device_seconds + new.device_seconds,
+            "energy_joules": _add_nullable(table.c.energy_joules, new.energy_joules),
+            "energy_joules_modelled": _add_nullable(
+                table.c.energy_joules_modelled, new.energy_joules_modelled),
+            "updated_at": new.updated_at,
+        },
+    )
 
 
 def _add_nullable(old, new):

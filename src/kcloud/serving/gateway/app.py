@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp
 
 from kcloud import __version__
 from kcloud.serving.gateway.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
@@ -23,6 +24,8 @@ from kcloud.serving.gateway.metrics_route import metrics_router
 from kcloud.serving.gateway.observe import RequestObserver
 from kcloud.serving.gateway.oip_routes import metadata_router
 from kcloud.serving.gateway.openai_routes import openai_router
+from kcloud.serving.gateway.openapi import install_openapi
+from kcloud.serving.gateway.request_line import RequestLineGuard
 from kcloud.serving.gateway.state import GatewayState
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.router import Router
@@ -48,6 +51,17 @@ Inference (`POST /v2/models/{model}[/versions/{version}]/infer`) takes the OIP J
 JSON followed by binary tensors with an `Inference-Header-Content-Length` header.
 Errors are `{"error": "..."}` (OIP) or OpenAI's error object (`/v1`).
 """
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with `RequestLineGuard` outside everything, middleware added later included.
+
+    `add_middleware` puts what is added last outermost, and tenancy's is added after `create_app`;
+    a path no route can serve is refused before authentication, audit or anything else reads it.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestLineGuard(super().build_middleware_stack())
 
 
 def create_app(
@@ -76,7 +90,7 @@ def create_app(
     if inventory is not None:
         _register_device_collector(registry, inventory)
 
-    app = FastAPI(
+    app = GatewayApp(
         title="kcloud gateway",
         version=__version__,
         description=DESCRIPTION,
@@ -98,6 +112,7 @@ def create_app(
     for extra in extra_routers:
         app.include_router(extra)
     install_error_handlers(app)
+    install_openapi(app)
     # Middleware added later wraps what was added before: the inference lane (the hot path) sits
     # innermost, behind the body cap and whatever is attached later (authentication).
     app.add_middleware(InferLane, state=state)

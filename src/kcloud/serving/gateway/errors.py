@@ -140,13 +140,20 @@ async def send_error(send: Send, path: str, reply: ErrorReply) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+#: pydantic's error types for a body that is not a JSON object at all (or is missing).
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type", "missing"})
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
         if err.get("type") == "json_invalid":
             return f"request body is not valid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
         if tuple(err.get("loc", ())) == ("body",):
-            return "request body must be a JSON object (send Content-Type: application/json)"
+            if err.get("type") in _NOT_AN_OBJECT:
+                return "request body must be a JSON object (send Content-Type: application/json)"
+            parts.append(str(err.get("msg")))  # a check of the whole body: its message names the field
+            continue
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{loc or 'body'}: {err.get('msg')}")
     return "; ".join(parts) or "invalid request"

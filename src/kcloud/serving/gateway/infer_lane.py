@@ -119,7 +119,9 @@ class InferLane:
             raw_body = await read_body(receive)
             body = decoded_body(raw_body, headers.get("content-encoding"), state.max_body_bytes)
             header_length = parse_header_length(headers.get("inference-header-content-length"))
-            decoded = decode_infer_request(body, header_length)
+            config = entry.config
+            decoded = decode_infer_request(body, header_length, max_elements=config.max_request_elements(),
+                                           limit=config.request_limit_words())
             if decoded.outputs is not None:
                 check_requested_outputs(decoded, (o.name for o in entry.config.outputs), name)
             deadline = deadline_from(decoded.parameters, headers)

@@ -46,11 +46,16 @@ class InferRequest:
     parameters: dict = field(default_factory=dict)
 
 
-def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+def decode_infer_request(
+    body: bytes, header_length: int | None, *, max_elements: int | None = None, limit: str = ""
+) -> InferRequest:
     """Decode and check one `$inference_request` body (JSON, optionally followed by binary data).
 
     `header_length` is the integer value of `Inference-Header-Content-Length` (see
-    `parse_header_length`), or None for a pure-JSON body. Raises `CodecError` naming what is wrong.
+    `parse_header_length`), or None for a pure-JSON body. `max_elements` (the model's
+    `max_request_elements`) refuses a request whose shapes alone exceed what the model takes,
+    before its data is read (`limit` names that bound in the message). Raises `CodecError` naming
+    what is wrong.
     """
     doc, section = open_body(body, header_length)
     if not isinstance(doc, dict):
@@ -76,8 +81,11 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
 
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
+    left = max_elements
     for index, entry in enumerate(raw_inputs):
-        name, datatype, array = decode_tensor(entry, index, "input", section)
+        name, datatype, array = decode_tensor(entry, index, "input", section, max_count=left, limit=limit)
+        if left is not None:
+            left -= array.size
         if name in inputs:
             raise CodecError(f"input '{name}' appears more than once in 'inputs'")
         inputs[name] = array

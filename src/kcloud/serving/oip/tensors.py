@@ -27,6 +27,8 @@ BINARY_CONTENT_TYPE = "application/octet-stream"
 
 _U32 = struct.Struct("<I")
 _MAX_DIM = 2**63 - 1  # numpy sizes are signed 64-bit; the protocol allows uint64 but no array is that big
+#: The most dimensions a numpy array may have (NPY_MAXDIMS); a longer shape could only fail later, as a 500.
+MAX_RANK = 64
 
 # Which Python types orjson produces that each datatype accepts in JSON `data`. `bool` is its own
 # type (type(True) is not int), so `true` in an INT32 tensor or `1` in a BOOL tensor is refused.
@@ -156,9 +158,14 @@ def parameters_of(entry: dict, where: str) -> dict:
 
 
 def decode_tensor(
-    entry: object, index: int, role: str, section: BinarySection
+    entry: object, index: int, role: str, section: BinarySection, *, max_count: int | None = None,
+    limit: str = "",
 ) -> tuple[str, str, np.ndarray]:
-    """One `$request_input` / `$response_output` -> (name, datatype, array of its shape)."""
+    """One `$request_input` / `$response_output` -> (name, datatype, array of its shape).
+
+    `max_count` refuses a tensor of more elements before any of them is read; `limit` says
+    where that bound comes from, for the message.
+    """
     if not isinstance(entry, dict):
         raise CodecError(f"{role}s[{index}] must be a JSON object, got {json_kind(entry)}")
     name = entry.get("name")
@@ -179,12 +186,19 @@ def decode_tensor(
         raise CodecError(f"{where} has no 'shape'")
     if not isinstance(shape, list) or any(type(d) is not int for d in shape):
         raise CodecError(f"{where}: 'shape' must be an array of integers, got {orjson.dumps(shape).decode()}")
+    if len(shape) > MAX_RANK:
+        raise CodecError(f"{where}: shape has {len(shape)} dimensions; at most {MAX_RANK} are supported")
     if any(d < 0 or d > _MAX_DIM for d in shape):
         raise CodecError(
             f"{where}: shape {shape} has a dimension out of range; every dimension must be a "
             "non-negative integer (a request gives actual sizes, not -1)"
         )
     count = math.prod(shape)
+    if max_count is not None and count > max_count:
+        raise CodecError(
+            f"{where}: shape {shape} carries {count} elements, more than the model takes in one request "
+            f"({limit or f'at most {max_count} elements left for this input'}); split the request"
+        )
 
     params = parameters_of(entry, where)
     size = params.get("binary_data_size")

@@ -574,7 +574,7 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from kcloud.runtime.layout import host_cores
+    from kcloud.runtimes.layout import host_cores
     from kcloud.serving.server import prepare_repository
 
     load_before = os.getloadavg()

@@ -1,10 +1,10 @@
 """Which session layout serves fastest on this machine's CPU, and what a worker costs per batch.
 
-Two measurements, one run, this machine (the figures justify `kcloud.runtime.default_layout`):
+Two measurements, one run, this machine (the figures justify `kcloud.runtimes.default_layout`):
 
 (a) layout: for all-MiniLM-L6-v2 (batches of 32-token sentences) and digits-cnn (8x8 images),
     each `sessions x threads` layout with sessions x threads <= cores: every session built by
-    `kcloud.runtime.create_session` (the serving path's own options), each looping `run` on
+    `kcloud.runtimes.create_session` (the serving path's own options), each looping `run` on
     the same batch in its own Python thread (ONNX Runtime releases the GIL) for a fixed time
     after a warm-up, in interleaved rounds (median kept, so background load on a shared machine
     hits every layout alike). Throughput in rows/s per batch size, the best layout per batch size,
@@ -39,7 +39,7 @@ from kcloud.devices.catalog import load_catalog
 from kcloud.devices.device import Device
 from kcloud.models.builtin import DIGITS, MINILM, NOOP, ensure_builtin_models
 from kcloud.models.repository import ModelRepository, default_repository_path
-from kcloud.runtime import create_session, default_layout, host_cores
+from kcloud.runtimes import create_session, default_layout, host_cores
 from kcloud.serving.worker import ProcessWorker, ThreadWorker
 
 RESULTS = Path(__file__).resolve().parent / "results" / "runtime_layout.json"

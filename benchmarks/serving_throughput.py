@@ -108,7 +108,7 @@ def measure_limit_point(onnx_path: Path, device, feeds: dict[str, np.ndarray], s
     With `pipeline` and `inputs`, every iteration goes through the model's own pipeline
     (tokenise, collate, run, split) instead of running pre-made feeds.
     """
-    from kcloud.runtime.session import create_session
+    from kcloud.runtimes.session import create_session
 
     made = [create_session(onnx_path, device, threads=threads) for _ in range(sessions)]
     names = [o.name for o in made[0].get_outputs()]
@@ -541,8 +541,8 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from kcloud.farm.inventory import Inventory
-    from kcloud.runtime.layout import host_cores
+    from kcloud.devices.inventory import Inventory
+    from kcloud.runtimes.layout import host_cores
     from kcloud.serving.oip import encode_infer_request
     from kcloud.serving.server import local_cpu, prepare_repository
 

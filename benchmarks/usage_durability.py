@@ -96,7 +96,7 @@ class FreshDatabase:
         self.url = f"{PG_BASE}?options=-csearch_path%3D{self.schema}"
 
     def recorded_requests(self, prefix: str) -> int:
-        from kcloud.farm.db import open_database
+        from kcloud.store.db import open_database
         from kcloud.tenancy import usage
 
         db = open_database(self.url)
@@ -221,7 +221,7 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from kcloud.runtime.layout import host_cores
+    from kcloud.runtimes.layout import host_cores
     from kcloud.serving.server import prepare_repository
 
     load_before = os.getloadavg()

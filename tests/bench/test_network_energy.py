@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from kcloud.bench.energy import EnergyMeter
 from kcloud.bench.network import NetworkBackend
+from kcloud.devices.inventory import Inventory
 from kcloud.devices.metrics import DeviceCollector
-from kcloud.farm.inventory import Inventory
 from kcloud.serving.metrics import ServingMetrics
 
 

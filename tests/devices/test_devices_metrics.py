@@ -8,10 +8,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kcloud.devices.inventory import Inventory
 from kcloud.devices.metrics import LABELS, register_device_metrics
 from kcloud.devices.plugins.cpu import CpuPlugin
 from kcloud.devices.plugins.emulated import EmulatedPlugin
-from kcloud.farm.inventory import Inventory
 
 FARM = """
 [farm]

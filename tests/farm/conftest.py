@@ -19,12 +19,12 @@ import pytest
 import sqlalchemy as sa
 from onnx import TensorProto, helper, numpy_helper
 
+from kcloud.devices.inventory import Inventory
 from kcloud.devices.plugins.cpu import CpuPlugin
-from kcloud.farm.db import Database, open_database
-from kcloud.farm.inventory import Inventory
 from kcloud.models.config import Batching, ModelConfig, TensorSpec
 from kcloud.models.configfile import save_config
 from kcloud.models.repository import ModelRepository
+from kcloud.store.db import Database, open_database
 
 PG_BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LOCAL_NODE = "host"

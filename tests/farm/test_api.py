@@ -15,8 +15,8 @@ from fastapi import FastAPI
 
 from conftest import ServedControlPlane
 from kcloud.farm.controlplane import attach
-from kcloud.farm.db import DatabaseUnavailableError, SchemaMismatchError, open_database
 from kcloud.serving.router import Router
+from kcloud.store.db import DatabaseUnavailableError, SchemaMismatchError, open_database
 
 
 @pytest.fixture(scope="module")

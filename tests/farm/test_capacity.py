@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kcloud.devices.inventory import Inventory
 from kcloud.farm.capacity import Total, capacity_report
-from kcloud.farm.inventory import Inventory
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "k-cloud-phase1.toml"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from kcloud.farm.db import (
+from kcloud.farm.schema import EventRow
+from kcloud.store.db import (
     DatabaseUnavailableError,
     SchemaMismatchError,
     default_url,
@@ -14,7 +15,6 @@ from kcloud.farm.db import (
     redact,
     resolve_url,
 )
-from kcloud.farm.schema import EventRow
 
 
 def test_default_is_a_sqlite_file_in_the_kcloud_home(kcloud_home, monkeypatch):

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from kcloud.devices.device import Device, Telemetry
+from kcloud.devices.inventory import Inventory
 from kcloud.farm.executor import LocalExecutor
-from kcloud.farm.inventory import Inventory
 from kcloud.farm.profiles import ProfileBook
 from kcloud.farm.reconciler import Reconciler
 from kcloud.farm.service import START_FAILURE_BACKOFF_S, ControlPlaneService

@@ -18,7 +18,7 @@ from synthetic_models import add_model, build_double, build_slow, cpu_device, de
 from kcloud.devices.plugins.emulated import DeclaredDevice, EmulatedPlugin
 from kcloud.models.pipeline import InputError
 from kcloud.models.repository import ModelRepository
-from kcloud.runtime import UnsupportedDeviceError
+from kcloud.runtimes import UnsupportedDeviceError
 from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import PIPELINE_DEPTH, create_replica
@@ -208,7 +208,7 @@ def test_model_device_kinds_are_respected(tmp_path):
 async def test_replica_on_an_nvidia_gpu(repo, isolation):
     """Runs where onnxruntime offers CUDA and NVML sees a GPU (the lead runs it on a lent H100)."""
     from kcloud.devices.plugins.nvidia import NvidiaPlugin
-    from kcloud.runtime import cuda_available
+    from kcloud.runtimes import cuda_available
 
     if not cuda_available():
         pytest.skip("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")

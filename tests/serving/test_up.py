@@ -130,8 +130,8 @@ def test_bad_options_are_refused_without_a_traceback(free_port, args, words):
 
 
 def test_replica_layout_follows_the_runtime_or_the_option(builtin_repository):
-    from kcloud.farm.inventory import Inventory
-    from kcloud.runtime import default_layout, host_cores
+    from kcloud.devices.inventory import Inventory
+    from kcloud.runtimes import default_layout, host_cores
     from kcloud.serving.server import local_cpu, replica_layout
 
     cpu = local_cpu(Inventory.build((), include_local=True))

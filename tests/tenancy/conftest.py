@@ -20,8 +20,8 @@ from tenancy_support import (
     fresh_database,
 )
 
-from kcloud.farm.db import Database, open_database
 from kcloud.models.repository import ModelRepository
+from kcloud.store.db import Database, open_database
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 

@@ -17,14 +17,14 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
-from kcloud.farm.db import open_database
-from kcloud.farm.inventory import Inventory
+from kcloud.devices.inventory import Inventory
 from kcloud.models.repository import ModelRepository
 from kcloud.serving.gateway import create_app
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import create_replica
 from kcloud.serving.router import Router
 from kcloud.serving.server import Stack, bind_socket, local_cpu, run_on_uvloop, serve_stack
+from kcloud.store.db import open_database
 from kcloud.tenancy import attach
 
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from kcloud.farm.db import Database
 from kcloud.farm.schema import Deployment, ModelRow
+from kcloud.store.db import Database
 
 PG_BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SERVER_SECRET = "tenancy-tests-server-secret-0123456789abcdef"

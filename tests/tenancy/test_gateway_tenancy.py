@@ -10,7 +10,7 @@ import httpx
 import pytest
 from tenancy_support import SERVER_SECRET, WIDTH, GatewayProcess, infer_body
 
-from kcloud.farm.schema import utcnow
+from kcloud.store.base import utcnow
 from kcloud.tenancy.keys import generate_key
 from kcloud.tenancy.schema import ApiKey
 

@@ -15,7 +15,7 @@ import numpy as np
 from kcloud.bench.sut import Backend, Inputs
 from kcloud.devices.device import Device
 from kcloud.models.repository import ModelEntry, ModelRepository
-from kcloud.runtime.layout import default_layout, host_cores
+from kcloud.runtimes.layout import default_layout, host_cores
 from kcloud.serving.replica import Isolation, WorkRecorder, create_replica
 from kcloud.serving.router import Router
 

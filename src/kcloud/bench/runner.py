@@ -142,7 +142,7 @@ def _model(request: RunRequest, repository: ModelRepository) -> tuple[ModelEntry
 
 
 def _local_device(request: RunRequest) -> tuple[Any, Device]:
-    from kcloud.farm.inventory import FarmFileError, Inventory
+    from kcloud.devices.inventory import FarmFileError, Inventory
 
     try:
         inventory = Inventory.build(request.farm_files, include_local=True)
@@ -194,7 +194,7 @@ def prepare_run(request: RunRequest) -> PreparedRun:
         system = request.system or f"gateway-{host}"
     else:
         inventory, device = _local_device(request)
-        from kcloud.runtime.session import UnsupportedDeviceError, plan_for
+        from kcloud.runtimes.session import UnsupportedDeviceError, plan_for
 
         try:
             plan_for(device)

@@ -19,7 +19,7 @@ from kcloud.cli_errors import BAD_INPUT, fail
 
 if TYPE_CHECKING:
     from kcloud.devices.device import Device, Telemetry
-    from kcloud.farm.inventory import Inventory
+    from kcloud.devices.inventory import Inventory
 
 DASH = "—"
 
@@ -47,7 +47,7 @@ def wide_console() -> Console:
 
 def inventory_from_cli(farm: list[Path] | None, node: str | None, local: bool) -> Inventory:
     """Build the inventory for a command; a bad farm file is one red line and exit code 2."""
-    from kcloud.farm.inventory import FarmFileError, Inventory
+    from kcloud.devices.inventory import FarmFileError, Inventory
 
     try:
         return Inventory.build(farm or (), node=node, include_local=local)

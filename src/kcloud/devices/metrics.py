@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from kcloud.devices.device import Device, Telemetry
 
 if TYPE_CHECKING:  # the inventory lives in kcloud.farm, which imports this package
-    from kcloud.farm.inventory import Inventory
+    from kcloud.devices.inventory import Inventory
 
 LABELS = ("node", "device", "vendor", "chip", "emulated", "modelled")
 INFO_LABELS = ("node", "device", "vendor", "chip", "name", "kind", "plugin", "emulated")

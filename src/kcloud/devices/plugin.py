@@ -30,7 +30,7 @@ class DevicePlugin(ABC):
     k8s_resource: ClassVar[str | None] = None
     #: Environment variable that restricts a process to some devices.
     visible_devices_env: ClassVar[str | None] = None
-    #: Runtimes (see `kcloud.runtime`) that can execute on this vendor's devices.
+    #: Runtimes (see `kcloud.runtimes`) that can execute on this vendor's devices.
     runtimes: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod

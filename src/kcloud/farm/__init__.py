@@ -1,7 +1,6 @@
-"""kcloud.farm: the farm as one inventory of devices, its capacity, and (elsewhere in this
-package) the control plane that places replicas on it."""
+"""kcloud.farm: the control plane: the farm's capacity, deployments and the placement of their
+replicas on the devices of the inventory (`kcloud.devices.inventory`)."""
 
 from kcloud.farm.capacity import CapacityReport, capacity_report
-from kcloud.farm.inventory import FarmFileError, Inventory
 
-__all__ = ["CapacityReport", "FarmFileError", "Inventory", "capacity_report"]
+__all__ = ["CapacityReport", "capacity_report"]

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
+from kcloud.devices.inventory import Inventory
 from kcloud.farm.api import build_api
-from kcloud.farm.db import Database, open_database
 from kcloud.farm.executor import Executor, LocalExecutor
-from kcloud.farm.inventory import Inventory
 from kcloud.farm.profiles import ProfileBook
 from kcloud.farm.reconciler import DEFAULT_HEALTH_INTERVAL_S, DEFAULT_INTERVAL_S, Reconciler
 from kcloud.farm.service import AdmissionCheck, ControlPlaneService
@@ -26,6 +25,7 @@ from kcloud.models.repository import ModelRepository
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import Isolation, Replica
 from kcloud.serving.router import Router
+from kcloud.store.db import Database, open_database
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ async def attach(
 ) -> ControlPlane:
     """Put the control plane on `app` (running on this event loop) and restore the deployments.
 
-    Raises `kcloud.farm.db.DatabaseError` (one line: unreachable, schema mismatch) before
+    Raises `kcloud.store.db.DatabaseError` (one line: unreachable, schema mismatch) before
     anything is added to the app.
     """
     db = await asyncio.to_thread(open_database, db_url)

@@ -3,7 +3,7 @@
 Placement ranks devices by performance per watt (samples per joule). Where bench has measured
 a device (or its chip) serving a model, that measurement is the profile. Otherwise the profile
 is modelled from the catalog, with the same model the emulated devices use
-(`kcloud.runtime.modelled`: the model's FLOPs over the chip's sourced peak × efficiency, and
+(`kcloud.runtimes.modelled`: the model's FLOPs over the chip's sourced peak × efficiency, and
 the chip's TDP as its power at full load), and it says `modelled=True` everywhere it goes.
 A figure that cannot be known (no FLOPs for the model, no peak or TDP in the catalog) stays
 `None`; placement then ranks that device as "performance per watt unknown", never as zero.
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kcloud.devices.device import Device
 from kcloud.devices.spec import ChipSpec
 from kcloud.home import kcloud_home
-from kcloud.runtime.modelled import DEFAULT_EFFICIENCY, peak_ops_per_second
+from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, peak_ops_per_second
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session
 
 from kcloud.devices.catalog import UnknownChipError, load_catalog
 from kcloud.devices.device import Device
-from kcloud.farm.db import Database
 from kcloud.farm.names import DeploymentNameError, qualify
 from kcloud.farm.placement import DeviceStatus, FarmView, PlacementEngine, PlacementRequest, PlacementResult
 from kcloud.farm.profiles import FP32_KINDS, ProfileBook
@@ -59,6 +58,7 @@ from kcloud.farm.spec import (
 )
 from kcloud.models.errors import ModelFileError, ModelNotFoundError
 from kcloud.models.repository import ModelEntry, ModelRepository
+from kcloud.store.db import Database
 
 log = logging.getLogger(__name__)
 

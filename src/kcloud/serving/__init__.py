@@ -1,7 +1,7 @@
 """kcloud.serving: replicas with dynamic batching behind a router, and the HTTP gateway over them.
 
 Import the few names here; submodules stay importable on their own (a worker child process
-imports only `kcloud.runtime`).
+imports only `kcloud.runtimes`).
 """
 
 from kcloud.serving.errors import (

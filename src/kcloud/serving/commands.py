@@ -57,10 +57,10 @@ def up(
         help="Open connections one client address may hold; more are answered 503 (0: no cap)."),
 ) -> None:
     """Serve the bundled models on this machine's CPU over OIP v2 and OpenAI; Ctrl-C stops."""
-    from kcloud.farm.db import DatabaseError
-    from kcloud.farm.inventory import FarmFileError
+    from kcloud.devices.inventory import FarmFileError
     from kcloud.models.errors import BuildError, ModelFileError, ModelNotFoundError
     from kcloud.serving.server import NoLocalCpuError, PortInUseError, ServeOptions, serve
+    from kcloud.store.db import DatabaseError
     from kcloud.tenancy.keys import ServerSecretError
     from kcloud.tenancy.service import UsageSettingsError
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from kcloud.devices.device import Device
 from kcloud.models.pipeline import Pipeline, Prepared
-from kcloud.runtime.layout import default_layout, host_cores
-from kcloud.runtime.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
-from kcloud.runtime.session import UnsupportedDeviceError, plan_for
+from kcloud.runtimes.layout import default_layout, host_cores
+from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
+from kcloud.runtimes.session import UnsupportedDeviceError, plan_for
 from kcloud.serving.batcher import Batcher, Finish, Pending
 from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics

@@ -36,9 +36,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from kcloud.devices.device import Device
-from kcloud.farm.inventory import Inventory
+from kcloud.devices.inventory import Inventory
 from kcloud.models.repository import ModelEntry, ModelRepository, default_repository_path
-from kcloud.runtime.layout import default_layout, host_cores
+from kcloud.runtimes.layout import default_layout, host_cores
 from kcloud.serving.gateway import DEFAULT_MAX_BODY_BYTES, create_app
 from kcloud.serving.http_protocol import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -475,7 +475,7 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
     try:
         url = url_of(options.host, sock.getsockname()[1])
         if options.control_plane:  # a database that cannot be used fails before anything starts
-            from kcloud.farm.db import open_database
+            from kcloud.store.db import open_database
 
             open_database(options.db_url).close()
         if options.tenancy:  # so does an unusable API-key secret

@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 
 from kcloud.devices.device import Device
-from kcloud.runtime.child import Reply, Requests, run_batch, serve_session
-from kcloud.runtime.session import RUNTIME_NOTE, create_session, session_provider
+from kcloud.runtimes.child import Reply, Requests, run_batch, serve_session
+from kcloud.runtimes.session import RUNTIME_NOTE, create_session, session_provider
 from kcloud.serving.errors import InferenceFailedError, ReplicaDiedError
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Worker(ABC):
     @abstractmethod
     async def run(self, feeds: Feeds, requests: Requests) -> Computed:
         """Compute one batch: `requests` gives each request's rows and deadline, in order
-        (`kcloud.runtime.child.run_batch`). InferenceFailedError if the runtime fails."""
+        (`kcloud.runtimes.child.run_batch`). InferenceFailedError if the runtime fails."""
 
     @property
     @abstractmethod

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from kcloud.farm.bounds import INTEGER_MAX, StorableBody
-from kcloud.farm.schema import utcnow
+from kcloud.store.base import utcnow
 from kcloud.tenancy import audit, store, usage
 from kcloud.tenancy.audit import AuditEntry
 from kcloud.tenancy.context import RequestContext, current_request

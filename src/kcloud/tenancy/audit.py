@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from kcloud.farm.db import Database
+from kcloud.store.db import Database
 from kcloud.tenancy.roles import Principal
 from kcloud.tenancy.schema import AuditRow
 

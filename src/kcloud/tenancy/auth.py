@@ -27,7 +27,7 @@ import anyio
 import anyio.to_thread
 from sqlalchemy import select
 
-from kcloud.farm.db import Database
+from kcloud.store.db import Database
 from kcloud.tenancy.keys import KeyFormatError, key_matches, parse_key
 from kcloud.tenancy.roles import Principal, Role
 from kcloud.tenancy.schema import ApiKey, TenantQuota

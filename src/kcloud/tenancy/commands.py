@@ -281,8 +281,8 @@ def keys_create_admin(
     For when no admin key is left. It needs what the server has (the database and the server
     secret in kcloud home or $KCLOUD_KEY_SECRET), not a running server; the audit log records it.
     """
-    from kcloud.farm.db import DatabaseError, open_database
     from kcloud.home import kcloud_home
+    from kcloud.store.db import DatabaseError, open_database
     from kcloud.tenancy import audit as audit_log
     from kcloud.tenancy import store
     from kcloud.tenancy.keys import ServerSecretError, load_server_secret

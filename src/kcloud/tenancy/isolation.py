@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from kcloud.farm.db import Database
 from kcloud.farm.names import resolve
 from kcloud.farm.schema import Deployment
 from kcloud.models.errors import ModelNotFoundError
@@ -36,6 +35,7 @@ from kcloud.models.repository import ModelEntry
 from kcloud.serving.errors import ServingError
 from kcloud.serving.replica import InferOutcome, Replica
 from kcloud.serving.router import Router
+from kcloud.store.db import Database
 from kcloud.tenancy.context import current_request
 
 log = logging.getLogger(__name__)

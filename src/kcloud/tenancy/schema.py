@@ -1,6 +1,6 @@
 """Tenancy's tables, on the control plane's shared `Base`: tenants, API keys, quotas, usage, audit.
 
-Created only by the Alembic revision `0100_tenancy` (kcloud/farm/migrations/versions). A change
+Created only by the Alembic revision `0100_tenancy` (kcloud/store/migrations/versions). A change
 here needs a new revision there.
 
 Deployments name their owner by tenant *name* (`deployments.tenant`), which is unique and never
@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kcloud.farm.names import TENANT_PART
-from kcloud.farm.schema import Base, utcnow
+from kcloud.store.base import Base, utcnow
 
 #: Tenant names: DNS-label-like, so they fit in URLs, labels and file names unchanged; no `:`,
 #: which starts a tenant's own name space of deployments (`kcloud.farm.names`).

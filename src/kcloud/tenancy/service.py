@@ -36,9 +36,9 @@ import anyio.to_thread
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from kcloud.farm.db import Database
 from kcloud.home import kcloud_home
 from kcloud.serving.gateway.errors import error_body
+from kcloud.store.db import Database
 from kcloud.tenancy import audit, store
 from kcloud.tenancy.auth import DEFAULT_TTL_S, Authenticator
 from kcloud.tenancy.context import RequestContext
@@ -51,7 +51,7 @@ from kcloud.tenancy.ratelimit import ConcurrencyLimiter, KeyRateLimiter
 from kcloud.tenancy.usage import inventory_energy_reader, write_interval
 
 if TYPE_CHECKING:
-    from kcloud.farm.inventory import Inventory
+    from kcloud.devices.inventory import Inventory
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +286,11 @@ def attach(
     - with `insecure`, announces loudly that authentication is off.
 
     `db` is the control plane's `Database` (share it), or a URL / None to open one (None: the
-    embedded SQLite file, or `$KCLOUD_DB_URL`). Raises `kcloud.farm.db.DatabaseError` or
+    embedded SQLite file, or `$KCLOUD_DB_URL`). Raises `kcloud.store.db.DatabaseError` or
     `kcloud.tenancy.keys.ServerSecretError` (one clear line each) before changing the app.
     Returns the `Tenancy`; call its `close()` at shutdown to write the last usage counters.
     """
-    from kcloud.farm.db import open_database
+    from kcloud.store.db import open_database
     from kcloud.tenancy.api import tenancy_router
 
     owns_db = not isinstance(db, Database)

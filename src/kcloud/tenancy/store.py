@@ -15,8 +15,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kcloud.farm.db import Database
-from kcloud.farm.schema import Deployment, utcnow
+from kcloud.farm.schema import Deployment
+from kcloud.store.base import utcnow
+from kcloud.store.db import Database
 from kcloud.tenancy.errors import ConflictError, InvalidRequestError, NotFoundError
 from kcloud.tenancy.keys import generate_key
 from kcloud.tenancy.quotas import QuotaLimits

@@ -18,9 +18,9 @@ from sqlalchemy import case, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from kcloud.farm.db import Database
-from kcloud.farm.inventory import Inventory
-from kcloud.farm.schema import utcnow
+from kcloud.devices.inventory import Inventory
+from kcloud.store.base import utcnow
+from kcloud.store.db import Database
 from kcloud.tenancy.metering import EnergyReader, EnergyReading, UsageBucket, UsageCounts
 from kcloud.tenancy.schema import UsageRow
 

@@ -31,7 +31,7 @@ from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.router import Router
 
 if TYPE_CHECKING:
-    from kcloud.farm.inventory import Inventory
+    from kcloud.devices.inventory import Inventory
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Alembic environment for kcloud's schema.
 
-kcloud runs the migrations itself (`kcloud.farm.db.migrate`), handing over an open connection in
+kcloud runs the migrations itself (`kcloud.store.db.migrate`), handing over an open connection in
 `config.attributes["connection"]` so that the upgrade happens inside its own transaction. A
 developer running the `alembic` command instead gets an engine from `$KCLOUD_DB_URL`.
 SQLite cannot ALTER most things, so migrations run in batch mode there.
@@ -8,13 +8,16 @@ SQLite cannot ALTER most things, so migrations run in batch mode there.
 
 from __future__ import annotations
 
+import importlib
+
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from kcloud.farm.db import create_db_engine, load_model_modules, resolve_url
-from kcloud.farm.schema import Base
+from kcloud.store.base import Base
+from kcloud.store.db import create_db_engine, resolve_url
 
-load_model_modules()
+#: The tables of the packages imported so far (each registers its own on `Base`); kcloud's own
+#: `migrate` needs no more, as the revisions spell out their tables.
 target_metadata = Base.metadata
 
 
@@ -34,6 +37,13 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
+    # The `alembic` command imports no package: it names the schema modules to compare with
+    # (`-x schemas=kcloud.farm.schema,kcloud.tenancy.schema`), or autogenerate would see no tables.
+    for module in filter(None, context.get_x_argument(as_dictionary=True).get("schemas", "").split(",")):
+        importlib.import_module(module)
+    if not target_metadata.tables:
+        raise SystemExit("name the schema modules: alembic -x "
+                         "schemas=kcloud.farm.schema,kcloud.tenancy.schema ...")
     engine = create_db_engine(resolve_url(None))
     try:
         with engine.begin() as fresh:

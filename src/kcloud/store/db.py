@@ -2,7 +2,7 @@
 
 Embedded by default: a SQLite file in the kcloud home, so `kcloud up` needs no server. A
 PostgreSQL URL (the `[postgres]` extra, psycopg 3) turns the same schema into a shared one.
-The schema is only ever created by the Alembic migrations in `kcloud/farm/migrations`, run
+The schema is only ever created by the Alembic migrations in `kcloud/store/migrations`, run
 programmatically (`upgrade head`) when the database is opened. After upgrading, the live schema
 is compared with the ORM models: a database that someone else created, that a newer kcloud
 migrated, or whose tables were changed by hand is refused with a message naming the difference,
@@ -13,7 +13,6 @@ Every failure here is a `DatabaseError` with one clear line; callers show it and
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import stat
@@ -36,16 +35,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.orm import Session, sessionmaker
 
 from kcloud.home import kcloud_home
+from kcloud.store.base import Base
 
 log = logging.getLogger(__name__)
 
 #: Environment variable that names the database when no `--db` is given.
 DB_URL_ENV = "KCLOUD_DB_URL"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-#: Modules whose ORM classes share `kcloud.farm.schema.Base`. Imported before the schema check
-#: so that every table the migrations create is compared. Another package that adds tables
-#: (through a new Alembic revision) appends its module here.
-MODEL_MODULES: tuple[str, ...] = ("kcloud.farm.schema", "kcloud.tenancy.schema")
 #: Seconds to wait for a PostgreSQL server before saying it is unreachable.
 CONNECT_TIMEOUT_S = 5
 #: The embedded database holds key digests, usage and the audit log: its owner's alone, like the key
@@ -189,16 +185,8 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def load_model_modules() -> None:
-    """Import every module whose tables live on the shared `Base` (see `MODEL_MODULES`)."""
-    for name in MODEL_MODULES:
-        importlib.import_module(name)
-
-
 def _owned_tables() -> set[str]:
-    from kcloud.farm.schema import Base
-
-    load_model_modules()
+    """The tables of the packages this process has imported (each registers its own on `Base`)."""
     return set(Base.metadata.tables)
 
 
@@ -209,8 +197,6 @@ def migrate(engine: Engine) -> str | None:
     holds kcloud tables without a migration history, is at a revision this kcloud does not
     know, or differs from the models after upgrading.
     """
-    from kcloud.farm.schema import Base
-
     owned = _owned_tables()
     script = ScriptDirectory.from_config(alembic_config())
     where = redact(engine.url)

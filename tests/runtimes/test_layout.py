@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from synthetic_models import cpu_device, device_of
 
-from kcloud.runtime import UnsupportedDeviceError, default_layout, host_cores
+from kcloud.runtimes import UnsupportedDeviceError, default_layout, host_cores
 
 
 def test_cpu_gets_one_single_thread_replica_per_core():

@@ -1,8 +1,8 @@
-"""kcloud.runtime: ONNX Runtime sessions laid out per device, and modelled time for emulated ones."""
+"""kcloud.runtimes: ONNX Runtime sessions laid out per device, and modelled time for emulated ones."""
 
-from kcloud.runtime.layout import default_layout, host_cores
-from kcloud.runtime.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
-from kcloud.runtime.session import (
+from kcloud.runtimes.layout import default_layout, host_cores
+from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
+from kcloud.runtimes.session import (
     ExecutionPlan,
     UnsupportedDeviceError,
     create_session,

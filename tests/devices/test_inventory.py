@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kcloud.devices.inventory import FarmFileError, Inventory, load_farm
 from kcloud.devices.plugins.cpu import CpuPlugin
-from kcloud.farm.inventory import FarmFileError, Inventory, load_farm
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "k-cloud-phase1.toml"
 

@@ -7,7 +7,7 @@ session the same way:
 - CPU, and emulated devices (they exist only in a farm file and compute on the host):
   `CPUExecutionProvider`, `threads` intra-op threads, one inter-op thread, sequential
   execution, all graph optimisations. Several small sessions beat one wide one on few cores
-  (see `kcloud.runtime.layout` and `benchmarks/runtime_layout.py`).
+  (see `kcloud.runtimes.layout` and `benchmarks/runtime_layout.py`).
 - NVIDIA GPUs: `CUDAExecutionProvider` on the device's index. When this onnxruntime build has
   no CUDA provider, or it fails to load (missing CUDA/cuDNN libraries), the session computes
   on the host CPU instead, and says so loudly: a WARNING log line and a note on the `Device`

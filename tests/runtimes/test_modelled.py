@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kcloud.devices.catalog import load_catalog
-from kcloud.runtime import DEFAULT_EFFICIENCY, modelled_device_seconds
-from kcloud.runtime.modelled import RESNET50_OPS_PER_SAMPLE
+from kcloud.runtimes import DEFAULT_EFFICIENCY, modelled_device_seconds
+from kcloud.runtimes.modelled import RESNET50_OPS_PER_SAMPLE
 
 
 def test_float_peak_is_used_when_the_catalog_has_one():

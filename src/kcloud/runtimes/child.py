@@ -1,6 +1,6 @@
 """The loop a worker child process runs: one ONNX Runtime session behind a pipe.
 
-It lives in `kcloud.runtime` (not beside the worker) so that a spawned child imports only
+It lives in `kcloud.runtimes` (not beside the worker) so that a spawned child imports only
 numpy, onnxruntime and this package, never the gateway.
 
 Protocol, one message per batch, pickled by `multiprocessing.connection`:
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from kcloud.devices.device import Device
-from kcloud.runtime.session import RUNTIME_NOTE, create_session, session_provider
+from kcloud.runtimes.session import RUNTIME_NOTE, create_session, session_provider
 
 #: How often the child checks that its parent is still alive.
 PARENT_CHECK_S = 0.5

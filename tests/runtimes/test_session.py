@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 from synthetic_models import build_double, cpu_device, device_of
 
-from kcloud.runtime import UnsupportedDeviceError, create_session, cuda_available, plan_for
-from kcloud.runtime.session import CPU_PROVIDER, CUDA_PROVIDER, RUNTIME_NOTE, device_index, session_options
+from kcloud.runtimes import UnsupportedDeviceError, create_session, cuda_available, plan_for
+from kcloud.runtimes.session import CPU_PROVIDER, CUDA_PROVIDER, RUNTIME_NOTE, device_index, session_options
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_nvidia_index_from_attributes_or_id():
 @pytest.mark.skipif(cuda_available(), reason="this onnxruntime has CUDA: the fallback cannot happen")
 def test_nvidia_without_cuda_provider_falls_back_loudly(double_onnx, caplog):
     device = device_of("nvidia-h100-sxm", "nvidia0", attributes={"index": "0"})
-    with caplog.at_level(logging.WARNING, logger="kcloud.runtime.session"):
+    with caplog.at_level(logging.WARNING, logger="kcloud.runtimes.session"):
         session = create_session(double_onnx, device, threads=1)
     assert session.get_providers() == [CPU_PROVIDER]
     assert CUDA_PROVIDER in device.attributes[RUNTIME_NOTE]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 from kcloud.devices.device import Device
-from kcloud.runtime.session import CPU_PROVIDER, plan_for
+from kcloud.runtimes.session import CPU_PROVIDER, plan_for
 
 
 def host_cores() -> int:

@@ -541,10 +541,10 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
+    from kcloud.app.stack import local_cpu, prepare_repository
     from kcloud.devices.inventory import Inventory
     from kcloud.runtimes.layout import host_cores
     from kcloud.serving.oip import encode_infer_request
-    from kcloud.serving.server import local_cpu, prepare_repository
 
     load_before = os.getloadavg()
     repository = prepare_repository(progress=False)

@@ -221,8 +221,8 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
+    from kcloud.app.stack import prepare_repository
     from kcloud.runtimes.layout import host_cores
-    from kcloud.serving.server import prepare_repository
 
     load_before = os.getloadavg()
     repository = prepare_repository(progress=False)

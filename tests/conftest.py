@@ -35,8 +35,8 @@ def kcloud_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def builtin_repository(kcloud_home: Path, pytestconfig: pytest.Config):
+    from kcloud.app.stack import prepare_repository
     from kcloud.models.repository import ModelRepository
-    from kcloud.serving.server import prepare_repository
 
     cached = Path(pytestconfig.cache.mkdir("kcloud-builtin-models"))
     prepare_repository(progress=False, root=cached)
@@ -64,7 +64,8 @@ def start_gateway(builtin_repository) -> Iterator[Callable[..., object]]:
     Defaults for tests: port 0 (the OS picks a free one), one replica per model, worker
     processes as in production.
     """
-    from kcloud.serving.server import BackgroundGateway, ServeOptions
+    from kcloud.app.background import BackgroundGateway
+    from kcloud.app.options import ServeOptions
 
     started: list[BackgroundGateway] = []
 

@@ -8,6 +8,7 @@ import os
 import typer
 
 from kcloud import __version__
+from kcloud.app import commands as app_commands
 from kcloud.bench import commands as bench_commands
 from kcloud.devices import commands as device_commands
 from kcloud.farm import commands as farm_commands
@@ -24,7 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (device_commands, farm_commands, model_commands, serving_commands, bench_commands,
+for module in (device_commands, farm_commands, model_commands, app_commands, serving_commands, bench_commands,
                tenancy_commands, deploy_commands):
     module.register(app)
 

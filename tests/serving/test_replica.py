@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtimes"))
 from synthetic_models import add_model, build_double, build_slow, cpu_device, device_of
 
 from kcloud.devices.plugins.emulated import DeclaredDevice, EmulatedPlugin

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtimes"))
 from synthetic_models import add_model, build_double, build_slow, cpu_device
 
 from kcloud.models.errors import ModelNotFoundError

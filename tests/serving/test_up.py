@@ -90,7 +90,7 @@ def test_up_serves_the_bundled_models_and_stops_cleanly(home_with_an_unplaceable
 
 
 def test_printed_curl_example_works(start_gateway):
-    from kcloud.serving.server import curl_example
+    from kcloud.app.serve import curl_example
 
     gateway = start_gateway(models=["all-MiniLM-L6-v2"])
     example = curl_example(gateway.url, gateway.stack.entries)
@@ -130,9 +130,9 @@ def test_bad_options_are_refused_without_a_traceback(free_port, args, words):
 
 
 def test_replica_layout_follows_the_runtime_or_the_option(builtin_repository):
+    from kcloud.app.stack import local_cpu, replica_layout
     from kcloud.devices.inventory import Inventory
     from kcloud.runtimes import default_layout, host_cores
-    from kcloud.serving.server import local_cpu, replica_layout
 
     cpu = local_cpu(Inventory.build((), include_local=True))
     assert replica_layout(cpu, None) == default_layout(cpu, host_cores())

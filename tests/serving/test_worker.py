@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtimes"))
 from synthetic_models import build_double, build_slow, cpu_device, device_of
 
 from kcloud.serving.errors import InferenceFailedError, ReplicaDiedError
@@ -184,7 +184,7 @@ asyncio.run(main())
 
 
 def test_child_exits_when_the_server_dies(models):
-    runtime_tests = str(Path(__file__).resolve().parents[1] / "runtime")
+    runtime_tests = str(Path(__file__).resolve().parents[1] / "runtimes")
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(models["double"]), runtime_tests],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtimes"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_models import add_model, build_double, build_slow
 from tenancy_support import (

@@ -14,8 +14,9 @@ import httpx
 import pytest
 from tenancy_support import SERVER_SECRET
 
+from kcloud.app.background import BackgroundGateway
+from kcloud.app.options import ServeOptions
 from kcloud.models.repository import ModelRepository
-from kcloud.serving.server import BackgroundGateway, ServeOptions
 from kcloud.tenancy import store
 from kcloud.tenancy.roles import Role
 

@@ -158,7 +158,4 @@ def list_devices(
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the `kcloud` app."""
-    from kcloud.farm.deploy_commands import add_device_commands  # `devices drain/undrain` (control plane)
-
-    add_device_commands(devices_app)
     app.add_typer(devices_app, name="devices")

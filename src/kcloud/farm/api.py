@@ -14,7 +14,7 @@ draining devices is for admins.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
@@ -44,13 +44,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _principal() -> Any:
-    """The request's tenancy principal, or None when tenancy is not attached."""
-    try:
-        from kcloud.tenancy.context import current_principal
-    except ImportError:  # pragma: no cover - tenancy ships with kcloud
-        return None
-    return current_principal()
+class Caller(Protocol):
+    """Who is asking, as the admin API needs to know it. Tenancy's principal is one; without
+    tenancy there is no caller (`None`) and every request acts for the operator."""
+
+    @property
+    def farm_wide(self) -> bool: ...  # an admin or a farm-wide read-only key
+    @property
+    def can_change(self) -> bool: ...  # may create, scale, update and delete
+    @property
+    def is_admin(self) -> bool: ...
+    @property
+    def tenant_name(self) -> str | None: ...
 
 
 def _refuse(exc: Exception) -> HTTPException:
@@ -61,7 +66,16 @@ def _refuse(exc: Exception) -> HTTPException:
     return HTTPException(status, message)
 
 
-def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: None) -> APIRouter:
+def build_api(
+    service: ControlPlaneService,
+    wake: Callable[[], None] = lambda: None,
+    *,
+    caller: Callable[[], Caller | None] = lambda: None,
+    audit: Callable[..., None] = lambda action, target, **detail: None,
+) -> APIRouter:
+    """The admin API on `service`. `caller()` tells who the current request acts for, and
+    `audit(action, target, **detail)` names its action in the audit log: both come from tenancy,
+    which sits above this package, through the composition root (`kcloud.app`)."""
     api = APIRouter(prefix=PREFIX, tags=["control plane"], responses=_ERRORS)
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -75,7 +89,7 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
     def visible(name: str) -> str:
         """The served name `name` means to the caller (a tenant's bare names are in its name space),
         or 404 for a deployment the caller's tenant does not own (as if it did not exist)."""
-        principal = _principal()
+        principal = caller()
         if principal is None or principal.farm_wide:
             return name
         for candidate in dict.fromkeys((resolve(principal.tenant_name, name), name)):
@@ -87,27 +101,18 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
         raise HTTPException(404, f"deployment {name!r} not found")
 
     def may_change() -> None:
-        principal = _principal()
+        principal = caller()
         if principal is not None and not principal.can_change:
             raise HTTPException(403, "this key is read-only; it cannot change deployments")
 
     def admin_only(what: str) -> None:
-        principal = _principal()
+        principal = caller()
         if principal is not None and not principal.is_admin:
             raise HTTPException(403, f"only an admin key may {what}")
 
-    def audit(action: str, target: str, **detail: Any) -> None:
-        try:
-            from kcloud.tenancy.context import current_request
-        except ImportError:  # pragma: no cover
-            return
-        ctx = current_request()
-        if ctx is not None:
-            ctx.audit(action, target, **detail)
-
     @api.get("/deployments", response_model=list[DeploymentView], summary="List deployments")
     def list_deployments() -> list[DeploymentView]:
-        principal = _principal()
+        principal = caller()
         if principal is None or principal.farm_wide:
             return service.list_deployments()
         return service.list_deployments(principal.tenant_name, all_tenants=False)
@@ -120,7 +125,7 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
     )
     def create_deployment(spec: DeploymentCreate) -> DeploymentView:
         may_change()
-        principal = _principal()
+        principal = caller()
         if principal is not None and not principal.farm_wide:
             if spec.tenant not in (None, principal.tenant_name):
                 raise HTTPException(403, "a tenant key creates deployments for its own tenant only")
@@ -213,7 +218,7 @@ def build_api(service: ControlPlaneService, wake: Callable[[], None] = lambda: N
         after: int | None = Query(None, ge=0, le=INTEGER_MAX, description="only events with a larger id"),
         limit: int = Query(100, ge=1, le=1000),
     ) -> list[EventView]:
-        principal = _principal()
+        principal = caller()
         if principal is not None and not principal.farm_wide:
             owned = [d.name for d in service.list_deployments(principal.tenant_name, all_tenants=False)]
             if deployment is not None:

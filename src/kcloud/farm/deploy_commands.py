@@ -19,6 +19,7 @@ from rich.table import Table
 
 from kcloud.admin_client import DEFAULT_URL, KEY_ENV, URL_ENV, call_admin_api
 from kcloud.cli_errors import err, fail
+from kcloud.devices.commands import devices_app
 
 deploy_app = typer.Typer(
     help="Deployments: a model, its replicas, constraints and SLO.", no_args_is_help=True
@@ -344,13 +345,10 @@ def undrain(
     _print_device(call(url, api_key, "POST", f"/devices/{uid}/undrain"))
 
 
-def add_device_commands(devices_app: typer.Typer) -> None:
-    """Add `drain` and `undrain` to the `kcloud devices` group (which the devices package owns)."""
-    devices_app.command("drain")(drain)
-    devices_app.command("undrain")(undrain)
-
-
 def register(app: typer.Typer) -> None:
-    """Add `kcloud deploy ...` and `kcloud placement ...`."""
+    """Add `kcloud deploy ...`, `kcloud placement ...` and `kcloud devices drain|undrain` (the
+    devices group belongs to the devices package, which knows nothing of the control plane)."""
     app.add_typer(deploy_app, name="deploy")
     app.add_typer(placement_app, name="placement")
+    devices_app.command("drain")(drain)
+    devices_app.command("undrain")(undrain)

@@ -41,6 +41,8 @@ class ReplicaSpec:
     deployment: str
     entry: ModelEntry
     device: Device
+    #: Intra-op threads (None: the executor's choice, by default the runtime's layout).
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ class LocalExecutor:
             spec.entry,
             spec.device,
             isolation=self.isolation,
-            threads=self.threads,
+            threads=spec.threads if spec.threads is not None else self.threads,
             emulation=self.emulation if spec.device.emulated else None,
             metrics=self.metrics,
             replica_id=spec.replica_id,
@@ -155,9 +157,11 @@ class LocalExecutor:
         return ReplicaHandle(spec.replica_id, self.name, pid=replica.pid)
 
     async def stop(self, handle: ReplicaHandle) -> None:
+        died = handle.replica_id in self._dead
         self._dead.discard(handle.replica_id)
         replica = self._replicas.pop(handle.replica_id, None)
-        removed = await self.router.remove_replica(handle.replica_id)
+        # A dead replica is replaced by the reconciler: its model stays served (unready) meanwhile.
+        removed = await self.router.remove_replica(handle.replica_id, replaced=died)
         if removed is None and replica is not None:
             await replica.stop()
 

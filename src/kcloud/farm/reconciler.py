@@ -216,7 +216,8 @@ class Reconciler:
             return
         try:
             entry = await asyncio.to_thread(self.service.entry_for, w)
-            spec = ReplicaSpec(w.replica_id, w.deployment, entry, self.service.device(w.device_uid))
+            spec = ReplicaSpec(w.replica_id, w.deployment, entry, self.service.device(w.device_uid),
+                               threads=w.threads)
             handle = await self.executor.start(spec)
         except Exception as exc:
             message = str(exc).strip() or type(exc).__name__
@@ -244,11 +245,18 @@ class Reconciler:
         report.started.append(w.replica_id)
 
     # ------------------------------------------------------------------------------ waiting
-    async def settle(self, timeout_s: float = 60.0) -> None:
-        """Run passes until one changes nothing (or `timeout_s`): for start-up and tests."""
+    async def settle(
+        self, timeout_s: float = 60.0, *, on_pass: Callable[[PassReport], None] | None = None
+    ) -> None:
+        """Run passes until one changes nothing (or `timeout_s`): for start-up and tests.
+
+        `on_pass` sees each pass's report (`kcloud up` advances its progress bar with it).
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             report = await self.run_once()
+            if on_pass is not None:
+                on_pass(report)
             if not report.changed:
                 return
         log.warning("the farm did not settle within %.0f s", timeout_s)

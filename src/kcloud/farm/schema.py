@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -123,6 +124,11 @@ class Deployment(Base):
     status_reason: Mapped[str | None] = mapped_column(Text)
     #: Bumped when the model version or constraints change: older replicas are then replaced.
     generation: Mapped[int] = mapped_column(Integer, default=1)
+    #: Made by `kcloud up` for a model it serves by itself (the next start removes it when the
+    #: model is no longer served); False for deployments made through the API.
+    bundled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Intra-op threads per replica; None: the runtime's default layout for the device.
+    threads: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -120,6 +120,20 @@ class ReplicaWork:
     current: bool  # of the deployment's current generation
     device_usable: bool  # present, healthy and not drained
     handle: dict[str, Any] | None
+    #: Intra-op threads per replica (None: the runtime's default layout for the device).
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model `kcloud up` serves by itself, as an operator deployment of the same name, pinned to
+    one device (by node and chip) with the replica layout measured best for it."""
+
+    name: str
+    replicas: int
+    node: str
+    chip: str
+    threads: int | None = None
 
 
 class ControlPlaneService:
@@ -131,13 +145,9 @@ class ControlPlaneService:
         *,
         profiles: ProfileBook | None = None,
         admission: Iterable[AdmissionCheck] = (),
-        reserved_names: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
-        #: Names the gateway serves outside the control plane (the bundled models): no deployment
-        #: may take one, or its replicas would join theirs under one name.
-        self.reserved_names = frozenset(reserved_names)
         self.repository = repository
         self.devices = list(devices)
         self.profiles = profiles if profiles is not None else ProfileBook.load()
@@ -531,9 +541,10 @@ class ControlPlaneService:
                 name = qualify(spec.tenant, spec.name or entry.name)
             except DeploymentNameError as exc:
                 raise BadNameError(str(exc)) from None
-            if name in self.reserved_names:
+            taken = session.scalar(select(Deployment.bundled).where(Deployment.name == name))
+            if taken:
                 raise ConflictError(f"{name!r} is a bundled model this gateway serves; choose another name")
-            if session.scalar(select(Deployment.id).where(Deployment.name == name)) is not None:
+            if taken is not None:
                 raise ConflictError(
                     f"deployment {name!r} already exists; scale or update it, or choose another name"
                 )
@@ -687,6 +698,56 @@ class ControlPlaneService:
             self._tried.pop(dep.id, None)
             self._changed()
 
+    def serve_bundled(self, models: Sequence[BundledModel]) -> dict[str, str]:
+        """Make the bundled deployments match what this start serves; returns model -> why not served.
+
+        A bundled deployment that still matches (same model version, device and threads) keeps its
+        replicas and takes the new replica count; one that differs is replaced; one whose model is
+        no longer served is deleted. A deployment made through the API keeps its name: the bundled
+        model of that name is then not served.
+        """
+        refused: dict[str, str] = {}
+        with self._lock, self.db.transaction() as session:
+            resolved: dict[str, tuple[BundledModel, ModelRow]] = {}
+            for model in models:
+                try:
+                    _, row = self._resolve_model(session, model.name, None)
+                except ControlPlaneError as exc:
+                    refused[model.name] = str(exc)
+                    continue
+                resolved[model.name] = (model, row)
+            for dep in session.scalars(select(Deployment).where(Deployment.bundled)).all():
+                wanted = resolved.get(dep.name)
+                if wanted is not None and _bundled_as(dep, *wanted):
+                    continue
+                why = "its model is no longer served" if wanted is None else "its model or layout changed"
+                session.delete(dep)
+                self._tried.pop(dep.id, None)
+                self._event(session, "deployment.deleted", f"{dep.name}: bundled; {why}", deployment=dep.name)
+            session.flush()
+            for name, (model, row) in resolved.items():
+                dep = session.scalar(select(Deployment).where(Deployment.name == name))
+                if dep is not None and not dep.bundled:
+                    refused[name] = f"deployment {name!r} made through the API serves under this name"
+                elif dep is not None:
+                    self._scale(session, dep, model.replicas, "start")
+                else:
+                    dep = Deployment(
+                        name=name, tenant=None, model=row, replicas=model.replicas, bundled=True,
+                        constraint_node=model.node, constraint_chip=model.chip, threads=model.threads,
+                        policy="spread", status="progressing", generation=1,
+                    )
+                    session.add(dep)
+                    session.flush()
+                    self._event(session, "deployment.created",
+                                f"{name}: bundled {row.name} v{row.version}, {model.replicas} replica(s) on "
+                                f"{model.chip} of {model.node}", deployment=name)
+                    self._place(session, dep, model.replicas, "create")
+                    self._tried[dep.id] = self._epoch
+                self._refresh_status(session, dep)
+            self._changed()
+        return refused
+
     # ------------------------------------------------------------------------ reconciler side
     def ensure_placements(self) -> list[str]:
         """Place replicas for every deployment below its desired count; returns the names placed for.
@@ -788,7 +849,8 @@ class ControlPlaneService:
             }
             inventory = {d.uid for d in self.devices}
             rows = session.execute(
-                select(ReplicaRow, Deployment.name, Deployment.generation, ModelRow.name, ModelRow.version)
+                select(ReplicaRow, Deployment.name, Deployment.generation, ModelRow.name, ModelRow.version,
+                       Deployment.threads)
                 .join(Deployment, ReplicaRow.deployment_id == Deployment.id)
                 .join(ModelRow, Deployment.model_id == ModelRow.id)
                 .order_by(ReplicaRow.created_at)
@@ -805,8 +867,9 @@ class ControlPlaneService:
                     current=row.generation == generation,
                     device_usable=row.device_uid in usable and row.device_uid in inventory,
                     handle=row.handle,
+                    threads=threads,
                 )
-                for row, dep_name, generation, model_name, version in rows
+                for row, dep_name, generation, model_name, version, threads in rows
             ]
 
     def entry_for(self, work: ReplicaWork) -> ModelEntry:
@@ -1099,6 +1162,13 @@ class ControlPlaneService:
             )
             for row in session.scalars(query)
         ]
+
+
+def _bundled_as(dep: Deployment, model: BundledModel, row: ModelRow) -> bool:
+    """Whether a bundled deployment already serves `model` as this start would make it."""
+    return (dep.model.id == row.id and dep.constraint_node == model.node and dep.constraint_chip == model.chip
+            and dep.threads == model.threads and dep.constraint_vendor is None
+            and dep.constraint_precision is None)
 
 
 def _replica_id(deployment: str) -> str:

@@ -1,10 +1,8 @@
-"""`kcloud up` (serve the embedded default) and `kcloud infer` (call a model over OIP v2)."""
+"""`kcloud infer`: call a served model over OIP v2 (`kcloud up` lives in `kcloud.app.commands`)."""
 
 from __future__ import annotations
 
 import json
-from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -13,75 +11,6 @@ from rich.markup import escape
 
 from kcloud.admin_client import DEFAULT_URL, KEY_ENV, URL_ENV
 from kcloud.cli_errors import fail
-
-
-class IsolationChoice(StrEnum):
-    process = "process"
-    thread = "thread"
-
-
-def up(
-    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port to listen on."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
-    farm: list[Path] = typer.Option(
-        [], "--farm", "-f", dir_okay=False,
-        help="Farm file (TOML) with nodes and emulated devices; repeatable."),
-    max_body_bytes: int = typer.Option(
-        16 * 1024 * 1024, "--max-body-bytes", min=1, help="Largest request body accepted (413 beyond)."),
-    replicas: int | None = typer.Option(
-        None, "--replicas", "-r", min=1,
-        help="Replicas per model (default: the measured-best layout for this CPU)."),
-    isolation: IsolationChoice = typer.Option(
-        IsolationChoice.process, "--isolation",
-        help="Run each replica's session in a worker process (a crash costs one replica) or in a "
-             "thread of the server (no IPC)."),
-    db: str | None = typer.Option(
-        None, "--db", envvar="KCLOUD_DB_URL", show_default=False,
-        help="Control-plane database URL (default: SQLite in the kcloud home; postgresql://... "
-             "with the [postgres] extra)."),
-    insecure_no_auth: bool = typer.Option(
-        False, "--insecure-no-auth",
-        help="Switch API-key authentication off: anyone who can reach the port acts as an admin. "
-             "Announced loudly (banner, log warning, X-Kcloud-Insecure header on every response)."),
-    header_timeout: float = typer.Option(
-        10.0, "--header-timeout", min=0.001, metavar="SECONDS",
-        help="A request's headers must be complete this long after its first byte (else 408 and close)."),
-    body_timeout: float = typer.Option(
-        30.0, "--body-timeout", min=0.001, metavar="SECONDS",
-        help="Longest pause between two pieces of a request body (else 408 and close)."),
-    keep_alive_timeout: float = typer.Option(
-        5.0, "--keep-alive-timeout", min=0.001, metavar="SECONDS",
-        help="An idle keep-alive connection is closed after this long."),
-    max_connections_per_client: int = typer.Option(
-        1024, "--max-connections-per-client", min=0,
-        help="Open connections one client address may hold; more are answered 503 (0: no cap)."),
-) -> None:
-    """Serve the bundled models on this machine's CPU over OIP v2 and OpenAI; Ctrl-C stops."""
-    from kcloud.devices.inventory import FarmFileError
-    from kcloud.models.errors import BuildError, ModelFileError, ModelNotFoundError
-    from kcloud.serving.server import NoLocalCpuError, PortInUseError, ServeOptions, serve
-    from kcloud.store.db import DatabaseError
-    from kcloud.tenancy.keys import ServerSecretError
-    from kcloud.tenancy.service import UsageSettingsError
-
-    options = ServeOptions(host=host, port=port, farm_files=tuple(farm), max_body_bytes=max_body_bytes,
-                           replicas=replicas, isolation=isolation.value, control_plane=True, db_url=db,
-                           tenancy=True, insecure_no_auth=insecure_no_auth, header_timeout_s=header_timeout,
-                           body_timeout_s=body_timeout, keep_alive_timeout_s=keep_alive_timeout,
-                           max_connections_per_client=max_connections_per_client)
-    try:
-        serve(options)
-    except PortInUseError as exc:
-        raise fail(exc.strerror or str(exc), 2) from None
-    except (FarmFileError, DatabaseError, ServerSecretError, UsageSettingsError) as exc:
-        raise fail(str(exc), 2) from None
-    except (BuildError, ModelFileError, ModelNotFoundError, NoLocalCpuError) as exc:
-        raise fail(str(exc).strip("'\""), 1) from None
-    except OSError as exc:  # e.g. cannot bind a non-local address
-        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2) from None
-    except KeyboardInterrupt:  # Ctrl-C while models or replicas were still starting
-        Console(stderr=True).print("interrupted; stopped.")
-        raise typer.Exit(130) from None
 
 
 # ------------------------------------------------------------------------------ kcloud infer
@@ -212,6 +141,5 @@ def infer(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `kcloud up` and `kcloud infer` to the `kcloud` app."""
-    app.command("up")(up)
+    """Add `kcloud infer` to the `kcloud` app."""
     app.command("infer")(infer)

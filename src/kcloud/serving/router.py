@@ -5,9 +5,9 @@ queued (`pipeline.prepare` raises `InputError`), balances on each replica's load
 plus rows computing), skips replicas whose worker died, and retries a request once on another
 replica when its replica dies under it, so a crashed worker costs a retry, not an error.
 
-Which replicas exist is decided elsewhere (`kcloud up` today, the control plane later):
-they are added and removed here, and `on_replica_died` observers hear of a death so the
-control plane can place a new replica.
+Which replicas exist is decided by the control plane (`kcloud.farm`): they are added and removed
+here, and `on_replica_died` observers hear of a death so the control plane can place a new
+replica. While it does, the model stays known (unready, 503), not unknown (404).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class Router:
         self._served: list[ModelEntry] | None = None
         self._versions: dict[str, list[ModelEntry]] = {}  # name -> served entries, by version
         self._candidates_of: dict[tuple[str, int], list[Replica]] = {}
+        #: Models whose last replica died and was removed, while a replacement starts.
+        self._awaiting: dict[tuple[str, int], ModelEntry] = {}
         self._turn = itertools.count()
         #: Called once per replica whose worker died (not for replicas stopped on purpose).
         self.on_replica_died: list[Callable[[Replica], None]] = []
@@ -50,12 +52,22 @@ class Router:
             raise ValueError(f"replica {replica.id} is already routed")
         replica.on_death.append(self._replica_died)
         self._replicas[replica.id] = replica
+        self._awaiting.pop((replica.entry.name, replica.entry.version), None)
         self._replicas_changed()
 
-    async def remove_replica(self, replica_id: str) -> Replica | None:
-        """Stop routing to a replica and stop it (it finishes what it has queued first)."""
+    async def remove_replica(self, replica_id: str, *, replaced: bool = False) -> Replica | None:
+        """Stop routing to a replica and stop it (it finishes what it has queued first).
+
+        `replaced`: a new replica will take its place (it died), so its model stays served,
+        unready, until then rather than vanishing.
+        """
         replica = self._replicas.pop(replica_id, None)
         if replica is not None:
+            key = (replica.entry.name, replica.entry.version)
+            if replaced:
+                self._awaiting[key] = replica.entry
+            elif not any((r.entry.name, r.entry.version) == key for r in self._replicas.values()):
+                self._awaiting.pop(key, None)
             self._replicas_changed()
             await replica.stop()
         return replica
@@ -78,9 +90,9 @@ class Router:
 
     # -- models -----------------------------------------------------------------------------
     def served_models(self) -> list[ModelEntry]:
-        """One entry per (name, version) that has at least one replica, dead or alive."""
+        """One entry per (name, version) that has a replica (dead or alive) or awaits one."""
         if self._served is None:
-            entries: dict[tuple[str, int], ModelEntry] = {}
+            entries: dict[tuple[str, int], ModelEntry] = dict(self._awaiting)
             for replica in self._replicas.values():
                 entries.setdefault((replica.entry.name, replica.entry.version), replica.entry)
             self._served = [entries[key] for key in sorted(entries)]
@@ -173,5 +185,6 @@ class Router:
         """Stop every replica."""
         replicas = list(self._replicas.values())
         self._replicas.clear()
+        self._awaiting.clear()
         self._replicas_changed()
         await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)

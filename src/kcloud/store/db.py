@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from kcloud.home import kcloud_home
 from kcloud.store.base import Base
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 #: Environment variable that names the database when no `--db` is given.
 DB_URL_ENV = "KCLOUD_DB_URL"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+#: A private database in this process's memory: a gateway whose state need not outlive it.
+MEMORY_URL = "sqlite://"
 #: Seconds to wait for a PostgreSQL server before saying it is unreachable.
 CONNECT_TIMEOUT_S = 5
 #: The embedded database holds key digests, usage and the audit log: its owner's alone, like the key
@@ -119,6 +122,8 @@ def create_db_engine(url: str) -> Engine:
             if not parsed.database.startswith("file:"):
                 private_sqlite_files(Path(parsed.database).expanduser())
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if parsed.database in (None, "", ":memory:"):  # one connection, or each would be its own database
+            kwargs["poolclass"] = StaticPool
     elif parsed.get_backend_name() == "postgresql":
         if "connect_timeout" not in parsed.query:
             kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}

@@ -50,6 +50,13 @@ def current_principal() -> Principal | None:
     return ctx.principal if ctx is not None else None
 
 
+def audit_current(action: str, target: str | None = None, **detail: Any) -> None:
+    """Name the current request's action in the audit log (nothing outside a request)."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.audit(action, target, **detail)
+
+
 def bind(ctx: RequestContext | None):
     return _current.set(ctx)
 

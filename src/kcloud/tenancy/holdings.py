@@ -1,4 +1,5 @@
-"""What a tenant holds, read from the control plane's tables, and the quota check at create/scale.
+"""What a tenant holds, read through the control plane's read API (`kcloud.farm.reads`), and the
+quota check at create/scale.
 
 The control plane calls `enforce_deployment_quota` inside the transaction that creates or scales
 a deployment, after placement decided the devices and before it commits: a refusal raises
@@ -21,8 +22,7 @@ from sqlalchemy.orm import Session
 
 from kcloud.devices.catalog import UnknownChipError, load_catalog
 from kcloud.farm.capacity import FIGURES
-from kcloud.farm.schema import Deployment, DeviceRow, ReplicaRow
-from kcloud.farm.service import ACTIVE_STATES
+from kcloud.farm.reads import deployments_of, device_chips
 from kcloud.tenancy.errors import NotFoundError, QuotaExceededError
 from kcloud.tenancy.quotas import HeldDevice, Holding, QuotaLimits, check_holding
 from kcloud.tenancy.schema import Tenant, TenantQuota
@@ -32,10 +32,7 @@ from kcloud.tenancy.store import _quota_view
 def _held_devices(session: Session, uids: set[str], pf_figure: str) -> list[HeldDevice]:
     if not uids:
         return []
-    rows = session.execute(
-        select(DeviceRow.uid, DeviceRow.vendor, DeviceRow.chip_key).where(DeviceRow.uid.in_(uids))
-    ).all()
-    known = {uid: (vendor, chip) for uid, vendor, chip in rows}
+    known = device_chips(session, uids)
     catalog = load_catalog()
     figure = FIGURES[pf_figure][2]  # type: ignore[index]
     held = []
@@ -62,17 +59,11 @@ def tenant_holding(
     on devices `replace[2]`."""
     holding = Holding()
     device_uids: set[str] = set()
-    deployments = session.execute(
-        select(Deployment.id, Deployment.name, Deployment.replicas).where(Deployment.tenant == tenant)
-    ).all()
-    for deployment_id, name, replicas in deployments:
-        if replace is not None and name == replace[0]:
+    for deployment in deployments_of(session, tenant):
+        if replace is not None and deployment.name == replace[0]:
             continue
-        holding.replicas += replicas
-        device_uids.update(session.scalars(
-            select(ReplicaRow.device_uid).where(
-                ReplicaRow.deployment_id == deployment_id, ReplicaRow.state.in_(ACTIVE_STATES))
-        ))
+        holding.replicas += deployment.replicas
+        device_uids.update(deployment.device_uids)
     if replace is not None:
         holding.replicas += replace[1]
         device_uids.update(replace[2])

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from kcloud.farm.names import resolve
-from kcloud.farm.schema import Deployment
+from kcloud.farm.reads import served_name_owners
 from kcloud.models.errors import ModelNotFoundError
 from kcloud.models.repository import ModelEntry
 from kcloud.serving.errors import ServingError
@@ -85,8 +84,8 @@ def load_ownership(db: Database) -> dict[str, Owner]:
     the deployment); the model it runs may be shared by several tenants' deployments.
     """
     with db.session() as session:
-        rows = session.execute(select(Deployment.name, Deployment.tenant)).all()
-    return {name: Owner(tenant=tenant, deployment=name) for name, tenant in rows}
+        owners = served_name_owners(session)
+    return {name: Owner(tenant=tenant, deployment=name) for name, tenant in owners.items()}
 
 
 class TenantScopedRouter:

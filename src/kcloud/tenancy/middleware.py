@@ -28,20 +28,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kcloud.serving.gateway.errors import ErrorReply, send_error
-from kcloud.tenancy.auth import AuthError, KeyRecord
+from kcloud.tenancy.auth import Authenticator, AuthError, KeyRecord
 from kcloud.tenancy.context import RequestContext, bind, unbind
-from kcloud.tenancy.metering import UsageBucket, utc_day
-from kcloud.tenancy.ratelimit import retry_after_header
+from kcloud.tenancy.metering import UsageBucket, UsageMeter, utc_day
+from kcloud.tenancy.ratelimit import ConcurrencyLimiter, KeyRateLimiter, retry_after_header
 from kcloud.tenancy.roles import INSECURE, Role
-
-if TYPE_CHECKING:
-    from kcloud.tenancy.service import Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +64,22 @@ MAX_TRACKED = 16_384
 _MAX_STRIKES = 20
 #: Retry-After (and hold-back) for a refusal by the concurrency cap: requests in flight end in ms to s.
 CONCURRENCY_RETRY_S = 0.1
+
+
+class Tenancy(Protocol):
+    """What the middleware uses of `kcloud.tenancy.service.Tenancy` (which adds the middleware, so
+    the middleware names only this, not that module)."""
+
+    insecure: bool
+    usage_before_ack: bool
+    authenticator: Authenticator
+    rate_limiter: KeyRateLimiter
+    concurrency: ConcurrencyLimiter
+    meter: UsageMeter
+
+    async def audit_request(self, ctx: RequestContext, method: str, path: str, status: int) -> None: ...
+
+    async def usage_written(self) -> None: ...
 
 
 class TenancyMiddleware:

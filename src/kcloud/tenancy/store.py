@@ -11,11 +11,11 @@ import re
 from datetime import datetime
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kcloud.farm.schema import Deployment
+from kcloud.farm.reads import count_deployments_of
 from kcloud.store.base import utcnow
 from kcloud.store.db import Database
 from kcloud.tenancy.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -152,7 +152,7 @@ def delete_tenant(db: Database, name: str) -> None:
     """Delete a tenant with its keys and quota; refused while it owns deployments."""
     with db.transaction() as session:
         row = _tenant_row(session, name)
-        owned = session.scalar(select(func.count()).select_from(Deployment).where(Deployment.tenant == name))
+        owned = count_deployments_of(session, name)
         if owned:
             raise ConflictError(
                 f"tenant {name!r} still owns {owned} deployment(s); delete them first"

@@ -1,0 +1,59 @@
+"""What `kcloud up` lets a user choose, in one place for the CLI, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import APIRouter
+
+from kcloud.serving.gateway import DEFAULT_MAX_BODY_BYTES
+from kcloud.serving.http_protocol import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    ConnectionLimits,
+)
+from kcloud.serving.http_server import DEFAULT_HOST, DEFAULT_PORT
+from kcloud.serving.replica import Isolation
+
+
+@dataclass
+class ServeOptions:
+    """What `kcloud up` lets a user choose."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    farm_files: Sequence[Path] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Replicas per bundled model; None = the measured-best layout for the device (`default_layout`).
+    replicas: int | None = None
+    isolation: Isolation = "process"
+    #: Serve only these models (None = every model in the repository).
+    models: Sequence[str] | None = None
+    extra_routers: Sequence[APIRouter] = ()
+    #: Keep the control plane's state in a database and serve its admin API (`/api/v1`). Without
+    #: it the control plane still owns every replica, with its state in this process's memory.
+    control_plane: bool = False
+    #: Its database (None: $KCLOUD_DB_URL, else SQLite in the kcloud home).
+    db_url: str | None = None
+    #: Attach tenancy (API keys on every route, isolation, quotas, usage, audit: `kcloud.tenancy`).
+    tenancy: bool = False
+    #: With tenancy: switch authentication off (`--insecure-no-auth`), announced loudly.
+    insecure_no_auth: bool = False
+    #: Connection limits (`kcloud.serving.http_protocol`): a request's headers must be complete
+    #: this long after its first byte (else 408, or a silent close when nothing came) ...
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    #: ... its body may pause this long between two pieces (else 408) ...
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    #: ... an idle keep-alive connection is closed after this long ...
+    keep_alive_timeout_s: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S
+    #: ... and one peer address may hold this many open connections (503 beyond; 0 = no cap).
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(header_timeout_s=self.header_timeout_s, body_timeout_s=self.body_timeout_s,
+                                keep_alive_timeout_s=self.keep_alive_timeout_s,
+                                max_per_client=self.max_connections_per_client)

@@ -1,0 +1,147 @@
+"""`kcloud up`: the embedded default, served in the foreground until Ctrl-C or SIGTERM.
+
+The steps: bind the port (first, so a port in use fails before any model is loaded), check the
+database and the key secret, build the inventory, make sure the bundled models exist, build the
+stack (`kcloud.app.stack`), then serve HTTP with uvicorn (uvloop + httptools). Shutdown is
+graceful: uvicorn stops accepting and lets requests in flight finish, then every replica drains
+its queue and its worker process ends.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from kcloud.app.options import ServeOptions
+from kcloud.app.stack import (
+    Stack,
+    build_inventory,
+    build_stack,
+    bundled_models,
+    local_cpu,
+    prepare_repository,
+    served_entries,
+)
+from kcloud.farm.reconciler import PassReport
+from kcloud.home import kcloud_home
+from kcloud.models.repository import ModelEntry
+from kcloud.serving.http_server import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    Server,
+    bind_socket,
+    run_on_uvloop,
+    serve_app,
+    tune_gc_for_serving,
+    url_of,
+)
+from kcloud.store.db import open_database
+from kcloud.tenancy.keys import load_server_secret
+from kcloud.tenancy.service import check_usage_settings, console_announcer
+
+
+async def serve_stack(
+    stack: Stack,
+    sock: socket.socket,
+    *,
+    on_listening: Callable[[], None] | None = None,
+    server_ready: Callable[[Server], None] | None = None,
+    options: ServeOptions | None = None,
+) -> None:
+    """Serve `stack.app` on `sock` until stopped, then close the stack (drains the replicas)."""
+    limits = options.connection_limits() if options is not None else None
+    try:
+        await serve_app(stack.app, sock, on_listening=on_listening, server_ready=server_ready, limits=limits)
+    finally:
+        await stack.close()
+
+
+def curl_example(url: str, entries: Sequence[ModelEntry]) -> str | None:
+    """A ready-to-paste request for the first text model (or any model with a BYTES input)."""
+    for entry in entries:
+        spec = entry.config.inputs[0]
+        if len(entry.config.inputs) == 1 and spec.datatype == "BYTES":
+            body = (f'{{"inputs":[{{"name":"{spec.name}","datatype":"BYTES","shape":[1],'
+                    f'"data":["Hello from K-Cloud"]}}]}}')
+            return (f"curl -s {url}/v2/models/{entry.name}/infer "
+                    f"-H 'Content-Type: application/json' -d '{body}'")
+    return None
+
+
+def print_banner(console: Console, url: str, stack: Stack) -> None:
+    console.print(f"[bold green]kcloud is serving[/bold green] on {url}")
+    console.print(f"  Open Inference Protocol v2  {url}/v2")
+    console.print(f"  OpenAI-compatible           {url}/v1")
+    console.print(f"  Prometheus metrics          {url}/metrics")
+    console.print(f"  API docs                    {url}/docs")
+    if stack.admin_api:
+        console.print(f"  Admin API (deployments)     {url}/api/v1   (kcloud deploy --help)")
+    if stack.tenancy is not None and not stack.tenancy.insecure:
+        console.print("  API keys                    every route: Authorization: Bearer <key> (kcloud keys)")
+    console.print(f"Models on {stack.device.uid} ({stack.device.name}):")
+    for entry in stack.entries:
+        count = stack.replicas.get(entry.name, 0)
+        console.print(f"  {entry.name} v{entry.version}  {count} replica{'s' if count != 1 else ''}")
+    example = curl_example(url, stack.entries)
+    if example and stack.tenancy is not None and not stack.tenancy.insecure:  # every route needs a key
+        example = example.replace("curl -s ", 'curl -s -H "Authorization: Bearer $KCLOUD_API_KEY" ', 1)
+    if example:
+        text_model = example.split("/v2/models/")[1].split("/")[0]
+        port_flag = "" if url == url_of(DEFAULT_HOST, DEFAULT_PORT) else f" --url {url}"
+        console.print("Try:")
+        console.print(f"  {example}", soft_wrap=True, markup=False, highlight=False)
+        console.print(f'  kcloud infer {text_model} --text "Hello from K-Cloud"{port_flag}',
+                      soft_wrap=True, markup=False, highlight=False)
+    console.print("Press Ctrl-C to stop.")
+
+
+def serve(options: ServeOptions, *, console: Console | None = None) -> None:
+    """`kcloud up`: the embedded default, in the foreground until Ctrl-C or SIGTERM.
+
+    Raises `PortInUseError` before loading anything when the port is taken; a database or key
+    secret that cannot be used fails before anything starts, too.
+    """
+    console = console or Console()
+    sock = bind_socket(options.host, options.port)
+    try:
+        url = url_of(options.host, sock.getsockname()[1])
+        if options.control_plane:
+            open_database(options.db_url).close()
+        if options.tenancy:
+            load_server_secret(kcloud_home())
+            check_usage_settings()
+        inventory = build_inventory(options.farm_files)
+        repository = prepare_repository(progress=True)
+
+        async def main() -> None:
+            with _progress(console) as progress:
+                planned_entries = served_entries(repository, options.models)
+                planned = bundled_models(planned_entries, local_cpu(inventory), options.replicas)
+                task = progress.add_task("Starting replicas", total=sum(m.replicas for m in planned))
+
+                def on_pass(report: PassReport) -> None:
+                    progress.update(task, advance=len(report.started) + len(report.failed))
+
+                stack = await build_stack(options, repository=repository, inventory=inventory,
+                                          on_pass=on_pass, announce=console_announcer(progress.console))
+                for name, why in stack.control_plane.not_served.items():
+                    version = next((f" v{m.version}" for m in planned_entries if m.name == name), "")
+                    progress.console.print(f"[yellow]warning:[/yellow] model {escape(name)}{version} is not "
+                                           f"served: {escape(why)}")
+            tune_gc_for_serving()  # this process is the server from here on
+            await serve_stack(stack, sock, on_listening=lambda: print_banner(console, url, stack),
+                              options=options)
+            console.print("kcloud stopped.")
+
+        run_on_uvloop(main)
+    finally:
+        sock.close()
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)

@@ -212,3 +212,23 @@ async def test_remove_replica_stops_it_and_the_model_goes(repo):
         router.add_replica(replica)
         router.add_replica(replica)
     await router.close()
+
+
+async def test_a_replaced_replica_keeps_its_model_known_until_the_replacement(repo):
+    """The control plane removes a dead replica before its replacement starts: meanwhile the model
+    is served but not ready (503), not unknown (404)."""
+    router = await router_with(repo, "double", 1)
+    (replica,) = router.replicas()
+    await router.remove_replica(replica.id, replaced=True)
+    assert [e.name for e in router.served_models()] == ["double"]
+    assert not router.is_ready("double")
+    with pytest.raises(ModelNotReadyError):
+        await router.infer("double", None, {"x": np.ones((1, 4), np.float32)})
+    replacement = create_replica(repo.get("double"), cpu_device(), isolation="thread", threads=1,
+                                 replica_id="double-new")
+    await replacement.start()
+    router.add_replica(replacement)
+    assert router.is_ready("double")
+    await router.remove_replica(replacement.id)  # stopped on purpose: now the model goes
+    assert router.served_models() == []
+    await router.close()

@@ -380,7 +380,7 @@ def test_the_database_files_are_readable_by_their_owner_only(fuzz_gateway: Fuzze
 def test_replica_ids_fit_their_column_and_do_not_collide():
     """A PATCH to 8,863 replicas once failed with a UNIQUE violation (500): one request may place up
     to 10,000 replicas, and their ids had 32 random bits. They have 64, within the 64-character column."""
-    from kcloud.farm.service import _replica_id
+    from kcloud.farm.decisions import _replica_id
 
     ids = [_replica_id("n" * 200) for _ in range(10_000)]
     assert len(set(ids)) == len(ids)

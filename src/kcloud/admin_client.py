@@ -35,13 +35,18 @@ def call_admin_api(url: str, key: str | None, method: str, path: str, **kwargs: 
     except httpx.HTTPError as exc:
         raise fail(f"request to {url} failed: {exc}") from None
     if response.status_code >= 400:
-        try:
-            error = response.json().get("error")
-        except ValueError:
-            error = None
-        if isinstance(error, dict):
-            error = error.get("message")
-        raise fail(f"{response.status_code}: {error or response.text.strip() or response.reason_phrase}")
+        raise fail(error_of(response))
     if response.status_code == 204 or not response.content:
         return None
     return response.json()
+
+
+def error_of(response: Any) -> str:
+    """`STATUS: message` of a kcloud error answer (`{"error": ...}`), or of whatever else came."""
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        error = None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return f"{response.status_code}: {error or response.text.strip() or response.reason_phrase}"

@@ -107,6 +107,14 @@ def _wait(url: str, key: str | None, name: str, timeout_s: float) -> dict[str, A
     return view
 
 
+def _finish(view: dict[str, Any], url: str, key: str | None, *, wait: bool, timeout: float,
+            as_json: bool) -> None:
+    """After a change: wait for its replicas (unless it is pending: nothing fits), then show it."""
+    if wait and view["status"] != "pending":
+        view = _wait(url, key, view["name"], timeout)
+    _done(view, as_json)
+
+
 def _done(view: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(view))
@@ -157,9 +165,7 @@ def create(
         if value is not None:
             body[key] = value
     view = call(url, api_key, "POST", "/deployments", json=body)
-    if wait and view["status"] != "pending":
-        view = _wait(url, api_key, view["name"], timeout)
-    _done(view, as_json)
+    _finish(view, url, api_key, wait=wait, timeout=timeout, as_json=as_json)
 
 
 @deploy_app.command("scale")
@@ -176,9 +182,7 @@ def scale(
     if replicas < 0:
         raise fail(f"replicas must be >= 0, got {replicas}", 2)
     view = call(url, api_key, "POST", f"/deployments/{name}/scale", json={"replicas": replicas})
-    if wait and view["status"] != "pending":
-        view = _wait(url, api_key, name, timeout)
-    _done(view, as_json)
+    _finish(view, url, api_key, wait=wait, timeout=timeout, as_json=as_json)
 
 
 @deploy_app.command("update")
@@ -220,9 +224,7 @@ def update(
     if not patch:
         raise fail("nothing to change: give --version, --replicas, a constraint, --policy or an SLO", 2)
     view = call(url, api_key, "PATCH", f"/deployments/{name}", json=patch)
-    if wait and view["status"] != "pending":
-        view = _wait(url, api_key, name, timeout)
-    _done(view, as_json)
+    _finish(view, url, api_key, wait=wait, timeout=timeout, as_json=as_json)
 
 
 @deploy_app.command("delete")

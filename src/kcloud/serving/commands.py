@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from kcloud.admin_client import DEFAULT_URL, KEY_ENV, URL_ENV
+from kcloud.admin_client import DEFAULT_URL, KEY_ENV, URL_ENV, error_of
 from kcloud.cli_errors import fail
 
 
@@ -60,16 +60,6 @@ def _request(client: Any, method: str, url: str, **kwargs: Any) -> Any:
         raise fail(f"request to {client.base_url} failed: {exc}") from None
 
 
-def _error_of(response: Any) -> str:
-    try:
-        error = response.json().get("error")
-    except ValueError:
-        error = None
-    if isinstance(error, dict):
-        error = error.get("message")
-    return f"{response.status_code}: {error or response.text.strip() or response.reason_phrase}"
-
-
 def _json_value(array: Any) -> Any:
     if array.dtype == object:
         return [v.decode(errors="replace") if isinstance(v, bytes) else v for v in array.ravel().tolist()]
@@ -106,7 +96,7 @@ def infer(
     with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=auth) as client:
         meta = _request(client, "GET", base)
         if meta.status_code != 200:
-            raise fail(_error_of(meta))
+            raise fail(error_of(meta))
         inputs = _load_inputs(text, input_files, meta.json())
         try:
             body, headers = encode_infer_request(inputs, binary=True, binary_outputs=True)
@@ -114,7 +104,7 @@ def infer(
             raise fail(str(exc)) from None
         response = _request(client, "POST", f"{base}/infer", content=body, headers=headers)
         if response.status_code != 200:
-            raise fail(_error_of(response))
+            raise fail(error_of(response))
         try:
             outputs, doc = decode_infer_response(
                 response.content, parse_header_length(response.headers.get(INFERENCE_HEADER_CONTENT_LENGTH)))

@@ -19,7 +19,7 @@ def test_resource_names_are_the_vendors_own() -> None:
         return p.ray_resource, p.k8s_resource, p.visible_devices_env
 
     assert names("nvidia") == ("GPU", "nvidia.com/gpu", "CUDA_VISIBLE_DEVICES")
-    assert names("rebellions") == ("RBLN", "rebellions.ai/ATOM", "RBLN_DEVICES")
+    assert names("rebellions") == ("RBLN", "rebellions.ai/npu", "RBLN_DEVICES")
     assert names("furiosa") == ("FURIOSA", "furiosa.ai/rngd", "FURIOSA_DEVICES")
     assert plugins["cpu"].runtimes == ("onnxruntime-cpu",)
     assert plugins["nvidia"].runtimes == ("onnxruntime-cuda",)

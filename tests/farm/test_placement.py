@@ -23,11 +23,14 @@ from kcloud.farm.profiles import MeasuredProfileFile, ProfileBook
 from kcloud.farm.schema import Deployment, EventRow, PlacementCandidate, PlacementRow, ReplicaRow
 from kcloud.farm.service import ControlPlaneService, InvalidSpecError, UnknownModelError
 from kcloud.farm.spec import Constraints, DeploymentCreate, Slo
+from kcloud.runtimes.ort import OnnxRuntimeCpu, OnnxRuntimeCuda
+from kcloud.runtimes.plugin import ExecutionPlan, Runtime
 
 GIB = 2**30
 
 
-def device(chip: str, uid: str, *, memory_gib: float | None = -1, runtimes=("onnxruntime-cpu",)) -> Device:
+def device(chip: str, uid: str, *, memory_gib: float | None = -1, emulated: bool = True) -> Device:
+    """An emulated device of catalog row `chip` (as a farm file declares it), or a real one."""
     spec = load_catalog().get(chip)
     node, local = uid.split("/")
     if memory_gib == -1:
@@ -35,13 +38,12 @@ def device(chip: str, uid: str, *, memory_gib: float | None = -1, runtimes=("onn
     return Device(
         id=local,
         node=node,
-        plugin="emulated",
+        plugin="emulated" if emulated else spec.vendor,
         vendor=spec.vendor,
         spec=spec,
         name=spec.key,
-        emulated=True,
+        emulated=emulated,
         memory_bytes=None if memory_gib is None else int(memory_gib * GIB),
-        runtimes=tuple(runtimes),
     )
 
 
@@ -61,7 +63,7 @@ def test_every_rejected_device_says_which_check_failed():
         device("furiosa-rngd", "a/drained"),
         device("furiosa-rngd", "a/gone"),
         device("pim-samsung-skhynix", "a/pim", memory_gib=8),
-        device("rebellions-atom-ca22", "a/vendor-sdk-only", runtimes=("rebel",)),
+        device("rebellions-atom-ca22", "a/real-atom", emulated=False),
         device("sapeon-x330", "b/nomem"),
         device("deepx-dx-m1", "b/small"),
     ]
@@ -79,9 +81,73 @@ def test_every_rejected_device_says_which_check_failed():
     assert why["a/drained"] == "rejected: drained (maintenance)"
     assert why["a/gone"] == "rejected: not present in the inventory"
     assert why["a/pim"] == "rejected: a pim; the model runs on cpu, gpu, npu"
-    assert why["a/vendor-sdk-only"] == "rejected: runtimes rebel cannot execute onnxruntime models"
+    assert why["a/real-atom"] == (
+        "rejected: no runtime serves onnxruntime models on a rebellions npu; installed: "
+        "onnxruntime-cpu (runs on CPUs and emulated devices only), "
+        "onnxruntime-cuda (runs on NVIDIA GPUs only)"
+    )
     assert why["b/nomem"] == "rejected: device memory unknown, cannot check that 6.0 GiB fits"
     assert why["b/small"] == "rejected: needs 6.0 GiB, 4.0 GiB free of 4.0 GiB"
+
+
+class CountingNpuRuntime(Runtime):
+    """Serves real Rebellions NPUs for the `rbln` platform, and counts how often it is asked."""
+
+    name = "rbln-test"
+    platforms = ("rbln",)
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def refusal(self, device: Device) -> str | None:
+        self.asked += 1
+        if device.vendor == "rebellions" and not device.emulated:
+            return None
+        return "runs on Rebellions NPUs only"
+
+    def plan(self, device: Device, *, confined: bool = False) -> ExecutionPlan:
+        raise NotImplementedError
+
+    def create_session(self, model_path, device, plan, *, threads):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+
+def test_the_runtimes_decide_which_devices_can_run_a_platform():
+    atoms = [device("rebellions-atom-ca22", f"n{i}/rbln0", emulated=False) for i in range(500)]
+    others = [
+        device("rebellions-atom-ca22", "e/emulated-atom"),
+        device("nvidia-h100-sxm", "g/nvidia0", emulated=False),
+        device("cpu-generic", "c/cpu0", memory_gib=64, emulated=False),
+    ]
+    npu = CountingNpuRuntime()
+    engine = PlacementEngine(FarmView(atoms + others, runtimes=[OnnxRuntimeCpu(), OnnxRuntimeCuda(), npu]))
+    onnx = engine.place(request(count=3), commit=False)
+    assert set(onnx.device_uids) <= {"e/emulated-atom", "g/nvidia0", "c/cpu0"}
+    assert reasons(onnx)["n7/rbln0"] == (
+        "rejected: no runtime serves onnxruntime models on a rebellions npu; installed: "
+        "onnxruntime-cpu (runs on CPUs and emulated devices only), "
+        "onnxruntime-cuda (runs on NVIDIA GPUs only), rbln-test (runs rbln models, not onnxruntime)"
+    )
+    rbln = engine.place(request(platform="rbln", count=2), commit=False)
+    assert all(uid.endswith("/rbln0") and uid != "e/emulated-atom" for uid in rbln.device_uids)
+    assert reasons(rbln)["e/emulated-atom"].endswith(
+        "on a rebellions npu (emulated); installed: onnxruntime-cpu (runs onnxruntime models, not rbln), "
+        "onnxruntime-cuda (runs onnxruntime models, not rbln), rbln-test (runs on Rebellions NPUs only)"
+    )
+    # Asked once per device class and platform, not once per device or per placement.
+    engine.place(request(platform="rbln", count=1), commit=False)
+    assert npu.asked == 4  # the real ATOMs, the emulated ATOM, the GPU and the CPU: four classes
+    only_npu = FarmView(others, runtimes=[CountingNpuRuntime()])
+    nowhere = PlacementEngine(only_npu).place(request(platform="rbln"))
+    assert "3 no runtime for the model's platform (needs a rbln runtime)" in nowhere.reason
+
+
+def test_with_no_runtime_installed_nothing_is_eligible():
+    result = PlacementEngine(FarmView([device("cpu-generic", "c/cpu0", memory_gib=64)], runtimes=[])).place(
+        request())
+    assert result.outcome == "pending"
+    assert reasons(result)["c/cpu0"].endswith(
+        "installed: none (no package registers a kcloud.runtimes entry point)")
 
 
 def test_constraints_and_slo_filters_name_what_was_asked():

@@ -13,7 +13,7 @@ from kcloud.farm.schema import (
     DeviceRow,
     EventRow,
     ModelRow,
-    Node,
+    NodeRow,
     PlacementCandidate,
     PlacementRow,
     ReplicaRow,
@@ -21,7 +21,7 @@ from kcloud.farm.schema import (
 
 
 def _seed(session) -> Deployment:
-    session.add(Node(name="n1"))
+    session.add(NodeRow(name="n1"))
     session.add(
         DeviceRow(
             uid="n1/d0",
@@ -58,7 +58,7 @@ def test_negative_replicas_are_refused_by_the_database(database):
         session.flush()
     with database.session() as session:  # and the whole transaction rolled back
         assert session.scalars(sa.select(Deployment)).all() == []
-        assert session.scalars(sa.select(Node)).all() == []
+        assert session.scalars(sa.select(NodeRow)).all() == []
 
 
 def test_deleting_a_deployment_deletes_its_replicas_and_placements_but_not_events(database):

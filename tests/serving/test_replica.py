@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from synthetic_models import add_model, build_double, build_slow, cpu_device, de
 from kcloud.devices.plugins.emulated import DeclaredDevice, EmulatedPlugin
 from kcloud.models.pipeline import InputError
 from kcloud.models.repository import ModelRepository
-from kcloud.runtimes import UnsupportedDeviceError
+from kcloud.runtimes import UnsupportedDeviceError, cuda_available
 from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import PIPELINE_DEPTH, create_replica
@@ -188,10 +189,43 @@ async def test_stop_finishes_queued_work_then_refuses(repo):
 
 
 def test_unsupported_devices_are_refused_before_anything_starts(repo):
-    with pytest.raises(UnsupportedDeviceError, match="no ONNX Runtime execution provider"):
+    with pytest.raises(UnsupportedDeviceError, match="has no runtime that serves onnxruntime models"):
         create_replica(repo.get("double"), device_of("rebellions-atom-ca22", "rbln0"))
     with pytest.raises(ValueError, match="isolation"):
         create_replica(repo.get("double"), cpu_device(), isolation="fiber")  # type: ignore[arg-type]
+
+
+async def test_a_cpu_worker_process_starts_unconfined(repo, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # the server's own: a CPU worker inherits it untouched
+    replica = create_replica(repo.get("double"), cpu_device(), isolation="process", threads=1)
+    await replica.start()
+    try:
+        assert replica.worker.environment == {}
+        assert replica.worker.plan.runtime == "onnxruntime-cpu"
+    finally:
+        await replica.stop()
+
+
+@pytest.mark.skipif(cuda_available(), reason="this onnxruntime has CUDA: it would really open the GPU")
+async def test_an_nvidia_worker_process_sees_only_its_gpu(repo, monkeypatch):
+    """A real spawn: the child starts with CUDA_VISIBLE_DEVICES naming its GPU alone, and plans
+    the session on CUDA ordinal 0 (the renumbered GPU); without a CUDA build it then computes on
+    the host and says so. The server's own environment is left as it was."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    gpu = device_of("nvidia-h100-sxm", "nvidia3", attributes={"index": "3"})
+    replica = create_replica(repo.get("double"), gpu, isolation="process", threads=1)
+    await replica.start()
+    try:
+        assert replica.worker.environment == {"CUDA_VISIBLE_DEVICES": "3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        plan = replica.worker.plan
+        assert (plan.runtime, plan.device_id) == ("onnxruntime-cuda", 0)
+        assert replica.worker.provider == "CPUExecutionProvider"
+        assert "host CPU" in gpu.attributes["runtime_note"]
+        ones = replica.pipeline.prepare({"x": np.ones((1, 4), np.float32)})
+        assert (await replica.infer(ones, deadline=None)).outputs["y"][0, 0] == 2
+        assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    finally:
+        await replica.stop()
 
 
 def test_model_device_kinds_are_respected(tmp_path):
@@ -208,7 +242,6 @@ def test_model_device_kinds_are_respected(tmp_path):
 async def test_replica_on_an_nvidia_gpu(repo, isolation):
     """Runs where onnxruntime offers CUDA and NVML sees a GPU (the lead runs it on a lent H100)."""
     from kcloud.devices.plugins.nvidia import NvidiaPlugin
-    from kcloud.runtimes import cuda_available
 
     if not cuda_available():
         pytest.skip("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")

@@ -136,7 +136,7 @@ async def test_bad_model_file_is_a_clear_start_error(tmp_path, kind):
 
 async def test_unsupported_device_fails_in_the_child_with_its_message(models):
     worker = ProcessWorker(models["double"], device_of("rebellions-atom-ca22", "rbln0"), threads=1)
-    with pytest.raises(WorkerStartError, match="no ONNX Runtime execution provider"):
+    with pytest.raises(WorkerStartError, match="has no runtime that serves onnxruntime models"):
         await worker.start()
 
 

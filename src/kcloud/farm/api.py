@@ -1,9 +1,10 @@
 """The admin API under `/api/v1`: deployments, placement explain, devices (drain), events.
 
 Handlers are thin: each calls one `ControlPlaneService` method (one transaction), then wakes the
-reconciler so the change takes effect at once rather than at the next tick. Refusals carry
-their HTTP status (`ControlPlaneError.status`, or a tenancy error's) and become the gateway's
-`{"error": "..."}` answers; nothing is written when a request is refused.
+reconciler so the change takes effect at once rather than at the next tick. Refusals are
+`kcloud.errors.KcloudError`s (the control plane's, or tenancy's quota) raised straight through:
+the gateway's one handler answers them as `{"error": "..."}` with their status; nothing is
+written when a request is refused.
 
 Who may do what, when tenancy is attached (no tenancy: everything, as the operator):
 a tenant's key sees and changes only its own deployments (anything else is 404), creates
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from kcloud.errors import ForbiddenError
 from kcloud.farm.bounds import INTEGER_MAX
 from kcloud.farm.names import resolve
 from kcloud.farm.service import ControlPlaneService, NotFoundError
@@ -58,14 +60,6 @@ class Caller(Protocol):
     def tenant_name(self) -> str | None: ...
 
 
-def _refuse(exc: Exception) -> HTTPException:
-    status = getattr(exc, "status", None)
-    if not isinstance(status, int):
-        raise exc
-    message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-    return HTTPException(status, message)
-
-
 def build_api(
     service: ControlPlaneService,
     wake: Callable[[], None] = lambda: None,
@@ -77,14 +71,6 @@ def build_api(
     `audit(action, target, **detail)` names its action in the audit log: both come from tenancy,
     which sits above this package, through the composition root (`kcloud.app`)."""
     api = APIRouter(prefix=PREFIX, tags=["control plane"], responses=_ERRORS)
-
-    def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except HTTPException:
-            raise
-        except Exception as exc:
-            raise _refuse(exc) from None
 
     def visible(name: str) -> str:
         """The served name `name` means to the caller (a tenant's bare names are in its name space),
@@ -103,12 +89,12 @@ def build_api(
     def may_change() -> None:
         principal = caller()
         if principal is not None and not principal.can_change:
-            raise HTTPException(403, "this key is read-only; it cannot change deployments")
+            raise ForbiddenError("this key is read-only; it cannot change deployments")
 
     def admin_only(what: str) -> None:
         principal = caller()
         if principal is not None and not principal.is_admin:
-            raise HTTPException(403, f"only an admin key may {what}")
+            raise ForbiddenError(f"only an admin key may {what}")
 
     @api.get("/deployments", response_model=list[DeploymentView], summary="List deployments")
     def list_deployments() -> list[DeploymentView]:
@@ -128,9 +114,9 @@ def build_api(
         principal = caller()
         if principal is not None and not principal.farm_wide:
             if spec.tenant not in (None, principal.tenant_name):
-                raise HTTPException(403, "a tenant key creates deployments for its own tenant only")
+                raise ForbiddenError("a tenant key creates deployments for its own tenant only")
             spec = spec.model_copy(update={"tenant": principal.tenant_name})
-        view = call(service.create, spec)
+        view = service.create(spec)
         audit("deployment.create", view.name, replicas=spec.replicas, model=spec.model)
         wake()
         return view
@@ -138,7 +124,7 @@ def build_api(
     @api.get("/deployments/{name}", response_model=DeploymentView, summary="One deployment and its replicas")
     def get_deployment(name: str) -> DeploymentView:
         name = visible(name)
-        return call(service.get, name)
+        return service.get(name)
 
     @api.patch(
         "/deployments/{name}",
@@ -148,7 +134,7 @@ def build_api(
     def update_deployment(name: str, patch: DeploymentUpdate) -> DeploymentView:
         name = visible(name)
         may_change()
-        view = call(service.update, name, patch)
+        view = service.update(name, patch)
         audit("deployment.update", name, **patch.model_dump(exclude_none=True, mode="json"))
         wake()
         return view
@@ -159,7 +145,7 @@ def build_api(
     def scale_deployment(name: str, body: ScaleRequest) -> DeploymentView:
         name = visible(name)
         may_change()
-        view = call(service.scale, name, body.replicas)
+        view = service.scale(name, body.replicas)
         audit("deployment.scale", name, replicas=body.replicas)
         wake()
         return view
@@ -168,7 +154,7 @@ def build_api(
     def delete_deployment(name: str) -> Response:
         name = visible(name)
         may_change()
-        call(service.delete, name)
+        service.delete(name)
         audit("deployment.delete", name)
         wake()
         return Response(status_code=204)
@@ -180,7 +166,7 @@ def build_api(
     )
     def explain_placement(name: str, limit: int = Query(5, ge=1, le=20)) -> ExplainView:
         name = visible(name)
-        return call(service.explain, name, limit)
+        return service.explain(name, limit)
 
     @api.get(
         "/devices", response_model=list[DeviceView], summary="Devices, their health, drain state and load"
@@ -195,7 +181,7 @@ def build_api(
     )
     def drain_device(uid: str, body: DrainRequest | None = None) -> DeviceView:
         admin_only("drain devices")
-        view = call(service.drain, uid, body.reason if body else None)
+        view = service.drain(uid, body.reason if body else None)
         audit("device.drain", uid)
         wake()
         return view
@@ -205,7 +191,7 @@ def build_api(
     )
     def undrain_device(uid: str) -> DeviceView:
         admin_only("undrain devices")
-        view = call(service.undrain, uid)
+        view = service.undrain(uid)
         audit("device.undrain", uid)
         wake()
         return view

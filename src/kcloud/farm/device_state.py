@@ -16,7 +16,7 @@ from kcloud.farm.ledger import ACTIVE_STATES, Ledger
 from kcloud.farm.schema import (
     Deployment,
     DeviceRow,
-    Node,
+    NodeRow,
     ReplicaRow,
     utcnow,
 )
@@ -34,11 +34,11 @@ class DeviceState(Ledger):
         """Record the inventory's nodes and devices; devices no longer there become absent."""
         with self.transaction() as session:
             now = utcnow()
-            nodes = {row.name: row for row in session.scalars(select(Node))}
+            nodes = {row.name: row for row in session.scalars(select(NodeRow))}
             rows = {row.uid: row for row in session.scalars(select(DeviceRow))}
             for device in self.devices:
                 if device.node not in nodes:
-                    nodes[device.node] = Node(name=device.node, first_seen=now, last_seen=now)
+                    nodes[device.node] = NodeRow(name=device.node, first_seen=now, last_seen=now)
                     session.add(nodes[device.node])
                 nodes[device.node].last_seen = now
             session.flush()

@@ -2,7 +2,8 @@
 
 **Filter.** A device is a candidate only if every check passes, in this order (the first that
 fails is its reason): present in the inventory, healthy, not drained, a device kind the model
-runs on, a runtime that can execute the model's platform, the deployment's vendor / chip /
+runs on, an installed runtime (`kcloud.runtimes`) that serves the model's platform on the
+device (the runtimes are asked, once per device class), the deployment's vendor / chip /
 node / precision constraints, not recently failed for this deployment, its memory known and
 enough of it free (device memory minus what placed replicas hold), its modelled or measured
 batch-1 latency within the SLO's p99, and enough of its throughput left for this replica's
@@ -44,6 +45,7 @@ import numpy as np
 from kcloud.devices.device import Device
 from kcloud.devices.spec import ChipSpec
 from kcloud.farm.profiles import FP32_KINDS, PRECISION_FIGURES, PRECISIONS, DeviceProfile, ProfileBook
+from kcloud.runtimes.plugin import Runtime, installed_runtimes, installed_text, refusals
 
 Policy = Literal["spread", "binpack"]
 POLICIES: tuple[str, ...] = ("spread", "binpack")
@@ -56,7 +58,7 @@ GIB = float(2**30)
 MIB = float(2**20)
 
 # Verdict codes, in filter order; 0 is eligible. Codes up to LATENCY depend only on a device's
-# class (chip, vendor, runtimes), so they are decided once per class and gathered.
+# class (chip, vendor, plugin, emulated), so they are decided once per class and gathered.
 (
     ELIGIBLE,
     ABSENT,
@@ -189,11 +191,13 @@ class _SpecDevice:
 class FarmView:
     """The farm as arrays: static facts per device, plus the memory and load already placed.
 
-    Devices fall into *classes* (same chip, vendor and runtimes): most checks and all profile
-    figures are the same within a class, so they are worked out per class and gathered.
+    Devices fall into *classes* (same chip, vendor, plugin and `emulated`): most checks and
+    all profile figures are the same within a class, so they are worked out per class and
+    gathered. That includes the runtimes' answer, which by `Runtime`'s contract depends only
+    on those fields: it is asked once per class and platform, and kept.
     Build the view from the inventory's devices, the database's device status, and the
     replicas already placed (`add_replica`). The engine updates it as it places, so one view
-    serves a sequence of decisions.
+    serves a sequence of decisions. `runtimes` defaults to the installed ones.
     """
 
     def __init__(
@@ -201,6 +205,7 @@ class FarmView:
         devices: Sequence[Device],
         status: Mapping[str, DeviceStatus] | None = None,
         profiles: ProfileBook | None = None,
+        runtimes: Sequence[Runtime] | None = None,
     ) -> None:
         status = status or {}
         self.devices = list(devices)
@@ -211,7 +216,10 @@ class FarmView:
         self.profiles = profiles or ProfileBook()
         n = len(self.devices)
         self.nodes = _Vocab()
-        classes: dict[tuple[str, str, tuple[str, ...]], int] = {}
+        self.runtimes = tuple(installed_runtimes() if runtimes is None else runtimes)
+        #: (class, platform) -> why no runtime serves it (None: one does).
+        self._unserved: dict[tuple[int, str], str | None] = {}
+        classes: dict[tuple[str, str, str, bool], int] = {}
         #: One representative device per class.
         self.class_devices: list[Device] = []
         self.class_code = np.empty(n, np.int32)
@@ -225,7 +233,7 @@ class FarmView:
         #: deployment -> {device index: replicas}
         self.placed: dict[str, Counter[int]] = {}
         for i, device in enumerate(self.devices):
-            key = (device.spec.key, device.vendor, tuple(device.runtimes))
+            key = (device.spec.key, device.vendor, device.plugin, device.emulated)
             if key not in classes:
                 classes[key] = len(self.class_devices)
                 self.class_devices.append(device)
@@ -287,6 +295,14 @@ class FarmView:
         self.replica_count[i] += 1
         self.placed.setdefault(deployment, Counter())[i] += 1
 
+    def unserved(self, c: int, platform: str) -> str | None:
+        """Why no runtime serves `platform` models on class `c` (None: one does); asked once."""
+        key = (c, platform)
+        if key not in self._unserved:
+            why = refusals(self.class_devices[c], platform, self.runtimes)
+            self._unserved[key] = None if why is None else installed_text(why)
+        return self._unserved[key]
+
     def figures(self, model: str, flops: float | None, precision: str | None) -> _ClassFigures:
         """Per-class profile figures for a model, computed once per (model, FLOPs, precision)."""
         key = (model, flops, precision)
@@ -321,13 +337,13 @@ def _floats(values: Iterable[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], float)
 
 
-def _class_verdict(device: Device, request: PlacementRequest, latency_ms: float) -> int:
-    """The first class-level check a device of this class fails (ELIGIBLE if none)."""
+def _class_verdict(view: FarmView, c: int, request: PlacementRequest, latency_ms: float) -> int:
+    """The first class-level check a device of class `c` fails (ELIGIBLE if none)."""
+    device = view.class_devices[c]
     spec = device.spec
     if spec.kind not in request.device_kinds:
         return KIND
-    platform = request.platform
-    if not any(r == platform or r.startswith(platform + "-") for r in device.runtimes):
+    if view.unserved(c, request.platform) is not None:
         return RUNTIME
     if request.vendor is not None and device.vendor != request.vendor:
         return VENDOR
@@ -497,8 +513,11 @@ class PlacementResult:
         if code == KIND:
             return f"rejected: a {device.spec.kind}; the model runs on {', '.join(req.device_kinds)}"
         if code == RUNTIME:
-            have = ", ".join(device.runtimes) or "none"
-            return f"rejected: runtimes {have} cannot execute {req.platform} models"
+            why = view.unserved(int(view.class_code[i]), req.platform)
+            return (
+                f"rejected: no runtime serves {req.platform} models on a {device.vendor} "
+                f"{device.spec.kind}{' (emulated)' if device.emulated else ''}; {why}"
+            )
         if code == VENDOR:
             return f"rejected: vendor {device.vendor}, the deployment wants {req.vendor}"
         if code == CHIP:
@@ -544,7 +563,7 @@ class PlacementEngine:
         n = len(view)
         figures = view.figures(request.model, request.flops_per_sample, request.precision)
         class_verdict = np.array(
-            [_class_verdict(d, request, figures.latency_ms[c]) for c, d in enumerate(view.class_devices)],
+            [_class_verdict(view, c, request, figures.latency_ms[c]) for c in range(len(view.class_devices))],
             np.int8,
         )
         cc = view.class_code
@@ -663,9 +682,9 @@ class PlacementEngine:
         ppws = sorted(
             (
                 float(figures.ppw[c])
-                for c, device in enumerate(view.class_devices)
+                for c in range(len(view.class_devices))
                 if not math.isnan(figures.ppw[c])
-                and _class_verdict(device, request, figures.latency_ms[c]) == ELIGIBLE
+                and _class_verdict(view, c, request, figures.latency_ms[c]) == ELIGIBLE
             ),
             reverse=True,
         )

@@ -42,7 +42,10 @@ POLICIES = ("spread", "binpack")
 REPLICA_STATES = ("placed", "starting", "running", "evicting", "stopping")
 
 
-class Node(Base):
+class NodeRow(Base):
+    """A node (server) as the control plane records it; `kcloud.devices.inventory.Node` is the
+    node as discovered. Named like the other rows so the two never share a name."""
+
     __tablename__ = "nodes"
 
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -76,7 +79,7 @@ class DeviceRow(Base):
     runtimes: Mapped[list[str]] = mapped_column(default=list)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    node_row: Mapped[Node] = relationship(back_populates="devices")
+    node_row: Mapped[NodeRow] = relationship(back_populates="devices")
 
 
 class ModelRow(Base):

@@ -3,9 +3,14 @@ the repository (and its ONNX dependencies)."""
 
 from __future__ import annotations
 
+from kcloud.errors import NotFoundError
 
-class ModelNotFoundError(LookupError):
-    """No model (or no such version of it) in the repository; the gateway answers 404."""
+
+class ModelNotFoundError(NotFoundError, LookupError):
+    """No model (or no such version of it) in the repository: a client asked for it, so 404.
+
+    Still a `LookupError`, for callers that treat the repository as a mapping.
+    """
 
 
 class ModelFileError(ValueError):

@@ -13,11 +13,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from kcloud.errors import InvalidRequestError
 from kcloud.models.config import ModelConfig
 
 
-class InputError(ValueError):
-    """The request does not fit the model's signature; answered with a 4xx, never a 500."""
+class InputError(InvalidRequestError, ValueError):
+    """The request does not fit the model's signature: the client's mistake, so a 400, never a 500."""
 
 
 @dataclass

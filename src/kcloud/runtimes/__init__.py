@@ -1,24 +1,34 @@
-"""kcloud.runtimes: ONNX Runtime sessions laid out per device, and modelled time for emulated ones."""
+"""kcloud.runtimes: the `kcloud.runtimes` plugins that run models on devices, sessions built
+through them, their layout per device, and modelled time for emulated devices."""
 
 from kcloud.runtimes.layout import default_layout, host_cores
 from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
-from kcloud.runtimes.session import (
+from kcloud.runtimes.ort import ONNX_PLATFORM, cuda_available
+from kcloud.runtimes.plugin import (
     ExecutionPlan,
+    Runtime,
     UnsupportedDeviceError,
-    create_session,
-    cuda_available,
-    plan_for,
+    installed_runtimes,
+    load_runtimes,
+    runtime_for,
 )
+from kcloud.runtimes.session import create_session, plan_for, worker_environment
 
 __all__ = [
     "DEFAULT_EFFICIENCY",
+    "ONNX_PLATFORM",
     "ExecutionPlan",
     "ModelledTime",
+    "Runtime",
     "UnsupportedDeviceError",
     "create_session",
     "cuda_available",
     "default_layout",
     "host_cores",
+    "installed_runtimes",
+    "load_runtimes",
     "modelled_device_seconds",
     "plan_for",
+    "runtime_for",
+    "worker_environment",
 ]

@@ -8,6 +8,13 @@ Protocol, one message per batch, pickled by `multiprocessing.connection`:
   child -> parent: first `("ready", info)` or `("failed", message)` after building the session;
                    then `run_batch`'s reply per batch, in the order the batches came.
 
+The child starts with its runtime's visibility environment (`worker_environment`, e.g.
+`CUDA_VISIBLE_DEVICES`), applied before anything builds a session: libraries read those
+variables when they first open a device (ONNX Runtime when it creates the first CUDA session,
+not on import), so from then on the child sees only its own device, which its library numbers
+0, and the session is planned `confined` accordingly. The server's own environment is never
+touched: it serves many devices at once.
+
 The child ends when the parent closes its end of the pipe, and also when the parent dies
 without closing it (a watchdog thread compares `os.getppid()` with the parent's pid), so a
 killed server leaves no orphan holding a device.
@@ -25,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from kcloud.devices.device import Device
-from kcloud.runtimes.session import RUNTIME_NOTE, create_session, session_provider
+from kcloud.runtimes.ort import ONNX_PLATFORM
+from kcloud.runtimes.plugin import RUNTIME_NOTE, runtime_for
+from kcloud.runtimes.session import session_provider
 
 #: How often the child checks that its parent is still alive.
 PARENT_CHECK_S = 0.5
@@ -68,12 +77,21 @@ def run_batch(session: Any, names: list[str], feeds: dict[str, np.ndarray], requ
 
 
 def serve_session(
-    conn: Connection, onnx_path: str | Path, device: Device, threads: int, parent_pid: int
+    conn: Connection, onnx_path: str | Path, device: Device, threads: int, parent_pid: int,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """Entry point of a worker child (target of `multiprocessing` spawn)."""
+    """Entry point of a worker child (target of `multiprocessing` spawn).
+
+    `env` is the device's visibility environment (see the module docstring); `{}` for a CPU.
+    The ready message reports the plan and the variables as this process reads them back.
+    """
+    env = env or {}
+    os.environ.update(env)  # first: before any library opens a device
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True, name="orphan-watch").start()
     try:
-        session = create_session(onnx_path, device, threads=threads)
+        runtime = runtime_for(device, ONNX_PLATFORM)
+        plan = runtime.plan(device, confined=bool(env))
+        session = runtime.create_session(Path(onnx_path), device, plan, threads=threads)
     except Exception as exc:  # report any failure to build the session to the parent, then end
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         conn.close()
@@ -83,6 +101,8 @@ def serve_session(
         "pid": os.getpid(),
         "provider": session_provider(session),
         "note": device.attributes.get(RUNTIME_NOTE),
+        "plan": plan,
+        "env": {name: os.environ.get(name) for name in env},
     }))
     while True:
         try:

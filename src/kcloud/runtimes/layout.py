@@ -11,7 +11,7 @@ per core, one thread each.
   its modelled figures, not its host speed, are what it stands for.
 - An NVIDIA GPU gets one replica: one session keeps the GPU busy with batches, and its one CPU
   thread only launches kernels. (Not measured here: no GPU on the development machine.)
-- Any other device has no ONNX Runtime layout (`plan_for` refuses it).
+- Any other device has no layout: no installed runtime serves it (`plan_for` refuses it).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 from kcloud.devices.device import Device
-from kcloud.runtimes.session import CPU_PROVIDER, plan_for
+from kcloud.runtimes.session import plan_for
 
 
 def host_cores() -> int:
@@ -37,6 +37,6 @@ def default_layout(device: Device, cores: int) -> tuple[int, int]:
     plan = plan_for(device)
     if device.emulated:
         return 1, 1
-    if plan.provider == CPU_PROVIDER:
+    if plan.on_host:
         return cores, 1
     return 1, 1

@@ -1,4 +1,5 @@
-"""Errors of the serving path, each carrying the HTTP status the gateway answers with.
+"""Errors of the serving path: `ServingError`s, each a `kcloud.errors.KcloudError` whose status the
+gateway answers with.
 
 They live in one small module so that the gateway, the router and the replicas agree on what
 a failure means without importing each other. Client mistakes are not here: those are
@@ -7,11 +8,19 @@ a failure means without importing each other. Client mistakes are not here: thos
 
 from __future__ import annotations
 
+import math
 
-class ServingError(Exception):
-    """A request could not be served; `status` is the HTTP status to answer with."""
+from kcloud.errors import KcloudError
 
-    status: int = 500
+
+class ServingError(KcloudError):
+    """A request could not be served (by default a fault of ours: 500).
+
+    Kept as the common base of the serving path's failures because the batcher and the router
+    tell these (which end one request) from anything else (which may end a replica).
+    """
+
+    status = 500
 
 
 class QueueFullError(ServingError):
@@ -20,7 +29,8 @@ class QueueFullError(ServingError):
     status = 429
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
-        super().__init__(message)
+        # HTTP's Retry-After is whole seconds, and 0 would invite an immediate retry.
+        super().__init__(message, headers={"retry-after": str(max(1, math.ceil(retry_after_s)))})
         self.retry_after_s = retry_after_s
 
 

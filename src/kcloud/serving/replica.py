@@ -298,10 +298,10 @@ def create_replica(
 
     `threads` defaults to the measured-best layout for the device (`default_layout`); the
     caller decides how many replicas to make (its first element). Raises
-    `UnsupportedDeviceError` when the device cannot run ONNX models or the model does not
-    allow the device's kind.
+    `UnsupportedDeviceError` when no installed runtime serves the model's platform on the
+    device, or the model does not allow the device's kind.
     """
-    plan_for(device)  # refuse unsupported devices before spawning anything
+    plan_for(device, platform=entry.config.platform)  # refuse unserved devices before spawning anything
     if device.spec.kind not in entry.config.device_kinds:
         raise UnsupportedDeviceError(
             f"model {entry.name} may run on {', '.join(entry.config.device_kinds)}; "

@@ -10,7 +10,9 @@ else so the loop never blocks:
 - `ProcessWorker`: the session lives in a spawned child process; feeds and outputs cross a
   pipe, pickled once per batch. A crash or kill of the child fails only the batches in flight
   (`ReplicaDiedError`, which the router retries elsewhere), and the child ends when the
-  server dies.
+  server dies. The child gets its device's visibility environment from the runtime that
+  serves it (`worker_environment`: `CUDA_VISIBLE_DEVICES` for an NVIDIA GPU, nothing for a
+  CPU), so it sees only its own device.
 
 `run` may be called again before an earlier call has returned: batches run one at a time, in
 the order they were sent. The replica keeps a second batch waiting on the worker that way, so
@@ -52,7 +54,8 @@ import numpy as np
 
 from kcloud.devices.device import Device
 from kcloud.runtimes.child import Reply, Requests, run_batch, serve_session
-from kcloud.runtimes.session import RUNTIME_NOTE, create_session, session_provider
+from kcloud.runtimes.plugin import RUNTIME_NOTE, ExecutionPlan
+from kcloud.runtimes.session import create_session, session_provider, worker_environment
 from kcloud.serving.errors import InferenceFailedError, ReplicaDiedError
 
 log = logging.getLogger(__name__)
@@ -163,6 +166,9 @@ class ProcessWorker(Worker):
         self.threads = threads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pipe-{device.id}")
         self._context = multiprocessing.get_context("spawn")
+        #: The child's session plan, and its visibility variables as it read them back (after start).
+        self.plan: ExecutionPlan | None = None
+        self.environment: dict[str, str | None] = {}
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._dead = False
@@ -172,10 +178,14 @@ class ProcessWorker(Worker):
         self._waiting: deque[asyncio.Future[Reply]] = deque()
 
     async def start(self) -> None:
+        try:
+            env = worker_environment(self.device)
+        except Exception as exc:  # no runtime serves the device, or its index is unknown
+            raise WorkerStartError(f"{type(exc).__name__}: {exc}") from exc
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=serve_session,
-            args=(child_conn, str(self.onnx_path), self.device, self.threads, os.getpid()),
+            args=(child_conn, str(self.onnx_path), self.device, self.threads, os.getpid(), env),
             name=f"kcloud-worker-{self.device.id}",
             daemon=True,  # terminated if this process exits normally
         )
@@ -197,6 +207,8 @@ class ProcessWorker(Worker):
         info = reply[1]
         self.pid = info["pid"]
         self.provider = info["provider"]
+        self.plan = info["plan"]
+        self.environment = info["env"]
         if info.get("note"):
             self.device.attributes[RUNTIME_NOTE] = info["note"]
         # Notice a death while idle too, without polling: the sentinel turns readable at exit.

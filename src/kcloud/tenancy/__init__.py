@@ -21,7 +21,6 @@ _EXPORTS = {
     "Principal": "kcloud.tenancy.roles",
     "Role": "kcloud.tenancy.roles",
     "QuotaExceededError": "kcloud.tenancy.errors",
-    "TenancyError": "kcloud.tenancy.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,12 +21,12 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
+from kcloud.errors import ForbiddenError, InvalidRequestError, NotFoundError
 from kcloud.farm.bounds import INTEGER_MAX, StorableBody
 from kcloud.store.base import utcnow
 from kcloud.tenancy import audit, store, usage
 from kcloud.tenancy.audit import AuditEntry
 from kcloud.tenancy.context import RequestContext, current_request
-from kcloud.tenancy.errors import ForbiddenError, InvalidRequestError, NotFoundError
 from kcloud.tenancy.quotas import QuotaLimits
 from kcloud.tenancy.roles import Role
 from kcloud.tenancy.store import CreatedKey, KeyView, TenantView

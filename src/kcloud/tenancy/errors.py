@@ -1,39 +1,22 @@
-"""Tenancy's refusals, each with the HTTP status it is answered with and a sentence for the user."""
+"""Tenancy's own refusal: a quota crossed. Its other refusals are the shared kinds of
+`kcloud.errors` (`InvalidRequestError`, `NotFoundError`, `ForbiddenError`, `ConflictError`)."""
 
 from __future__ import annotations
 
+from kcloud.errors import ForbiddenError
 
-class TenancyError(Exception):
-    status: int = 400
-
-
-class InvalidRequestError(TenancyError):
-    status = 400
+__all__ = ["QuotaExceededError"]
 
 
-class NotFoundError(TenancyError):
-    """Also what a principal gets for something that exists but is not theirs to see."""
+class QuotaExceededError(ForbiddenError):
+    """A deployment change would take the tenant over its quota (403).
 
-    status = 404
-
-
-class ForbiddenError(TenancyError):
-    """The principal sees the thing but its role may not do this to it."""
-
-    status = 403
-
-
-class ConflictError(TenancyError):
-    status = 409
-
-
-class QuotaExceededError(TenancyError):
-    """A deployment change would take the tenant over its quota (403, with the limit crossed)."""
-
-    status = 403
+    The answer names the limit crossed and its numbers as body fields beside `"error"`
+    (`limit`, `allowed`, `requested`), so a client can act on them without parsing the sentence.
+    """
 
     def __init__(self, reason: str, *, limit: str, allowed: float, requested: float) -> None:
-        super().__init__(reason)
+        super().__init__(reason, fields={"limit": limit, "allowed": allowed, "requested": requested})
         self.limit = limit
         self.allowed = allowed
         self.requested = requested

@@ -21,9 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kcloud.devices.catalog import UnknownChipError, load_catalog
+from kcloud.errors import NotFoundError
 from kcloud.farm.capacity import FIGURES
 from kcloud.farm.reads import deployments_of, device_chips
-from kcloud.tenancy.errors import NotFoundError, QuotaExceededError
+from kcloud.tenancy.errors import QuotaExceededError
 from kcloud.tenancy.quotas import HeldDevice, Holding, QuotaLimits, check_holding
 from kcloud.tenancy.schema import Tenant, TenantQuota
 from kcloud.tenancy.store import _quota_view

@@ -33,7 +33,8 @@ from typing import Protocol
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kcloud.serving.gateway.errors import ErrorReply, send_error
+from kcloud.errors import KcloudError
+from kcloud.serving.gateway.errors import send_error
 from kcloud.tenancy.auth import Authenticator, AuthError, KeyRecord
 from kcloud.tenancy.context import RequestContext, bind, unbind
 from kcloud.tenancy.metering import UsageBucket, UsageMeter, utc_day
@@ -314,4 +315,4 @@ def _insecure_send(send: Send) -> Send:
 async def _refuse(
     send: Send, path: str, status: int, message: str, headers: dict[str, str] | None = None
 ) -> None:
-    await send_error(send, path, ErrorReply(status, message, headers or {}))
+    await send_error(send, path, KcloudError(message, status=status, headers=headers))

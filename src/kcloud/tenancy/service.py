@@ -33,16 +33,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
-from starlette.responses import Response
+from fastapi import FastAPI
 
 from kcloud.home import kcloud_home
-from kcloud.serving.gateway.errors import error_body
 from kcloud.store.db import Database
 from kcloud.tenancy import audit, store
 from kcloud.tenancy.auth import DEFAULT_TTL_S, Authenticator
 from kcloud.tenancy.context import RequestContext
-from kcloud.tenancy.errors import QuotaExceededError, TenancyError
 from kcloud.tenancy.isolation import Ownership, TenantScopedRouter, load_ownership
 from kcloud.tenancy.keys import load_server_secret
 from kcloud.tenancy.metering import ENERGY_INTERVAL_S, UsageMeter
@@ -249,23 +246,6 @@ class Tenancy:
         return created.key
 
 
-def install_error_handler(app: FastAPI) -> None:
-    """Answer tenancy's refusals as `{"error": ...}` with their status (and the quota's numbers)."""
-
-    async def refused(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, TenancyError)
-        import orjson
-
-        if isinstance(exc, QuotaExceededError) and not request.url.path.startswith("/v1/"):
-            body = orjson.dumps({"error": str(exc), "limit": exc.limit, "allowed": exc.allowed,
-                                 "requested": exc.requested})
-        else:
-            body = error_body(request.url.path, exc.status, str(exc))
-        return Response(body, status_code=exc.status, media_type="application/json")
-
-    app.add_exception_handler(TenancyError, refused)
-
-
 def attach(
     app: FastAPI,
     db: Database | str | None = None,
@@ -309,7 +289,6 @@ def attach(
     if not isinstance(state.router, TenantScopedRouter):
         state.router = TenantScopedRouter(state.router, tenancy.ownership)
     app.include_router(tenancy_router())
-    install_error_handler(app)
     app.add_middleware(TenancyMiddleware, tenancy=tenancy)
     if not insecure:
         _document_refusals(app)
@@ -409,4 +388,4 @@ def console_announcer(console: Any) -> Callable[[str], None]:
     return announce
 
 
-__all__ = ["INSECURE_HEADER", "Tenancy", "attach", "console_announcer", "install_error_handler"]
+__all__ = ["INSECURE_HEADER", "Tenancy", "attach", "console_announcer"]

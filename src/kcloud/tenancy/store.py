@@ -15,10 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from kcloud.errors import ConflictError, InvalidRequestError, NotFoundError
 from kcloud.farm.reads import count_deployments_of
 from kcloud.store.base import utcnow
 from kcloud.store.db import Database
-from kcloud.tenancy.errors import ConflictError, InvalidRequestError, NotFoundError
 from kcloud.tenancy.keys import generate_key
 from kcloud.tenancy.quotas import QuotaLimits
 from kcloud.tenancy.roles import Role

@@ -36,10 +36,20 @@ def _version(info: Any) -> str:
 class FuriosaPlugin(DevicePlugin):
     name = "furiosa"
     vendor = "furiosa"
+    # Ray: FuriosaAcceleratorManager, resource "FURIOSA", visibility variable FURIOSA_DEVICES
+    # written as `npu:<index>` tokens, the form furiosa-llm's `--devices` flag takes
+    # (ray-project/ray python/ray/_private/accelerators/furiosa.py @ 039857b1; the PR text said
+    # FURIOSA_VISIBLE_DEVICES, the merged code reads FURIOSA_DEVICES).
+    # Kubernetes: "furiosa.ai/rngd", one per card (developer.furiosa.ai, device plugin).
     ray_resource = "FURIOSA"
     k8s_resource = "furiosa.ai/rngd"
     visible_devices_env = "FURIOSA_DEVICES"
     runtimes = ("furiosa-llm",)
+
+    @classmethod
+    def visible_device_id(cls, device: Device) -> str:
+        """`npu:<index>`, as Ray writes FURIOSA_DEVICES and furiosa-llm reads it."""
+        return f"npu:{super().visible_device_id(device)}"
 
     def __init__(self, smi_module: Any = None) -> None:
         """`smi_module` stands in for the vendor binding (tests); default: import it."""

@@ -25,10 +25,33 @@ def _text(value: Any) -> str:
 class NvidiaPlugin(DevicePlugin):
     name = "nvidia"
     vendor = "nvidia"
+    # Ray: NvidiaGPUAcceleratorManager, resource "GPU", CUDA_VISIBLE_DEVICES
+    # (ray-project/ray python/ray/_private/accelerators/nvidia_gpu.py @ 00501e2b);
+    # Kubernetes: the NVIDIA device plugin's "nvidia.com/gpu".
     ray_resource = "GPU"
     k8s_resource = "nvidia.com/gpu"
     visible_devices_env = "CUDA_VISIBLE_DEVICES"
     runtimes = ("onnxruntime-cuda",)
+
+    @classmethod
+    def visible_device_id(cls, device: Device) -> str:
+        """The GPU's UUID where NVML gave one, else its index.
+
+        CUDA reads an index in its own enumeration order (fastest first by default), which
+        need not be NVML's; a UUID (`GPU-…`, as nvidia-smi prints it, which CUDA_VISIBLE_DEVICES
+        accepts) names the same GPU whatever the order.
+        """
+        uuid = device.attributes.get("uuid", "")
+        return uuid if uuid.startswith(("GPU-", "MIG-")) else super().visible_device_id(device)
+
+    @classmethod
+    def visibility_env(cls, device: Device) -> dict[str, str]:
+        """`CUDA_VISIBLE_DEVICES`, and `CUDA_DEVICE_ORDER=PCI_BUS_ID` so that an index (the
+        fallback) counts GPUs in PCI bus order, as NVML and nvidia-smi do."""
+        env = super().visibility_env(device)
+        if env:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        return env
 
     def __init__(self, nvml: Any = None) -> None:
         """`nvml` is the `pynvml` module; tests pass a stand-in to simulate a missing driver."""

@@ -134,8 +134,14 @@ def telemetry_from_smi(entry: Mapping[str, Any], device_uid: str) -> Telemetry:
 class RebellionsPlugin(DevicePlugin):
     name = "rebellions"
     vendor = "rebellions"
+    # Ray: RBLNAcceleratorManager, resource "RBLN", visibility variable RBLN_DEVICES holding
+    # comma-separated device numbers (ray-project/ray python/ray/_private/accelerators/rbln.py
+    # @ 0718d5b0: RBLN_RT_VISIBLE_DEVICES_ENV_VAR = "RBLN_DEVICES").
+    # Kubernetes: "rebellions.ai/npu", the RBLN device plugin's generic name and its default from
+    # v0.4.0 (docs.rbln.ai, Kubernetes); it covers ATOM and REBEL, where "rebellions.ai/ATOM" and
+    # "rebellions.ai/REBEL" name one product each.
     ray_resource = "RBLN"
-    k8s_resource = "rebellions.ai/ATOM"
+    k8s_resource = "rebellions.ai/npu"
     visible_devices_env = "RBLN_DEVICES"
     runtimes = ("rebel",)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kcloud.serving.gateway.errors import BodyTooLargeError, ErrorReply, send_error
+from kcloud.errors import InvalidRequestError
+from kcloud.serving.gateway.errors import BodyTooLargeError, send_error
 
 #: Default cap: 16 MiB, enough for a batch of images, far from what hurts the server.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -33,14 +34,14 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    not_a_number = ErrorReply(400, "Content-Length is not a number", {"connection": "close"})
+                    not_a_number = InvalidRequestError("Content-Length is not a number",
+                                                       headers={"connection": "close"})
                     await send_error(send, scope["path"], not_a_number)
                     return
                 break
         if declared is not None:
             if declared > limit:
-                too_large = BodyTooLargeError(limit, declared)
-                await send_error(send, scope["path"], ErrorReply(413, str(too_large)))
+                await send_error(send, scope["path"], BodyTooLargeError(limit, declared))
                 return
             # The server never hands the app more than Content-Length bytes: no need to count.
             await self.app(scope, receive, send)
@@ -69,4 +70,4 @@ class BodyLimitMiddleware:
         except BodyTooLargeError as exc:
             if started:
                 raise
-            await send_error(send, scope["path"], ErrorReply(413, str(exc)))
+            await send_error(send, scope["path"], exc)

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Mapping
 
-from kcloud.serving.gateway.errors import ClientError
+from kcloud.errors import InvalidRequestError
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
@@ -23,8 +23,8 @@ def deadline_from(parameters: Mapping[str, object] | None, headers: Mapping[str,
         timeout_us = parameters.get("timeout")
         if timeout_us is not None:
             if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us <= 0:
-                raise ClientError(400, f"parameters.timeout must be a positive integer of microseconds, "
-                                       f"got {timeout_us!r}")
+                raise InvalidRequestError(f"parameters.timeout must be a positive integer of microseconds, "
+                                          f"got {timeout_us!r}")
             budget_s = timeout_us / 1e6
     header = headers.get(TIMEOUT_HEADER)
     if header is not None:
@@ -33,8 +33,8 @@ def deadline_from(parameters: Mapping[str, object] | None, headers: Mapping[str,
         except ValueError:
             header_ms = math.nan
         if not math.isfinite(header_ms) or header_ms <= 0:
-            raise ClientError(400, f"X-Request-Timeout-Ms must be a positive number of milliseconds, "
-                                   f"got {header!r}")
+            raise InvalidRequestError(f"X-Request-Timeout-Ms must be a positive number of milliseconds, "
+                                      f"got {header!r}")
         budget_s = header_ms / 1e3 if budget_s is None else min(budget_s, header_ms / 1e3)
     if budget_s is None:
         return None

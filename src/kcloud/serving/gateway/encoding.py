@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import zlib
 
-from kcloud.serving.gateway.errors import BodyTooLargeError, ClientError
+from kcloud.errors import InvalidRequestError
+from kcloud.serving.gateway.errors import BodyTooLargeError, UnsupportedMediaTypeError
 
 #: zlib window bits: gzip framing, and "deflate" as HTTP means it (zlib framing, RFC 9110).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -34,7 +35,8 @@ def decoded_body(body: bytes, content_encoding: str | None, limit: int) -> bytes
         return body
     wbits = _WBITS.get(coding)
     if wbits is None:
-        raise ClientError(415, f"Content-Encoding {content_encoding!r} is not supported; use gzip or deflate")
+        raise UnsupportedMediaTypeError(
+            f"Content-Encoding {content_encoding!r} is not supported; use gzip or deflate")
     members: list[bytes] = []
     size = 0
     rest = body
@@ -43,19 +45,19 @@ def decoded_body(body: bytes, content_encoding: str | None, limit: int) -> bytes
         try:
             plain = inflater.decompress(rest, limit - size + 1)  # never 0, which would mean "no cap"
         except zlib.error as exc:
-            raise ClientError(400, f"the body is not valid {coding} data: {exc}") from None
+            raise InvalidRequestError(f"the body is not valid {coding} data: {exc}") from None
         size += len(plain)
         if size > limit or inflater.unconsumed_tail:
             raise BodyTooLargeError(limit)
         if not inflater.eof:
-            raise ClientError(400, f"the {coding} body is truncated")
+            raise InvalidRequestError(f"the {coding} body is truncated")
         members.append(plain)
         rest = inflater.unused_data
         if not rest:
             return members[0] if len(members) == 1 else b"".join(members)
         if wbits != _WBITS["gzip"] or not rest.startswith(_GZIP_MAGIC):
-            raise ClientError(
-                400, f"the {coding} body has {len(rest)} bytes after the end of its compressed data"
+            raise InvalidRequestError(
+                f"the {coding} body has {len(rest)} bytes after the end of its compressed data"
             )
         if len(members) == MAX_GZIP_MEMBERS:
-            raise ClientError(400, f"the gzip body has more than {MAX_GZIP_MEMBERS} members")
+            raise InvalidRequestError(f"the gzip body has more than {MAX_GZIP_MEMBERS} members")

@@ -8,7 +8,7 @@ inference does not: the exception middleware, the exit-stack middleware, matchin
 route, Starlette's `Request` and `Response` objects, and two more wrappers around `send`.
 
 Everything that can go wrong is answered here in the protocol's shape (`{"error": "..."}`, via
-`classify`), as the exception handlers would; the OpenAPI document still lists these paths
+`errors.error_response`), as the exception handlers would; the OpenAPI document still lists these paths
 (`oip_routes.metadata_router`'s documentation routes, which this lane keeps from being reached).
 """
 
@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kcloud.models.repository import ModelEntry
 from kcloud.serving.gateway.deadline import TIMEOUT_HEADER, deadline_from
 from kcloud.serving.gateway.encoding import decoded_body
-from kcloud.serving.gateway.errors import CLIENT_CLOSED_REQUEST, reply_for, send_error
+from kcloud.serving.gateway.errors import CLIENT_CLOSED_REQUEST, as_kcloud_error, send_error
 from kcloud.serving.gateway.oip_routes import parse_version
 from kcloud.serving.gateway.state import GatewayState
 from kcloud.serving.oip import (
@@ -137,9 +137,9 @@ class InferLane:
             self._failed(entry, CLIENT_CLOSED_REQUEST)  # nobody is left to answer
             return
         except Exception as exc:
-            reply = reply_for(path, exc)
-            self._failed(entry, reply.status)
-            await send_error(send, path, reply)
+            error = as_kcloud_error(path, exc)
+            self._failed(entry, error.status)
+            await send_error(send, path, error)
             return
         state.observer.served(entry, "oip", outcome.device_uid, time.perf_counter() - started)
         raw_headers = [(b"content-length", str(len(payload)).encode())]

@@ -17,9 +17,10 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from kcloud.errors import InvalidRequestError
 from kcloud.models.repository import ModelEntry
 from kcloud.serving.gateway.deadline import deadline_from
-from kcloud.serving.gateway.errors import ClientError, classify, exception_response
+from kcloud.serving.gateway.errors import as_kcloud_error, error_response
 from kcloud.serving.gateway.openai_schemas import (
     MAX_EMBEDDING_INPUTS,
     EmbeddingRequest,
@@ -57,17 +58,17 @@ def _texts(body: EmbeddingRequest) -> list[str]:
         texts = [raw]
     else:
         if not raw:
-            raise ClientError(400, "'input' is an empty list; send a string or a list of strings")
+            raise InvalidRequestError("'input' is an empty list; send a string or a list of strings")
         if not all(isinstance(item, str) for item in raw):
-            raise ClientError(400, "'input' holds token ids; this server embeds text only: send strings")
+            raise InvalidRequestError("'input' holds token ids; this server embeds text only: send strings")
         texts = list(raw)  # type: ignore[arg-type]
     if len(texts) > MAX_EMBEDDING_INPUTS:
-        raise ClientError(
-            400, f"'input' has {len(texts)} strings; at most {MAX_EMBEDDING_INPUTS} per request")
+        raise InvalidRequestError(
+            f"'input' has {len(texts)} strings; at most {MAX_EMBEDDING_INPUTS} per request")
     for index, text in enumerate(texts):
         if not text:
             where = "'input'" if isinstance(raw, str) else f"'input[{index}]'"
-            raise ClientError(400, f"{where} is an empty string; there is nothing to embed")
+            raise InvalidRequestError(f"{where} is an empty string; there is nothing to embed")
     return texts
 
 
@@ -76,7 +77,8 @@ def _embedding_entry(state: GatewayState, name: str) -> ModelEntry:
     if not is_embedding_model(entry):
         embedders = sorted({e.name for e in state.router.served_models() if is_embedding_model(e)})
         listed = ", ".join(embedders) or "none"
-        raise ClientError(400, f"model '{name}' is not an embedding model (embedding models here: {listed})")
+        raise InvalidRequestError(
+            f"model '{name}' is not an embedding model (embedding models here: {listed})")
     return entry
 
 
@@ -137,9 +139,9 @@ def openai_router() -> APIRouter:
             texts = _texts(body)
             width = entry.config.outputs[0].shape[-1]
             if body.dimensions is not None and body.dimensions != width:
-                raise ClientError(
-                    400, f"model '{entry.name}' makes {width}-dimensional embeddings; "
-                         f"'dimensions' {body.dimensions} is not supported"
+                raise InvalidRequestError(
+                    f"model '{entry.name}' makes {width}-dimensional embeddings; "
+                    f"'dimensions' {body.dimensions} is not supported"
                 )
             deadline = deadline_from(None, request.headers)
             chunk = entry.config.batching.max_batch_size or len(texts)
@@ -154,11 +156,9 @@ def openai_router() -> APIRouter:
                 for piece in pieces
             ))
         except Exception as exc:
-            reply = classify(exc)
-            state.observer.failed(
-                entry.name if entry is not None else "", reply.status if reply else 500, protocol="openai"
-            )
-            return exception_response(request.url.path, exc)
+            error = as_kcloud_error(request.url.path, exc)
+            state.observer.failed(entry.name if entry is not None else "", error.status, protocol="openai")
+            return error_response(error, request.url.path).response()
         data: list[dict] = []
         tokens = 0
         for piece_start, outcome in zip(range(0, len(texts), chunk), outcomes, strict=True):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kcloud.serving.gateway.errors import ErrorReply, send_error
+from kcloud.errors import InvalidRequestError
+from kcloud.serving.gateway.errors import send_error
 
 _NUL_ESCAPED = b"%00"
 
@@ -36,6 +37,6 @@ class RequestLineGuard:
         if scope["type"] == "http":
             problem = request_line_problem(scope)
             if problem is not None:
-                await send_error(send, scope["path"], ErrorReply(400, problem))
+                await send_error(send, scope["path"], InvalidRequestError(problem))
                 return
         await self.app(scope, receive, send)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from kcloud.errors import InvalidRequestError
 
-class CodecError(ValueError):
+
+class CodecError(InvalidRequestError, ValueError):
     """A request (or response) that breaks the Open Inference Protocol v2.
 
     The message names the tensor and what is wrong with it, so a gateway can answer

@@ -17,16 +17,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from kcloud.app.options import ServeOptions
-from kcloud.app.stack import (
-    Stack,
-    build_inventory,
-    build_stack,
-    bundled_models,
-    local_cpu,
-    prepare_repository,
-    served_entries,
-)
+from kcloud.app.stack import Stack, build_inventory, build_stack, prepare_repository
 from kcloud.farm.reconciler import PassReport
+from kcloud.farm.service import BundledModel
 from kcloud.home import kcloud_home
 from kcloud.models.repository import ModelEntry
 from kcloud.serving.http_server import (
@@ -119,17 +112,21 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
 
         async def main() -> None:
             with _progress(console) as progress:
-                planned_entries = served_entries(repository, options.models)
-                planned = bundled_models(planned_entries, local_cpu(inventory), options.replicas)
-                task = progress.add_task("Starting replicas", total=sum(m.replicas for m in planned))
+                task = progress.add_task("Starting replicas", total=None)
+                versions: dict[str, int] = {}
+
+                def on_plan(entries: Sequence[ModelEntry], bundled: Sequence[BundledModel]) -> None:
+                    versions.update((e.name, e.version) for e in entries)
+                    progress.update(task, total=sum(m.replicas for m in bundled))
 
                 def on_pass(report: PassReport) -> None:
                     progress.update(task, advance=len(report.started) + len(report.failed))
 
                 stack = await build_stack(options, repository=repository, inventory=inventory,
-                                          on_pass=on_pass, announce=console_announcer(progress.console))
+                                          on_plan=on_plan, on_pass=on_pass,
+                                          announce=console_announcer(progress.console))
                 for name, why in stack.control_plane.not_served.items():
-                    version = next((f" v{m.version}" for m in planned_entries if m.name == name), "")
+                    version = f" v{versions[name]}" if name in versions else ""
                     progress.console.print(f"[yellow]warning:[/yellow] model {escape(name)}{version} is not "
                                            f"served: {escape(why)}")
             tune_gc_for_serving()  # this process is the server from here on

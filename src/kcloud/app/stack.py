@@ -122,6 +122,7 @@ async def build_stack(
     *,
     repository: ModelRepository,
     inventory: Inventory,
+    on_plan: Callable[[Sequence[ModelEntry], Sequence[BundledModel]], None] | None = None,
     on_pass: Callable[[PassReport], None] | None = None,
     announce: Callable[[str], None] | None = None,
     strict: bool = False,
@@ -130,10 +131,15 @@ async def build_stack(
 
     A bundled model that cannot start is left out and named in `stack.control_plane.not_served`;
     with `strict`, it stops the start instead (after the replicas already started are stopped).
+    `on_plan` hears which models will be started, and how, before any starts; `on_pass` hears
+    each reconciler pass of the start.
     """
     metrics = ServingMetrics(CollectorRegistry())
     device = local_cpu(inventory)
     entries = served_entries(repository, options.models)
+    bundled = bundled_models(entries, device, options.replicas)
+    if on_plan is not None:
+        on_plan(entries, bundled)
     router = Router(repository)
     app = create_app(router, inventory=inventory, max_body_bytes=options.max_body_bytes,
                      extra_routers=options.extra_routers, registry=metrics.registry, metrics=metrics)
@@ -142,7 +148,7 @@ async def build_stack(
             app, router, inventory, options.db_url if options.control_plane else MEMORY_URL,
             repository=repository, metrics=metrics, isolation=options.isolation,
             admission=[enforce_deployment_quota], caller=current_principal, audit=audit_current,
-            bundled=bundled_models(entries, device, options.replicas), admin_api=options.control_plane,
+            bundled=bundled, admin_api=options.control_plane,
             on_pass=on_pass,
         )
     except BaseException:

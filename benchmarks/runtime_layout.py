@@ -77,12 +77,12 @@ def layouts(cores: int) -> list[tuple[int, int]]:
     return [(s, t) for s in powers for t in powers if s * t <= cores]
 
 
-def measure_layout(onnx_path: Path, device: Device, make_feeds, rows: int, sessions: int, threads: int,
+def measure_layout(weights_path: Path, device: Device, make_feeds, rows: int, sessions: int, threads: int,
                    seconds: float) -> tuple[float, float]:
     """Rows per second of wall time, and rows per CPU-second this process used (all its threads),
     for `sessions` sessions of `threads` threads, each looping in its own thread. The second
     figure shows what a layout costs the cores when other work shares them."""
-    built = [create_session(onnx_path, device, threads=threads) for _ in range(sessions)]
+    built = [create_session(weights_path, device, threads=threads) for _ in range(sessions)]
     feeds = make_feeds(built[0], rows)
     for session in built:  # warm-up: allocations, first-run kernel choices
         for _ in range(3):
@@ -112,7 +112,7 @@ def measure_layout(onnx_path: Path, device: Device, make_feeds, rows: int, sessi
     return done / elapsed, done / cpu if cpu > 0 else float("nan")
 
 
-def layout_table(name: str, onnx_path: Path, device: Device, make_feeds, batches, cores: int,
+def layout_table(name: str, weights_path: Path, device: Device, make_feeds, batches, cores: int,
                  seconds: float, rounds: int) -> dict:
     """Each layout measured `rounds` times, interleaved with the others so that background load
     on a shared machine hits every layout alike; the median round is the figure."""
@@ -122,7 +122,7 @@ def layout_table(name: str, onnx_path: Path, device: Device, make_feeds, batches
         per_cpu: dict[tuple[int, int], list[float]] = {layout: [] for layout in layouts(cores)}
         for _ in range(rounds):
             for sessions, threads in rates:
-                rate, rate_cpu = measure_layout(onnx_path, device, make_feeds, rows, sessions, threads,
+                rate, rate_cpu = measure_layout(weights_path, device, make_feeds, rows, sessions, threads,
                                                 seconds)
                 rates[(sessions, threads)].append(rate)
                 per_cpu[(sessions, threads)].append(rate_cpu)
@@ -148,10 +148,10 @@ def _stats(samples: list[float]) -> dict[str, float]:
             "median_us": round(statistics.median(samples) * 1e6, 1)}
 
 
-async def worker_overhead(onnx_path: Path, device: Device, calls: int) -> list[dict]:
-    direct = create_session(onnx_path, device, threads=1)
-    thread_worker = ThreadWorker(onnx_path, device, threads=1)
-    process_worker = ProcessWorker(onnx_path, device, threads=1)
+async def worker_overhead(weights_path: Path, device: Device, calls: int) -> list[dict]:
+    direct = create_session(weights_path, device, threads=1)
+    thread_worker = ThreadWorker(weights_path, device, threads=1)
+    process_worker = ProcessWorker(weights_path, device, threads=1)
     await thread_worker.start()
     await process_worker.start()
     results = []
@@ -204,13 +204,13 @@ def main() -> None:
     print(f"layouts on {cores} cores ({args.rounds} rounds of {args.seconds:g} s each)", flush=True)
     started = time.time()
     tables = [
-        layout_table(MINILM, minilm.onnx_path, device, minilm_feeds, MINILM_BATCHES, cores, args.seconds,
+        layout_table(MINILM, minilm.weights_path, device, minilm_feeds, MINILM_BATCHES, cores, args.seconds,
                      args.rounds),
-        layout_table(DIGITS, digits.onnx_path, device, digits_feeds, DIGITS_BATCHES, cores, args.seconds,
+        layout_table(DIGITS, digits.weights_path, device, digits_feeds, DIGITS_BATCHES, cores, args.seconds,
                      args.rounds),
     ]
     print("worker overhead per batch (noop model)", flush=True)
-    overhead = asyncio.run(worker_overhead(noop.onnx_path, device, args.calls))
+    overhead = asyncio.run(worker_overhead(noop.weights_path, device, args.calls))
     result = {
         "benchmark": "runtime_layout",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

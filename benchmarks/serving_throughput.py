@@ -100,7 +100,7 @@ class LimitPoint:
     sentences_per_s: float
 
 
-def measure_limit_point(onnx_path: Path, device, feeds: dict[str, np.ndarray], sessions: int,
+def measure_limit_point(weights_path: Path, device, feeds: dict[str, np.ndarray], sessions: int,
                         threads: int, seconds: float, busy: list[float] | None = None,
                         pipeline=None, inputs: dict[str, np.ndarray] | None = None) -> float:
     """Sentences per second; `busy`, if given, receives [our CPU s, other processes' CPU s].
@@ -110,7 +110,7 @@ def measure_limit_point(onnx_path: Path, device, feeds: dict[str, np.ndarray], s
     """
     from kcloud.runtimes.session import create_session
 
-    made = [create_session(onnx_path, device, threads=threads) for _ in range(sessions)]
+    made = [create_session(weights_path, device, threads=threads) for _ in range(sessions)]
     names = [o.name for o in made[0].get_outputs()]
 
     def step(session) -> None:
@@ -171,7 +171,7 @@ def sweep_limit(entry, device, sentences: list[str], seconds: float, cores: int)
     for batch in batches:
         feeds = limit_feeds(entry, sentences, batch)
         for sessions, threads in layouts:
-            rate = measure_limit_point(entry.onnx_path, device, feeds, sessions, threads, seconds)
+            rate = measure_limit_point(entry.weights_path, device, feeds, sessions, threads, seconds)
             points.append(LimitPoint(sessions, threads, batch, round(rate, 1)))
             print(f"  sweep: {sessions} session(s) x {threads} thread(s), batch {batch:3d}: "
                   f"{rate:8.1f} sentences/s", file=sys.stderr)
@@ -613,14 +613,14 @@ def main() -> None:
                 measured = []
                 for sessions, threads, batch in candidates:
                     busy: list[float] = []
-                    rate = measure_limit_point(entry.onnx_path, device, feeds_of[batch], sessions, threads,
+                    rate = measure_limit_point(entry.weights_path, device, feeds_of[batch], sessions, threads,
                                                args.limit_seconds, busy)
                     measured.append({"sessions": sessions, "threads": threads, "batch": batch,
                                      "sentences_per_s": round(rate, 1), "cpu_s": round(busy[0], 2),
                                      "other_cpu_s": round(busy[1], 2)})
                 top = max(measured, key=lambda m: m["sentences_per_s"])
                 limit_rate = top["sentences_per_s"]
-                pipeline_rate = measure_limit_point(entry.onnx_path, device, feeds_of[top["batch"]],
+                pipeline_rate = measure_limit_point(entry.weights_path, device, feeds_of[top["batch"]],
                                                     top["sessions"], top["threads"], args.limit_seconds,
                                                     None, pipeline=limit_pipeline,
                                                     inputs=pipeline_inputs(top["batch"]))

@@ -72,7 +72,10 @@ def start_gateway(builtin_repository) -> Iterator[Callable[..., object]]:
     def start(*, repository=None, **options: object) -> BackgroundGateway:
         options.setdefault("port", 0)
         options.setdefault("replicas", 1)
-        gateway = BackgroundGateway(ServeOptions(**options), repository=repository or builtin_repository)
+        repository = repository or builtin_repository
+        # An LLM engine takes ~30 s to start: tests that want one ask for it (tests/llm).
+        options.setdefault("models", [e.name for e in repository.list() if not e.config.generative])
+        gateway = BackgroundGateway(ServeOptions(**options), repository=repository)
         gateway.start()
         started.append(gateway)
         return gateway

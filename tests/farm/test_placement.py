@@ -81,10 +81,12 @@ def test_every_rejected_device_says_which_check_failed():
     assert why["a/drained"] == "rejected: drained (maintenance)"
     assert why["a/gone"] == "rejected: not present in the inventory"
     assert why["a/pim"] == "rejected: a pim; the model runs on cpu, gpu, npu"
+    # Every installed runtime says why not, the LLM engines included (they run other models).
     assert why["a/real-atom"] == (
         "rejected: no runtime serves onnxruntime models on a rebellions npu; installed: "
+        "furiosa-llm (runs transformers models, not onnxruntime), "
         "onnxruntime-cpu (runs on CPUs and emulated devices only), "
-        "onnxruntime-cuda (runs on NVIDIA GPUs only)"
+        "onnxruntime-cuda (runs on NVIDIA GPUs only), vllm (runs transformers models, not onnxruntime)"
     )
     assert why["b/nomem"] == "rejected: device memory unknown, cannot check that 6.0 GiB fits"
     assert why["b/small"] == "rejected: needs 6.0 GiB, 4.0 GiB free of 4.0 GiB"

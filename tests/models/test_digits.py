@@ -36,7 +36,7 @@ def test_held_out_split_is_stratified_and_on_pixel_scale(digits) -> None:
 
 
 def test_onnx_equals_the_numpy_forward_pass(digits) -> None:
-    model = onnx.load(str(digits.onnx_path))
+    model = onnx.load(str(digits.weights_path))
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     net = digits_builder.Net(np.random.default_rng(0))
     net.params = {k: weights[k] for k in net.params}

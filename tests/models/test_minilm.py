@@ -60,7 +60,7 @@ def test_config_records_accuracy_target_and_cost(minilm) -> None:
 
 
 def test_graph_is_plain_opset_17_with_the_agreed_signature(minilm) -> None:
-    model = onnx.load(str(minilm.onnx_path), load_external_data=False)
+    model = onnx.load(str(minilm.weights_path), load_external_data=False)
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in model.graph.output] == ["embedding"]

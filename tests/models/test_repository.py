@@ -10,7 +10,7 @@ from model_files import affine_config, affine_dir, write_affine
 
 from kcloud.models.configfile import load_config, save_config
 from kcloud.models.errors import ModelFileError, ModelNotFoundError
-from kcloud.models.graph import SIGNATURE_CACHE
+from kcloud.models.graph import SIGNATURE_CACHE, file_sha256
 from kcloud.models.repository import ModelRepository, default_repository_path
 
 
@@ -30,7 +30,7 @@ def test_default_path_is_under_kcloud_home(kcloud_home: Path) -> None:
 def test_add_directory_then_get_and_list(repo: ModelRepository, tmp_path: Path) -> None:
     entry = repo.add(affine_dir(tmp_path / "src"))
     assert (entry.name, entry.version) == ("affine", 1)
-    assert entry.onnx_path == repo.root / "affine" / "1" / "model.onnx"
+    assert entry.weights_path == repo.root / "affine" / "1" / "model.onnx"
     assert entry.model_dir == repo.root / "affine" and entry.path == repo.root / "affine" / "1"
     assert len(entry.sha256) == 64
     # FLOPs and weight bytes filled in from the graph: Gemm 1x4 @ 4x3 -> 2*3*4; 12+3 floats
@@ -218,7 +218,7 @@ def test_missing_config_and_wrong_path(repo: ModelRepository, tmp_path: Path) ->
 def test_sentence_embedding_needs_its_tokenizer(repo: ModelRepository, minilm, tmp_path: Path) -> None:
     source = tmp_path / "text-model"
     (source / "1").mkdir(parents=True)
-    (source / "1" / "model.onnx").symlink_to(minilm.onnx_path)
+    (source / "1" / "model.onnx").symlink_to(minilm.weights_path)
     save_config(
         minilm.config.model_copy(update={"name": "text-model", "accuracy": None}), source / "config.toml"
     )
@@ -254,7 +254,7 @@ def test_broken_model_on_disk_is_refused_on_load_and_skipped_by_list(
 def test_corrupted_onnx_on_disk_is_refused_on_load(repo: ModelRepository, tmp_path: Path) -> None:
     entry = repo.add(affine_dir(tmp_path / "src"))
     (entry.path / SIGNATURE_CACHE).unlink(missing_ok=True)
-    entry.onnx_path.write_bytes(b"garbage" * 100)
+    entry.weights_path.write_bytes(b"garbage" * 100)
     with pytest.raises(ModelFileError, match=r"model\.onnx: not"):
         repo.get("affine")
 
@@ -273,3 +273,88 @@ def test_add_over_a_leftover_directory(repo: ModelRepository, tmp_path: Path) ->
     (repo.root / "affine" / "config.toml").write_text('name = "affine"\n')
     _bad_add(repo, affine_dir(tmp_path / "src"), r"already exists but holds no usable model version")
     assert repo.add(affine_dir(tmp_path / "src"), replace=True).version == 1
+
+
+# ------------------------------------------------------------------- transformers checkpoints
+def _checkpoint(root: Path, name: str = "tiny-lm") -> Path:
+    """A minimal Hugging Face checkpoint (no torch needed) with a transformers config.toml beside it."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    root.mkdir(parents=True)
+    hf_config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    (root / "config.json").write_text(json.dumps(hf_config))
+    tensors = {"embed": np.zeros((8, 4), np.float16), "norm": np.ones(4, np.float16)}
+    save_file(tensors, root / "model.safetensors")
+    Tokenizer(WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]")).save(str(root / "tokenizer.json"))
+    (root / "chat_template.jinja").write_text("{{ messages }}")
+    (root / "config.toml").write_text(
+        f'name = "{name}"\nplatform = "transformers"\n\n'
+        "[generation]\ncontext_length = 512\nkv_cache_bytes = 1000\n"
+    )
+    return root
+
+
+def test_add_a_hugging_face_checkpoint_directory(repo: ModelRepository, tmp_path: Path) -> None:
+    entry = repo.add(_checkpoint(tmp_path / "hf"))
+    assert (entry.name, entry.version, entry.config.platform) == ("tiny-lm", 1, "transformers")
+    assert entry.weights_path == repo.root / "tiny-lm" / "1" / "model.safetensors"
+    assert entry.sha256 == file_sha256(entry.weights_path)
+    assert sorted(p.name for p in entry.path.iterdir()) == [
+        "chat_template.jinja", "config.json", "model.safetensors", "tokenizer.json",
+    ]
+    # filled in from the safetensors header: 36 fp16 parameters, plus the KV cache
+    assert entry.config.memory_bytes == 36 * 2 + 1000
+    assert entry.config.generation is not None and entry.config.generation.flops_per_token == 72.0
+    assert repo.get("tiny-lm") == entry and [e.name for e in repo.list()] == ["tiny-lm"]
+
+
+def test_checkpoint_versions_and_platform_mix(repo: ModelRepository, tmp_path: Path) -> None:
+    source = tmp_path / "versioned"
+    _checkpoint(source / "1")
+    shutil.move(source / "1" / "config.toml", source / "config.toml")
+    assert repo.add(source).version == 1
+    assert repo.add(_checkpoint(tmp_path / "again")).version == 2
+    onnx_model = affine_dir(tmp_path / "onnx", name="tiny-lm")
+    _bad_add(repo, onnx_model, r"onnxruntime model cannot be a new version")
+    assert repo.versions("tiny-lm") == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("missing", "match"),
+    [
+        ("model.safetensors", r"hf/model\.safetensors \(nor any \*\.safetensors shard\): not found"),
+        ("tokenizer.json", r"hf/tokenizer\.json: not found"),
+        ("config.json", r"hf/config\.json: not found"),
+    ],
+)
+def test_incomplete_checkpoint_is_refused(
+    repo: ModelRepository, tmp_path: Path, missing: str, match: str
+) -> None:
+    source = _checkpoint(tmp_path / "hf")
+    (source / missing).unlink()
+    _bad_add(repo, source, match)
+
+
+def test_broken_checkpoint_files(repo: ModelRepository, tmp_path: Path) -> None:
+    source = _checkpoint(tmp_path / "hf")
+    (source / "model.safetensors").write_bytes(b"\xff" * 64)
+    _bad_add(repo, source, r"model\.safetensors: not a readable safetensors file")
+    source = _checkpoint(tmp_path / "hf2")
+    (source / "config.json").write_text('{"hidden_size": 4}')
+    _bad_add(repo, source, r"config\.json: not a Hugging Face model config")
+    source = _checkpoint(tmp_path / "hf3")
+    (source / "config.toml").write_text('name = "tiny-lm"\nplatform = "transformers"\n')
+    _bad_add(repo, source, r"needs a `generation` section")
+
+
+def test_checkpoint_broken_on_disk_is_refused_on_load(repo: ModelRepository, tmp_path: Path) -> None:
+    entry = repo.add(_checkpoint(tmp_path / "hf"))
+    (entry.path / "tokenizer.json").unlink()
+    with pytest.raises(ModelFileError, match=r"tiny-lm/1/tokenizer\.json: not found"):
+        repo.get("tiny-lm")
+    assert repo.list() == [] and "tokenizer.json" in repo.problems()["tiny-lm"]

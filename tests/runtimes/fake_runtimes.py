@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from kcloud.devices.device import Device
-from kcloud.runtimes.plugin import ExecutionPlan, Runtime, Session
+from kcloud.runtimes.plugin import ExecutionPlan, Runtime, Session, SessionRuntime
 
 
-class NpuRuntime(Runtime):
+class NpuRuntime(SessionRuntime):
     """Serves Rebellions NPUs for a made-up platform, as an out-of-tree vendor runtime would."""
 
     name = "rbln-fake"

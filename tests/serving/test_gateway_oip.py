@@ -216,7 +216,7 @@ def small_queue_repository(builtin_repository, tmp_path_factory):
     noop = builtin_repository.get(NOOP)
     source = tmp_path_factory.mktemp("noop-q1")
     (source / "1").mkdir()
-    (source / "1" / "model.onnx").write_bytes(noop.onnx_path.read_bytes())
+    (source / "1" / "model.onnx").write_bytes(noop.weights_path.read_bytes())
     (source / "config.toml").write_text(
         'name = "noop-q1"\n'
         '[[inputs]]\nname = "input"\ndatatype = "FP32"\nshape = [-1, 16]\n'

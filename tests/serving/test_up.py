@@ -33,7 +33,7 @@ def home_with_an_unplaceable_model(builtin_repository, tmp_path) -> Path:
     noop = builtin_repository.get("noop")
     source = tmp_path / "npu-only"
     (source / "1").mkdir(parents=True)
-    (source / "1" / "model.onnx").write_bytes(noop.onnx_path.read_bytes())
+    (source / "1" / "model.onnx").write_bytes(noop.weights_path.read_bytes())
     (source / "config.toml").write_text(
         'name = "npu-only"\ndevice_kinds = ["npu"]\n'
         '[[inputs]]\nname = "input"\ndatatype = "FP32"\nshape = [-1, 16]\n'
@@ -53,7 +53,8 @@ def _admin_key(home: Path) -> str:
 
 
 @pytest.mark.slow
-def test_up_serves_the_bundled_models_and_stops_cleanly(home_with_an_unplaceable_model, free_port):
+def test_up_serves_the_bundled_models_and_stops_cleanly(home_with_an_unplaceable_model, free_port,
+                                                         builtin_repository):
     url = f"http://127.0.0.1:{free_port}"
     env = {**os.environ, "COLUMNS": "200", "KCLOUD_HOME": str(home_with_an_unplaceable_model)}
     auth = {"Authorization": f"Bearer {_admin_key(home_with_an_unplaceable_model)}"}
@@ -62,11 +63,16 @@ def test_up_serves_the_bundled_models_and_stops_cleanly(home_with_an_unplaceable
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
-        wait_until_ready(url, process)
+        wait_until_ready(url, process, timeout_s=300)  # the bundled chat model's engine starts in ~30 s
         workers = psutil.Process(process.pid).children(recursive=True)
         assert len(workers) >= 3  # one worker process per bundled model
         models = {m["id"] for m in httpx.get(f"{url}/v1/models", headers=auth).json()["data"]}
-        assert models == {"all-MiniLM-L6-v2", "digits-cnn", "noop"}  # not npu-only
+        chat = {e.name for e in builtin_repository.list() if e.config.generative}  # with the [llm] extra
+        assert models == {"all-MiniLM-L6-v2", "digits-cnn", "noop"} | chat  # not npu-only
+        for name in chat:  # the bundled chat model answers out of the box
+            reply = httpx.post(f"{url}/v1/chat/completions", headers=auth, timeout=60, json={
+                "model": name, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4})
+            assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1, reply.text
         request = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["up, serving"]}]}
         answer = httpx.post(f"{url}/v2/models/all-MiniLM-L6-v2/infer", json=request, headers=auth)
         assert answer.status_code == 200 and answer.json()["outputs"][0]["shape"] == [1, 384]
@@ -87,6 +93,9 @@ def test_up_serves_the_bundled_models_and_stops_cleanly(home_with_an_unplaceable
     # the printed curl example is a real, working request
     example = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl "))
     assert "/infer" in example
+    if chat:
+        lines = [line.strip() for line in out.splitlines()]
+        assert any(line.startswith("curl -sN") and "/v1/chat/completions" in line for line in lines)
 
 
 def test_printed_curl_example_works(start_gateway):

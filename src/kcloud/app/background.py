@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import threading
+from collections.abc import Callable
 
 from kcloud.app.options import ServeOptions
 from kcloud.app.serve import serve_stack
@@ -26,8 +27,11 @@ class BackgroundGateway:
     """
 
     def __init__(self, options: ServeOptions, *, repository: ModelRepository,
-                 inventory: Inventory | None = None, start_timeout_s: float = 120.0) -> None:
+                 inventory: Inventory | None = None, start_timeout_s: float = 120.0,
+                 announce: Callable[[str], None] | None = None) -> None:
         self.options = options
+        #: Hears what `kcloud up` would print at a first start (with tenancy: the admin key).
+        self.announce = announce
         self.repository = repository
         self.inventory = inventory
         self.start_timeout_s = start_timeout_s
@@ -66,7 +70,7 @@ class BackgroundGateway:
             self._loop = asyncio.get_running_loop()
             inventory = self.inventory or build_inventory(self.options.farm_files)
             self.stack = await build_stack(self.options, repository=self.repository, inventory=inventory,
-                                           strict=True)
+                                           strict=True, announce=self.announce)
             assert self._sock is not None
             await serve_stack(self.stack, self._sock, on_listening=self._ready.set,
                               server_ready=lambda server: setattr(self, "_server", server),

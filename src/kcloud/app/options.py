@@ -18,6 +18,7 @@ from kcloud.serving.http_protocol import (
 )
 from kcloud.serving.http_server import DEFAULT_HOST, DEFAULT_PORT
 from kcloud.serving.replica import Isolation
+from kcloud.serving.token_routing import Policy
 
 
 @dataclass
@@ -34,6 +35,8 @@ class ServeOptions:
     #: Serve only these models (None = every model in the repository).
     models: Sequence[str] | None = None
     extra_routers: Sequence[APIRouter] = ()
+    #: How a generative model's requests pick among its engine replicas (`kcloud.serving.token_routing`).
+    token_policy: Policy = "prefix"
     #: Keep the control plane's state in a database and serve its admin API (`/api/v1`). Without
     #: it the control plane still owns every replica, with its state in this process's memory.
     control_plane: bool = False

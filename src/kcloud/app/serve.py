@@ -56,12 +56,22 @@ async def serve_stack(
 def curl_example(url: str, entries: Sequence[ModelEntry]) -> str | None:
     """A ready-to-paste request for the first text model (or any model with a BYTES input)."""
     for entry in entries:
-        spec = entry.config.inputs[0]
-        if len(entry.config.inputs) == 1 and spec.datatype == "BYTES":
+        if len(entry.config.inputs) == 1 and entry.config.inputs[0].datatype == "BYTES":
+            spec = entry.config.inputs[0]
             body = (f'{{"inputs":[{{"name":"{spec.name}","datatype":"BYTES","shape":[1],'
                     f'"data":["Hello from K-Cloud"]}}]}}')
             return (f"curl -s {url}/v2/models/{entry.name}/infer "
                     f"-H 'Content-Type: application/json' -d '{body}'")
+    return None
+
+
+def chat_curl_example(url: str, entries: Sequence[ModelEntry]) -> str | None:
+    """A ready-to-paste streamed chat completion for the first chat model."""
+    for entry in entries:
+        if entry.config.generation is not None and entry.config.generation.chat:
+            body = (f'{{"model":"{entry.name}","stream":true,"max_tokens":64,'
+                    '"messages":[{"role":"user","content":"What is K-Cloud?"}]}')
+            return f"curl -sN {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
     return None
 
 
@@ -79,9 +89,13 @@ def print_banner(console: Console, url: str, stack: Stack) -> None:
     for entry in stack.entries:
         count = stack.replicas.get(entry.name, 0)
         console.print(f"  {entry.name} v{entry.version}  {count} replica{'s' if count != 1 else ''}")
+    keyed = stack.tenancy is not None and not stack.tenancy.insecure  # every route needs a key
     example = curl_example(url, stack.entries)
-    if example and stack.tenancy is not None and not stack.tenancy.insecure:  # every route needs a key
+    if example and keyed:
         example = example.replace("curl -s ", 'curl -s -H "Authorization: Bearer $KCLOUD_API_KEY" ', 1)
+    chat = chat_curl_example(url, stack.entries)
+    if chat and keyed:
+        chat = chat.replace("curl -sN ", 'curl -sN -H "Authorization: Bearer $KCLOUD_API_KEY" ', 1)
     if example:
         text_model = example.split("/v2/models/")[1].split("/")[0]
         port_flag = "" if url == url_of(DEFAULT_HOST, DEFAULT_PORT) else f" --url {url}"
@@ -89,6 +103,9 @@ def print_banner(console: Console, url: str, stack: Stack) -> None:
         console.print(f"  {example}", soft_wrap=True, markup=False, highlight=False)
         console.print(f'  kcloud infer {text_model} --text "Hello from K-Cloud"{port_flag}',
                       soft_wrap=True, markup=False, highlight=False)
+    if chat:
+        console.print("Chat (OpenAI-compatible, streamed):")
+        console.print(f"  {chat}", soft_wrap=True, markup=False, highlight=False)
     console.print("Press Ctrl-C to stop.")
 
 

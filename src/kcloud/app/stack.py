@@ -26,6 +26,7 @@ from kcloud.farm.service import BundledModel
 from kcloud.models.builtin import builtin_names, ensure_builtin_models
 from kcloud.models.repository import ModelEntry, ModelRepository, default_repository_path
 from kcloud.runtimes.layout import default_layout, host_cores
+from kcloud.serving.engine_metrics import EngineMetrics
 from kcloud.serving.gateway import create_app
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.router import Router
@@ -64,6 +65,8 @@ class Stack:
             await asyncio.to_thread(self.tenancy.close)
         await self.control_plane.close()  # stops reconciling before the replicas stop
         await self.router.close()
+        if self.router.engine_metrics is not None:
+            await self.router.engine_metrics.stop()
         self.inventory.close()
 
 
@@ -113,7 +116,10 @@ def served_entries(repository: ModelRepository, names: Sequence[str] | None) -> 
 def bundled_models(entries: Sequence[ModelEntry], device: Device, replicas: int | None) -> list[BundledModel]:
     """The deployments `kcloud up` makes for the models it serves by itself, all on `device`."""
     count, threads = replica_layout(device, replicas)
-    return [BundledModel(e.name, count, node=device.node, chip=device.spec.key, threads=threads)
+    # A generative model's replica is an engine with its own threads: one (unless asked), on all the cores.
+    return [BundledModel(e.name, replicas or 1, node=device.node, chip=device.spec.key, threads=host_cores())
+            if e.config.generative else
+            BundledModel(e.name, count, node=device.node, chip=device.spec.key, threads=threads)
             for e in entries]
 
 
@@ -140,7 +146,10 @@ async def build_stack(
     bundled = bundled_models(entries, device, options.replicas)
     if on_plan is not None:
         on_plan(entries, bundled)
-    router = Router(repository)
+    engine_metrics = EngineMetrics(metrics.registry)
+    engine_metrics.start()
+    router = Router(repository, token_policy=options.token_policy, metrics=metrics,
+                    engine_metrics=engine_metrics)
     app = create_app(router, inventory=inventory, max_body_bytes=options.max_body_bytes,
                      extra_routers=options.extra_routers, registry=metrics.registry, metrics=metrics)
     try:
@@ -153,6 +162,7 @@ async def build_stack(
         )
     except BaseException:
         await router.close()
+        await engine_metrics.stop()
         raise
     stack = Stack(router, app, inventory, metrics, device, repository, control_plane,
                   admin_api=options.control_plane)

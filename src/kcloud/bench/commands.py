@@ -26,7 +26,7 @@ err_console = Console(stderr=True)
 def run(
     model: str = typer.Option(..., "--model", "-m", help="Model name in the repository."),
     scenario: str = typer.Option(
-        ..., "--scenario", "-s", help="SingleStream, MultiStream, Server or Offline."
+        ..., "--scenario", "-s", help="SingleStream, MultiStream, Server or Offline (any case)."
     ),
     mode: str = typer.Option("performance", "--mode", help="performance or accuracy."),
     device: str | None = typer.Option(
@@ -62,6 +62,18 @@ def run(
     max_in_flight: int | None = typer.Option(
         None, "--max-in-flight", help="Samples the SUT keeps in flight."
     ),
+    max_tokens: int | None = typer.Option(
+        None, "--max-tokens", help="Chat models, performance: tokens each sample generates (default 128)."
+    ),
+    ttft_ms: float | None = typer.Option(
+        None, "--ttft-ms", help="Chat models, Server: time-to-first-token bound (default 2000, p99)."
+    ),
+    tpot_ms: float | None = typer.Option(
+        None, "--tpot-ms", help="Chat models, Server: time-per-output-token bound (default 100, p99)."
+    ),
+    tie_margin_nats: float | None = typer.Option(
+        None, "--tie-margin-nats", help="Chat models, accuracy: near-tie margin of the gate (default 0.25)."
+    ),
     farm: list[Path] = typer.Option([], "--farm", help="Farm file(s) declaring emulated devices."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Results root (default: $KCLOUD_HOME/bench)."),
     system: str | None = typer.Option(None, "--system", help="System name in the results tree."),
@@ -71,9 +83,15 @@ def run(
 ) -> None:
     """Run MLPerf LoadGen against a model on a local device or behind a kcloud gateway."""
     from kcloud.bench.runner import RunRequest, execute_run, prepare_run
-    from kcloud.bench.settings import load_config_file, merge_settings, settings_from_flags
+    from kcloud.bench.settings import (
+        canonical_scenario,
+        load_config_file,
+        merge_settings,
+        settings_from_flags,
+    )
     from kcloud.bench.summary import print_run
 
+    scenario = canonical_scenario(scenario)
     try:
         flags = settings_from_flags(
             {
@@ -87,10 +105,16 @@ def run(
                 "samples_per_query": samples_per_query,
                 "seed": seed,
                 "max_in_flight": max_in_flight,
+                "max_tokens": max_tokens,
+                "ttft_ms": ttft_ms,
+                "tpot_ms": tpot_ms,
+                "tie_margin_nats": tie_margin_nats,
             }
         )
         file = load_config_file(config) if config is not None else None
         settings = merge_settings(scenario, quick=quick, file=file, flags=flags)
+        # what the user set, without the quick profile (chat models have a quick profile of their own)
+        explicit = merge_settings(scenario, quick=False, file=file, flags=flags) if quick else None
         request = RunRequest(
             model=model,
             scenario=scenario,
@@ -100,6 +124,7 @@ def run(
             api_key=api_key,
             settings=settings,
             quick=quick,
+            explicit=explicit,
             system=system,
             out=out,
             farm_files=list(farm),

@@ -17,7 +17,16 @@ from rich.table import Table
 from kcloud.bench.result import BenchResult, load_result
 from kcloud.bench.summary import fmt, rows, validity_text
 
-_LOWER_IS_BETTER = ("latency", "energy [J]", "average power", "millijoules_per_query")
+_LOWER_IS_BETTER = (
+    "latency",
+    "energy [J]",
+    "average power",
+    "millijoules_per_query",
+    "joules_per_token",
+    "TTFT",
+    "TPOT",
+    "mismatches",
+)
 
 
 def _lower_is_better(label: str, result: BenchResult) -> bool:

@@ -182,3 +182,9 @@ def efficiency(
         return {"name": "samples_per_joule", "unit": "samples/J", "value": value}
     value = joules * 1000.0 / queries if joules is not None and queries else None
     return {"name": "millijoules_per_query", "unit": "mJ/query", "value": value}
+
+
+def token_efficiency(joules: float | None, tokens: int | None) -> dict[str, Any]:
+    """Energy per generated token (chat models), over the same window as the samples' figure."""
+    value = joules / tokens if joules is not None and tokens else None
+    return {"name": "joules_per_token", "unit": "J/token", "value": value}

@@ -78,7 +78,7 @@ def model_snapshot(entry: ModelEntry) -> dict[str, Any]:
         "name": entry.name,
         "version": entry.version,
         "sha256": entry.sha256,
-        "onnx_path": str(entry.onnx_path),
+        "weights_path": str(entry.weights_path),
         "batching": entry.config.batching.model_dump(),
         "accuracy_target": entry.config.accuracy.model_dump() if entry.config.accuracy else None,
         "flops_per_sample": entry.config.flops_per_sample,

@@ -62,7 +62,7 @@ def parse_summary(text: str) -> Summary:
         if line == "Recommendations:":
             section = "recommendations"
             continue
-        if line == "Early Stopping Result:":
+        if line.endswith("Early Stopping Result:"):  # token latencies: "TTFT ..." and "TPOT ..."
             section = "early"
             continue
         if line in ("Additional Stats", "Test Parameters Used"):
@@ -145,6 +145,31 @@ def latency_stats_ns(events: dict[str, Any]) -> dict[str, float]:
         if match and bool(match.group(2)) == per_query:
             stats[f"p{float(match.group(1)):g}"] = float(value)
     return stats
+
+
+_TOKEN_PERCENTILE = re.compile(
+    r"^result_(?:first_token_(\d+\.\d+)_percentile_latency_ns|time_per_output_token_(\d+\.\d+)_percentile_ns)$"
+)
+
+
+def token_latency_stats_ns(events: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """LoadGen's token latencies (token-latency mode, not Offline): `{"ttft": {...}, "tpot": {...}}`
+    with min/max/mean and its percentiles; empty where LoadGen logged none."""
+    ttft: dict[str, float] = {}
+    tpot: dict[str, float] = {}
+    for name in ("min", "max", "mean"):
+        if f"result_first_token_{name}_latency_ns" in events:
+            ttft[name] = float(events[f"result_first_token_{name}_latency_ns"])
+        # LoadGen names these "time_to_output_token"; they are its TPOT figures
+        if f"result_time_to_output_token_{name}" in events:
+            tpot[name] = float(events[f"result_time_to_output_token_{name}"])
+    for key, value in events.items():
+        match = _TOKEN_PERCENTILE.match(str(key))
+        if match:
+            first, per_token = match.groups()
+            target, percentile = (ttft, first) if first else (tpot, per_token)
+            target[f"p{float(percentile):g}"] = float(value)
+    return {"ttft": ttft, "tpot": tpot} if ttft or tpot else {}
 
 
 def read_accuracy_log(path: Path) -> list[tuple[int, bytes]]:

@@ -40,6 +40,8 @@ PREFLIGHT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 120.0
 ENERGY_METRIC = "kcloud_device_energy_joules"
 COMPUTE_METRIC = "kcloud_compute_seconds"
+#: Requests a gateway answered, by model and device (chat models: the engine replica's device).
+REQUEST_METRIC = "kcloud_request_seconds"
 
 
 def check_url(url: str) -> str:
@@ -62,8 +64,78 @@ def _error_text(response: httpx.Response) -> str:
     return response.text[:200]
 
 
-class NetworkBackend(Backend):
+class GatewayEnergy:
+    """Energy through a kcloud gateway's own `/metrics`, for a network SUT of either kind.
+
+    The devices that served the model are those with a `serving_metric` count for it (batches
+    computed for tensor models, requests answered for chat models); their energy counters are
+    `kcloud_device_energy_joules_total`.
+    """
+
+    url: str
+    auth_headers: dict[str, str]
+    entry: ModelEntry
+    serving_metric: str
+
+    def scrape(self) -> dict[str, Any]:
+        """The gateway's `/metrics`: energy counters by device uid, devices that served this model."""
+        response = httpx.get(
+            self.url + "/metrics", timeout=PREFLIGHT_TIMEOUT_S, trust_env=False, headers=self.auth_headers
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"GET /metrics answered {response.status_code}")
+        now = time.time()
+        energy: dict[str, Telemetry] = {}
+        serving: set[str] = set()
+        for family in text_string_to_metric_families(response.text):
+            if family.name == ENERGY_METRIC:
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        labels = sample.labels
+                        uid = f"{labels.get('node')}/{labels.get('device')}"
+                        energy[uid] = Telemetry(
+                            uid,
+                            timestamp=now,
+                            energy_joules=sample.value,
+                            modelled=labels.get("modelled") == "true",
+                        )
+            elif family.name == self.serving_metric:
+                for sample in family.samples:
+                    if (
+                        sample.name.endswith("_count")
+                        and sample.labels.get("model") == self.entry.name
+                        and sample.value > 0
+                    ):
+                        serving.add(sample.labels.get("device", ""))
+        return {"energy": energy, "serving": sorted(serving)}
+
+    def serving_devices(self) -> tuple[list[str], str | None]:
+        """Uids of the gateway's devices that computed this model, or `([], reason)`."""
+        try:
+            scraped = self.scrape()
+        except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+            return (
+                [],
+                f"the gateway's /metrics could not be read ({exc}); "
+                "its devices' energy is not readable from outside",
+            )
+        if not scraped["serving"]:
+            return [], "the gateway's /metrics names no device that computed this model"
+        missing = [uid for uid in scraped["serving"] if uid not in scraped["energy"]]
+        if len(missing) == len(scraped["serving"]):
+            return [], (
+                "the gateway publishes no energy counter for the devices serving this model "
+                f"({', '.join(missing)})"
+            )
+        return scraped["serving"], None
+
+    def read_energy(self) -> dict[str, Telemetry]:
+        return self.scrape()["energy"]
+
+
+class NetworkBackend(GatewayEnergy, Backend):
     kind = "network"
+    serving_metric = COMPUTE_METRIC
 
     def __init__(
         self, url: str, entry: ModelEntry, *, output: str, max_in_flight: int, api_key: str | None = None
@@ -168,59 +240,3 @@ class NetworkBackend(Backend):
             "server": self.server,
             "client": f"aiohttp {aiohttp.__version__}",
         }
-
-    # -- energy through the gateway's own metrics ---------------------------------------------
-    def scrape(self) -> dict[str, Any]:
-        """The gateway's `/metrics`: energy counters by device uid, devices that computed this model."""
-        response = httpx.get(
-            self.url + "/metrics", timeout=PREFLIGHT_TIMEOUT_S, trust_env=False, headers=self.auth_headers
-        )
-        if response.status_code != 200:
-            raise RuntimeError(f"GET /metrics answered {response.status_code}")
-        now = time.time()
-        energy: dict[str, Telemetry] = {}
-        serving: set[str] = set()
-        for family in text_string_to_metric_families(response.text):
-            if family.name == ENERGY_METRIC:
-                for sample in family.samples:
-                    if sample.name.endswith("_total"):
-                        labels = sample.labels
-                        uid = f"{labels.get('node')}/{labels.get('device')}"
-                        energy[uid] = Telemetry(
-                            uid,
-                            timestamp=now,
-                            energy_joules=sample.value,
-                            modelled=labels.get("modelled") == "true",
-                        )
-            elif family.name == COMPUTE_METRIC:
-                for sample in family.samples:
-                    if (
-                        sample.name.endswith("_count")
-                        and sample.labels.get("model") == self.entry.name
-                        and sample.value > 0
-                    ):
-                        serving.add(sample.labels.get("device", ""))
-        return {"energy": energy, "serving": sorted(serving)}
-
-    def serving_devices(self) -> tuple[list[str], str | None]:
-        """Uids of the gateway's devices that computed this model, or `([], reason)`."""
-        try:
-            scraped = self.scrape()
-        except (httpx.HTTPError, RuntimeError, ValueError) as exc:
-            return (
-                [],
-                f"the gateway's /metrics could not be read ({exc}); "
-                "its devices' energy is not readable from outside",
-            )
-        if not scraped["serving"]:
-            return [], "the gateway's /metrics names no device that computed this model"
-        missing = [uid for uid in scraped["serving"] if uid not in scraped["energy"]]
-        if len(missing) == len(scraped["serving"]):
-            return [], (
-                "the gateway publishes no energy counter for the devices serving this model "
-                f"({', '.join(missing)})"
-            )
-        return scraped["serving"], None
-
-    def read_energy(self) -> dict[str, Telemetry]:
-        return self.scrape()["energy"]

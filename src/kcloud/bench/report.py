@@ -137,6 +137,68 @@ def _table(results: list[BenchResult]) -> str:
     return "".join(out)
 
 
+def _token_table(results: list[BenchResult]) -> str:
+    """Chat models: LoadGen's token figures (SUT-measured where LoadGen has none) and the accuracy gate."""
+    chat = [r for r in results if r.tokens or (r.accuracy or {}).get("kind") == "chat-greedy"]
+    if not chat:
+        return ""
+    head = [
+        "system",
+        "model",
+        "mode",
+        "tokens/s",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "TPOT p50 ms",
+        "TPOT p99 ms",
+        "bounds (ms)",
+        "J/token",
+        "exact match",
+        "prefix ratio",
+        "ties",
+        "gate",
+    ]
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for r in chat:
+        tokens = r.tokens or {}
+        measured = tokens.get("sut_measured") or {}
+        ttft = tokens.get("ttft_ns") or measured.get("ttft") or {}
+        tpot = tokens.get("tpot_ns") or measured.get("tpot") or {}
+        bounds = tokens.get("constraints")
+        eff = (r.energy or {}).get("efficiency") or {}
+        acc = r.accuracy or {}
+        out.append(
+            "<tr>"
+            + _cell(r.system, "l")
+            + _cell(r.model.name, "l")
+            + _cell(r.mode, "l")
+            + _cell((r.metric or {}).get("value") if r.tokens else None)
+            + "".join(
+                _cell(stats[p] / 1e6 if p in stats else None)
+                for stats in (ttft, tpot)
+                for p in ("p50", "p99")
+            )
+            + _cell(
+                f"TTFT {bounds['ttft_ms']:g} {'met' if bounds['ttft_met'] else 'MISSED'}, "
+                f"TPOT {bounds['tpot_ms']:g} {'met' if bounds['tpot_met'] else 'MISSED'}"
+                if bounds
+                else ""
+            )
+            + _cell(eff.get("value") if eff.get("name") == "joules_per_token" else None)
+            + _cell(acc.get("score") if acc else None)
+            + _cell(acc.get("mean_matched_prefix_ratio") if acc else None)
+            + _cell(acc.get("ties") if acc else None)
+            + _cell(("PASS" if acc.get("passed") else "FAIL") if acc else "")
+            + "</tr>"
+        )
+    out.append(
+        "</table><p class='note'>Chat models: tokens/s, TTFT and TPOT are LoadGen's (token-latency "
+        "mode); Offline has no LoadGen token latencies, so those columns are the SUT's own. The "
+        "gate: every prompt matches the greedy reference or first diverges at a near tie.</p>"
+    )
+    return "".join(out)
+
+
 #: Quantiles drawn per run: the empirical CDF at these points is exact and keeps the file small.
 _QUANTILES = np.concatenate([np.linspace(0.0, 0.9, 91), np.linspace(0.9, 0.999, 100)[1:], [0.9995, 1.0]])
 
@@ -247,7 +309,9 @@ def _performance_figures(
         effs.append((r, eff))
     if effs:
         unit, name = effs[0][1]["unit"], effs[0][1]["name"]
-        better = "lower is better" if name == "millijoules_per_query" else "higher is better"
+        better = (
+            "lower is better" if name in ("millijoules_per_query", "joules_per_token") else "higher is better"
+        )
         figures.append(
             _bar(
                 f"{heading}: energy efficiency, {name} ({better}; purple = MODELLED, emulated device)",
@@ -276,7 +340,7 @@ def build_report(results: list[BenchResult]) -> str:
     for scenario in order:
         runs = sorted(by_scenario[scenario], key=lambda r: (r.mode, r.system, r.device_label))
         parts.append(f"<h2>{html.escape(scenario)}</h2>")
-        parts.append("<div class='scroll'>" + _table(runs) + "</div>")
+        parts.append("<div class='scroll'>" + _table(runs) + _token_table(runs) + "</div>")
         figures: list[go.Figure] = []
         notes: list[str] = []
         # one set of plots per model: a metric is only comparable across devices for one model

@@ -59,6 +59,8 @@ class BenchResult(BaseModel):
     throughput: dict[str, float] = {}
     sut_stats: dict[str, Any] = {}
     accuracy: dict[str, Any] | None = None
+    #: Chat models' performance runs: tokens per second, TTFT and TPOT (`kcloud.bench.llm_run`).
+    tokens: dict[str, Any] | None = None
     energy: dict[str, Any] | None = None
     settings: dict[str, Any] = {}
     environment: dict[str, Any] = {}

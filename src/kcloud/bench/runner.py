@@ -4,7 +4,8 @@
 against the model's signature, the gateway, settings) and raises `BenchError` before anything
 is written or started. `execute_run` then starts the SUT, warms it up, runs LoadGen with a live
 progress view and writes `result.json` beside LoadGen's logs in
-`<out>/<system>/<model>/<scenario>/<mode>/`.
+`<out>/<system>/<model>/<scenario>/<mode>/`. A chat model is prepared by `kcloud.bench.llm_run`
+and driven by the same `execute_run` through the hooks of its prepared run.
 
 `result.json` exists from the moment LoadGen is about to start, marked `"complete": false`; it
 is replaced by the full result when LoadGen returns. Ctrl-C (or any crash) therefore leaves an
@@ -18,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlperf_loadgen as lg
 import numpy as np
@@ -40,16 +41,26 @@ from kcloud.bench.loadgen_logs import (
     parse_summary,
     power_window,
 )
-from kcloud.bench.network import NetworkBackend
+from kcloud.bench.network import GatewayEnergy, NetworkBackend
 from kcloud.bench.progress import RunProgress
 from kcloud.bench.result import SCENARIO_METRIC, SCHEMA, TIMINGS_FILE, write_result
-from kcloud.bench.settings import MODES, SCENARIOS, BenchSettings, describe_loadgen_settings, to_loadgen
-from kcloud.bench.sut import Backend, LoadGenSUT
+from kcloud.bench.settings import (
+    CHAT_SETTINGS,
+    MODES,
+    SCENARIOS,
+    BenchSettings,
+    describe_loadgen_settings,
+    to_loadgen,
+)
+from kcloud.bench.sut import AsyncSUT, Backend, LoadGenSUT
 from kcloud.devices.device import Device
 from kcloud.home import kcloud_home
 from kcloud.models.datasets import Dataset, load_dataset
 from kcloud.models.errors import ModelFileError, ModelNotFoundError
 from kcloud.models.repository import ModelEntry, ModelRepository, default_repository_path
+
+if TYPE_CHECKING:
+    from kcloud.bench.llm_run import ChatPreparedRun
 
 #: How long the warm-up measure may take before LoadGen (quick runs / full runs).
 CALIBRATION_S = {True: 0.5, False: 5.0}
@@ -64,7 +75,7 @@ def default_out_dir() -> Path:
     return kcloud_home() / "bench"
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return _SAFE.sub("-", name).strip("-.") or "system"
 
 
@@ -80,6 +91,9 @@ class RunRequest:
     api_key: str | None = None
     settings: BenchSettings = field(default_factory=BenchSettings)
     quick: bool = False
+    #: With `quick`: the settings the user gave (file and flags), before the quick profile was
+    #: merged into `settings`; a chat run applies its own quick profile under them.
+    explicit: BenchSettings | None = None
     system: str | None = None
     out: Path | None = None
     farm_files: list[Path] = field(default_factory=list)
@@ -90,6 +104,11 @@ class RunRequest:
 
 @dataclass
 class PreparedRun:
+    """A checked run of a tensor model (data set samples, OIP outputs).
+
+    `execute_run` drives any prepared run through these hooks; `llm_run.ChatPreparedRun` has the
+    same ones for chat models."""
+
     request: RunRequest
     entry: ModelEntry
     dataset: Dataset
@@ -100,13 +119,58 @@ class PreparedRun:
     inventory: Any = None
     max_in_flight: int = 1
 
+    @property
+    def sample_count(self) -> int:
+        return len(self.dataset)
+
+    def sample_set(self) -> dict[str, Any]:
+        """The query sample library, for the environment snapshot."""
+        return {"path": str(self.dataset.path), "samples": len(self.dataset), "metric": self.dataset.metric}
+
+    def new_sut(self) -> AsyncSUT:
+        return LoadGenSUT(
+            self.backend, self.dataset.inputs, output=self.dataset.output, max_in_flight=self.max_in_flight
+        )
+
+    def warm_up(self, sut: AsyncSUT) -> Calibration:
+        request = self.request
+        return sut.run(
+            calibrate(
+                self.backend,
+                self.dataset.inputs,
+                request.scenario,
+                mode=request.mode,
+                budget_s=CALIBRATION_S[request.quick],
+                samples_per_query=request.settings.samples_per_query or 8,
+                max_in_flight=self.max_in_flight,
+                output=self.dataset.output,
+            )
+        )
+
+    def loadgen_settings(self, settings: BenchSettings) -> lg.TestSettings:
+        return to_loadgen(self.entry.name, self.request.scenario, self.request.mode, settings)
+
+    def reset_stats(self) -> None:
+        if isinstance(self.backend, InProcessBackend):
+            self.backend.reset_stats()
+
+    def sut_stats(self, sut: AsyncSUT) -> dict[str, Any]:
+        stats = sut_counts(sut)
+        if isinstance(self.backend, InProcessBackend):
+            stats["replica"] = self.backend.stats()
+        return stats
+
+    def finish(self, result: dict[str, Any], sut: AsyncSUT, meter: Meter | None) -> None:
+        _finish(self, result, sut, meter)
+
 
 def _open_repository(request: RunRequest) -> ModelRepository:
     """The repository, with the requested model built first when it is one of kcloud's built-ins."""
     repository = ModelRepository(request.repository or default_repository_path())
-    from kcloud.models.builtin import builtin_names, ensure_builtin_models
+    from kcloud.models.builtin import BUILTINS, ensure_builtin_models
 
-    if request.model in builtin_names():
+    # every built-in, buildable here or not: one whose extra is missing fails with what to install
+    if request.model in BUILTINS:
         try:
             ensure_builtin_models(repository, include=[request.model])
         except Exception as exc:  # a failed build names the model and what went wrong
@@ -116,13 +180,16 @@ def _open_repository(request: RunRequest) -> ModelRepository:
     return repository
 
 
-def _model(request: RunRequest, repository: ModelRepository) -> tuple[ModelEntry, Dataset]:
+def _entry(request: RunRequest, repository: ModelRepository) -> ModelEntry:
     try:
-        entry = repository.get(request.model, request.version)
+        return repository.get(request.model, request.version)
     except ModelNotFoundError as exc:
         raise BenchError(f"unknown model: {exc}") from None
     except ModelFileError as exc:
         raise BenchError(f"model {request.model!r} is broken: {exc}") from None
+
+
+def _dataset(entry: ModelEntry) -> Dataset:
     if entry.config.accuracy is None or not entry.config.accuracy.dataset:
         raise BenchError(
             f"model {entry.name!r} has no labelled data set (config `accuracy.dataset`); "
@@ -138,10 +205,10 @@ def _model(request: RunRequest, repository: ModelRepository) -> tuple[ModelEntry
         output_dtype(entry.config, dataset.output)
     except ValueError as exc:
         raise BenchError(f"model {entry.name!r}: {exc}") from None
-    return entry, dataset
+    return dataset
 
 
-def _local_device(request: RunRequest) -> tuple[Any, Device]:
+def local_device(request: RunRequest) -> tuple[Any, Device]:
     from kcloud.devices.inventory import FarmFileError, Inventory
 
     try:
@@ -168,8 +235,11 @@ def default_max_in_flight(entry: ModelEntry, replicas: int) -> int:
     return max(1, per_replica * replicas)
 
 
-def prepare_run(request: RunRequest) -> PreparedRun:
-    """Every check that a user's input can fail, before anything is started or written."""
+def prepare_run(request: RunRequest) -> PreparedRun | ChatPreparedRun:
+    """Every check that a user's input can fail, before anything is started or written.
+
+    A generative model goes to `kcloud.bench.llm_run` (chat samples, LoadGen's token latencies);
+    everything before that (scenario, mode, SUT choice, the repository) is shared."""
     if request.scenario not in SCENARIOS:
         raise BenchError(f"unknown scenario {request.scenario!r}; choose one of {', '.join(SCENARIOS)}")
     if request.mode not in MODES:
@@ -179,7 +249,18 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     if request.isolation not in ("thread", "process"):
         raise BenchError(f"--isolation must be thread or process, got {request.isolation!r}")
     repository = _open_repository(request)
-    entry, dataset = _model(request, repository)
+    entry = _entry(request, repository)
+    if entry.config.generation is not None:
+        from kcloud.bench.llm_run import prepare_chat_run  # imports this module: not at the top
+
+        return prepare_chat_run(request, repository, entry)
+    chat_only = [key for key in CHAT_SETTINGS if key in request.settings.given()]
+    if chat_only:
+        raise BenchError(
+            f"--{chat_only[0].replace('_', '-')} applies to chat models; {entry.name} is not one "
+            f"(platform {entry.config.platform})"
+        )
+    dataset = _dataset(entry)
     # the settings must be acceptable to LoadGen before anything starts
     to_loadgen(entry.name, request.scenario, request.mode, request.settings)
     inventory = None
@@ -193,7 +274,7 @@ def prepare_run(request: RunRequest) -> PreparedRun:
         host = backend.url.split("://", 1)[1]
         system = request.system or f"gateway-{host}"
     else:
-        inventory, device = _local_device(request)
+        inventory, device = local_device(request)
         from kcloud.runtimes.session import UnsupportedDeviceError, plan_for
 
         try:
@@ -214,9 +295,9 @@ def prepare_run(request: RunRequest) -> PreparedRun:
         )
         in_flight = request.settings.max_in_flight or default_max_in_flight(entry, backend.replicas)
         system = request.system or f"{device.node}-{device.id}" + ("-emulated" if device.emulated else "")
-    system = _safe(system)
+    system = safe_name(system)
     out = request.out or default_out_dir()
-    run_dir = out / system / _safe(entry.name) / request.scenario / request.mode
+    run_dir = out / system / safe_name(entry.name) / request.scenario / request.mode
     if run_dir.exists() and not run_dir.is_dir():
         raise BenchError(f"{run_dir} exists and is not a directory")
     return PreparedRun(request, entry, dataset, backend, run_dir, system, device, inventory, in_flight)
@@ -226,7 +307,7 @@ def prepare_run(request: RunRequest) -> PreparedRun:
 
 
 @dataclass
-class _Meter:
+class Meter:
     meter: EnergyMeter | None
     reason: str | None
     source: str | None
@@ -246,14 +327,14 @@ _SCOPES = {
 }
 
 
-def _energy_meter(prepared: PreparedRun) -> _Meter:
+def _energy_meter(prepared: PreparedRun | ChatPreparedRun) -> Meter:
     backend = prepared.backend
-    if isinstance(backend, NetworkBackend):
+    if isinstance(backend, GatewayEnergy):
         uids, reason = backend.serving_devices()
         if not uids:
-            return _Meter(None, reason, None, None)
+            return Meter(None, reason, None, None)
         meter = EnergyMeter(uids, backend.read_energy, interval_s=ENERGY_INTERVAL_S)
-        return _Meter(
+        return Meter(
             meter,
             None,
             f"gateway {backend.url}/metrics (kcloud_device_energy_joules_total)",
@@ -267,7 +348,7 @@ def _energy_meter(prepared: PreparedRun) -> _Meter:
         {device.uid: lambda: inventory.sample(device)}, interval_s=ENERGY_INTERVAL_S
     )
     scope = _SCOPES.get(device.plugin, f"{device.plugin} plugin's energy counter")
-    return _Meter(meter, None, f"local inventory, {device.plugin} plugin", scope)
+    return Meter(meter, None, f"local inventory, {device.plugin} plugin", scope)
 
 
 def _log_settings(run_dir: Path) -> lg.LogSettings:
@@ -322,7 +403,7 @@ def _run_loadgen(
 
 
 def _base_result(
-    prepared: PreparedRun,
+    prepared: PreparedRun | ChatPreparedRun,
     settings: BenchSettings,
     calibration: Calibration | None,
     ts: lg.TestSettings | None,
@@ -354,56 +435,35 @@ def _base_result(
             "loadgen_test_settings": describe_loadgen_settings(ts) if ts is not None else None,
             "effective": None,
         },
-        "environment": environment_snapshot(
-            entry,
-            prepared.device,
-            dataset={
-                "path": str(prepared.dataset.path),
-                "samples": len(prepared.dataset),
-                "metric": prepared.dataset.metric,
-            },
-        ),
+        "environment": environment_snapshot(entry, prepared.device, dataset=prepared.sample_set()),
         "notes": [],
     }
 
 
-def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool = True) -> Path:
+def execute_run(
+    prepared: PreparedRun | ChatPreparedRun, console: Console, *, show_progress: bool = True
+) -> Path:
     """Run it; returns the path of `result.json`. Ctrl-C raises `BenchInterrupted` after writing
     the incomplete result (LoadGen itself cannot be stopped: the caller ends the process)."""
     request = prepared.request
     run_dir = prepared.run_dir
-    backend = prepared.backend
-    sut = LoadGenSUT(
-        backend, prepared.dataset.inputs, output=prepared.dataset.output, max_in_flight=prepared.max_in_flight
-    )
+    sut = prepared.new_sut()
     started_at = _now()
     result: dict[str, Any] | None = None
     calibration: Calibration | None = None
     settings = request.settings
-    meter: _Meter | None = None
+    meter: Meter | None = None
     try:
         try:
             sut.start()
         except Exception as exc:
             raise BenchError(f"the SUT did not start: {type(exc).__name__}: {exc}") from None
-        spq = request.settings.samples_per_query or 8
         try:
-            calibration = sut.run(
-                calibrate(
-                    backend,
-                    prepared.dataset.inputs,
-                    request.scenario,
-                    mode=request.mode,
-                    budget_s=CALIBRATION_S[request.quick],
-                    samples_per_query=spq,
-                    max_in_flight=prepared.max_in_flight,
-                    output=prepared.dataset.output,
-                )
-            )
+            calibration = prepared.warm_up(sut)
         except CalibrationError as exc:
             raise BenchError(str(exc)) from None
         settings = apply_calibration(request.scenario, request.settings, calibration, quick=request.quick)
-        ts = to_loadgen(prepared.entry.name, request.scenario, request.mode, settings)
+        ts = prepared.loadgen_settings(settings)
         run_dir.mkdir(parents=True, exist_ok=True)
         _clear_previous(run_dir)
         result = _base_result(prepared, settings, calibration, ts, started_at)
@@ -411,11 +471,10 @@ def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool 
         meter = (
             _energy_meter(prepared)
             if request.mode == "performance"
-            else _Meter(None, "accuracy mode: energy is measured in performance runs only", None, None)
+            else Meter(None, "accuracy mode: energy is measured in performance runs only", None, None)
         )
         sut.reset_counters()
-        if isinstance(backend, InProcessBackend):
-            backend.reset_stats()
+        prepared.reset_stats()
         if meter.meter is not None:
             meter.meter.start()
         min_duration_s = ts.min_duration_ms / 1000.0
@@ -423,7 +482,7 @@ def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool 
         with RunProgress(
             console, title=title, min_duration_s=min_duration_s, enabled=show_progress
         ) as progress:
-            _run_loadgen(sut, len(prepared.dataset), ts, run_dir, progress)
+            _run_loadgen(sut, prepared.sample_count, ts, run_dir, progress)
         if meter.meter is not None:
             meter.meter.stop()
     except KeyboardInterrupt:
@@ -435,7 +494,7 @@ def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool 
             "validity": None,
             "validity_note": "interrupted (Ctrl-C) before LoadGen finished: no validity",
         }
-        result["sut_stats"] = _sut_stats(sut, backend)
+        result["sut_stats"] = prepared.sut_stats(sut)
         result["notes"].append("run interrupted with Ctrl-C; LoadGen's logs in this directory are partial")
         path = write_result(run_dir, result)
         raise BenchInterrupted(str(path)) from None
@@ -444,24 +503,23 @@ def execute_run(prepared: PreparedRun, console: Console, *, show_progress: bool 
         raise
     sut.stop()
     assert result is not None
-    _finish(prepared, result, sut, meter)
+    prepared.finish(result, sut, meter)
     return write_result(run_dir, result)
 
 
-def _sut_stats(sut: LoadGenSUT, backend: Backend) -> dict[str, Any]:
-    stats: dict[str, Any] = {
+def sut_counts(sut: AsyncSUT) -> dict[str, Any]:
+    """What the SUT counted during LoadGen's run (the warm-up is forgotten)."""
+    return {
         "issued": sut.issued,
         "completed": sut.completed,
         "errors": sut.errors,
         "first_error": sut.first_error,
         "max_in_flight": sut.max_in_flight,
     }
-    if isinstance(backend, InProcessBackend):
-        stats["replica"] = backend.stats()
-    return stats
 
 
-def _finish(prepared: PreparedRun, result: dict[str, Any], sut: LoadGenSUT, meter: _Meter | None) -> None:
+def read_loadgen(prepared: PreparedRun | ChatPreparedRun, result: dict[str, Any]) -> dict[str, Any]:
+    """Copy LoadGen's verdict and figures from its logs into `result`; returns its detail events."""
     request, run_dir = prepared.request, prepared.run_dir
     summary_path, detail_path = run_dir / SUMMARY_FILE, run_dir / DETAIL_FILE
     summary = parse_summary(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else None
@@ -522,7 +580,12 @@ def _finish(prepared: PreparedRun, result: dict[str, Any], sut: LoadGenSUT, mete
             "value": value,
             "source": f"{SUMMARY_FILE}: '{summary.headline_name}'",
         }
-    result["sut_stats"] = _sut_stats(sut, prepared.backend)
+    return events
+
+
+def note_sut(prepared: PreparedRun | ChatPreparedRun, result: dict[str, Any], sut: AsyncSUT) -> None:
+    """The SUT's own counts, and the notes every reader of the result must see."""
+    result["sut_stats"] = prepared.sut_stats(sut)
     result["sut_stats"]["latency_source"] = (
         f"{TIMINGS_FILE}: per-sample time from LoadGen's issue_query call to the SUT's QuerySamplesComplete, "
         "measured by kcloud's SUT (not LoadGen's own timestamps)"
@@ -537,6 +600,12 @@ def _finish(prepared: PreparedRun, result: dict[str, Any], sut: LoadGenSUT, mete
             f"{prepared.device.uid} is an EMULATED device: latency and throughput were measured on the "
             "host CPU that computes for it; its energy is MODELLED from the catalog"
         )
+
+
+def _finish(prepared: PreparedRun, result: dict[str, Any], sut: AsyncSUT, meter: Meter | None) -> None:
+    request, run_dir = prepared.request, prepared.run_dir
+    events = read_loadgen(prepared, result)
+    note_sut(prepared, result, sut)
     times = sut.times
     np.savez_compressed(
         run_dir / TIMINGS_FILE,
@@ -556,12 +625,13 @@ def _finish(prepared: PreparedRun, result: dict[str, Any], sut: LoadGenSUT, mete
             "value": accuracy.get("score"),
             "source": f"{ACCURACY_FILE} scored by kcloud",
         }
-    result["energy"] = _energy_block(request.scenario, events, sut, meter, result)
+    result["energy"] = energy_block(request.scenario, events, sut, meter, result)
 
 
-def _energy_block(
-    scenario: str, events: dict[str, Any], sut: LoadGenSUT, meter: _Meter | None, result: dict[str, Any]
+def energy_block(
+    scenario: str, events: dict[str, Any], sut: AsyncSUT, meter: Meter | None, result: dict[str, Any]
 ) -> dict[str, Any]:
+    """Energy over LoadGen's window from the meter's counters, and MLPerf Power's per-sample figure."""
     block: dict[str, Any] = {
         "joules": None,
         "efficiency": efficiency(scenario, None, samples=None, queries=None),

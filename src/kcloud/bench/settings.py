@@ -17,9 +17,12 @@ target_qps = 800
 [Server]
 target_qps = 300
 latency_bound_ms = 50
+ttft_ms = 2000      # chat models: LoadGen's token-latency constraints
+tpot_ms = 100
 ```
 
-Flags win over the file. Every value is validated before LoadGen starts.
+Flags win over the file. Every value is validated before LoadGen starts. The chat settings
+(`CHAT_SETTINGS`) mean something for chat models only; `kcloud.bench.llm_run` checks them.
 """
 
 from __future__ import annotations
@@ -45,7 +48,11 @@ _ONLY_IN: dict[str, tuple[str, ...]] = {
     "latency_bound_ms": ("Server",),
     "expected_latency_ms": ("SingleStream", "MultiStream"),
     "samples_per_query": ("MultiStream",),
+    "ttft_ms": ("Server",),
+    "tpot_ms": ("Server",),
 }
+#: Settings of chat models only (LoadGen's token-latency mode and the greedy accuracy gate).
+CHAT_SETTINGS: tuple[str, ...] = ("max_tokens", "ttft_ms", "tpot_ms", "tie_margin_nats")
 
 #: `--quick`: long enough for LoadGen to schedule and judge a run, short enough for a test.
 QUICK: dict[str, Any] = {"min_duration_s": 1.0, "max_duration_s": 20.0}
@@ -67,6 +74,11 @@ class BenchSettings(BaseModel):
     samples_per_query: int | None = Field(None, ge=1, description="MultiStream samples per query")
     seed: int | None = Field(None, ge=0, lt=2**64, description="derives LoadGen's three RNG seeds")
     max_in_flight: int | None = Field(None, ge=1, description="samples the SUT keeps in flight at most")
+    # chat models only; LoadGen's TPOT is (last - first token) / (tokens - 1), so at least 2 tokens
+    max_tokens: int | None = Field(None, ge=2, description="tokens generated per sample (performance)")
+    ttft_ms: float | None = Field(None, gt=0, description="Server time-to-first-token bound")
+    tpot_ms: float | None = Field(None, gt=0, description="Server time-per-output-token bound")
+    tie_margin_nats: float | None = Field(None, ge=0, description="accuracy: near-tie margin")
 
     def given(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -83,6 +95,12 @@ class BenchConfigFile(BaseModel):
     Server: BenchSettings = BenchSettings()
     Offline: BenchSettings = BenchSettings()
     _source: str = PrivateAttr(default="config file")
+
+
+def canonical_scenario(name: str) -> str:
+    """A scenario as LoadGen spells it, whatever the case it was typed in (`server` is `Server`);
+    an unknown name is returned as given, for the check that names the choices."""
+    return next((s for s in SCENARIOS if s.lower() == name.lower()), name)
 
 
 def _flag(key: str) -> str:

@@ -52,10 +52,47 @@ def rows(result: BenchResult) -> list[tuple[str, Any]]:
         (f"average power [W]{modelled}", energy.get("average_power_watts")),
         (f"{eff.get('name', 'efficiency')} [{eff.get('unit', '')}]{modelled}", eff.get("value")),
     ]
-    if result.accuracy is not None:
+    out += token_rows(result)
+    if accuracy.get("kind") == "chat-greedy":
+        out += [
+            ("accuracy: exact-match rate", accuracy.get("score")),
+            ("accuracy: mean matched-prefix ratio", accuracy.get("mean_matched_prefix_ratio")),
+            ("accuracy: ties (near-tie divergences)", accuracy.get("ties")),
+            ("accuracy: mismatches", accuracy.get("mismatches")),
+            ("accuracy: tie margin [nats]", accuracy.get("tie_margin_nats")),
+        ]
+    elif result.accuracy is not None:
         out += [
             (f"accuracy ({accuracy.get('metric')})", accuracy.get("score")),
             ("accuracy threshold", accuracy.get("threshold")),
+        ]
+    return out
+
+
+def token_rows(result: BenchResult) -> list[tuple[str, Any]]:
+    """A chat model's token figures: TTFT and TPOT (LoadGen's, else the SUT's), constraints."""
+    tokens = result.tokens
+    if not tokens:
+        return []
+    measured = tokens.get("sut_measured") or {}
+    ttft = tokens.get("ttft_ns") or measured.get("ttft") or {}
+    tpot = tokens.get("tpot_ns") or measured.get("tpot") or {}
+    by = "" if tokens.get("ttft_ns") else " (SUT-measured)"
+    out: list[tuple[str, Any]] = [("tokens per sample", tokens.get("tokens_per_sample"))]
+    for label, stats in (("TTFT", ttft), ("TPOT", tpot)):
+        for p in ("p50", "p99"):
+            out.append((f"{label} {p} [ms]{by}", stats[p] / 1e6 if p in stats else None))
+    constraints = tokens.get("constraints")
+    if constraints:
+        out += [
+            (
+                f"TTFT p{constraints['percentile']:g} bound [ms] met",
+                f"{constraints['ttft_ms']:g}: " + ("yes" if constraints["ttft_met"] else "NO"),
+            ),
+            (
+                f"TPOT p{constraints['percentile']:g} bound [ms] met",
+                f"{constraints['tpot_ms']:g}: " + ("yes" if constraints["tpot_met"] else "NO"),
+            ),
         ]
     return out
 
@@ -77,11 +114,14 @@ def print_run(console: Console, path: Path) -> None:
         table.add_row(escape(label), fmt(value))
     if result.accuracy is not None:
         passed = result.accuracy.get("passed")
-        table.add_row("accuracy target", "[green]PASS[/]" if passed else "[red]FAIL[/]")
+        label = "accuracy gate" if result.accuracy.get("kind") == "chat-greedy" else "accuracy target"
+        table.add_row(label, "[green]PASS[/]" if passed else "[red]FAIL[/]")
     energy = result.energy or {}
     if energy.get("joules") is None and energy.get("reason"):
         table.add_row("energy: why null", f"[dim]{energy['reason']}[/]")
     console.print(table)
+    if result.accuracy is not None and result.accuracy.get("reason"):
+        console.print(f"[dim]accuracy:[/] {result.accuracy['reason']}", highlight=False)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     for reason in result.loadgen.get("recommendations") or []:

@@ -31,6 +31,7 @@ from kcloud.farm.spec import (
     DrainRequest,
     EventView,
     ExplainView,
+    RoutingView,
     ScaleRequest,
 )
 
@@ -66,6 +67,7 @@ def build_api(
     *,
     caller: Callable[[], Caller | None] = lambda: None,
     audit: Callable[..., None] = lambda action, target, **detail: None,
+    routing: Callable[[str], dict[str, object] | None] = lambda name: None,
 ) -> APIRouter:
     """The admin API on `service`. `caller()` tells who the current request acts for, and
     `audit(action, target, **detail)` names its action in the audit log: both come from tenancy,
@@ -166,7 +168,11 @@ def build_api(
     )
     def explain_placement(name: str, limit: int = Query(5, ge=1, le=20)) -> ExplainView:
         name = visible(name)
-        return service.explain(name, limit)
+        view = service.explain(name, limit)
+        spread = routing(name)
+        if spread is None:
+            return view
+        return view.model_copy(update={"routing": RoutingView.model_validate(spread)})
 
     @api.get(
         "/devices", response_model=list[DeviceView], summary="Devices, their health, drain state and load"

@@ -101,7 +101,8 @@ async def attach(
 
         router.on_replica_died.append(on_death)
         if admin_api:
-            app.include_router(build_api(service, reconciler.wake, caller=caller, audit=audit))
+            app.include_router(build_api(service, reconciler.wake, caller=caller, audit=audit,
+                                         routing=router.routing))
         await reconciler.settle(restore_timeout_s, on_pass=on_pass)
         not_served |= await asyncio.to_thread(_drop_unstarted, service, router, bundled)
         reconciler.start()

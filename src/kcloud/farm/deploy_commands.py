@@ -319,6 +319,13 @@ def explain(
         out.print(table)
     if not view["placements"]:
         out.print("no placement recorded yet")
+    routing = view.get("routing")
+    if routing:
+        out.print(f"\n[bold]requests routed[/bold] by token policy {routing['policy']} "
+                  "(prefix: the replica had seen the prompt's prefix; least-tokens: the least loaded)")
+        for replica, counts in routing["routed"].items():
+            spread = ", ".join(f"{policy} {count}" for policy, count in sorted(counts.items())) or "none yet"
+            out.print(f"  {escape(replica)}: {spread}", soft_wrap=True)
 
 
 def _print_device(view: dict[str, Any]) -> None:

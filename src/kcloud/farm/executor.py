@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from kcloud.devices.device import Device
 from kcloud.models.repository import ModelEntry
+from kcloud.serving.engine import EngineReplica
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import Isolation, Replica, WorkRecorder, create_replica
 from kcloud.serving.router import Router
@@ -52,8 +53,10 @@ class ReplicaHandle:
     replica_id: str
     executor: str
     pid: int | None = None
-    #: Where it runs for remote executors (e.g. a Ray actor id); None for local ones.
+    #: Where it runs: a Ray actor id for remote executors, an LLM engine's loopback URL; else None.
     address: str | None = None
+    #: Seconds from spawn to serving (measured by the replica), for its `replica.started` event.
+    start_seconds: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,13 +129,13 @@ class LocalExecutor:
         self.metrics = metrics
         self.isolation = isolation
         self.threads = threads
-        self._replicas: dict[str, Replica] = {}
+        self._replicas: dict[str, Replica | EngineReplica] = {}
         #: Replicas whose worker died (the router tells us), as opposed to ones stopped on purpose:
         #: when the server shuts down, the router stops every replica, and that is no death.
         self._dead: set[str] = set()
         router.on_replica_died.append(self._died)
 
-    def _died(self, replica: Replica) -> None:
+    def _died(self, replica: Replica | EngineReplica) -> None:
         if replica.id in self._replicas:
             self._dead.add(replica.id)
 
@@ -154,6 +157,9 @@ class LocalExecutor:
             await replica.stop()
             raise
         self._replicas[spec.replica_id] = replica
+        if isinstance(replica, EngineReplica):
+            return ReplicaHandle(spec.replica_id, self.name, pid=replica.pid, address=replica.base_url,
+                                 start_seconds=replica.start_seconds)
         return ReplicaHandle(spec.replica_id, self.name, pid=replica.pid)
 
     async def stop(self, handle: ReplicaHandle) -> None:
@@ -172,5 +178,5 @@ class LocalExecutor:
     def handles(self) -> list[ReplicaHandle]:
         return [ReplicaHandle(rid, self.name, pid=r.pid) for rid, r in self._replicas.items()]
 
-    def replica(self, replica_id: str) -> Replica | None:
+    def replica(self, replica_id: str) -> Replica | EngineReplica | None:
         return self._replicas.get(replica_id)

@@ -126,13 +126,16 @@ class ReplicaLifecycle(Ledger):
             row, dep = hit
             row.state, row.executor, row.pid, row.handle = "running", executor, pid, handle
             row.started_at, row.last_error = utcnow(), None
+            took = handle.get("start_seconds")
             self._event(
                 session,
                 "replica.started",
-                f"{row.id} running on {row.device_uid}" + (f" (pid {pid})" if pid else ""),
+                f"{row.id} running on {row.device_uid}" + (f" (pid {pid})" if pid else "")
+                + (f", serving {took:.1f} s after it was started" if took is not None else ""),
                 deployment=dep,
                 device=row.device_uid,
                 replica=row.id,
+                data={"start_seconds": took} if took is not None else None,
             )
             dep_row = self._deployment(session, dep)
             self._refresh_status(session, dep_row)

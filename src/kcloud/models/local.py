@@ -24,7 +24,8 @@ class LocalRunner:
             options.intra_op_num_threads = threads
         self.entry = entry
         self.pipeline: Pipeline = pipeline_for(entry)
-        self.session = ort.InferenceSession(str(entry.onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(entry.weights_path), options,
+                                            providers=["CPUExecutionProvider"])
         self.graph_outputs = [o.name for o in self.session.get_outputs()]
 
     def run(self, requests: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

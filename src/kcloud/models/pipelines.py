@@ -27,7 +27,7 @@ def pipeline_for(entry: ModelEntry) -> Pipeline:
     """The pipeline that the model's `processing.kind` calls for."""
     kind = entry.config.processing.kind
     if kind == "sentence-embedding":
-        graph_inputs = tuple(t.name for t in read_signature(entry.onnx_path).inputs)
+        graph_inputs = tuple(t.name for t in read_signature(entry.weights_path).inputs)
         return SentenceEmbeddingPipeline(
             entry.config, entry.file(entry.config.processing.tokenizer or ""), graph_inputs
         )

@@ -6,19 +6,28 @@
 <repo>/<model>/<version>/model.onnx one directory per version, positive integers
 ```
 
+A generative model (`platform = "transformers"`) has a Hugging Face checkpoint in each version
+directory instead: `config.json`, `model.safetensors` (or several `*.safetensors` shards) and
+`tokenizer.json`, with whatever else the engine reads (chat template, generation config). It is
+the directory an LLM engine loads, so it is copied whole.
+
 Every model is checked when it is added and again when it is loaded (the config against the
-ONNX graph, the files it names), so a broken model is refused by name instead of failing a
-request later. Adding stages everything in a hidden directory of the repository and renames it
-into place, so a failed or interrupted `add` leaves nothing half-copied.
+ONNX graph or the checkpoint's files, the files it names), so a broken model is refused by name
+instead of failing a request later. Adding stages everything in a hidden directory of the
+repository and renames it into place, so a failed or interrupted `add` leaves nothing half-copied.
 """
 
 from __future__ import annotations
 
 import contextlib
 import filecmp
+import hashlib
+import json
 import logging
+import math
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +61,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+#: A transformers-platform version directory: a Hugging Face causal-LM checkpoint.
+CHECKPOINT_CONFIG = "config.json"
+CHECKPOINT_WEIGHTS = "model.safetensors"
+CHECKPOINT_TOKENIZER = "tokenizer.json"
+_CHECKPOINT_FILES = (
+    f"{CHECKPOINT_CONFIG}, {CHECKPOINT_WEIGHTS} (or *.safetensors shards) and {CHECKPOINT_TOKENIZER}"
+)
 _STAGING_PREFIX = ".staging-"
 
 
@@ -70,8 +86,10 @@ class ModelEntry:
     path: Path
     #: The model directory, `<repo>/<model>`, where the config and processing files live.
     model_dir: Path
-    onnx_path: Path
-    #: SHA-256 of `model.onnx`, for artifact caches and bench environment snapshots.
+    #: `model.onnx`, or a checkpoint's `model.safetensors` (the index of a sharded one).
+    weights_path: Path
+    #: SHA-256 of the weights (over every shard's digest for a sharded checkpoint), for artifact
+    #: caches and bench environment snapshots.
     sha256: str
 
     def file(self, relative: str) -> Path:
@@ -125,6 +143,67 @@ def _check_tokenizer(path: Path) -> None:
         raise ModelFileError(f"{path}: not a readable HF tokenizers file: {exc}") from None
 
 
+# ------------------------------------------------------------------------- checkpoints
+def _checkpoint_weights(directory: Path) -> list[Path]:
+    """The safetensors files of a complete checkpoint directory; each missing file is named."""
+    weights = sorted(directory.glob("*.safetensors"))
+    for name, present in (
+        (CHECKPOINT_CONFIG, (directory / CHECKPOINT_CONFIG).is_file()),
+        (f"{CHECKPOINT_WEIGHTS} (nor any *.safetensors shard)", bool(weights)),
+        (CHECKPOINT_TOKENIZER, (directory / CHECKPOINT_TOKENIZER).is_file()),
+    ):
+        if not present:
+            raise ModelFileError(
+                f"{directory}/{name}: not found (a transformers model's version holds {_CHECKPOINT_FILES})"
+            )
+    return weights
+
+
+def _weights_identity(directory: Path, weights: list[Path]) -> tuple[Path, str]:
+    """(weights path, digest) of a checkpoint: one file's SHA-256, or one over every shard's."""
+    single = directory / CHECKPOINT_WEIGHTS
+    if weights == [single]:
+        return single, file_sha256(single)
+    digest = hashlib.sha256()
+    for shard in weights:
+        digest.update(f"{shard.name}:{file_sha256(shard)}\n".encode())
+    index = directory / f"{CHECKPOINT_WEIGHTS}.index.json"
+    return (index if index.is_file() else weights[0]), digest.hexdigest()
+
+
+def _safetensors_size(path: Path) -> tuple[int, int]:
+    """(parameters, bytes) of a safetensors file, from its header alone."""
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 100 * 2**20:
+                raise ValueError(f"header of {length} bytes")
+            header = json.loads(handle.read(length))
+        tensors = [v for k, v in header.items() if k != "__metadata__"]
+        parameters = sum(math.prod(t["shape"]) for t in tensors)
+        size = sum(t["data_offsets"][1] - t["data_offsets"][0] for t in tensors)
+    except (OSError, ValueError, struct.error, KeyError, TypeError, AttributeError) as exc:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({exc})") from None
+    return parameters, size
+
+
+def _check_checkpoint(directory: Path) -> tuple[int, int]:
+    """Check a checkpoint about to be added, more deeply than a load does; (parameters, bytes)."""
+    weights = _checkpoint_weights(directory)
+    config_json = directory / CHECKPOINT_CONFIG
+    try:
+        data = json.loads(config_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{config_json}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict) or not ("model_type" in data or "architectures" in data):
+        raise ModelFileError(
+            f"{config_json}: not a Hugging Face model config (no `model_type` or `architectures`)"
+        )
+    _check_tokenizer(directory / CHECKPOINT_TOKENIZER)
+    sizes = [_safetensors_size(path) for path in weights]
+    return sum(p for p, _ in sizes), sum(b for _, b in sizes)
+
+
 @contextlib.contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
     """Serialise writers across processes (e.g. `kcloud up` and `kcloud models build`)."""
@@ -147,8 +226,9 @@ class _Source:
     """A validated model about to be copied in: its config, versions and support files."""
 
     config: ModelConfig
-    onnx_files: list[Path]  # in version order
-    version_dirs: list[Path | None]  # whole source version dirs to copy (None: only the .onnx)
+    #: Per version, in order: a whole source version directory to copy, or the loose files that
+    #: make one (a single .onnx file, copied as model.onnx; a flat checkpoint's files).
+    versions: list[Path | list[Path]]
     support: list[tuple[Path, str]]  # (source path, relative destination in the model dir)
 
 
@@ -209,7 +289,8 @@ class ModelRepository:
         versions = self.versions(name)
         if not versions:
             raise ModelFileError(
-                f"{model_dir}: no version directory with a {MODEL_FILE} (expected {model_dir}/1/{MODEL_FILE})"
+                f"{model_dir}: no version directory with a {MODEL_FILE} or checkpoint "
+                f"(expected {model_dir}/1/{MODEL_FILE}, or {model_dir}/1/ with {_CHECKPOINT_FILES})"
             )
         chosen = versions[-1] if version is None else version
         if chosen not in versions:
@@ -223,10 +304,14 @@ class ModelRepository:
                 f"{config_path}: key `name`: {config.name!r} differs from the directory name {name!r}"
             )
         version_dir = model_dir / str(chosen)
-        onnx_path = version_dir / MODEL_FILE
-        if not onnx_path.is_file():
-            raise ModelFileError(f"{onnx_path}: model file not found")
-        check_signature(config, read_signature(onnx_path), config_path)
+        if config.platform == "transformers":
+            weights_path, sha256 = _weights_identity(version_dir, _checkpoint_weights(version_dir))
+        else:
+            weights_path = version_dir / MODEL_FILE
+            if not weights_path.is_file():
+                raise ModelFileError(f"{weights_path}: model file not found")
+            check_signature(config, read_signature(weights_path), config_path)
+            sha256 = file_sha256(weights_path)
         _check_named_files(config, model_dir, config_path)
         return ModelEntry(
             name=name,
@@ -234,8 +319,8 @@ class ModelRepository:
             config=config,
             path=version_dir,
             model_dir=model_dir,
-            onnx_path=onnx_path,
-            sha256=file_sha256(onnx_path),
+            weights_path=weights_path,
+            sha256=sha256,
         )
 
     # ----------------------------------------------------------------------------------- writing
@@ -247,6 +332,8 @@ class ModelRepository:
         `path` is a model directory in repository layout (`config.toml` plus `<n>/model.onnx`
         version directories, or a flat `model.onnx` beside the config), or a single `.onnx` file
         with an optional `config` TOML; without one the signature is inferred from the graph.
+        For a transformers model the versions are checkpoint directories, or the directory is a
+        Hugging Face checkpoint itself with a `config.toml` added (version 1).
         `name` overrides the config's name. If the model exists, the versions are added after
         its latest one, provided the signature still fits every existing version; with
         `replace` the existing model is swapped out whole instead.
@@ -258,6 +345,12 @@ class ModelRepository:
         with _locked(self.root / ".add.lock"):
             existing = self.versions(model_name) if (self.root / model_name / CONFIG_FILE).is_file() else []
             if existing and not replace:
+                present = load_config(self.root / model_name / CONFIG_FILE).platform
+                if present != source.config.platform:
+                    raise ModelFileError(
+                        f"{path}: a {source.config.platform} model cannot be a new version of "
+                        f"{model_name!r}, a {present} model; add it under another name or with replace"
+                    )
                 return self._add_versions(source, existing)
             return self._add_new(source, replace)
 
@@ -291,14 +384,16 @@ class ModelRepository:
         numbered = sorted((int(p.name), p) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
         if any(number == 0 for number, _ in numbered):
             raise ModelFileError(f"{path / '0'}: version numbers start at 1")
+        if config.platform == "transformers":
+            return self._read_checkpoint_dir(path, config, config_path, [d for _, d in numbered])
         if numbered:
             for _, version_dir in numbered:
                 if not (version_dir / MODEL_FILE).is_file():
                     raise ModelFileError(f"{version_dir / MODEL_FILE}: model file not found")
             onnx_files = [d / MODEL_FILE for _, d in numbered]
-            version_dirs: list[Path | None] = [d for _, d in numbered]
+            versions: list[Path | list[Path]] = [d for _, d in numbered]
         elif (path / MODEL_FILE).is_file():
-            onnx_files, version_dirs = [path / MODEL_FILE], [None]
+            onnx_files, versions = [path / MODEL_FILE], [[path / MODEL_FILE]]
         else:
             raise ModelFileError(
                 f"{path}: no {MODEL_FILE} (expected {path}/1/{MODEL_FILE} or {path}/{MODEL_FILE})"
@@ -317,16 +412,58 @@ class ModelRepository:
         ]
         _check_named_files(config, path, config_path)
         config = self._checked_against_graphs(config, onnx_files, config_path)
-        return _Source(config, onnx_files, version_dirs, support)
+        return _Source(config, versions, support)
+
+    def _read_checkpoint_dir(
+        self, path: Path, config: ModelConfig, config_path: Path, numbered: list[Path]
+    ) -> _Source:
+        """A transformers model: checkpoint version directories, or a checkpoint directory itself."""
+        named = [(path / rel, rel) for _, rel in _named_files(config)]
+        if numbered:
+            sizes = [_check_checkpoint(d) for d in numbered]
+            versions: list[Path | list[Path]] = list(numbered)
+            skip = {config_path.resolve(), *(d.resolve() for d in numbered)}
+            support = [
+                (p, p.name)
+                for p in sorted(path.iterdir())
+                if p.resolve() not in skip and not p.name.startswith(".") and p.name != CONFIG_FILE
+            ]
+        else:
+            # A Hugging Face checkpoint directory with a config.toml dropped in: its files (not
+            # its subdirectories, e.g. a copy of the original weights) are version 1.
+            sizes = [_check_checkpoint(path)]
+            skip = {config_path.resolve(), *(p.resolve() for p, _ in named)}
+            versions = [[
+                p for p in sorted(path.iterdir())
+                if p.is_file() and p.resolve() not in skip and not p.name.startswith(".")
+                and p.name != CONFIG_FILE
+            ]]
+            support = named
+        _check_named_files(config, path, config_path)
+        parameters, weights_bytes = max(sizes, key=lambda size: size[1])  # the largest version
+        generation = config.generation
+        assert generation is not None  # the config's own rule for a transformers model
+        updates: dict[str, object] = {}
+        if config.memory_bytes is None:
+            updates["memory_bytes"] = weights_bytes + generation.kv_cache_bytes
+        if generation.flops_per_token is None and parameters:
+            updates["generation"] = generation.model_copy(update={"flops_per_token": 2.0 * parameters})
+        config = config.model_copy(update=updates) if updates else config
+        return _Source(config, versions, support)
 
     def _read_source_file(self, path: Path, name: str | None, config_path: Path | None) -> _Source:
         if config_path is not None:
             config = _renamed(load_config(config_path), name, config_path)
             base = config_path.parent
             _check_named_files(config, base, config_path)
+            if config.platform == "transformers":
+                raise ModelFileError(
+                    f"{config_path}: a transformers model is a checkpoint directory ({_CHECKPOINT_FILES} "
+                    f"beside the config.toml), not the single file {path}"
+                )
             support = [(base / rel, rel) for _, rel in _named_files(config)]
             config = self._checked_against_graphs(config, [path], config_path)
-            return _Source(config, [path], [None], support)
+            return _Source(config, [[path]], support)
         model = load_onnx(path)
         signature = signature_of(model, path)
         inputs = tensor_specs(signature.inputs, path)
@@ -344,7 +481,7 @@ class ModelRepository:
         config = config_from_dict(
             {k: v for k, v in data.items() if v is not None}, f"inferred config for {path}"
         )
-        return _Source(config, [path], [None], [])
+        return _Source(config, [[path]], [])
 
     def _checked_against_graphs(
         self, config: ModelConfig, onnx_files: list[Path], config_path: Path
@@ -375,12 +512,14 @@ class ModelRepository:
 
     @staticmethod
     def _copy_version(source: _Source, index: int, target: Path) -> None:
-        version_dir = source.version_dirs[index]
-        if version_dir is not None:
-            shutil.copytree(version_dir, target, ignore=shutil.ignore_patterns(SIGNATURE_CACHE, ".*"))
-        else:
-            target.mkdir(parents=True)
-            shutil.copy2(source.onnx_files[index], target / MODEL_FILE)
+        version = source.versions[index]
+        if isinstance(version, Path):
+            shutil.copytree(version, target, ignore=shutil.ignore_patterns(SIGNATURE_CACHE, ".*"))
+            return
+        target.mkdir(parents=True)
+        onnx_model = source.config.platform == "onnxruntime"
+        for file in version:
+            shutil.copy2(file, target / (MODEL_FILE if onnx_model else file.name))
 
     def _add_new(self, source: _Source, replace: bool = False) -> ModelEntry:
         name = source.config.name
@@ -395,8 +534,8 @@ class ModelRepository:
                     shutil.copytree(src, destination)
                 else:
                     shutil.copy2(src, destination)
-            for index in range(len(source.onnx_files)):
-                number = int(source.version_dirs[index].name) if source.version_dirs[index] else index + 1
+            for index, version in enumerate(source.versions):
+                number = int(version.name) if isinstance(version, Path) else index + 1
                 self._copy_version(source, index, model_dir / str(number))
             save_config(source.config, model_dir / CONFIG_FILE)
             if (self.root / name).exists():
@@ -415,8 +554,11 @@ class ModelRepository:
         name = source.config.name
         model_dir = self.root / name
         config_path = model_dir / CONFIG_FILE
-        for version in existing:
-            check_signature(source.config, read_signature(model_dir / str(version) / MODEL_FILE), config_path)
+        if source.config.platform == "onnxruntime":
+            for version in existing:
+                check_signature(
+                    source.config, read_signature(model_dir / str(version) / MODEL_FILE), config_path
+                )
         for src, relative in source.support:
             present = model_dir / relative
             if present.exists() and not (
@@ -429,7 +571,7 @@ class ModelRepository:
         staging = self._stage()
         try:
             staged = []
-            for index in range(len(source.onnx_files)):
+            for index in range(len(source.versions)):
                 target = staging / str(existing[-1] + index + 1)
                 self._copy_version(source, index, target)
                 staged.append(target)

@@ -77,7 +77,7 @@ def run_batch(session: Any, names: list[str], feeds: dict[str, np.ndarray], requ
 
 
 def serve_session(
-    conn: Connection, onnx_path: str | Path, device: Device, threads: int, parent_pid: int,
+    conn: Connection, weights_path: str | Path, device: Device, threads: int, parent_pid: int,
     env: dict[str, str] | None = None,
 ) -> None:
     """Entry point of a worker child (target of `multiprocessing` spawn).
@@ -91,7 +91,7 @@ def serve_session(
     try:
         runtime = runtime_for(device, ONNX_PLATFORM)
         plan = runtime.plan(device, confined=bool(env))
-        session = runtime.create_session(Path(onnx_path), device, plan, threads=threads)
+        session = runtime.create_session(Path(weights_path), device, plan, threads=threads)
     except Exception as exc:  # report any failure to build the session to the parent, then end
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         conn.close()

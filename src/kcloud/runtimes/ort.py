@@ -1,4 +1,5 @@
-"""The ONNX Runtime runtimes kcloud ships: `onnxruntime-cpu` and `onnxruntime-cuda`.
+"""The ONNX Runtime runtimes kcloud ships: `onnxruntime-cpu` and `onnxruntime-cuda`, both
+`SessionRuntime`s (the model runs in a session kcloud's own worker holds).
 
 - `onnxruntime-cpu` serves CPUs, and emulated devices (they exist only in a farm file and
   compute on the host): `CPUExecutionProvider`, `threads` intra-op threads, one inter-op
@@ -13,8 +14,9 @@
   of the device shows.
 
 Vendor NPUs (Rebellions, FuriosaAI, ...) and PIM have no ONNX Runtime provider: neither
-runtime serves them, so placement rejects them and a session there is an
-`UnsupportedDeviceError`, until a runtime for them is installed.
+runtime serves them, so placement rejects ONNX models there and a session there is an
+`UnsupportedDeviceError`, until a runtime for them is installed. (Generative models reach
+those NPUs through the engine runtimes, `kcloud.runtimes.vllm` and `kcloud.runtimes.furiosa_llm`.)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import onnxruntime as ort
 
 from kcloud.devices.device import Device
 from kcloud.devices.plugin import device_ordinal
-from kcloud.runtimes.plugin import RUNTIME_NOTE, ExecutionPlan, Runtime, UnsupportedDeviceError
+from kcloud.runtimes.plugin import RUNTIME_NOTE, ExecutionPlan, SessionRuntime, UnsupportedDeviceError
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def _model_file(model_path: Path) -> str:
     return str(model_path)
 
 
-class OnnxRuntimeCpu(Runtime):
+class OnnxRuntimeCpu(SessionRuntime):
     """ONNX models on the host CPU: CPUs, and emulated devices of any kind."""
 
     name = "onnxruntime-cpu"
@@ -133,7 +135,7 @@ class OnnxRuntimeCpu(Runtime):
         return {}
 
 
-class OnnxRuntimeCuda(Runtime):
+class OnnxRuntimeCuda(SessionRuntime):
     """ONNX models on real NVIDIA GPUs through the CUDA execution provider."""
 
     name = "onnxruntime-cuda"

@@ -1,23 +1,26 @@
 """`Runtime`: what executes a model on a device, found through the `kcloud.runtimes` entry points.
 
 One question, "can this device run this model, and how?", has one answer: the installed
-runtimes. Placement asks them whether a device is eligible, replicas ask them how to build a
-session, and worker processes get the environment they give. Nothing else matches vendor
-strings.
+runtimes. Placement asks them whether a device is eligible, replicas ask them how to run the
+model, and worker processes get the environment they give. Nothing else matches vendor strings.
 
 A runtime is a small class registered under the `kcloud.runtimes` entry-point group (as device
-plugins are under `kcloud.devices`); kcloud ships `onnxruntime-cpu` and `onnxruntime-cuda`
-(`kcloud.runtimes.ort`). Discovery never raises: a plugin that fails to import, or that is not
-a `Runtime`, is logged and skipped, so a broken package cannot take a node down.
+plugins are under `kcloud.devices`). Discovery never raises: a plugin that fails to import, or
+that is not a `Runtime`, is logged and skipped, so a broken package cannot take a node down.
 
-The interface is deliberately narrow, so that LLM engines (vLLM, furiosa-llm, ...) can plug in
-beside ONNX Runtime:
+Every runtime answers the same narrow questions:
 
     name, platforms                      who it is; the model platforms (`ModelConfig.platform`) it runs
     refusal(device) -> str | None        None when it serves the device, else why not (a phrase)
-    plan(device, confined=...) -> ExecutionPlan   how a session would run there
-    create_session(path, device, plan, threads=...) -> Session
     visibility_env(device) -> dict       the environment that confines a worker process to the device
+
+and then runs models in one of two ways:
+
+- `SessionRuntime`: the model runs in a session kcloud's own worker holds (ONNX Runtime:
+  `onnxruntime-cpu`, `onnxruntime-cuda` in `kcloud.runtimes.ort`), through
+  `plan(device, confined=...)` and `create_session(path, device, plan, threads=...)`.
+- `EngineRuntime` (`kcloud.runtimes.engine`): the model runs in an LLM engine's own server
+  process (`vllm`, `furiosa-llm`), which kcloud starts and supervises; no session, no plan.
 """
 
 from __future__ import annotations
@@ -74,10 +77,10 @@ class Session(Protocol):
 class Runtime(ABC):
     """Executes models of some platforms on some devices.
 
-    `refusal` must depend only on a device's class (plugin, vendor, chip, `emulated`), never on
-    its id or attributes: placement asks once per class of device and applies the answer to
-    thousands of devices. It must be cheap and never touch the device (placement may run on
-    another node than the session).
+    `refusal` must depend only on a device's class (plugin, vendor, chip, `emulated`) and on
+    what is installed in this process, never on the device's id or attributes: placement asks
+    once per class of device and applies the answer to thousands of devices. It must be cheap
+    and never touch the device (placement may run on another node than the model).
     """
 
     #: Unique name, e.g. "onnxruntime-cuda".
@@ -95,17 +98,6 @@ class Runtime(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
-
-    @abstractmethod
-    def plan(self, device: Device, *, confined: bool = False) -> ExecutionPlan:
-        """How a session on `device` runs. `confined`: the calling process was started with
-        `visibility_env(device)`, so the device is the only one its library sees."""
-
-    @abstractmethod
-    def create_session(
-        self, model_path: Path, device: Device, plan: ExecutionPlan, *, threads: int
-    ) -> Session:
-        """A session for the model file at `model_path`, laid out as `plan` says."""
 
     def visibility_env(self, device: Device) -> dict[str, str]:
         """The environment that confines a worker process to `device`.
@@ -126,6 +118,26 @@ class Runtime(ABC):
             return cls.visibility_env(device)
         except ValueError as exc:
             raise UnsupportedDeviceError(str(exc)) from None
+
+
+class SessionRuntime(Runtime):
+    """A runtime whose models run in a session that kcloud's own worker holds (ONNX Runtime).
+
+    The worker (a thread, a child process or a Ray actor) asks for a `plan`, builds the
+    session once and feeds it batches; an engine runtime has neither, which is why these two
+    methods live here and not on `Runtime`.
+    """
+
+    @abstractmethod
+    def plan(self, device: Device, *, confined: bool = False) -> ExecutionPlan:
+        """How a session on `device` runs. `confined`: the calling process was started with
+        `visibility_env(device)`, so the device is the only one its library sees."""
+
+    @abstractmethod
+    def create_session(
+        self, model_path: Path, device: Device, plan: ExecutionPlan, *, threads: int
+    ) -> Session:
+        """A session for the model file at `model_path`, laid out as `plan` says."""
 
 
 def load_runtimes() -> list[Runtime]:
@@ -157,7 +169,8 @@ def installed_runtimes() -> tuple[Runtime, ...]:
 
 def refusals(device: Device, platform: str, runtimes: Iterable[Runtime]) -> list[tuple[str, str]] | None:
     """None when one of `runtimes` serves `platform` models on `device`; else each runtime's
-    name and why it does not."""
+    name and why it does not (a runtime of another platform says which platforms it runs, which
+    tells the reader, say, that the RNGD's runtime runs generative models only)."""
     why: list[tuple[str, str]] = []
     for runtime in runtimes:
         if platform not in runtime.platforms:

@@ -47,6 +47,10 @@ class ServingMetrics:
         self.queue_depth = Gauge(
             "kcloud_queue_depth", "Requests waiting in a replica's queue", ["model", "replica"],
             registry=registry)
+        self.llm_routed_total = Counter(
+            "kcloud_llm_routed", "Generations sent to an engine replica, by the routing policy that chose it "
+            "(prefix: a replica that had seen the prompt's prefix; least-tokens; round-robin)",
+            ["model", "replica", "policy"], registry=registry)
         self.modelled_device_seconds = Histogram(
             "kcloud_modelled_device_seconds",
             "MODELLED time one batch would take on the emulated device's catalog chip (not measured)",

@@ -26,6 +26,7 @@ from kcloud.runtimes.layout import default_layout, host_cores
 from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
 from kcloud.runtimes.session import UnsupportedDeviceError, plan_for
 from kcloud.serving.batcher import Batcher, Finish, Pending
+from kcloud.serving.engine import EngineReplica, create_engine_replica
 from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.worker import ProcessWorker, ThreadWorker, Worker
@@ -293,19 +294,25 @@ def create_replica(
     pipeline: Pipeline | None = None,
     replica_id: str | None = None,
     efficiency: float = DEFAULT_EFFICIENCY,
-) -> Replica:
+) -> Replica | EngineReplica:
     """A replica of `entry` on `device`, not yet started (`await replica.start()`).
+
+    A generative model's replica is an engine process (`kcloud.serving.engine`); `isolation`
+    and `pipeline` do not apply to it.
 
     `threads` defaults to the measured-best layout for the device (`default_layout`); the
     caller decides how many replicas to make (its first element). Raises
     `UnsupportedDeviceError` when no installed runtime serves the model's platform on the
     device, or the model does not allow the device's kind.
     """
-    plan_for(device, platform=entry.config.platform)  # refuse unserved devices before spawning anything
     if device.spec.kind not in entry.config.device_kinds:
         raise UnsupportedDeviceError(
             f"model {entry.name} may run on {', '.join(entry.config.device_kinds)}; "
             f"device {device.uid} is a {device.spec.kind}")
+    if entry.config.generative:
+        return create_engine_replica(entry, device, threads=threads, emulation=emulation,
+                                     replica_id=replica_id, efficiency=efficiency)
+    plan_for(device, platform=entry.config.platform)  # refuse unserved devices before spawning anything
     if threads is None:
         threads = default_layout(device, host_cores())[1]
     if pipeline is None:
@@ -313,9 +320,9 @@ def create_replica(
 
         pipeline = pipeline_for(entry)
     if isolation == "process":
-        worker: Worker = ProcessWorker(entry.onnx_path, device, threads=threads)
+        worker: Worker = ProcessWorker(entry.weights_path, device, threads=threads)
     elif isolation == "thread":
-        worker = ThreadWorker(entry.onnx_path, device, threads=threads)
+        worker = ThreadWorker(entry.weights_path, device, threads=threads)
     else:
         raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
     replica_id = replica_id or f"{entry.name}-v{entry.version}-{device.id}-{os.getpid()}-{next(_counter)}"

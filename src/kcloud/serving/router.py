@@ -1,5 +1,9 @@
 """`Router`: sends each request to the least-loaded live replica of its model.
 
+Two kinds of replica stand in it: `Replica` (kcloud's own batcher and worker, for ONNX models:
+`infer`) and `EngineReplica` (an LLM engine process, for generative models: `generate`, which
+chooses among a model's engines by prompt prefix and outstanding tokens, `token_routing`).
+
 The router is the only thing the gateway talks to. It refuses bad input before anything is
 queued (`pipeline.prepare` raises `InputError`), balances on each replica's load (rows queued
 plus rows computing), skips replicas whose worker died, and retries a request once on another
@@ -20,42 +24,62 @@ from collections.abc import Callable
 
 import numpy as np
 
+from kcloud.errors import InvalidRequestError
 from kcloud.models.errors import ModelNotFoundError
 from kcloud.models.repository import ModelEntry, ModelRepository
+from kcloud.serving.engine import EngineReplica
+from kcloud.serving.engine_calls import Answer, StreamAnswer, send
+from kcloud.serving.engine_metrics import EngineMetrics
 from kcloud.serving.errors import ModelNotReadyError, ReplicaDiedError
+from kcloud.serving.generation import GenerationCall
+from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import InferOutcome, Replica
+from kcloud.serving.token_routing import Policy, TokenRouter
+
+AnyReplica = Replica | EngineReplica
 
 log = logging.getLogger(__name__)
 
 
 class Router:
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, *, token_policy: Policy = "prefix",
+                 metrics: ServingMetrics | None = None, engine_metrics: EngineMetrics | None = None) -> None:
         self.repository = repository
-        self._replicas: dict[str, Replica] = {}
+        self.metrics = metrics
+        #: Scrapes each engine replica's own metrics for /metrics (`kcloud_llm_*`) while it is routed.
+        self.engine_metrics = engine_metrics
+        self.tokens = TokenRouter(token_policy)
+        self._replicas: dict[str, AnyReplica] = {}
         # Looked up on every request, changed only by add/remove: rebuilt lazily after a change.
         self._served: list[ModelEntry] | None = None
         self._versions: dict[str, list[ModelEntry]] = {}  # name -> served entries, by version
-        self._candidates_of: dict[tuple[str, int], list[Replica]] = {}
+        self._candidates_of: dict[tuple[str, int], list[AnyReplica]] = {}
         #: Models whose last replica died and was removed, while a replacement starts.
         self._awaiting: dict[tuple[str, int], ModelEntry] = {}
         self._turn = itertools.count()
         #: Called once per replica whose worker died (not for replicas stopped on purpose).
-        self.on_replica_died: list[Callable[[Replica], None]] = []
+        self.on_replica_died: list[Callable[[AnyReplica], None]] = []
 
     def __repr__(self) -> str:
         return f"Router({len(self._replicas)} replicas)"
 
     # -- replicas ---------------------------------------------------------------------------
-    def add_replica(self, replica: Replica) -> None:
+    def add_replica(self, replica: AnyReplica) -> None:
         """Route to `replica` (already started) from now on."""
         if replica.id in self._replicas:
             raise ValueError(f"replica {replica.id} is already routed")
-        replica.on_death.append(self._replica_died)
+        replica.on_death.append(self._replica_died)  # type: ignore[arg-type]
         self._replicas[replica.id] = replica
+        if isinstance(replica, EngineReplica) and self.engine_metrics is not None:
+            launch = replica.launch
+            if launch is not None and launch.metrics_path is not None:
+                self.engine_metrics.watch(
+                    replica.id, deployment=replica.entry.name, device=replica.device.uid,
+                    url=launch.base_url + launch.metrics_path, engine=replica.runtime.name)
         self._awaiting.pop((replica.entry.name, replica.entry.version), None)
         self._replicas_changed()
 
-    async def remove_replica(self, replica_id: str, *, replaced: bool = False) -> Replica | None:
+    async def remove_replica(self, replica_id: str, *, replaced: bool = False) -> AnyReplica | None:
         """Stop routing to a replica and stop it (it finishes what it has queued first).
 
         `replaced`: a new replica will take its place (it died), so its model stays served,
@@ -69,10 +93,13 @@ class Router:
             elif not any((r.entry.name, r.entry.version) == key for r in self._replicas.values()):
                 self._awaiting.pop(key, None)
             self._replicas_changed()
+            self.tokens.forget(replica_id)
+            if self.engine_metrics is not None:
+                self.engine_metrics.forget(replica_id)
             await replica.stop()
         return replica
 
-    def replicas(self, model: str | None = None) -> list[Replica]:
+    def replicas(self, model: str | None = None) -> list[AnyReplica]:
         return [r for r in self._replicas.values() if model is None or r.entry.name == model]
 
     def _replicas_changed(self) -> None:
@@ -80,7 +107,7 @@ class Router:
         self._versions = {}
         self._candidates_of = {}
 
-    def _replica_died(self, replica: Replica) -> None:
+    def _replica_died(self, replica: AnyReplica) -> None:
         log.error("replica %s of %s on %s died", replica.id, replica.entry.name, replica.device.uid)
         for observer in list(self.on_replica_died):
             try:
@@ -120,7 +147,7 @@ class Router:
             f"model {name!r} has no served version {version}; "
             f"served versions: {', '.join(str(e.version) for e in versions)}")
 
-    def _candidates(self, entry: ModelEntry) -> list[Replica]:
+    def _candidates(self, entry: ModelEntry) -> list[AnyReplica]:
         key = (entry.name, entry.version)
         candidates = self._candidates_of.get(key)
         if candidates is None:
@@ -138,7 +165,8 @@ class Router:
         return any(r.alive for r in self._candidates(entry))
 
     def _least_loaded(self, entry: ModelEntry, exclude: set[str]) -> Replica | None:
-        live = [r for r in self._candidates(entry) if r.alive and r.id not in exclude]
+        live = [r for r in self._candidates(entry)
+                if isinstance(r, Replica) and r.alive and r.id not in exclude]
         if not live:
             return None
         # Among equally loaded replicas take turns, so an idle model spreads its first requests.
@@ -162,6 +190,10 @@ class Router:
         DeadlineExceededError (504) or InferenceFailedError (500).
         """
         entry = self.entry(name, version)
+        if entry.config.generative:
+            raise InvalidRequestError(
+                f"model {entry.name!r} is a generative model: "
+                "send it /v1/chat/completions or /v1/completions")
         first = self._least_loaded(entry, set())
         if first is None:
             raise ModelNotReadyError(f"model {entry.name} v{entry.version} has no live replica")
@@ -181,9 +213,51 @@ class Router:
             log.warning("retrying a request of %s on %s after: %s", entry.name, retry.id, died)
             return await retry.infer(prepared, deadline=deadline)
 
+    def routing(self, model: str) -> dict[str, object] | None:
+        """How a generative model's requests are spread over its engines: the policy, and per
+        replica how many requests each policy sent it. None for a model without engines."""
+        engines = [r.id for r in self._replicas.values()
+                   if isinstance(r, EngineReplica) and r.entry.name == model]
+        if not engines:
+            return None
+        return {"policy": self.tokens.policy,
+                "routed": {rid: dict(self.tokens.routed.get(rid, {})) for rid in sorted(engines)}}
+
+    async def generate(self, call: GenerationCall) -> Answer | StreamAnswer:
+        """Send a checked generation to one of its model's engines (`token_routing` chooses),
+        retrying once on another when the chosen one is found dead before it answers.
+
+        Raises ModelNotReadyError (503) when no engine of the model is alive, ReplicaDiedError
+        (503) when the retry failed too.
+        """
+        entry = call.entry
+        tried: set[str] = set()
+        while True:
+            engines = [r for r in self._candidates(entry)
+                       if isinstance(r, EngineReplica) and r.id not in tried]
+            choice = self.tokens.choose(engines, call.prompt_ids)
+            if choice is None:
+                if tried:
+                    raise ReplicaDiedError(f"the engines of {entry.name} v{entry.version} did not answer")
+                raise ModelNotReadyError(f"model {entry.name} v{entry.version} has no live engine replica")
+            replica = self._replicas[choice.replica_id]
+            assert isinstance(replica, EngineReplica)
+            if self.metrics is not None:
+                self.metrics.llm_routed_total.labels(entry.name, replica.id, choice.policy).inc()
+            try:
+                return await send(replica, call)
+            except ReplicaDiedError as died:
+                if tried:
+                    raise
+                log.warning("retrying a generation of %s after: %s", entry.name, died)
+                tried.add(replica.id)
+
     async def close(self) -> None:
         """Stop every replica."""
         replicas = list(self._replicas.values())
+        if self.engine_metrics is not None:
+            for replica in replicas:
+                self.engine_metrics.forget(replica.id)
         self._replicas.clear()
         self._awaiting.clear()
         self._replicas_changed()

@@ -115,8 +115,8 @@ class Worker(ABC):
 class ThreadWorker(Worker):
     """The session in this process, computed in a dedicated thread."""
 
-    def __init__(self, onnx_path: str | Path, device: Device, *, threads: int) -> None:
-        self.onnx_path = Path(onnx_path)
+    def __init__(self, weights_path: str | Path, device: Device, *, threads: int) -> None:
+        self.weights_path = Path(weights_path)
         self.device = device
         self.threads = threads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{device.id}")
@@ -128,7 +128,7 @@ class ThreadWorker(Worker):
         loop = asyncio.get_running_loop()
         try:
             self._session = await loop.run_in_executor(
-                self._executor, lambda: create_session(self.onnx_path, self.device, threads=self.threads))
+                self._executor, lambda: create_session(self.weights_path, self.device, threads=self.threads))
         except Exception as exc:
             raise WorkerStartError(f"{type(exc).__name__}: {exc}") from exc
         self._names = [output.name for output in self._session.get_outputs()]
@@ -160,8 +160,8 @@ class ProcessWorker(Worker):
     computes the first. The child answers in order, so replies resolve the oldest waiting call.
     """
 
-    def __init__(self, onnx_path: str | Path, device: Device, *, threads: int) -> None:
-        self.onnx_path = Path(onnx_path)
+    def __init__(self, weights_path: str | Path, device: Device, *, threads: int) -> None:
+        self.weights_path = Path(weights_path)
         self.device = device
         self.threads = threads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pipe-{device.id}")
@@ -185,7 +185,7 @@ class ProcessWorker(Worker):
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=serve_session,
-            args=(child_conn, str(self.onnx_path), self.device, self.threads, os.getpid(), env),
+            args=(child_conn, str(self.weights_path), self.device, self.threads, os.getpid(), env),
             name=f"kcloud-worker-{self.device.id}",
             daemon=True,  # terminated if this process exits normally
         )

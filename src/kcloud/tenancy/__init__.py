@@ -1,7 +1,8 @@
 """kcloud.tenancy: tenants, API keys, roles, isolation, quotas, rate limits, usage and audit.
 
 `attach(app, db, ...)` puts all of it on a gateway app; `enforce_deployment_quota` is what the
-control plane calls when a deployment is created or scaled. Names are imported lazily so that
+control plane calls when a deployment is created or scaled; `Tenancy.tokens` (a `TokenLimiter`)
+is what the LLM routes call before and after a generation. Names are imported lazily so that
 `kcloud`'s CLI (which imports `kcloud.tenancy.commands`) does not load the server stack.
 """
 
@@ -21,6 +22,10 @@ _EXPORTS = {
     "Principal": "kcloud.tenancy.roles",
     "Role": "kcloud.tenancy.roles",
     "QuotaExceededError": "kcloud.tenancy.errors",
+    "TokenQuotaError": "kcloud.tenancy.errors",
+    "TokenLimiter": "kcloud.tenancy.tokens",
+    "TokenLimits": "kcloud.tenancy.tokens",
+    "current_request": "kcloud.tenancy.context",
 }
 
 __all__ = sorted(_EXPORTS)

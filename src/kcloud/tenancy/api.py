@@ -27,7 +27,7 @@ from kcloud.store.base import utcnow
 from kcloud.tenancy import audit, store, usage
 from kcloud.tenancy.audit import AuditEntry
 from kcloud.tenancy.context import RequestContext, current_request
-from kcloud.tenancy.quotas import QuotaLimits
+from kcloud.tenancy.quotas import QuotaLimits, TokenLimit
 from kcloud.tenancy.roles import Role
 from kcloud.tenancy.store import CreatedKey, KeyView, TenantView
 from kcloud.tenancy.usage import ALL_DIMENSIONS, UsageRecord
@@ -70,16 +70,28 @@ class TenantCreate(StorableBody):
     quota: QuotaLimits | None = None
 
 
-class KeyCreate(StorableBody):
+class KeyLimits(StorableBody):
+    """A change of a key's own limits: the fields sent are set (`null` removes one), the others kept.
+    The tenant's quota applies besides (`PUT /tenants/{name}/quota`)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    requests_per_second: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1, le=INTEGER_MAX)
+    tokens_per_minute: TokenLimit | None = Field(
+        default=None, description="LLM tokens (prompt + completion) per minute for this key")
+    tokens_per_day: TokenLimit | None = Field(
+        default=None, description="LLM tokens (prompt + completion) per UTC day for this key")
+
+
+class KeyCreate(KeyLimits):
+    """A new key; its own limits (`KeyLimits`) may be given at once."""
 
     role: Role = Role.MEMBER
     tenant: str | None = Field(default=None, description="required for member keys; admin keys have none")
     name: str | None = Field(default=None, max_length=255, description="a label, e.g. who or what uses it")
     expires_at: datetime | None = None
     expires_in_days: float | None = Field(default=None, gt=0, le=3650)
-    requests_per_second: float | None = Field(default=None, gt=0)
-    burst: int | None = Field(default=None, ge=1, le=INTEGER_MAX)
 
     @field_validator("expires_at")
     @classmethod
@@ -219,6 +231,7 @@ def tenancy_router() -> APIRouter:
             store.create_key, _tenancy(request).db, _tenancy(request).server_secret, role=body.role,
             tenant=tenant, actor=p.label, name=body.name, expires_at=expires_at,
             requests_per_second=body.requests_per_second, burst=body.burst,
+            tokens_per_minute=body.tokens_per_minute, tokens_per_day=body.tokens_per_day,
         )
         ctx.audit_target = created.info.prefix
         return created
@@ -255,6 +268,21 @@ def tenancy_router() -> APIRouter:
         revoked = await _run(store.revoke_key, tenancy.db, prefix, actor=ctx.principal.label)
         tenancy.key_changed(prefix)
         return revoked
+
+    @api.patch("/keys/{prefix}", response_model=KeyView,
+               summary="Change an API key's own limits (rate, burst, tokens per minute and per day)",
+               responses=_refusals(400, 403, 404, 409))
+    async def update_key_limits(request: Request, prefix: str, body: KeyLimits) -> KeyView:
+        ctx = _ctx(request)
+        changes = body.model_dump(include=body.model_fields_set)
+        ctx.audit("key.limits", prefix, **changes)
+        view = await _visible_key(request, ctx, prefix)
+        if view.role is Role.ADMIN and not ctx.principal.is_admin:
+            raise ForbiddenError("only an admin may change an admin key's limits")
+        tenancy = _tenancy(request)
+        updated = await _run(store.update_key_limits, tenancy.db, prefix, changes)
+        tenancy.key_changed(prefix)  # the limiters read the limits from the cached key row
+        return updated
 
     # -- usage and audit ----------------------------------------------------------------------
     @api.get("/usage", response_model=list[UsageRecord], summary="Usage per tenant, key, deployment and day",

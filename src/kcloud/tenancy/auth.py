@@ -31,6 +31,7 @@ from kcloud.store.db import Database
 from kcloud.tenancy.keys import KeyFormatError, key_matches, parse_key
 from kcloud.tenancy.roles import Principal, Role
 from kcloud.tenancy.schema import ApiKey, TenantQuota
+from kcloud.tenancy.tokens import NO_TOKEN_LIMITS, TokenLimits
 
 DEFAULT_TTL_S = 5.0
 #: Soonest an "invalid API key" is answered, from the request's start: above the time of a
@@ -72,6 +73,8 @@ class KeyRecord:
     requests_per_second: float | None
     burst: int | None
     max_concurrency: int | None
+    #: The key's own token limits and its tenant's, for `kcloud.tenancy.tokens.TokenLimiter.admit`.
+    token_limits: TokenLimits = NO_TOKEN_LIMITS
     #: Made once per cached row, not per request.
     principal: Principal = field(init=False, compare=False)
     expires_epoch: float | None = field(init=False, compare=False)
@@ -101,6 +104,11 @@ def load_key_record(db: Database, prefix: str) -> KeyRecord | None:
             expires_at=row.expires_at, revoked_at=row.revoked_at,
             requests_per_second=rate, burst=burst,
             max_concurrency=quota.max_concurrency if quota is not None else None,
+            token_limits=TokenLimits(
+                key_per_minute=row.tokens_per_minute, key_per_day=row.tokens_per_day,
+                tenant_per_minute=quota.tokens_per_minute if quota is not None else None,
+                tenant_per_day=quota.tokens_per_day if quota is not None else None,
+            ),
         )
 
 

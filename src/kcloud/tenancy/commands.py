@@ -21,7 +21,8 @@ from kcloud.admin_client import DEFAULT_URL, KEY_ENV, URL_ENV, call_admin_api
 from kcloud.cli_errors import err, fail
 
 tenants_app = typer.Typer(help="Tenants and their quotas (admin API).", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys: create (shown once), list, change limits, revoke.",
+                       no_args_is_help=True)
 
 _URL = typer.Option(DEFAULT_URL, "--url", envvar=URL_ENV, help="The kcloud server's base URL.")
 _KEY = typer.Option(None, "--api-key", envvar=KEY_ENV, show_default=False,
@@ -53,10 +54,12 @@ def _parse_vendor_caps(values: list[str]) -> dict[str, int]:
 def _quota_options(
     max_replicas: int | None, max_devices: int | None, vendor_caps: list[str], max_pf: float | None,
     pf_figure: str | None, rate: float | None, burst: int | None, max_concurrency: int | None,
+    tokens_per_minute: int | None, tokens_per_day: int | None,
 ) -> dict[str, Any]:
     given: dict[str, Any] = {
         "max_replicas": max_replicas, "max_devices": max_devices, "max_pf": max_pf, "pf_figure": pf_figure,
         "requests_per_second": rate, "burst": burst, "max_concurrency": max_concurrency,
+        "tokens_per_minute": tokens_per_minute, "tokens_per_day": tokens_per_day,
     }
     quota = {k: v for k, v in given.items() if v is not None}
     if vendor_caps:
@@ -91,6 +94,14 @@ _PF_FIGURE = typer.Option(None, "--pf-figure", help="fp16_bf16_pflops (default) 
 _RATE = typer.Option(None, "--rate", min=0.001, help="Requests per second per key (token bucket).")
 _BURST = typer.Option(None, "--burst", min=1, help="Token-bucket size per key (default: the rate).")
 _CONCURRENCY = typer.Option(None, "--max-concurrency", min=1, help="Requests in flight for the tenant.")
+_TENANT_TPM = typer.Option(None, "--tokens-per-minute", min=1,
+                           help="LLM tokens (prompt + completion) per minute, all its keys together.")
+_TENANT_TPD = typer.Option(None, "--tokens-per-day", min=1,
+                           help="LLM tokens (prompt + completion) per UTC day, all its keys together.")
+_KEY_TPM = typer.Option(None, "--tokens-per-minute", min=1,
+                        help="LLM tokens (prompt + completion) per minute for this key (and the tenant's).")
+_KEY_TPD = typer.Option(None, "--tokens-per-day", min=1,
+                        help="LLM tokens (prompt + completion) per UTC day for this key (and the tenant's).")
 
 
 @tenants_app.command("create")
@@ -105,13 +116,15 @@ def tenants_create(
     rate: float | None = _RATE,
     burst: int | None = _BURST,
     max_concurrency: int | None = _CONCURRENCY,
+    tokens_per_minute: int | None = _TENANT_TPM,
+    tokens_per_day: int | None = _TENANT_TPD,
     url: str = _URL,
     api_key: str | None = _KEY,
     as_json: bool = _JSON,
 ) -> None:
     """Create a tenant, optionally with its quota."""
     quota = _quota_options(max_replicas, max_devices, vendor_caps, max_pf, pf_figure, rate, burst,
-                           max_concurrency)
+                           max_concurrency, tokens_per_minute, tokens_per_day)
     body: dict[str, Any] = {"name": name, "description": description}
     if quota:
         body["quota"] = quota
@@ -132,11 +145,12 @@ def tenants_list(url: str = _URL, api_key: str | None = _KEY, as_json: bool = _J
         out.print_json(json.dumps(tenants))
         return
     table = Table(Column("name", no_wrap=True), "replicas", "devices", "PF", "req/s", "burst", "concurrency",
-                  "created")
+                  "tok/min", "tok/day", "created")
     for t in tenants:
         q = t["quota"]
-        table.add_row(t["name"], *(("-" if q[f] is None else str(q[f])) for f in (
-            "max_replicas", "max_devices", "max_pf", "requests_per_second", "burst", "max_concurrency")),
+        table.add_row(t["name"], *(("-" if q.get(f) is None else str(q[f])) for f in (
+            "max_replicas", "max_devices", "max_pf", "requests_per_second", "burst", "max_concurrency",
+            "tokens_per_minute", "tokens_per_day")),
             t["created_at"][:19])
     out.print(table)
 
@@ -162,6 +176,8 @@ def tenants_quota(
     rate: float | None = _RATE,
     burst: int | None = _BURST,
     max_concurrency: int | None = _CONCURRENCY,
+    tokens_per_minute: int | None = _TENANT_TPM,
+    tokens_per_day: int | None = _TENANT_TPD,
     unset: list[str] = typer.Option([], "--unset",
                                     help="Remove a cap (field name, e.g. max_devices); repeatable."),
     url: str = _URL,
@@ -175,7 +191,7 @@ def tenants_quota(
         current[field] = {} if field == "max_devices_per_vendor" else None
     current = {k: v for k, v in current.items() if v is not None}
     current.update(_quota_options(max_replicas, max_devices, vendor_caps, max_pf, pf_figure, rate, burst,
-                                  max_concurrency))
+                                  max_concurrency, tokens_per_minute, tokens_per_day))
     tenant = _call(url, api_key, "PUT", f"/api/v1/tenants/{name}/quota", json=current)
     _show_tenant(tenant)
 
@@ -204,6 +220,8 @@ def keys_create(
     rate: float | None = typer.Option(None, "--rate", min=0.001,
                                       help="Requests/s for this key (default: the tenant's)."),
     burst: int | None = typer.Option(None, "--burst", min=1, help="Burst for this key (default: tenant's)."),
+    tokens_per_minute: int | None = _KEY_TPM,
+    tokens_per_day: int | None = _KEY_TPD,
     url: str = _URL,
     api_key: str | None = _KEY,
     as_json: bool = _JSON,
@@ -212,7 +230,8 @@ def keys_create(
     if role not in ("member", "readonly", "admin"):
         raise fail(f"--role must be member, readonly or admin, got {role!r}")
     body = {"tenant": tenant, "role": role, "name": name, "expires_in_days": expires_in,
-            "requests_per_second": rate, "burst": burst}
+            "requests_per_second": rate, "burst": burst, "tokens_per_minute": tokens_per_minute,
+            "tokens_per_day": tokens_per_day}
     given = {k: v for k, v in body.items() if v is not None}
     created = _call(url, api_key, "POST", "/api/v1/keys", json=given)
     if as_json:
@@ -240,7 +259,7 @@ def keys_list(
         out.print_json(json.dumps(keys))
         return
     table = Table(Column("prefix", no_wrap=True, min_width=12), "role", Column("tenant", no_wrap=True),
-                  "name", "state", "expires", "created by")
+                  "name", "state", "expires", "limits", "created by")
     for k in keys:
         state = "revoked" if k["revoked_at"] else "active"
         if state == "active" and k["expires_at"]:
@@ -249,8 +268,46 @@ def keys_list(
             if datetime.fromisoformat(k["expires_at"]) <= datetime.now(UTC):
                 state = "expired"
         table.add_row(k["prefix"], k["role"], k["tenant"] or "-", k["name"] or "-", state,
-                      (k["expires_at"] or "never")[:19], k["created_by"])
+                      (k["expires_at"] or "never")[:19], _key_limits(k), k["created_by"])
     out.print(table)
+
+
+def _key_limits(key: dict[str, Any]) -> str:
+    """A key's own limits in a few words ("-": none; its tenant's quota applies either way)."""
+    shown = [f"{key[field]:,} {unit}" for field, unit in (
+        ("requests_per_second", "req/s"), ("burst", "burst"), ("tokens_per_minute", "tok/min"),
+        ("tokens_per_day", "tok/day")) if key.get(field) is not None]
+    return ", ".join(shown) or "-"
+
+
+@keys_app.command("limits")
+def keys_limits(
+    prefix: str = typer.Argument(..., help="The key's prefix (see `kcloud keys list`)."),
+    rate: float | None = typer.Option(None, "--rate", min=0.001, help="Requests/s for this key."),
+    burst: int | None = typer.Option(None, "--burst", min=1, help="Burst for this key."),
+    tokens_per_minute: int | None = _KEY_TPM,
+    tokens_per_day: int | None = _KEY_TPD,
+    unset: list[str] = typer.Option([], "--unset", help=(
+        "Remove one of the key's own limits (requests_per_second, burst, tokens_per_minute, "
+        "tokens_per_day); repeatable.")),
+    url: str = _URL,
+    api_key: str | None = _KEY,
+    as_json: bool = _JSON,
+) -> None:
+    """Change a key's own limits: those given are set, `--unset` ones removed, the rest kept.
+    They apply from the key's next request."""
+    changes: dict[str, Any] = dict.fromkeys(unset)
+    given = {"requests_per_second": rate, "burst": burst, "tokens_per_minute": tokens_per_minute,
+             "tokens_per_day": tokens_per_day}
+    changes.update({k: v for k, v in given.items() if v is not None})
+    if not changes:
+        raise fail("nothing to change: give --rate, --burst, --tokens-per-minute, --tokens-per-day "
+                   "or --unset")
+    key = _call(url, api_key, "PATCH", f"/api/v1/keys/{prefix}", json=changes)
+    if as_json:
+        out.print_json(json.dumps(key))
+        return
+    out.print(f"key {key['prefix']}: limits {_key_limits(key)}")
 
 
 @keys_app.command("revoke")
@@ -322,7 +379,8 @@ def usage(
     api_key: str | None = _KEY,
     as_json: bool = _JSON,
 ) -> None:
-    """Usage per tenant, key, deployment and day: requests, samples, errors, device-seconds, energy."""
+    """Usage per tenant, key, deployment and day: requests, samples, LLM tokens, errors, device-seconds,
+    energy."""
     from datetime import date
 
     for label, value in (("--since", since), ("--until", until)):
@@ -338,13 +396,15 @@ def usage(
         out.print_json(json.dumps(records))
         return
     dims = [d.strip() for d in by.split(",") if d.strip()]
-    numbers = ("requests", "samples", "errors", "device-s", "energy J", "modelled J")
+    numbers = ("requests", "samples", "prompt tok", "completion tok", "errors", "device-s", "energy J",
+               "modelled J")
     table = Table(*(Column(d, no_wrap=True) for d in dims), *(Column(n, justify="right") for n in numbers),
                   box=box.SIMPLE_HEAD,
                   title="usage (energy J: measured; modelled J: emulated devices' modelled energy)")
     for r in records:
         table.add_row(*(str(r[d]) if r[d] is not None else "-" for d in dims),
-                      str(r["requests"]), str(r["samples"]), str(r["errors"]), _number(r["device_seconds"]),
+                      str(r["requests"]), str(r["samples"]), str(r["prompt_tokens"]),
+                      str(r["completion_tokens"]), str(r["errors"]), _number(r["device_seconds"]),
                       _number(r["energy_joules"]), _number(r["energy_joules_modelled"]))
     out.print(table)
     if not records:

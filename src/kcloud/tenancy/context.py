@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcloud.tenancy.roles import Principal
+
+if TYPE_CHECKING:
+    from kcloud.tenancy.tokens import TokenLimits
 
 
 @dataclass
@@ -25,6 +28,13 @@ class RequestContext:
     samples: int = 0
     #: device uid -> device-seconds charged to this request.
     device_seconds: dict[str, float] = field(default_factory=dict)
+    #: Tokens of an LLM generation, added by `TokenLimiter.charge` when it ends (a streamed one
+    #: too); the middleware meters the request after its whole response was sent, so they count.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: The token limits of the request's key and tenant, put here by the middleware from the key's
+    #: cached row (`KeyRecord.token_limits`) for `TokenLimiter.admit`; None: not limited.
+    token_limits: TokenLimits | None = None
     #: Set by admin handlers to name their action in the audit log (default: method and path).
     audit_action: str | None = None
     audit_target: str | None = None

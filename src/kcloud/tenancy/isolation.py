@@ -31,11 +31,14 @@ from kcloud.farm.names import resolve
 from kcloud.farm.reads import served_name_owners
 from kcloud.models.errors import ModelNotFoundError
 from kcloud.models.repository import ModelEntry
+from kcloud.serving.engine_calls import Answer, StreamAnswer
 from kcloud.serving.errors import ServingError
-from kcloud.serving.replica import InferOutcome, Replica
-from kcloud.serving.router import Router
+from kcloud.serving.generation import GenerationCall
+from kcloud.serving.replica import InferOutcome
+from kcloud.serving.router import AnyReplica, Router
 from kcloud.store.db import Database
-from kcloud.tenancy.context import current_request
+from kcloud.tenancy.context import RequestContext, current_request
+from kcloud.tenancy.tokens import TokenLimiter
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +98,11 @@ class TenantScopedRouter:
     through to the real router unchanged.
     """
 
-    def __init__(self, inner: Router, ownership: Ownership) -> None:
+    def __init__(self, inner: Router, ownership: Ownership, tokens: TokenLimiter | None = None) -> None:
         self._inner = inner
         self.ownership = ownership
+        #: Token quotas of keys and tenants, checked before a generation and charged after it.
+        self.tokens = tokens
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -125,7 +130,7 @@ class TenantScopedRouter:
     def served_models(self) -> list[ModelEntry]:
         return [e for e in self._inner.served_models() if self._visible(e.name)]
 
-    def replicas(self, model: str | None = None) -> list[Replica]:
+    def replicas(self, model: str | None = None) -> list[AnyReplica]:
         return [r for r in self._inner.replicas(model) if self._visible(r.entry.name)]
 
     def _not_served(self, name: str) -> ModelNotFoundError:
@@ -152,6 +157,33 @@ class TenantScopedRouter:
         name = self._resolve(name)
         return self._visible(name) and self._inner.is_ready(name, version)
 
+    def _caller_may_run(self, ctx: RequestContext, name: str) -> None:
+        """The caller sees `name` and may run inference; its usage is charged to the deployment."""
+        if not ctx.principal.sees(self.ownership.owner(name).tenant):
+            raise self._not_served(name)
+        if not ctx.principal.can_infer:
+            raise InferenceForbiddenError(
+                f"key {ctx.principal.label} is read-only: it may list and read, not run inference"
+            )
+        ctx.deployment = self.ownership.owner(name).deployment or name
+
+    async def generate(self, call: GenerationCall) -> Answer | StreamAnswer:
+        """`Router.generate` for the caller: visibility, the read-only check, the token quotas
+        (refused with 429 before an engine is chosen), and its tokens charged when known."""
+        ctx = current_request()
+        if ctx is not None:
+            self._caller_may_run(ctx, call.entry.name)
+            tokens = self.tokens
+            if tokens is not None:
+                tokens.admit(ctx)
+                call.on_usage.append(lambda prompt, completion: tokens.charge(ctx, prompt, completion))
+            else:
+                def count(prompt: int, completion: int) -> None:
+                    ctx.prompt_tokens += prompt
+                    ctx.completion_tokens += completion
+                call.on_usage.append(count)
+        return await self._inner.generate(call)
+
     async def infer(
         self,
         name: str,
@@ -163,13 +195,7 @@ class TenantScopedRouter:
         name = self._resolve(name)
         ctx = current_request()
         if ctx is not None:
-            if not ctx.principal.sees(self.ownership.owner(name).tenant):
-                raise self._not_served(name)
-            if not ctx.principal.can_infer:
-                raise InferenceForbiddenError(
-                    f"key {ctx.principal.label} is read-only: it may list and read, not run inference"
-                )
-            ctx.deployment = self.ownership.owner(name).deployment or name
+            self._caller_may_run(ctx, name)
         try:
             outcome = await self._inner.infer(name, version, inputs, deadline=deadline)
         except ModelNotFoundError:

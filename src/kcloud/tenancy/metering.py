@@ -8,6 +8,9 @@ interval and of the write in progress. Energy is attributed every `ENERGY_INTERV
 (`take_interval(attribute_energy=True)`): it reads every device's energy counter, a driver call
 each, which is not worth doing ten times a second; device time accumulates in between.
 
+**Tokens.** An LLM generation's prompt and completion tokens, put on the request's context by
+`kcloud.tenancy.tokens.TokenLimiter.charge` when it ends, are added up per bucket like samples.
+
 **Device-seconds.** A batch computes for `compute_s` on one device for `batch_rows` rows; a request
 owning `rows` of them is charged `compute_s * rows / batch_rows` device-seconds on that device.
 
@@ -57,6 +60,8 @@ class UsageCounts:
     samples: int = 0
     errors: int = 0
     device_seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     energy_joules: float | None = None
     energy_joules_modelled: float | None = None
 
@@ -113,6 +118,8 @@ class UsageMeter:
         samples: int = 0,
         error: bool = False,
         device_seconds: dict[str, float] | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
     ) -> None:
         """Count one request (O(1), no I/O)."""
         with self._lock:
@@ -121,6 +128,8 @@ class UsageMeter:
                 counts = self._counts[bucket] = UsageCounts()
             counts.requests += 1
             counts.samples += samples
+            counts.prompt_tokens += prompt_tokens
+            counts.completion_tokens += completion_tokens
             if error:
                 counts.errors += 1
             if device_seconds:
@@ -171,6 +180,8 @@ class UsageMeter:
                 current.samples += old.samples
                 current.errors += old.errors
                 current.device_seconds += old.device_seconds
+                current.prompt_tokens += old.prompt_tokens
+                current.completion_tokens += old.completion_tokens
                 if old.energy_joules is not None:
                     current.add_energy(old.energy_joules, modelled=False)
                 if old.energy_joules_modelled is not None:

@@ -20,7 +20,12 @@ response stream untouched. In order, for each HTTP request:
    500 leaves (the error handler that sends it sits outside this middleware).
 7. Inference requests (POST outside `/api/`) are counted for usage, in memory, and written to the
    database within `kcloud.tenancy.service.DEFAULT_USAGE_FLUSH_S`; or, with usage written before
-   acknowledging (`Tenancy.usage_before_ack`), the answer waits for the write.
+   acknowledging (`Tenancy.usage_before_ack`), the answer's last part waits for the write.
+   A request is counted once its whole response has been sent (after the app returns, or just
+   before the last body part when written before acknowledging), never at its start: a streamed
+   LLM answer's tokens are known only when its generation ends (`kcloud.tenancy.tokens`), after
+   the status and the first chunks left. A stream the client abandons is counted when the app
+   returns, with whatever tokens the generation was charged.
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ class TenancyMiddleware:
             principal = record.principal
 
         metered = method == "POST" and not path.startswith(ADMIN_PREFIX)
-        ctx = RequestContext(principal)
+        ctx = RequestContext(principal, token_limits=record.token_limits if record is not None else None)
 
         if path in FARM_WIDE_PATHS and not principal.farm_wide:
             await _refuse(send, path, 403, f"{path} shows the whole farm (every tenant's models); "
@@ -169,15 +174,12 @@ class TenancyMiddleware:
 
         async def observed_send(message: Message) -> None:
             nonlocal status, audit_pending, meter_pending, slot_held
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.start":
                 status = message["status"]
                 if audit_pending:
                     audit_pending = False
                     await tenancy.audit_request(ctx, method, path, status)
-                if meter_pending and metered_before_ack and status < 400:  # what is billed
-                    meter_pending = False
-                    self._meter(ctx, True, error=False)
-                    await tenancy.usage_written()
                 if status == 429 and record is not None:
                     # refused further in (a model's queue is full or too slow): held like the
                     # middleware's own refusals, its concurrency slot given back first
@@ -185,6 +187,13 @@ class TenancyMiddleware:
                         slot_held = False
                         tenancy.concurrency.leave(tenant_id)  # type: ignore[arg-type]
                     await self._hold_app_refusal(scope, record.key_id, message)
+            elif (kind == "http.response.body" and meter_pending and metered_before_ack and status < 400
+                  and not message.get("more_body", False)):
+                # the answer's last part (what is billed): a streamed generation has ended by now,
+                # so its tokens are on `ctx`; the client has the answer only once this is sent
+                meter_pending = False
+                self._meter(ctx, True, error=False)
+                await tenancy.usage_written()
             await send(message)
 
         token = bind(ctx)
@@ -293,7 +302,8 @@ class TenancyMiddleware:
             day=utc_day(), tenant_id=principal.tenant_id, key_id=principal.key_id, deployment=ctx.deployment,
             tenant_name=principal.tenant_name, key_prefix=principal.key_prefix,
         )
-        self.tenancy.meter.record(bucket, samples=ctx.samples, error=error, device_seconds=ctx.device_seconds)
+        self.tenancy.meter.record(bucket, samples=ctx.samples, error=error, device_seconds=ctx.device_seconds,
+                                  prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -2,7 +2,8 @@
 
 A quota caps what a tenant may *hold* (replicas, devices in total and per vendor, PF of compute
 from the catalog) and how fast it may *call* (requests per second and burst per key, requests in
-flight for the whole tenant). `None` means "no cap".
+flight for the whole tenant, and LLM tokens per minute and per UTC day for all its keys together,
+enforced by `kcloud.tenancy.tokens`). `None` means "no cap".
 
 The holding check is pure: it compares what the tenant would hold after the change with its
 quota and names the first limit crossed. The caller (the control plane) computes what the tenant
@@ -22,7 +23,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
-from kcloud.farm.bounds import INTEGER_MAX, StorableBody
+from kcloud.farm.bounds import BIGINTEGER_MAX, INTEGER_MAX, StorableBody
 
 #: The catalog figures a PF cap may count, as `kcloud.farm.capacity` defines them.
 PfFigure = Literal["fp16_bf16_pflops", "int8_pops"]
@@ -31,6 +32,12 @@ PF_UNITS: dict[str, str] = {"fp16_bf16_pflops": "FP16/BF16 PFLOPS", "int8_pops":
 
 #: A count stored in an INTEGER column: at most `INTEGER_MAX` (PostgreSQL's), refused with 400 beyond.
 _Count = Annotated[int, Field(ge=0, le=INTEGER_MAX)]
+
+
+#: A token limit (per minute or per day, of a key or a tenant): a whole number of tokens, at least 1
+#: (a key that may use none is revoked instead), stored in a BIGINT column. Strict: `1.5`, `"10"` and
+#: `true` are refused rather than read as a number.
+TokenLimit = Annotated[int, Field(ge=1, le=BIGINTEGER_MAX, strict=True)]
 
 
 class QuotaLimits(StorableBody):
@@ -58,6 +65,12 @@ class QuotaLimits(StorableBody):
     )
     max_concurrency: int | None = Field(
         default=None, ge=1, le=INTEGER_MAX, description="requests in flight for the tenant"
+    )
+    tokens_per_minute: TokenLimit | None = Field(
+        default=None, description="LLM tokens (prompt + completion) per minute, all its keys together"
+    )
+    tokens_per_day: TokenLimit | None = Field(
+        default=None, description="LLM tokens (prompt + completion) per UTC day, all its keys together"
     )
 
 

@@ -1,7 +1,7 @@
 """Tenancy's tables, on the control plane's shared `Base`: tenants, API keys, quotas, usage, audit.
 
-Created only by the Alembic revision `0100_tenancy` (kcloud/store/migrations/versions). A change
-here needs a new revision there.
+Created by the Alembic revision `0100_tenancy` (kcloud/store/migrations/versions), token limits and
+token usage added by `0101_tokens`. A change here needs a new revision there.
 
 Deployments name their owner by tenant *name* (`deployments.tenant`), which is unique and never
 changes, so the control plane's tables need no foreign key into these. Usage and audit rows name
@@ -77,6 +77,9 @@ class ApiKey(Base):
     #: Per-key rate limit overriding the tenant quota's (None: the tenant's).
     requests_per_second: Mapped[float | None] = mapped_column(Float)
     burst: Mapped[int | None] = mapped_column(Integer)
+    #: The key's own token limits (prompt + completion), beside its tenant's (None: no limit of its own).
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger)
+    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger)
     #: The key printed by the first start of the embedded server (at most one such key, ever).
     bootstrap: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -97,6 +100,9 @@ class TenantQuota(Base):
     requests_per_second: Mapped[float | None] = mapped_column(Float)
     burst: Mapped[int | None] = mapped_column(Integer)
     max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    #: Tokens (prompt + completion) for all the tenant's keys together.
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger)
+    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     tenant: Mapped[Tenant] = relationship(back_populates="quota")
@@ -124,6 +130,9 @@ class UsageRow(Base):
     samples: Mapped[int] = mapped_column(BigInteger, default=0)
     errors: Mapped[int] = mapped_column(BigInteger, default=0)
     device_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    #: Tokens of LLM generations (`kcloud.tenancy.tokens`); 0 for requests that generate none.
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     #: Attributed from measured energy counters; None: no device used had one.
     energy_joules: Mapped[float | None] = mapped_column(Float)
     #: Attributed from modelled (emulated) devices' counters; kept apart, never summed with measured.

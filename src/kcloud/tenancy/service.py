@@ -1,8 +1,9 @@
 """`Tenancy`: the running tenancy of one gateway process, and `attach`, which puts it on an app.
 
 One object holds what the middleware, the scoped router and the admin API share: the database,
-the server secret, the key cache, the rate and concurrency limiters, the usage meter and the
-ownership snapshot. Background threads (not asyncio tasks: the server runs uvicorn with
+the server secret, the key cache, the rate and concurrency limiters, the token limiter (`tokens`,
+whose day windows it seeds from the usage table at start), the usage meter and the ownership
+snapshot. Background threads (not asyncio tasks: the server runs uvicorn with
 `lifespan="off"`, and a thread needs no cooperation from the loop) refresh ownership every
 `interval_s` and write usage every `usage_flush_s`; `close()` stops them and writes what is left.
 
@@ -42,10 +43,11 @@ from kcloud.tenancy.auth import DEFAULT_TTL_S, Authenticator
 from kcloud.tenancy.context import RequestContext
 from kcloud.tenancy.isolation import Ownership, TenantScopedRouter, load_ownership
 from kcloud.tenancy.keys import load_server_secret
-from kcloud.tenancy.metering import ENERGY_INTERVAL_S, UsageMeter
+from kcloud.tenancy.metering import ENERGY_INTERVAL_S, UsageMeter, utc_day
 from kcloud.tenancy.middleware import INSECURE_HEADER, TenancyMiddleware
 from kcloud.tenancy.ratelimit import ConcurrencyLimiter, KeyRateLimiter
-from kcloud.tenancy.usage import inventory_energy_reader, write_interval
+from kcloud.tenancy.tokens import TokenLimiter
+from kcloud.tenancy.usage import inventory_energy_reader, tokens_used_on, write_interval
 
 if TYPE_CHECKING:
     from kcloud.devices.inventory import Inventory
@@ -93,6 +95,9 @@ class Tenancy:
         self.authenticator = Authenticator(db, self.server_secret, ttl_s=key_cache_ttl_s)
         self.rate_limiter = KeyRateLimiter()
         self.concurrency = ConcurrencyLimiter()
+        #: Token quotas of the LLM routes: `tokens.admit(ctx)` before a generation, `tokens.charge(ctx,
+        #: prompt_tokens, completion_tokens)` when it ends (`kcloud.tenancy.tokens`).
+        self.tokens = TokenLimiter()
         self.meter = UsageMeter(inventory_energy_reader(inventory) if inventory is not None else None)
         if inventory is not None:
             self.meter.prime(d.uid for d in inventory)
@@ -112,6 +117,7 @@ class Tenancy:
         #: Whether `close()` closes the database too (attach opened it, rather than sharing one).
         self.owns_db = False
         self.refresh_ownership()
+        self.seed_token_windows()
 
     # -- background work -----------------------------------------------------------------------
     def start(self) -> Tenancy:
@@ -196,6 +202,18 @@ class Tenancy:
             except Exception as exc:  # keep the last snapshot; the next tick retries
                 log.warning("could not refresh deployment ownership: %s", exc)
 
+    def seed_token_windows(self) -> None:
+        """Count today's tokens, as the usage table has them, against the day windows of the keys and
+        tenants that used them, so a restart does not hand out a fresh daily token quota. A
+        failure is logged and leaves the windows empty (serving matters more than the quota)."""
+        day = utc_day()
+        try:
+            per_key, per_tenant = tokens_used_on(self.db, day)
+        except Exception as exc:
+            log.warning("could not read today's token usage; daily token quotas start from 0: %s", exc)
+            return
+        self.tokens.seed_day(day, per_key, per_tenant)
+
     def flush_usage(self, *, attribute_energy: bool = True) -> bool:
         """Write the usage counted since the last flush; on failure keep it for the next try.
         With `attribute_energy` (as for a usage query, which must see everything up to now), the
@@ -259,7 +277,7 @@ def attach(
 ) -> Tenancy:
     """Put tenancy on a gateway app made by `kcloud.serving.gateway.create_app` (before it serves).
 
-    - wraps the gateway's router in a `TenantScopedRouter` (isolation and metering);
+    - wraps the gateway's router in a `TenantScopedRouter` (isolation, metering, token quotas);
     - adds the tenancy admin API (`/api/v1/tenants|keys|usage|audit|whoami`);
     - adds the middleware (outermost, so nothing runs before authentication);
     - on the database's first start, creates the admin key and hands it to `announce` once;
@@ -287,7 +305,7 @@ def attach(
     app.state.tenancy = tenancy
     state = app.state.gateway
     if not isinstance(state.router, TenantScopedRouter):
-        state.router = TenantScopedRouter(state.router, tenancy.ownership)
+        state.router = TenantScopedRouter(state.router, tenancy.ownership, tokens=tenancy.tokens)
     app.include_router(tenancy_router())
     app.add_middleware(TenancyMiddleware, tenancy=tenancy)
     if not insecure:
@@ -364,8 +382,8 @@ def _document_refusals(app: FastAPI) -> None:
     document_everywhere(app, 401, "no API key, or one that is unknown, revoked or expired", guarded)
     document_everywhere(app, 403, "this key may not: a read-only key only reads, and farm-wide routes "
                                   "need an admin or farm-wide key", read_only_refused)
-    document_everywhere(app, 429, "the key's rate limit or its tenant's concurrency cap; see Retry-After",
-                        guarded)
+    document_everywhere(app, 429, "the key's rate limit, its tenant's concurrency cap, or (LLM routes) a "
+                                  "token quota of the key or tenant; see Retry-After", guarded)
 
 
 def _print_stderr(text: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -51,6 +52,9 @@ class KeyView(BaseModel):
     revoked_by: str | None
     requests_per_second: float | None
     burst: int | None
+    #: The key's own token limits (its tenant's quota applies besides); None: none of its own.
+    tokens_per_minute: int | None
+    tokens_per_day: int | None
 
     @property
     def state(self) -> str:
@@ -91,6 +95,8 @@ def _quota_view(row: TenantQuota | None) -> QuotaLimits:
         requests_per_second=row.requests_per_second,
         burst=row.burst,
         max_concurrency=row.max_concurrency,
+        tokens_per_minute=row.tokens_per_minute,
+        tokens_per_day=row.tokens_per_day,
     )
 
 
@@ -108,6 +114,7 @@ def _key_view(row: ApiKey) -> KeyView:
         created_at=row.created_at, created_by=row.created_by, expires_at=row.expires_at,
         revoked_at=row.revoked_at, revoked_by=row.revoked_by,
         requests_per_second=row.requests_per_second, burst=row.burst,
+        tokens_per_minute=row.tokens_per_minute, tokens_per_day=row.tokens_per_day,
     )
 
 
@@ -175,6 +182,8 @@ def _fill_quota(row: TenantQuota, limits: QuotaLimits) -> None:
     row.requests_per_second = limits.requests_per_second
     row.burst = limits.burst
     row.max_concurrency = limits.max_concurrency
+    row.tokens_per_minute = limits.tokens_per_minute
+    row.tokens_per_day = limits.tokens_per_day
 
 
 def set_quota(db: Database, name: str, limits: QuotaLimits) -> TenantView:
@@ -207,6 +216,8 @@ def create_key(
     expires_at: datetime | None = None,
     requests_per_second: float | None = None,
     burst: int | None = None,
+    tokens_per_minute: int | None = None,
+    tokens_per_day: int | None = None,
     bootstrap: bool = False,
 ) -> CreatedKey:
     """Make a key; the returned `key` is the only copy of the secret there will ever be."""
@@ -217,10 +228,7 @@ def create_key(
         raise InvalidRequestError("a member key needs a tenant")
     if expires_at is not None and expires_at <= utcnow():
         raise InvalidRequestError(f"expiry {expires_at.isoformat()} is in the past")
-    if requests_per_second is not None and requests_per_second <= 0:
-        raise InvalidRequestError("requests_per_second must be positive")
-    if burst is not None and burst < 1:
-        raise InvalidRequestError("burst must be at least 1")
+    _check_key_limits(requests_per_second, burst, tokens_per_minute, tokens_per_day)
     new = generate_key(server_secret)
     with db.transaction() as session:
         tenant_row = _tenant_row(session, tenant) if tenant is not None else None
@@ -228,12 +236,53 @@ def create_key(
             prefix=new.prefix, digest=new.digest, name=name, role=role.value,
             tenant_id=tenant_row.id if tenant_row is not None else None,
             created_by=actor, expires_at=expires_at,
-            requests_per_second=requests_per_second, burst=burst, bootstrap=bootstrap,
+            requests_per_second=requests_per_second, burst=burst, tokens_per_minute=tokens_per_minute,
+            tokens_per_day=tokens_per_day, bootstrap=bootstrap,
         )
         row.tenant = tenant_row
         session.add(row)
         session.flush()
         return CreatedKey(key=new.text, info=_key_view(row))
+
+
+def _check_key_limits(
+    requests_per_second: float | None, burst: int | None, tokens_per_minute: int | None,
+    tokens_per_day: int | None,
+) -> None:
+    """The API's request models check these too; this is for callers in Python (the CLI's break-glass
+    path, tests), so that no caller can store a limit the limiters cannot use."""
+    if requests_per_second is not None and requests_per_second <= 0:
+        raise InvalidRequestError("requests_per_second must be positive")
+    if burst is not None and burst < 1:
+        raise InvalidRequestError("burst must be at least 1")
+    for name, value in (("tokens_per_minute", tokens_per_minute), ("tokens_per_day", tokens_per_day)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InvalidRequestError(f"{name} must be a whole number of tokens, at least 1; got {value!r}")
+
+
+#: The limits of a key that `update_key_limits` may change.
+KEY_LIMITS = ("requests_per_second", "burst", "tokens_per_minute", "tokens_per_day")
+
+
+def update_key_limits(db: Database, prefix: str, changes: dict[str, Any]) -> KeyView:
+    """Set the key's limits named in `changes` (None removes one); the others are kept.
+    A revoked key's limits cannot change (nothing would use them)."""
+    unknown = sorted(set(changes) - set(KEY_LIMITS))
+    if unknown:
+        raise InvalidRequestError(f"not a key limit: {', '.join(unknown)} (limits: {', '.join(KEY_LIMITS)})")
+    with db.transaction() as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+        if row is None:
+            raise NotFoundError(f"no key with prefix {prefix!r}")
+        if row.revoked_at is not None:
+            raise ConflictError(f"key {prefix} was revoked at {row.revoked_at.isoformat()}; "
+                                f"its limits no longer apply")
+        merged = {name: getattr(row, name) for name in KEY_LIMITS} | changes
+        _check_key_limits(**merged)
+        for name, value in changes.items():
+            setattr(row, name, value)
+        session.flush()
+        return _key_view(row)
 
 
 def list_keys(db: Database, *, tenant: str | None = None) -> list[KeyView]:

@@ -2,7 +2,9 @@
 
 `write_interval` adds one interval (see `kcloud.tenancy.metering`) in a single transaction with
 one INSERT .. ON CONFLICT DO UPDATE, run for every row, so concurrent gateways sharing a
-PostgreSQL database add up instead of overwriting each other. `inventory_energy_reader` reads
+PostgreSQL database add up instead of overwriting each other. `tokens_used_on` reads a day's
+tokens per key and tenant back, to seed the token limiter's day windows at start
+(`kcloud.tenancy.tokens`). `inventory_energy_reader` reads
 devices' cumulative energy counters through the `Inventory`, labelled modelled for emulated devices.
 """
 
@@ -39,6 +41,9 @@ class UsageRecord(BaseModel):
     samples: int
     errors: int
     device_seconds: float
+    #: Tokens of LLM generations (`kcloud.tenancy.tokens`); 0 where nothing generated tokens.
+    prompt_tokens: int
+    completion_tokens: int
     #: Attributed from measured energy counters; None when no device used had one.
     energy_joules: float | None
     #: Attributed from emulated devices' modelled counters (never added to the measured figure).
@@ -59,7 +64,8 @@ def write_interval(db: Database, counts: dict[UsageBucket, UsageCounts]) -> None
             "bucket": bucket_key(bucket), "day": bucket.day, "tenant_id": bucket.tenant_id,
             "tenant_name": bucket.tenant_name, "key_id": bucket.key_id, "key_prefix": bucket.key_prefix,
             "deployment": bucket.deployment, "requests": c.requests, "samples": c.samples, "errors": c.errors,
-            "device_seconds": c.device_seconds, "energy_joules": c.energy_joules,
+            "device_seconds": c.device_seconds, "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "energy_joules": c.energy_joules,
             "energy_joules_modelled": c.energy_joules_modelled, "updated_at": now,
         }
         for bucket, c in counts.items()
@@ -86,6 +92,8 @@ def _upsert(dialect: str) -> Any:
             "samples": table.c.samples + new.samples,
             "errors": table.c.errors + new.errors,
             "device_seconds": table.c.device_seconds + new.device_seconds,
+            "prompt_tokens": table.c.prompt_tokens + new.prompt_tokens,
+            "completion_tokens": table.c.completion_tokens + new.completion_tokens,
             "energy_joules": _add_nullable(table.c.energy_joules, new.energy_joules),
             "energy_joules_modelled": _add_nullable(
                 table.c.energy_joules_modelled, new.energy_joules_modelled),
@@ -122,6 +130,8 @@ def query(
         func.sum(UsageRow.samples).label("samples"),
         func.sum(UsageRow.errors).label("errors"),
         func.sum(UsageRow.device_seconds).label("device_seconds"),
+        func.sum(UsageRow.prompt_tokens).label("prompt_tokens"),
+        func.sum(UsageRow.completion_tokens).label("completion_tokens"),
         func.sum(UsageRow.energy_joules).label("energy_joules"),
         func.sum(UsageRow.energy_joules_modelled).label("energy_joules_modelled"),
     )
@@ -148,9 +158,32 @@ def query(
             **{d: row[d] for d in chosen},
             requests=int(row["requests"]), samples=int(row["samples"]), errors=int(row["errors"]),
             device_seconds=float(row["device_seconds"]),
+            prompt_tokens=int(row["prompt_tokens"]), completion_tokens=int(row["completion_tokens"]),
             energy_joules=row["energy_joules"], energy_joules_modelled=row["energy_joules_modelled"],
         ))
     return records
+
+
+def tokens_used_on(db: Database, day: date) -> tuple[dict[int, int], dict[int, int]]:
+    """Tokens (prompt + completion) used on `day`, per key id and per tenant id, as written so far."""
+    used = func.sum(UsageRow.prompt_tokens + UsageRow.completion_tokens)
+    per_key: dict[int, int] = {}
+    per_tenant: dict[int, int] = {}
+    with db.session() as session:
+        rows = session.execute(
+            select(UsageRow.key_id, UsageRow.tenant_id, used)
+            .where(UsageRow.day == day)
+            .group_by(UsageRow.key_id, UsageRow.tenant_id)
+        ).all()
+    for key_id, tenant_id, tokens in rows:
+        tokens = int(tokens or 0)
+        if not tokens:
+            continue
+        if key_id is not None:
+            per_key[key_id] = per_key.get(key_id, 0) + tokens
+        if tenant_id is not None:
+            per_tenant[tenant_id] = per_tenant.get(tenant_id, 0) + tokens
+    return per_key, per_tenant
 
 
 def inventory_energy_reader(inventory: Inventory) -> EnergyReader:

@@ -20,6 +20,7 @@ from kcloud import __version__
 from kcloud.serving.gateway.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
 from kcloud.serving.gateway.errors import install_error_handlers
 from kcloud.serving.gateway.infer_lane import InferLane
+from kcloud.serving.gateway.llm_routes import generate_router, llm_router
 from kcloud.serving.gateway.metrics_route import metrics_router
 from kcloud.serving.gateway.observe import RequestObserver
 from kcloud.serving.gateway.oip_routes import metadata_router
@@ -108,6 +109,8 @@ def create_app(
     app.state.gateway = state
     app.include_router(metadata_router())
     app.include_router(openai_router())
+    app.include_router(llm_router())
+    app.include_router(generate_router())
     app.include_router(metrics_router())
     for extra in extra_routers:
         app.include_router(extra)

@@ -85,7 +85,8 @@ def error_body(
 ) -> bytes:
     """The JSON error body for `path`'s protocol.
 
-    OpenAI's error object has fixed keys, so `fields` go only into the `{"error": ...}` shape.
+    OpenAI's error object has fixed keys, so `fields` go only into the `{"error": ...}` shape,
+    but for `param` (the request field at fault), which is one of OpenAI's keys.
     Public for the HTTP protocol layer, which refuses a connection before any app (or
     exception) exists.
     """
@@ -93,7 +94,8 @@ def error_body(
         kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
         if code is None and status == 404 and path.startswith(f"{OPENAI_PREFIX}embeddings"):
             code = "model_not_found"
-        return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+        param = (fields or {}).get("param")
+        return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
     return orjson.dumps({"error": message, **(fields or {})})
 
 

@@ -1,4 +1,4 @@
-"""OpenAI-compatible `GET /v1/models` and `POST /v1/embeddings`.
+"""OpenAI-compatible `GET /v1/models` and `POST /v1/embeddings` (chat and completions: `llm_routes`).
 
 Answers are exactly what the official `openai` client parses (`CreateEmbeddingResponse`,
 `SyncPage[Model]`); errors use OpenAI's `{"error": {"message", "type", "param", "code"}}` so the
@@ -123,7 +123,8 @@ def openai_router() -> APIRouter:
         return {
             "object": "list",
             "data": [
-                {"id": e.name, "object": "model", "created": _created(e), "owned_by": OWNER}
+                {"id": e.name, "object": "model", "created": _created(e), "owned_by": OWNER,
+                 "context_length": e.config.generation.context_length if e.config.generation else None}
                 for e in sorted(latest.values(), key=lambda e: e.name)
             ],
         }

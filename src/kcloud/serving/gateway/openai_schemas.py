@@ -53,6 +53,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(description="Unix time the model version was added to the repository.")
     owned_by: str
+    context_length: int | None = Field(
+        default=None,
+        description="Most tokens of prompt plus completion (generative models; null otherwise).")
 
 
 class ModelList(BaseModel):

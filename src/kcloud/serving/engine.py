@@ -1,0 +1,310 @@
+"""`EngineReplica`: a generative model served by an LLM engine process on one device.
+
+kcloud does not generate tokens itself. A replica of a generative model (`ModelConfig.generative`)
+is an engine process (vLLM's OpenAI server, `furiosa-llm serve`, ...) that its runtime plugin
+says how to start (`kcloud.runtimes.engine.EngineRuntime.launch`). This module starts it on a
+free loopback port, confined to its device, waits until its health route answers, watches it,
+and stops it. The gateway passes OpenAI requests through to it (`kcloud.serving.generation`).
+
+It stands beside `kcloud.serving.replica.Replica` in the router with the same surface (`id`,
+`entry`, `device`, `alive`, `load`, `pid`, `on_death`, `start`, `stop`), so the control plane's
+one owner of replicas (the reconciler and its executor) starts, watches and replaces both kinds
+the same way: an engine that exits by itself is a dead replica, replaced like a crashed worker.
+
+The engine runs in its own session (process group), so a Ctrl-C in the terminal reaches only
+kcloud, which stops the engines itself; `PR_SET_PDEATHSIG` takes the engine down if kcloud is
+killed outright. Its output goes to `<KCLOUD_HOME>/logs/engines/<replica>.log`; a start that
+fails quotes the log's tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from kcloud.devices.device import Device
+from kcloud.home import kcloud_home
+from kcloud.runtimes.engine import EngineLaunch, EngineModel, EngineRuntime
+from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, modelled_device_seconds
+from kcloud.runtimes.plugin import runtime_for
+from kcloud.serving.worker import WorkerStartError
+
+if TYPE_CHECKING:
+    from kcloud.models.repository import ModelEntry
+    from kcloud.serving.replica import WorkRecorder
+
+log = logging.getLogger(__name__)
+
+#: How long an engine may take to answer its health route after it starts. vLLM on a CPU
+#: loads a small model in ~30 s (eager); a large model on a GPU or NPU takes minutes.
+START_TIMEOUT_S = 900.0
+HEALTH_POLL_S = 0.5
+#: How long `stop()` lets requests in flight finish before the engine is terminated.
+DRAIN_TIMEOUT_S = 10.0
+#: SIGTERM, then this long before SIGKILL.
+TERMINATE_GRACE_S = 10.0
+LOG_TAIL_BYTES = 4000
+
+_counter = itertools.count(1)
+_PR_SET_PDEATHSIG = 1
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the engine binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the engine process, before exec: its own process group, and SIGTERM when kcloud dies."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def engine_log_dir() -> Path:
+    path = kcloud_home() / "logs" / "engines"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
+            return handle.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+class EngineReplica:
+    """One engine process serving one generative model version on one device."""
+
+    def __init__(
+        self,
+        replica_id: str,
+        entry: ModelEntry,
+        device: Device,
+        runtime: EngineRuntime,
+        *,
+        threads: int | None = None,
+        emulation: WorkRecorder | None = None,
+        efficiency: float = DEFAULT_EFFICIENCY,
+        start_timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
+        generation = entry.config.generation
+        if generation is None:
+            raise ValueError(f"{entry.name} is not a generative model")
+        self.id = replica_id
+        self.entry = entry
+        self.device = device
+        self.runtime = runtime
+        self.threads = threads
+        self.emulation = emulation
+        self.efficiency = efficiency
+        self.start_timeout_s = start_timeout_s
+        self.model = EngineModel(
+            checkpoint=entry.path,
+            served_name=entry.name,
+            context_length=generation.context_length,
+            kv_cache_bytes=generation.kv_cache_bytes,
+            dtype=generation.dtype,
+        )
+        self.on_death: list[Callable[[EngineReplica], None]] = []
+        self.launch: EngineLaunch | None = None
+        self.log_path = engine_log_dir() / f"{replica_id}.log"
+        #: Seconds from spawn to a healthy answer, once started (an event and a metric).
+        self.start_seconds: float | None = None
+        #: Prompt plus maximum new tokens of the requests in flight: the router's load figure.
+        self.outstanding_tokens = 0
+        self.in_flight = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._started = False
+        self._stopping = False
+        self._death_reported = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __repr__(self) -> str:
+        return (f"EngineReplica({self.id!r}, {self.runtime.name}, device={self.device.uid!r}, "
+                f"alive={self.alive}, outstanding_tokens={self.outstanding_tokens})")
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return (self._started and not self._stopping and self._process is not None
+                and self._process.returncode is None)
+
+    @property
+    def load(self) -> int:
+        return self.outstanding_tokens
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def base_url(self) -> str:
+        if self.launch is None:
+            raise RuntimeError(f"replica {self.id} is not started")
+        return self.launch.base_url
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The connection pool to this engine (kept alive across requests)."""
+        if self._client is None:
+            raise RuntimeError(f"replica {self.id} is not started")
+        return self._client
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Spawn the engine and wait until it is healthy; `WorkerStartError` (quoting the
+        engine's log) when it exits or does not answer within `start_timeout_s`."""
+        port = free_loopback_port()
+        self.launch = self.runtime.launch(self.model, self.device, port=port, threads=self.threads)
+        env = os.environ | self.launch.env
+        started = time.monotonic()
+        with self.log_path.open("wb") as log_file:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.launch.argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file, stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self._client = httpx.AsyncClient(
+            base_url=self.launch.base_url,
+            timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        log.info("%s: starting %s for %s on %s (pid %s, port %d, log %s)", self.id, self.runtime.name,
+                 self.entry.name, self.device.uid, self._process.pid, port, self.log_path)
+        try:
+            await self._wait_healthy(started)
+        except BaseException:
+            await self._terminate()
+            raise
+        self.start_seconds = time.monotonic() - started
+        self._started = True
+        self._watch = asyncio.get_running_loop().create_task(self._watch_process())
+        log.info("%s: %s serves %s after %.1f s", self.id, self.runtime.name, self.entry.name,
+                 self.start_seconds)
+
+    async def _wait_healthy(self, started: float) -> None:
+        assert self._process is not None and self.launch is not None and self._client is not None
+        while True:
+            if self._process.returncode is not None:
+                raise WorkerStartError(
+                    f"{self.runtime.name} for {self.entry.name} on {self.device.uid} exited with code "
+                    f"{self._process.returncode} while starting; the end of its log {self.log_path}:\n"
+                    f"{_log_tail(self.log_path)}")
+            with contextlib.suppress(httpx.TransportError):
+                answer = await self._client.get(self.launch.health_path, timeout=2.0)
+                if answer.status_code == 200:
+                    return
+            if time.monotonic() - started > self.start_timeout_s:
+                raise WorkerStartError(
+                    f"{self.runtime.name} for {self.entry.name} on {self.device.uid} did not answer "
+                    f"{self.launch.health_path} within {self.start_timeout_s:.0f} s; the end of its log "
+                    f"{self.log_path}:\n{_log_tail(self.log_path)}")
+            await asyncio.sleep(HEALTH_POLL_S)
+
+    async def _watch_process(self) -> None:
+        assert self._process is not None
+        code = await self._process.wait()
+        if self._stopping or self._death_reported:
+            return
+        self._death_reported = True
+        log.error("%s: %s (pid %s) exited with code %s; the end of its log:\n%s", self.id,
+                  self.runtime.name, self._process.pid, code, _log_tail(self.log_path))
+        for observer in list(self.on_death):
+            try:
+                observer(self)
+            except Exception:  # an observer's bug must not break the serving path
+                log.exception("%s: replica-death observer failed", self.id)
+
+    async def stop(self) -> None:
+        """Take no new requests, let those in flight finish (up to a timeout), then terminate
+        the engine's whole process group."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT_S)
+        await self._terminate()
+        if self._watch is not None:
+            self._watch.cancel()
+
+    async def _terminate(self) -> None:
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), TERMINATE_GRACE_S)
+            except TimeoutError:
+                log.warning("%s: engine did not stop within %.0f s of SIGTERM: killed", self.id,
+                            TERMINATE_GRACE_S)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        if process is not None:  # the engine's own children (vLLM's engine core) share its group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+        if self._client is not None:
+            await self._client.aclose()
+
+    # -- requests ---------------------------------------------------------------------------
+    def begin(self, tokens: int) -> None:
+        """A request with `tokens` (prompt plus most new tokens) goes to this engine."""
+        self.in_flight += 1
+        self.outstanding_tokens += tokens
+        self._idle.clear()
+
+    def end(self, tokens: int, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """That request finished; `prompt_tokens`/`completion_tokens` as the engine counted them
+        (0 when unknown) give an emulated device its modelled work."""
+        self.in_flight -= 1
+        self.outstanding_tokens -= tokens
+        if self.in_flight == 0:
+            self._idle.set()
+        if self.device.emulated and self.emulation is not None:
+            flops = self.entry.config.generation.flops_per_token if self.entry.config.generation else None
+            modelled = modelled_device_seconds(flops, prompt_tokens + completion_tokens, self.device.spec,
+                                               efficiency=self.efficiency)
+            if modelled.seconds is not None:
+                self.emulation.record_work(self.device.uid, modelled.seconds)
+
+
+def create_engine_replica(
+    entry: ModelEntry,
+    device: Device,
+    *,
+    threads: int | None = None,
+    emulation: WorkRecorder | None = None,
+    replica_id: str | None = None,
+    efficiency: float = DEFAULT_EFFICIENCY,
+) -> EngineReplica:
+    """An engine replica of the generative `entry` on `device`, not yet started.
+
+    `UnsupportedDeviceError` when no installed engine runtime serves the device (its message
+    names what each runtime said)."""
+    runtime = runtime_for(device, entry.config.platform)
+    if not isinstance(runtime, EngineRuntime):
+        raise TypeError(f"runtime {runtime.name} of {entry.config.platform} models is not an engine runtime")
+    replica_id = replica_id or f"{entry.name}-v{entry.version}-{device.id}-{os.getpid()}-{next(_counter)}"
+    return EngineReplica(replica_id, entry, device, runtime, threads=threads, emulation=emulation,
+                         efficiency=efficiency)

@@ -8,18 +8,20 @@ prefix-aware routing against round-robin (issue 15, "Speed").
     rounds. Per phase: output tokens/s, TTFT p50/p99, inter-token p50. Per concurrency: the
     median over rounds of gateway/direct throughput (target >= 0.95) and of the TTFT p50 the
     gateway adds (target <= 5 ms).
-(b) routing: a gateway with two engine replicas, once with `token_policy = "prefix"` and once
-    with "round-robin", under a shared-system-prompt workload: many long system prompts (more
-    prefix tokens than one engine's KV cache holds, so where a prefix goes matters), each
-    followed by several user questions. TTFT p50/p99 and output tokens/s for both, and the
-    engines' own prefix-cache hit counters.
+(b) routing: a gateway with two engine replicas (the cores shared between them), once with
+    `token_policy = "prefix"` and once with "round-robin", under a shared-system-prompt workload:
+    16 long system prompts (~1,400 tokens each), each followed by 4 user questions, asked
+    question-major (every prompt's first question in a shuffled order, then every second one, ...) at 4 concurrent
+    streams. Round-robin sends a prompt's later questions to the engine that has not seen it;
+    prefix routing to the one that has. TTFT p50/p99, output tokens/s, and the engines' own
+    prefix-cache hit rate for both.
 
 The client is an aiohttp streaming client in this process; the gateway and its engines run in
 a child process, so the client's CPU is not the gateway's. Everything binds to 127.0.0.1.
 
 Writes benchmarks/results/llm_serving.json and prints it.
 
-    python benchmarks/llm_serving.py            # full run (~15 min on 2 cores)
+    python benchmarks/llm_serving.py            # full run (~20 min on 2 cores)
     python benchmarks/llm_serving.py --quick    # a smoke run
 """
 
@@ -30,6 +32,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -211,14 +214,16 @@ def system_prompts(count: int, words: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ phases
-def overhead(home: Path, concurrencies: list[int], rounds: int, max_tokens: int, per_stream: int) -> dict:
+def overhead(home: Path, concurrencies: list[int], rounds: int, max_tokens: int, requests: int) -> dict:
     gateway = Gateway("prefix", 1, home)
     try:
         direct_url = gateway.engines[0]
         phases: dict[str, list[dict]] = {}
         for concurrency in concurrencies:
-            prompts = [chat(QUESTIONS[i % len(QUESTIONS)]) for i in range(concurrency * per_stream)]
-            asyncio.run(run_load(direct_url, prompts[:concurrency], concurrency, max_tokens))  # warm-up
+            # At least `requests` per phase (two per stream at high concurrency): TTFT is a median.
+            prompts = [chat(QUESTIONS[i % len(QUESTIONS)]) for i in range(max(requests, 2 * concurrency))]
+            for url in (direct_url, gateway.url):  # warm-up, both sides
+                asyncio.run(run_load(url, prompts[:concurrency], concurrency, max_tokens))
             for round_index in range(rounds):
                 for side, url in (
                     (("direct", direct_url), ("gateway", gateway.url))
@@ -250,17 +255,20 @@ def overhead(home: Path, concurrencies: list[int], rounds: int, max_tokens: int,
 
 def routing(home: Path, prefixes: int, words: int, questions: int, concurrency: int, max_tokens: int) -> dict:
     out: dict[str, dict] = {}
-    for seed, policy in enumerate(("prefix", "round-robin")):
+    for policy in ("prefix", "round-robin"):
         gateway = Gateway(policy, 2, home)
         try:
-            # Fresh prefixes per policy (the engines are new too), asked in an interleaved order.
-            systems = system_prompts(prefixes, words)
-            systems = [f"[{policy}] {s}" for s in systems]
-            prompts = [
-                chat(QUESTIONS[(q + seed) % len(QUESTIONS)], systems[p])
-                for q in range(questions)
-                for p in range(prefixes)
-            ]
+            # Fresh prefixes per policy (the engines are new too). Question-major, and within each
+            # round of questions the prompts in a shuffled order (the same for both policies), as
+            # users arrive: a fixed order would let round-robin send a prompt to the same engine
+            # every time by accident (an even number of prompts on two engines).
+            systems = [f"[{policy}] {s}" for s in system_prompts(prefixes, words)]
+            shuffle = random.Random(7)
+            prompts = []
+            for q in range(questions):
+                order = list(range(prefixes))
+                shuffle.shuffle(order)
+                prompts += [chat(QUESTIONS[(q + p) % len(QUESTIONS)], systems[p]) for p in order]
             before = asyncio.run(prefix_hits(gateway.engines))
             figures = asyncio.run(run_load(gateway.url, prompts, concurrency, max_tokens))
             after = asyncio.run(prefix_hits(gateway.engines))
@@ -305,11 +313,11 @@ def main() -> None:
     }
     if not args.skip_overhead:
         result["overhead"] = overhead(
-            home, [1, 8] if quick else [1, 8, 32], 2 if quick else 4, 16 if quick else 64, 1 if quick else 2
+            home, [1, 8] if quick else [1, 8, 32], 2 if quick else 3, 16 if quick else 64, 4 if quick else 8
         )
     if not args.skip_routing:
         result["routing"] = routing(
-            home, 8 if quick else 32, 300 if quick else 1100, 2 if quick else 4, 8, 8 if quick else 16
+            home, 8 if quick else 16, 300 if quick else 600, 3 if quick else 4, 4, 8 if quick else 16
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -116,8 +116,11 @@ def served_entries(repository: ModelRepository, names: Sequence[str] | None) -> 
 def bundled_models(entries: Sequence[ModelEntry], device: Device, replicas: int | None) -> list[BundledModel]:
     """The deployments `kcloud up` makes for the models it serves by itself, all on `device`."""
     count, threads = replica_layout(device, replicas)
-    # A generative model's replica is an engine with its own threads: one (unless asked), on all the cores.
-    return [BundledModel(e.name, replicas or 1, node=device.node, chip=device.spec.key, threads=host_cores())
+    # A generative model's replica is an engine with its own threads: one (unless asked) on all the
+    # cores, or the cores shared out among several.
+    engines = replicas or 1
+    return [BundledModel(e.name, engines, node=device.node, chip=device.spec.key,
+                         threads=max(1, host_cores() // engines))
             if e.config.generative else
             BundledModel(e.name, count, node=device.node, chip=device.spec.key, threads=threads)
             for e in entries]

@@ -39,6 +39,7 @@ from kcloud.home import kcloud_home
 from kcloud.runtimes.engine import EngineLaunch, EngineModel, EngineRuntime
 from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, modelled_device_seconds
 from kcloud.runtimes.plugin import runtime_for
+from kcloud.serving.generation import warm_tokenizer
 from kcloud.serving.worker import WorkerStartError
 
 if TYPE_CHECKING:
@@ -196,6 +197,9 @@ class EngineReplica:
         except BaseException:
             await self._terminate()
             raise
+        # The gateway's tokenizer and chat template for this model, loaded now rather than by the
+        # first request (which would wait ~0.5 s for it).
+        await asyncio.to_thread(warm_tokenizer, self.entry)
         self.start_seconds = time.monotonic() - started
         self._started = True
         self._watch = asyncio.get_running_loop().create_task(self._watch_process())

@@ -51,12 +51,19 @@ class StreamAnswer:
         self.call = call
         self.response = response
         self._closed = False
+        #: Events relayed that carried choices: about one token each (engines stream token by token).
+        self.chunks = 0
 
     async def close(self) -> None:
+        """End the engine request (once). A stream that ended without the engine's usage chunk (the
+        client left, the engine died) is charged its prompt and the chunks relayed, so leaving just
+        before the end does not make a generation free."""
         if self._closed:
             return
         self._closed = True
         await self.response.aclose()
+        if self.call.usage_seen is None:
+            self.call.usage(self.call.prompt_tokens, self.chunks)
         prompt, completion = self.call.usage_seen or (0, 0)
         self.replica.end(self.call.tokens, prompt_tokens=prompt, completion_tokens=completion)
 
@@ -73,6 +80,7 @@ class StreamAnswer:
                     ready = _take_usage(ready, self.call)
                     if not ready:
                         continue
+                self.chunks += ready.count(b'"choices":[{')
                 yield ready
             if pending.strip():
                 yield pending

@@ -127,6 +127,13 @@ def tokenizer_for(entry: ModelEntry) -> ChatTokenizer:
         return _tokenizer_at(entry.path, entry.sha256)
 
 
+def warm_tokenizer(entry: ModelEntry) -> None:
+    """Load the entry's tokenizer and compile its chat template (what a first request would pay)."""
+    tokenizer = tokenizer_for(entry)
+    if tokenizer.has_chat_template:
+        tokenizer.chat_ids([{"role": "user", "content": "hello"}])
+
+
 def _invalid(message: str, param: str | None = None) -> InvalidRequestError:
     return InvalidRequestError(message, fields={"param": param} if param else None)
 

@@ -45,8 +45,7 @@ from kcloud.bench.runner import (
     default_out_dir,
     energy_block,
     local_device,
-    note_sut,
-    read_loadgen,
+    read_run,
     safe_name,
     sut_counts,
 )
@@ -363,17 +362,9 @@ def _finish_chat(
     prepared: ChatPreparedRun, result: dict[str, Any], sut: ChatLoadGenSUT, meter: Meter | None
 ) -> None:
     request, run_dir = prepared.request, prepared.run_dir
-    events = read_loadgen(prepared, result)
-    note_sut(prepared, result, sut)
     times = sut.times
-    np.savez_compressed(
-        run_dir / TIMINGS_FILE,
-        latency_ns=np.asarray(times.latency_ns, dtype=np.int64),
-        issued_ns=np.asarray(times.issued_ns, dtype=np.int64),
-        completed_at=np.asarray(times.completed_at, dtype=np.float64),
-        first_token_ns=np.asarray(times.first_token_ns, dtype=np.int64),
-        tokens=np.asarray(times.tokens, dtype=np.int64),
-    )
+    events = read_run(prepared, result, sut, first_token_ns=np.asarray(times.first_token_ns, dtype=np.int64),
+                      tokens=np.asarray(times.tokens, dtype=np.int64))
     if request.mode == "performance":
         tokens = token_block(prepared, events, sut, result["loadgen"].get("recommendations") or [])
         result["tokens"] = tokens

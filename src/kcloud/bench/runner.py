@@ -602,17 +602,28 @@ def note_sut(prepared: PreparedRun | ChatPreparedRun, result: dict[str, Any], su
         )
 
 
-def _finish(prepared: PreparedRun, result: dict[str, Any], sut: AsyncSUT, meter: Meter | None) -> None:
-    request, run_dir = prepared.request, prepared.run_dir
+def read_run(
+    prepared: PreparedRun | ChatPreparedRun, result: dict[str, Any], sut: AsyncSUT, **more_timings: np.ndarray
+) -> dict[str, Any]:
+    """What every finished run does first: read LoadGen's logs into `result`, note the SUT's
+    counters, and keep its per-sample timings (plus `more_timings`) in `TIMINGS_FILE`.
+    Returns LoadGen's events."""
     events = read_loadgen(prepared, result)
     note_sut(prepared, result, sut)
     times = sut.times
     np.savez_compressed(
-        run_dir / TIMINGS_FILE,
+        prepared.run_dir / TIMINGS_FILE,
         latency_ns=np.asarray(times.latency_ns, dtype=np.int64),
         issued_ns=np.asarray(times.issued_ns, dtype=np.int64),
         completed_at=np.asarray(times.completed_at, dtype=np.float64),
+        **more_timings,
     )
+    return events
+
+
+def _finish(prepared: PreparedRun, result: dict[str, Any], sut: AsyncSUT, meter: Meter | None) -> None:
+    request, run_dir = prepared.request, prepared.run_dir
+    events = read_run(prepared, result, sut)
     if request.mode == "accuracy":
         try:
             accuracy = score_accuracy_log(run_dir / ACCURACY_FILE, prepared.dataset, prepared.entry.config)

@@ -36,7 +36,7 @@ from kcloud.serving.errors import ModelNotReadyError
 from kcloud.serving.gateway.errors import as_kcloud_error, error_response
 from kcloud.serving.gateway.openai_schemas import OpenAIError
 from kcloud.serving.gateway.state import GatewayState, gateway_state
-from kcloud.serving.generation import Route, heavy, prepare_call, tokenizer_for
+from kcloud.serving.generation import Route, heavy, loaded_tokenizer, prepare_call, tokenizer_for
 
 _ERRORS = {
     400: {"model": OpenAIError, "description": "bad request (named field, context exceeded, ...)"},
@@ -101,7 +101,8 @@ async def _send(state: GatewayState, route: Route, body: dict, version: int | No
             fields={"param": "model"})
     engine = _engine_of(state, entry)
     accepted = engine.runtime.accepted_params(route)
-    tokenizer = await asyncio.to_thread(tokenizer_for, entry)  # loaded once; then a dict look-up
+    # Loaded when the engine started (`warm_tokenizer`); a thread only if it somehow was not.
+    tokenizer = loaded_tokenizer(entry) or await asyncio.to_thread(tokenizer_for, entry)
     if heavy(body):
         call = await asyncio.to_thread(prepare_call, route, body, entry, accepted, engine.runtime.name,
                                        tokenizer)

@@ -11,10 +11,10 @@ prefix-aware routing against round-robin (issue 15, "Speed").
 (b) routing: a gateway with two engine replicas (the cores shared between them), once with
     `token_policy = "prefix"` and once with "round-robin", under a shared-system-prompt workload:
     16 long system prompts (~1,400 tokens each), each followed by 4 user questions, asked
-    question-major (every prompt's first question in a shuffled order, then every second one, ...) at 4 concurrent
-    streams. Round-robin sends a prompt's later questions to the engine that has not seen it;
-    prefix routing to the one that has. TTFT p50/p99, output tokens/s, and the engines' own
-    prefix-cache hit rate for both.
+    question-major (every prompt's first question in a shuffled order, then every second one,
+    ...) at 4 concurrent streams. Round-robin sends a prompt's later questions to the engine
+    that has not seen it; prefix routing to the one that has. TTFT p50/p99, output tokens/s,
+    and the engines' own prefix-cache hit rate for both.
 
 The client is an aiohttp streaming client in this process; the gateway and its engines run in
 a child process, so the client's CPU is not the gateway's. Everything binds to 127.0.0.1.

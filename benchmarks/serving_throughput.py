@@ -423,8 +423,12 @@ def admin_key(home: Path) -> str:
 
 
 def start_server(port: int, log_path: Path, home: Path, replicas: int | None, isolation: str,
-                 auth: bool) -> subprocess.Popen:
-    command = [str(KCLOUD), "up", "--port", str(port), "--isolation", isolation]
+                 auth: bool, server: str = "up") -> subprocess.Popen:
+    if server == "cluster":  # the head of a one-node Ray cluster: replicas are Ray actors
+        command = [str(KCLOUD), "cluster", "start", "--port", str(port), "--ray-port", str(free_port()),
+                   "--model", MINILM, "--model", NOOP]
+    else:
+        command = [str(KCLOUD), "up", "--port", str(port), "--isolation", isolation]
     if replicas:
         command += ["--replicas", str(replicas)]
     if not auth:
@@ -536,6 +540,10 @@ def main() -> None:
     parser.add_argument("--auth", choices=["admin-key", "none"], default="admin-key",
                         help="send an API key, as `kcloud up` requires (default), or run the server "
                              "with --insecure-no-auth")
+    parser.add_argument("--server", choices=["up", "cluster"], default="up",
+                        help="serve with `kcloud up` (local executor) or `kcloud cluster start` "
+                             "(Ray executor)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("--json-too", action="store_true", help="also measure MiniLM with JSON tensors")
     args = parser.parse_args()
 
@@ -581,7 +589,8 @@ def main() -> None:
     print(f"(b, c) starting kcloud up on 127.0.0.1:{port} (log: {log_path})", file=sys.stderr)
     home = server_home(repository.root)
     auth_headers = {"Authorization": f"Bearer {admin_key(home)}"} if args.auth == "admin-key" else {}
-    server = start_server(port, log_path, home, args.replicas, args.isolation, auth=args.auth == "admin-key")
+    server = start_server(port, log_path, home, args.replicas, args.isolation, auth=args.auth == "admin-key",
+                          server=args.server)
     rounds: list[dict] = []
     served_results: list[LoadResult] = []
     try:
@@ -684,9 +693,10 @@ def main() -> None:
             "auth": "Authorization: Bearer <admin key> on every request" if args.auth == "admin-key"
             else "none (kcloud up --insecure-no-auth)",
             "warmup_s": args.warmup, "measured_s_per_phase": args.seconds, "rounds": args.rounds,
-            "server": f"kcloud up --isolation {args.isolation}"
-                      f"{' --replicas ' + str(args.replicas) if args.replicas else ''}"
-                      " (subprocess; uvicorn + uvloop + httptools)",
+            "server": ("kcloud cluster start (RayExecutor: replicas are Ray actors on the head's node)"
+                       if args.server == "cluster" else f"kcloud up --isolation {args.isolation}")
+                      + (f" --replicas {args.replicas}" if args.replicas else "")
+                      + " (subprocess; uvicorn + uvloop + httptools)",
             "client": "asyncio/uvloop HTTP/1.1 keep-alive client over pre-encoded requests, same machine",
         },
         "limit": {
@@ -741,8 +751,8 @@ def main() -> None:
     }
     if "served_json" in loads:
         result["served_json"] = asdict(loads["served_json"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

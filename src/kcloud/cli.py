@@ -10,12 +10,14 @@ import typer
 from kcloud import __version__
 from kcloud.app import commands as app_commands
 from kcloud.bench import commands as bench_commands
+from kcloud.cluster import commands as cluster_commands
 from kcloud.devices import commands as device_commands
 from kcloud.farm import commands as farm_commands
 from kcloud.farm import deploy_commands
 from kcloud.models import commands as model_commands
 from kcloud.serving import commands as serving_commands
 from kcloud.tenancy import commands as tenancy_commands
+from kcloud.tenancy import reservation_commands
 
 app = typer.Typer(
     name="kcloud",
@@ -26,7 +28,7 @@ app = typer.Typer(
 )
 
 for module in (device_commands, farm_commands, model_commands, app_commands, serving_commands, bench_commands,
-               tenancy_commands, deploy_commands):
+               tenancy_commands, reservation_commands, deploy_commands, cluster_commands):
     module.register(app)
 
 

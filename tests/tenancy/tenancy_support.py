@@ -90,14 +90,14 @@ class GatewayProcess:
     """`gateway_proc.py` in a subprocess: started, read until it listens, stopped with SIGTERM."""
 
     def __init__(self, db_url: str, repo: Path, home: Path, *, insecure: bool = False,
-                 control_plane: bool = False, bundled: tuple[str, ...] = ()) -> None:
+                 control_plane: bool = False, bundled: tuple[str, ...] = (), farm: str = FARM) -> None:
         env = {**os.environ, "KCLOUD_HOME": str(home), "KCLOUD_KEY_SECRET": SERVER_SECRET,
                "OMP_NUM_THREADS": "1"}
         home.mkdir(parents=True, exist_ok=True)
-        farm = home / "farm.toml"
-        farm.write_text(FARM)
+        farm_file = home / "farm.toml"
+        farm_file.write_text(farm)
         command = [sys.executable, str(HERE / "gateway_proc.py"), "--db", db_url, "--repo", str(repo),
-                   "--interval", "0.5", "--farm", str(farm)]
+                   "--interval", "0.5", "--farm", str(farm_file)]
         if control_plane:  # the control plane decides what is served, besides `bundled` (as `kcloud up`)
             command += ["--models", ",".join(bundled), "--control-plane"]
         else:

@@ -46,6 +46,11 @@ class ServeOptions:
     tenancy: bool = False
     #: With tenancy: switch authentication off (`--insecure-no-auth`), announced loudly.
     insecure_no_auth: bool = False
+    #: Be the head of a cluster: start a Ray head on this port, whose nodes host the replicas
+    #: (`kcloud cluster start`); None: replicas on this machine only (`kcloud up`).
+    ray_port: int | None = None
+    #: The address the Ray head listens on and other nodes reach it at.
+    node_ip_address: str = DEFAULT_HOST
     #: Connection limits (`kcloud.serving.http_protocol`): a request's headers must be complete
     #: this long after its first byte (else 408, or a silent close when nothing came) ...
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from kcloud.app.options import ServeOptions
 from kcloud.app.stack import Stack, build_inventory, build_stack, prepare_repository
+from kcloud.cluster.head import start_cluster_head
 from kcloud.farm.reconciler import PassReport
 from kcloud.farm.service import BundledModel
 from kcloud.home import kcloud_home
@@ -106,6 +107,10 @@ def print_banner(console: Console, url: str, stack: Stack) -> None:
     if chat:
         console.print("Chat (OpenAI-compatible, streamed):")
         console.print(f"  {chat}", soft_wrap=True, markup=False, highlight=False)
+    if stack.cluster is not None:
+        console.print(f"Cluster head (Ray) at {stack.cluster.address}; add a node with:")
+        console.print(f"  kcloud cluster join {stack.cluster.address} --node NAME [--farm FILE]",
+                      soft_wrap=True, markup=False, highlight=False)
     console.print("Press Ctrl-C to stop.")
 
 
@@ -126,6 +131,10 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
             check_usage_settings()
         inventory = build_inventory(options.farm_files)
         repository = prepare_repository(progress=True)
+        cluster = None
+        if options.ray_port is not None:
+            with console.status("Starting the Ray head"):
+                cluster = start_cluster_head(inventory, ip=options.node_ip_address, port=options.ray_port)
 
         async def main() -> None:
             with _progress(console) as progress:
@@ -141,7 +150,8 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
 
                 stack = await build_stack(options, repository=repository, inventory=inventory,
                                           on_plan=on_plan, on_pass=on_pass,
-                                          announce=console_announcer(progress.console))
+                                          announce=console_announcer(progress.console),
+                                          cluster=cluster)
                 for name, why in stack.control_plane.not_served.items():
                     version = f" v{versions[name]}" if name in versions else ""
                     progress.console.print(f"[yellow]warning:[/yellow] model {escape(name)}{version} is not "
@@ -151,7 +161,11 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
                               options=options)
             console.print("kcloud stopped.")
 
-        run_on_uvloop(main)
+        try:
+            run_on_uvloop(main)
+        finally:
+            if cluster is not None:  # when the stack never took it over (a failed start)
+                cluster.ray_node.stop()
     finally:
         sock.close()
 

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from kcloud.app.options import ServeOptions
+from kcloud.cluster.head import ClusterHead
 from kcloud.devices.device import Device
 from kcloud.devices.inventory import Inventory
 from kcloud.farm.controlplane import ControlPlane
@@ -56,6 +57,8 @@ class Stack:
     entries: list[ModelEntry] = field(default_factory=list)
     replicas: dict[str, int] = field(default_factory=dict)
     tenancy: Tenancy | None = None
+    #: The Ray head, when this stack is the head of a cluster (`kcloud cluster start`).
+    cluster: ClusterHead | None = None
     #: Whether the control plane's admin API (`/api/v1`) is on the app.
     admin_api: bool = False
 
@@ -67,6 +70,8 @@ class Stack:
         await self.router.close()
         if self.router.engine_metrics is not None:
             await self.router.engine_metrics.stop()
+        if self.cluster is not None:  # after the replicas: their actors live on its nodes
+            await self.cluster.close()
         self.inventory.close()
 
 
@@ -135,13 +140,15 @@ async def build_stack(
     on_pass: Callable[[PassReport], None] | None = None,
     announce: Callable[[str], None] | None = None,
     strict: bool = False,
+    cluster: ClusterHead | None = None,
 ) -> Stack:
     """Gateway, control plane and tenancy, ready to serve (must run on the loop that will serve).
 
     A bundled model that cannot start is left out and named in `stack.control_plane.not_served`;
     with `strict`, it stops the start instead (after the replicas already started are stopped).
     `on_plan` hears which models will be started, and how, before any starts; `on_pass` hears
-    each reconciler pass of the start.
+    each reconciler pass of the start. With `cluster` (a started Ray head), replicas run as
+    actors on the cluster's nodes and nodes that join bring their devices; the stack closes it.
     """
     metrics = ServingMetrics(CollectorRegistry())
     device = local_cpu(inventory)
@@ -155,20 +162,26 @@ async def build_stack(
                     engine_metrics=engine_metrics)
     app = create_app(router, inventory=inventory, max_body_bytes=options.max_body_bytes,
                      extra_routers=options.extra_routers, registry=metrics.registry, metrics=metrics)
+    executor = cluster.executor(router, inventory, metrics) if cluster is not None else None
     try:
         control_plane = await attach_control_plane(
             app, router, inventory, options.db_url if options.control_plane else MEMORY_URL,
             repository=repository, metrics=metrics, isolation=options.isolation,
             admission=[enforce_deployment_quota], caller=current_principal, audit=audit_current,
             bundled=bundled, admin_api=options.control_plane,
-            on_pass=on_pass,
+            on_pass=on_pass, executor=executor,
+            sample=cluster.membership.sample if cluster is not None else None,
         )
     except BaseException:
         await router.close()
         await engine_metrics.stop()
+        if cluster is not None:
+            await cluster.close()
         raise
     stack = Stack(router, app, inventory, metrics, device, repository, control_plane,
-                  admin_api=options.control_plane)
+                  admin_api=options.control_plane, cluster=cluster)
+    if cluster is not None:
+        cluster.watch(control_plane.service, control_plane.reconciler.wake)
     try:
         if strict and control_plane.not_served:
             name, why = next(iter(control_plane.not_served.items()))

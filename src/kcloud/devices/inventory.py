@@ -25,7 +25,7 @@ import logging
 import re
 import socket
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,6 +339,20 @@ class Inventory:
         self.farm_names = farm_names
         self._plugins = plugins
         self._by_uid = {d.uid: d for d in devices}
+        #: Devices read elsewhere (a cluster node's agent), by uid: how to read each.
+        self._samplers: dict[str, Callable[[Device], Telemetry]] = {}
+
+    def add(self, devices: Sequence[Device], sampler: Callable[[Device], Telemetry] | None = None) -> None:
+        """Devices that joined later (a cluster node's); `sampler` reads those whose sensors are
+        elsewhere (None: their plugin here reads them, as for emulated devices it has declared).
+        A device already here (same uid) is replaced: a node that rejoins brings it again."""
+        for device in devices:
+            if device.uid in self._by_uid:
+                self.devices = [d for d in self.devices if d.uid != device.uid]
+            self.devices.append(device)
+            self._by_uid[device.uid] = device
+            if sampler is not None:
+                self._samplers[device.uid] = sampler
 
     @classmethod
     def build(
@@ -392,6 +406,13 @@ class Inventory:
             seen.add(device.uid)
         return cls(devices, nodes, by_name, emulated, farm.names)
 
+    def only_node(self, name: str) -> Inventory:
+        """The same inventory narrowed to one node's devices (a cluster node that joins with a
+        farm file describing the whole farm takes only its own part of it)."""
+        devices = [d for d in self.devices if d.node == name]
+        nodes = [n for n in self.nodes if n.name == name]
+        return Inventory(devices, nodes, self._plugins, self.emulated, self.farm_names)
+
     def __iter__(self) -> Iterator[Device]:
         return iter(self.devices)
 
@@ -413,6 +434,9 @@ class Inventory:
     def sample(self, device: Device) -> Telemetry:
         """One reading; a plugin that fails yields an unhealthy reading with the reason, not an error."""
         try:
+            sampler = self._samplers.get(device.uid)
+            if sampler is not None:
+                return sampler(device)
             return self.plugin_for(device).sample(device)
         except Exception as exc:
             log.warning("sampling %s failed: %s", device.uid, exc)

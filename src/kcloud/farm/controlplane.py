@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
+from kcloud.devices.device import Device, Telemetry
 from kcloud.devices.inventory import Inventory
 from kcloud.farm.api import Caller, build_api
 from kcloud.farm.executor import Executor, LocalExecutor
@@ -56,6 +57,7 @@ async def attach(
     metrics: ServingMetrics | None = None,
     isolation: Isolation = "process",
     executor: Executor | None = None,
+    sample: Callable[[Device], Telemetry] | None = None,
     admission: Iterable[AdmissionCheck] = (),
     caller: Callable[[], Caller | None] = lambda: None,
     audit: Callable[..., None] = lambda action, target, **detail: None,
@@ -72,6 +74,8 @@ async def attach(
 
     `admission` (tenancy's quota check), `caller` (who is asking, for the admin API's name
     spaces) and `audit` (the audit log) come from the layer above, which knows tenants.
+    `executor` and `sample` replace the local executor and the inventory's telemetry where
+    replicas run elsewhere (a Ray cluster: `kcloud.cluster.head`).
     `admin_api=False` keeps the API off the app: the control plane then only owns the replicas
     (a gateway without `/api/v1`).
     Raises `kcloud.store.db.DatabaseError` (one line: unreachable, schema mismatch) before
@@ -91,7 +95,7 @@ async def attach(
         reconciler = Reconciler(
             service,
             executor,
-            sample=inventory.sample,
+            sample=sample or inventory.sample,
             interval_s=interval_s,
             health_interval_s=health_interval_s,
         )

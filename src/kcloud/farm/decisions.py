@@ -28,6 +28,7 @@ from kcloud.farm.ledger import ACTIVE_STATES, PLACEMENTS_KEPT, Ledger
 from kcloud.farm.names import DeploymentNameError, qualify
 from kcloud.farm.placement import DeviceStatus, FarmView, PlacementEngine, PlacementRequest, PlacementResult
 from kcloud.farm.profiles import FP32_KINDS
+from kcloud.farm.reservations import reserved_sets
 from kcloud.farm.schema import (
     Deployment,
     DeviceRow,
@@ -73,7 +74,7 @@ class DeploymentDecisions(Ledger):
             )
             for row in session.scalars(select(DeviceRow))
         }
-        view = FarmView(self.devices, status, self.profiles)
+        view = FarmView(self.devices, status, self.profiles, reservations=reserved_sets(session))
         rows = session.execute(
             select(
                 Deployment.name, ReplicaRow.device_uid, ReplicaRow.memory_bytes, ReplicaRow.load_share
@@ -101,6 +102,7 @@ class DeploymentDecisions(Ledger):
             policy=dep.policy,  # type: ignore[arg-type]
             slo_p99_ms=dep.slo_p99_ms,
             slo_throughput_rps=dep.slo_throughput_rps,
+            tenant=dep.tenant,
             exclude=self._exclude(dep.name),
         )
 

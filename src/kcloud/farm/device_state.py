@@ -73,6 +73,13 @@ class DeviceState(Ledger):
                     self._event(session, "device.absent", f"{uid} is not in this inventory", device=uid)
             self._changed()
 
+    def add_devices(self, devices: list[Device]) -> None:
+        """Devices that joined while the control plane runs (a cluster node): into the inventory
+        (a device with the same uid is replaced) and recorded like the first ones."""
+        uids = {d.uid for d in devices}
+        self.devices = [d for d in self.devices if d.uid not in uids] + list(devices)
+        self.sync_inventory()
+
     def update_health(self, readings: dict[str, tuple[bool, str | None]]) -> list[str]:
         """Record telemetry health; a device that turned unhealthy loses its replicas. Returns those."""
         turned: list[str] = []

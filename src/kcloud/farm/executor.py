@@ -6,12 +6,10 @@ the executor's business alone:
 - `LocalExecutor` (here): replicas on this machine, each in its own worker process
   (`kcloud.serving.replica.create_replica(..., isolation="process")`), routed by this
   process's `Router`.
-- A Ray executor (the `[cluster]` extra, later) implements the same protocol: `start` creates
-  an actor on the node that holds `spec.device` with that device's Ray resource (`GPU`,
-  `RBLN`, `FURIOSA`, ...: `DevicePlugin.ray_resource`) and adds a proxy replica to the router;
-  `alive` asks Ray for the actor's state; `stop` kills the actor. `ReplicaHandle.address`
-  carries the actor id, which the database keeps. The reconciler needs no change: it only
-  ever sees `ReplicaSpec`, `ReplicaHandle` and these calls.
+- `kcloud.cluster.executor.RayExecutor` (the `[cluster]` extra) is a `LocalExecutor` whose
+  workers are sessions in Ray actors on the node that holds `spec.device`; `ReplicaHandle.address`
+  carries the actor id, which the database keeps. The reconciler needs no change: it only ever
+  sees `ReplicaSpec`, `ReplicaHandle` and these calls.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -28,7 +27,7 @@ from kcloud.devices.device import Device
 from kcloud.models.repository import ModelEntry
 from kcloud.serving.engine import EngineReplica
 from kcloud.serving.metrics import ServingMetrics
-from kcloud.serving.replica import Isolation, Replica, WorkRecorder, create_replica
+from kcloud.serving.replica import Isolation, Replica, WorkerFactory, WorkRecorder, create_replica
 from kcloud.serving.router import Router
 
 log = logging.getLogger(__name__)
@@ -140,6 +139,7 @@ class LocalExecutor:
             self._dead.add(replica.id)
 
     async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
+        started = time.monotonic()
         replica = create_replica(
             spec.entry,
             spec.device,
@@ -148,6 +148,7 @@ class LocalExecutor:
             emulation=self.emulation if spec.device.emulated else None,
             metrics=self.metrics,
             replica_id=spec.replica_id,
+            worker_factory=self._worker_factory(spec),
         )
         with _children_ignore_sigint():
             await replica.start()
@@ -157,6 +158,14 @@ class LocalExecutor:
             await replica.stop()
             raise
         self._replicas[spec.replica_id] = replica
+        return self._handle(spec, replica, started)
+
+    def _worker_factory(self, spec: ReplicaSpec) -> WorkerFactory | None:
+        """Where the replica's session runs; None: on this machine, by `isolation` (a subclass
+        puts it elsewhere: `kcloud.cluster.executor.RayExecutor`)."""
+        return None
+
+    def _handle(self, spec: ReplicaSpec, replica: Replica | EngineReplica, started: float) -> ReplicaHandle:
         if isinstance(replica, EngineReplica):
             return ReplicaHandle(spec.replica_id, self.name, pid=replica.pid, address=replica.base_url,
                                  start_seconds=replica.start_seconds)

@@ -1,8 +1,10 @@
 """The placement engine: which devices host a deployment's replicas, and why. Filter, then score.
 
 **Filter.** A device is a candidate only if every check passes, in this order (the first that
-fails is its reason): present in the inventory, healthy, not drained, a device kind the model
-runs on, an installed runtime (`kcloud.runtimes`) that serves the model's platform on the
+fails is its reason): present in the inventory, healthy, not drained, not reserved for another
+tenant (`Reserved`; an operator's deployment takes no reserved device) and, for a tenant that
+holds reservations, one of its own reserved devices, a device kind the model runs on, an
+installed runtime (`kcloud.runtimes`) that serves the model's platform on the
 device (the runtimes are asked, once per device class), the deployment's vendor / chip /
 node / precision constraints, not recently failed for this deployment, its memory known and
 enough of it free (device memory minus what placed replicas hold), its modelled or measured
@@ -57,13 +59,15 @@ SPREAD_WEIGHT = 10.0
 GIB = float(2**30)
 MIB = float(2**20)
 
-# Verdict codes, in filter order; 0 is eligible. Codes up to LATENCY depend only on a device's
-# class (chip, vendor, plugin, emulated), so they are decided once per class and gathered.
+# Verdict codes, in filter order; 0 is eligible. Codes from KIND up to LATENCY depend only on a
+# device's class (chip, vendor, plugin, emulated), so they are decided once per class and gathered.
 (
     ELIGIBLE,
     ABSENT,
     UNHEALTHY,
     DRAINED,
+    RESERVED,
+    UNRESERVED,
     KIND,
     RUNTIME,
     VENDOR,
@@ -75,12 +79,14 @@ MIB = float(2**20)
     MEMORY_UNKNOWN,
     MEMORY,
     THROUGHPUT,
-) = range(15)
-N_CODES = 15
+) = range(17)
+N_CODES = 17
 VERDICT_LABELS = {
     ABSENT: "not present in the inventory",
     UNHEALTHY: "unhealthy",
     DRAINED: "drained",
+    RESERVED: "reserved for another tenant",
+    UNRESERVED: "outside the tenant's reservations",
     KIND: "device kind the model does not run on",
     RUNTIME: "no runtime for the model's platform",
     VENDOR: "vendor constraint",
@@ -106,6 +112,17 @@ class DeviceStatus:
 
 
 @dataclass(frozen=True)
+class Reserved:
+    """A reservation as placement sees it: devices, and whole nodes (every device on them, those
+    that join later too), set aside for one tenant (`kcloud.farm.reservations`)."""
+
+    id: int
+    tenant: str
+    devices: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class PlacementRequest:
     """Place `count` replicas of a deployment (of `total` it wants in all)."""
 
@@ -124,6 +141,8 @@ class PlacementRequest:
     policy: Policy = "spread"
     slo_p99_ms: float | None = None
     slo_throughput_rps: float | None = None
+    #: The deployment's tenant (None: the operator's), for reservations.
+    tenant: str | None = None
     #: device uid -> why it is excluded (e.g. a replica failed to start there a moment ago).
     exclude: Mapping[str, str] = field(default_factory=dict)
 
@@ -195,9 +214,9 @@ class FarmView:
     all profile figures are the same within a class, so they are worked out per class and
     gathered. That includes the runtimes' answer, which by `Runtime`'s contract depends only
     on those fields: it is asked once per class and platform, and kept.
-    Build the view from the inventory's devices, the database's device status, and the
-    replicas already placed (`add_replica`). The engine updates it as it places, so one view
-    serves a sequence of decisions. `runtimes` defaults to the installed ones.
+    Build the view from the inventory's devices, the database's device status and reservations,
+    and the replicas already placed (`add_replica`). The engine updates it as it places, so one
+    view serves a sequence of decisions. `runtimes` defaults to the installed ones.
     """
 
     def __init__(
@@ -206,6 +225,7 @@ class FarmView:
         status: Mapping[str, DeviceStatus] | None = None,
         profiles: ProfileBook | None = None,
         runtimes: Sequence[Runtime] | None = None,
+        reservations: Sequence[Reserved] = (),
     ) -> None:
         status = status or {}
         self.devices = list(devices)
@@ -258,6 +278,26 @@ class FarmView:
         self.measured_devices = sorted(
             self.index[p.device_uid] for p in self.profiles.measured if p.device_uid in self.index
         )
+        #: tenant -> its reservations; per device, the code of the tenant it is reserved for (-1:
+        #: none) and the reservation that covers it.
+        self.reservations: dict[str, list[Reserved]] = {}
+        self.tenants = _Vocab()
+        self.reserved_for = np.full(n, -1, np.int32)
+        self.reserved_by: dict[int, Reserved] = {}
+        if reservations:
+            self._reserve(reservations)
+
+    def _reserve(self, reservations: Sequence[Reserved]) -> None:
+        by_device = {uid: r for r in reservations for uid in r.devices}
+        by_node = {node: r for r in reservations for node in r.nodes}
+        for r in reservations:
+            self.reservations.setdefault(r.tenant, []).append(r)
+            self.tenants.code(r.tenant)
+        for i, device in enumerate(self.devices):
+            r = by_device.get(device.uid) or by_node.get(device.node)
+            if r is not None:
+                self.reserved_for[i] = self.tenants.get(r.tenant)
+                self.reserved_by[i] = r
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -356,6 +396,16 @@ def _class_verdict(view: FarmView, c: int, request: PlacementRequest, latency_ms
     return ELIGIBLE
 
 
+def _reservation_verdicts(view: FarmView, request: PlacementRequest, verdict: np.ndarray) -> None:
+    """Right after availability: a device reserved for a tenant takes only that tenant's replicas,
+    and a tenant that holds reservations is placed only on them."""
+    own = view.tenants.get(request.tenant) if request.tenant is not None else -1
+    available = view.unavailable == 0
+    verdict[available & (view.reserved_for >= 0) & (view.reserved_for != own)] = RESERVED
+    if own >= 0:
+        verdict[available & (view.reserved_for < 0)] = UNRESERVED
+
+
 def _size(value: float | None) -> str:
     if value is None or math.isnan(value):
         return "unknown"
@@ -418,15 +468,24 @@ class PlacementResult:
         uids = self.view.uids
         where = ", ".join(f"{uids[i]}×{n}" if n > 1 else uids[i] for i, n in counts.items())
         eligible = int(np.count_nonzero(self.verdict == ELIGIBLE))
+        inside = self._inside()
         if self.outcome == "placed":
             if req.count == 0:
                 return "nothing to place"
-            how = f"({req.policy}, by perf/watt); {eligible} eligible"
+            how = f"({req.policy}, by perf/watt){inside}; {eligible} eligible"
             return f"placed {self.placed} replica(s) on {where} {how}"
         why = self.nothing_fits()
         if self.outcome == "partial":
-            return f"placed {self.placed} of {req.count} on {where}; no room for the rest: {why}"
-        return f"no device fits {req.count} replica(s) of {req.model}: {why}"
+            return f"placed {self.placed} of {req.count} on {where}; no room for the rest{inside}: {why}"
+        return f"no device fits {req.count} replica(s) of {req.model}{inside}: {why}"
+
+    def _inside(self) -> str:
+        """` in tenant T's reservation(s) 1, 4` for a tenant that holds reservations, else ``."""
+        tenant = self.request.tenant
+        held = self.view.reservations.get(tenant) if tenant is not None else None
+        if not held:
+            return ""
+        return f" in tenant {tenant}'s reservation(s) {', '.join(str(r.id) for r in held)}"
 
     def nothing_fits(self) -> str:
         parts = [
@@ -502,6 +561,8 @@ class PlacementResult:
         if code == ELIGIBLE:
             free = f"{_size(self.free_before[i])} free" if view.memory_known[i] else "memory unknown"
             head = f"chosen for {chosen} replica(s)" if chosen else "eligible, not chosen"
+            if i in view.reserved_by:
+                head += f" (in reservation {view.reserved_by[i].id} of tenant {req.tenant})"
             tail = "; better-scoring devices took the replicas" if not chosen and self.chosen else ""
             if req.slo_p99_ms is not None and math.isnan(latency_ms):
                 tail += "; latency unknown: SLO p99 not checked"
@@ -510,6 +571,14 @@ class PlacementResult:
         if code in (ABSENT, UNHEALTHY, DRAINED):
             why = view.unavailable_reason.get(i)
             return f"rejected: {label}" + (f" ({why})" if why else "")
+        if code == RESERVED:
+            r = view.reserved_by[i]
+            # A tenant's placement reasons name no other tenant (its owner reads them).
+            whose = "another tenant" if req.tenant is not None else f"tenant {r.tenant} (reservation {r.id})"
+            return f"rejected: reserved for {whose}"
+        if code == UNRESERVED:
+            held = self._inside().removeprefix(" in ")
+            return f"rejected: outside {held} (its deployments are placed only there)"
         if code == KIND:
             return f"rejected: a {device.spec.kind}; the model runs on {', '.join(req.device_kinds)}"
         if code == RUNTIME:
@@ -570,6 +639,8 @@ class PlacementEngine:
         verdict = np.where(
             view.unavailable != 0, view.unavailable, class_verdict[cc] if n else view.unavailable
         )
+        if view.reservations:
+            _reservation_verdicts(view, request, verdict)
         sps = figures.sps[cc] if request.rps_per_replica is not None else None
         overrides: dict[int, tuple[float, float, float, bool]] = {}
         for i in view.measured_devices:  # a device's own measurement overrides its class's figures

@@ -1,9 +1,9 @@
 """What the control plane's tables say, for the packages above farm (tenancy), as plain values.
 
 Tenancy needs a few facts the control plane keeps (who owns which served name, what a tenant's
-deployments hold) and must not depend on how farm lays out its tables. These functions are the
-whole of that contract; they read inside the caller's session, so a quota check sees the
-uncommitted change it is checking.
+deployments hold, which devices are set aside for it) and must not depend on how farm lays out
+its tables. These functions are the whole of that contract; they read inside the caller's
+session, so a quota check sees the uncommitted change it is checking.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from kcloud.farm.reservations import reservation_views
 from kcloud.farm.schema import Deployment, DeviceRow, ReplicaRow
 from kcloud.farm.service import ACTIVE_STATES
+from kcloud.farm.spec import ReservationView
 
 
 @dataclass(frozen=True)
@@ -60,3 +62,8 @@ def device_chips(session: Session, uids: Iterable[str]) -> dict[str, tuple[str, 
     rows = session.execute(
         select(DeviceRow.uid, DeviceRow.vendor, DeviceRow.chip_key).where(DeviceRow.uid.in_(wanted)))
     return {uid: (vendor, chip) for uid, vendor, chip in rows}
+
+
+def reservations(session: Session, tenant: str | None = None) -> list[ReservationView]:
+    """The reservations of `tenant` (None: every tenant's), with the devices each covers now."""
+    return reservation_views(session, tenant=tenant)

@@ -175,7 +175,7 @@ class PlacementRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    #: What asked for it: create, scale, update, failover, drain, restore, retry.
+    #: What asked for it: create, scale, update, failover, drain, reservation, restore, retry.
     trigger: Mapped[str] = mapped_column(String(32))
     policy: Mapped[str] = mapped_column(String(16))
     requested: Mapped[int] = mapped_column(Integer)
@@ -223,3 +223,43 @@ class EventRow(Base):
     replica_id: Mapped[str | None] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column()
+
+
+class ReservationRow(Base):
+    """Devices and nodes set aside for one tenant, its virtual cluster (`kcloud.farm.reservations`).
+
+    The tenant is named by value, as deployments name theirs: tenancy's tables sit above these.
+    """
+
+    __tablename__ = "reservations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(255), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The actor, as the audit log names it (`key:<prefix>`, `operator`).
+    created_by: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+
+    targets: Mapped[list[ReservationTarget]] = relationship(
+        back_populates="reservation",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="selectin",
+        order_by="ReservationTarget.id",
+    )
+
+
+class ReservationTarget(Base):
+    """One device, or one whole node (its devices now and later), of a reservation. Each is in one
+    reservation at most: the unique constraints hold that in the database itself. Named by value,
+    like the events, so that a device leaving the inventory does not take the reservation with it."""
+
+    __tablename__ = "reservation_targets"
+    __table_args__ = (CheckConstraint("(device_uid IS NULL) <> (node IS NULL)", name="device_or_node"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    reservation_id: Mapped[int] = mapped_column(ForeignKey("reservations.id", ondelete="CASCADE"), index=True)
+    device_uid: Mapped[str | None] = mapped_column(String(255), unique=True)
+    node: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    reservation: Mapped[ReservationRow] = relationship(back_populates="targets")

@@ -26,6 +26,7 @@ from kcloud.farm.errors import (
 )
 from kcloud.farm.ledger import ACTIVE_STATES, PLACEMENTS_KEPT, START_FAILURE_BACKOFF_S, AdmissionCheck
 from kcloud.farm.lifecycle import ReplicaLifecycle, ReplicaWork
+from kcloud.farm.reservations import Reservations
 from kcloud.farm.views import ReadViews
 
 __all__ = [
@@ -45,7 +46,8 @@ __all__ = [
 ]
 
 
-class ControlPlaneService(DeploymentDecisions, ReplicaLifecycle, DeviceState, ReadViews):
+class ControlPlaneService(DeploymentDecisions, ReplicaLifecycle, DeviceState, Reservations, ReadViews):
     """The control plane's decisions and reads, by capability: `decisions.py` (deployments and
     placement), `lifecycle.py` (the reconciler's replica rows), `device_state.py` (inventory,
-    health, drain) and `views.py` (what the API shows), over one `ledger.Ledger`."""
+    health, drain), `reservations.py` (devices set aside for a tenant) and `views.py` (what the
+    API shows), over one `ledger.Ledger`."""

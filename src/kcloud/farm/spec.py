@@ -12,10 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kcloud.farm.bounds import INTEGER_MAX, StorableBody
-from kcloud.farm.names import NAME_PATTERN
+from kcloud.farm.names import NAME_PATTERN, TENANT_PART
 from kcloud.farm.profiles import PRECISIONS
 
 Policy = Literal["spread", "binpack"]
@@ -177,3 +177,51 @@ class EventView(BaseModel):
     device: str | None
     replica: str | None
     message: str
+
+
+#: Most devices or nodes one reservation names (a node stands for all of its devices).
+RESERVATION_TARGETS_MAX = 10_000
+
+
+class ReservationCreate(_Strict, StorableBody):
+    """Devices and/or whole nodes to set aside for one tenant (at least one of either)."""
+
+    tenant: str = Field(pattern=rf"^{TENANT_PART}$", description="the tenant they are set aside for")
+    devices: list[str] = Field(
+        default_factory=list, max_length=RESERVATION_TARGETS_MAX, description="device uids (NODE/ID)"
+    )
+    nodes: list[str] = Field(
+        default_factory=list,
+        max_length=RESERVATION_TARGETS_MAX,
+        description="node names: every device on the node, those that join later too",
+    )
+    note: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="after")
+    def _names_something(self) -> ReservationCreate:
+        if not self.devices and not self.nodes:
+            raise ValueError("a reservation needs at least one device or node")
+        for value in (*self.devices, *self.nodes):
+            if not 1 <= len(value) <= 255:
+                raise ValueError(f"{value[:40]!r}: a device uid or node name has 1 to 255 characters")
+        return self
+
+
+class ReservationView(BaseModel):
+    id: int
+    tenant: str
+    devices: list[str] = Field(description="the devices it names")
+    nodes: list[str] = Field(description="the nodes it names (each with every device on it)")
+    covers: list[str] = Field(
+        description="every device it sets aside now: those named and those on its nodes"
+    )
+    note: str | None
+    created_at: datetime
+    created_by: str
+
+
+class ReservationCreated(ReservationView):
+    moving: list[str] = Field(
+        description="replicas of other tenants (or the operator's) that were on these devices: each is "
+                    "placed elsewhere first, then stopped"
+    )

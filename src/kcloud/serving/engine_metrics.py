@@ -345,9 +345,11 @@ class EngineMetrics(Collector):
             yield Metric(family.name, family.doc, family.kind)
 
     def collect(self) -> Iterator[Metric]:
-        """The last scrape of every watched replica, as families (only those with samples)."""
+        """The last scrape of every watched replica, as families (only those with samples), in
+        the order the replicas were watched: scrapes finish in any order, the exposition should
+        not follow them."""
         with self._lock:
-            scrapes = list(self._scrapes.values())
+            scrapes = [self._scrapes[rid] for rid in self._watches if rid in self._scrapes]
         oldest = time.monotonic() - self._max_age_s
         scrapes = [scrape for scrape in scrapes if scrape.at >= oldest]
         for family in (*FAMILIES, UP):

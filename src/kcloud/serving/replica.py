@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -29,7 +30,7 @@ from kcloud.serving.batcher import Batcher, Finish, Pending
 from kcloud.serving.engine import EngineReplica, create_engine_replica
 from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics
-from kcloud.serving.worker import ProcessWorker, ThreadWorker, Worker
+from kcloud.serving.worker import ConnectionWorker, ProcessWorker, ThreadWorker, Worker
 
 if TYPE_CHECKING:
     from kcloud.models.repository import ModelEntry
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Isolation = Literal["thread", "process"]
+#: Makes the worker of a replica: (weights path, device, intra-op threads) -> worker, not started.
+WorkerFactory = Callable[[Path, Device, int], Worker]
 
 #: Batches a replica keeps on its worker: one computing, one waiting to start the moment it
 #: is done (see `kcloud.serving.worker`).
@@ -167,7 +170,7 @@ class Replica:
 
     @property
     def isolation(self) -> Isolation:
-        return "process" if isinstance(self.worker, ProcessWorker) else "thread"
+        return "process" if isinstance(self.worker, ConnectionWorker) else "thread"
 
     # -- requests ---------------------------------------------------------------------------
     async def infer(self, prepared: Prepared, *, deadline: float | None) -> InferOutcome:
@@ -294,6 +297,7 @@ def create_replica(
     pipeline: Pipeline | None = None,
     replica_id: str | None = None,
     efficiency: float = DEFAULT_EFFICIENCY,
+    worker_factory: WorkerFactory | None = None,
 ) -> Replica | EngineReplica:
     """A replica of `entry` on `device`, not yet started (`await replica.start()`).
 
@@ -301,7 +305,8 @@ def create_replica(
     and `pipeline` do not apply to it.
 
     `threads` defaults to the measured-best layout for the device (`default_layout`); the
-    caller decides how many replicas to make (its first element). Raises
+    caller decides how many replicas to make (its first element). `worker_factory` replaces
+    `isolation` where the session runs elsewhere (a Ray node: `kcloud.cluster.executor`). Raises
     `UnsupportedDeviceError` when no installed runtime serves the model's platform on the
     device, or the model does not allow the device's kind.
     """
@@ -319,8 +324,10 @@ def create_replica(
         from kcloud.models.pipelines import pipeline_for
 
         pipeline = pipeline_for(entry)
-    if isolation == "process":
-        worker: Worker = ProcessWorker(entry.weights_path, device, threads=threads)
+    if worker_factory is not None:
+        worker: Worker = worker_factory(entry.weights_path, device, threads)
+    elif isolation == "process":
+        worker = ProcessWorker(entry.weights_path, device, threads=threads)
     elif isolation == "thread":
         worker = ThreadWorker(entry.weights_path, device, threads=threads)
     else:

@@ -13,6 +13,10 @@ else so the loop never blocks:
   server dies. The child gets its device's visibility environment from the runtime that
   serves it (`worker_environment`: `CUDA_VISIBLE_DEVICES` for an NVIDIA GPU, nothing for a
   CPU), so it sees only its own device.
+- `SocketWorker`: the session on another machine (a node of a Ray cluster), over one TCP
+  connection with the same messages as the pipe (`multiprocessing.connection` framing, after
+  an HMAC challenge with a per-replica key). `ProcessWorker` and `SocketWorker` share that
+  protocol in `ConnectionWorker`; only where the other end is differs.
 
 `run` may be called again before an earlier call has returned: batches run one at a time, in
 the order they were sent. The replica keeps a second batch waiting on the worker that way, so
@@ -20,9 +24,7 @@ the device starts it the moment the first is done instead of idling while the ga
 loop (busy with HTTP) gets round to answering and dispatching (measured: a child waited ~5 %
 of its time on its pipe with one batch at a time).
 
-The interface is deliberately small, so that a Ray actor can implement it unchanged later
-(`async run(feeds) -> Computed` maps onto `await actor.run.remote(feeds)`, `alive` onto the
-actor's liveness, `close()` onto `ray.kill`):
+The interface is deliberately small:
 
     async start() -> None              build the session (raises if it cannot)
     async run(feeds) -> Computed       one batch; ReplicaDiedError when the worker is gone
@@ -40,13 +42,15 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import socket
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import Any
 
@@ -152,12 +156,15 @@ class ThreadWorker(Worker):
         self._session = None
 
 
-class ProcessWorker(Worker):
-    """The session in a spawned child process, one pickled message per batch each way.
+class ConnectionWorker(Worker):
+    """A session behind a `multiprocessing.connection.Connection`: one pickled message per batch
+    each way (the protocol of `kcloud.runtimes.child`). Subclasses say where the other end is:
+    a spawned child over a pipe (`ProcessWorker`), or a remote host over TCP (`SocketWorker`).
 
     Batches are sent by one thread and replies read by another, so a large batch never blocks
-    the event loop while it crosses the pipe, and a second batch can be sent while the child
-    computes the first. The child answers in order, so replies resolve the oldest waiting call.
+    the event loop while it crosses the connection, and a second batch can be sent while the
+    session computes the first. The session answers in order, so replies resolve the oldest
+    waiting call.
     """
 
     def __init__(self, weights_path: str | Path, device: Device, *, threads: int) -> None:
@@ -165,11 +172,9 @@ class ProcessWorker(Worker):
         self.device = device
         self.threads = threads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pipe-{device.id}")
-        self._context = multiprocessing.get_context("spawn")
-        #: The child's session plan, and its visibility variables as it read them back (after start).
+        #: The session's plan, and its visibility variables as it read them back (after start).
         self.plan: ExecutionPlan | None = None
         self.environment: dict[str, str | None] = {}
-        self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._dead = False
         self._closing = False
@@ -177,32 +182,9 @@ class ProcessWorker(Worker):
         #: One future per batch sent and not yet answered, oldest first.
         self._waiting: deque[asyncio.Future[Reply]] = deque()
 
-    async def start(self) -> None:
-        try:
-            env = worker_environment(self.device)
-        except Exception as exc:  # no runtime serves the device, or its index is unknown
-            raise WorkerStartError(f"{type(exc).__name__}: {exc}") from exc
-        parent_conn, child_conn = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=serve_session,
-            args=(child_conn, str(self.weights_path), self.device, self.threads, os.getpid(), env),
-            name=f"kcloud-worker-{self.device.id}",
-            daemon=True,  # terminated if this process exits normally
-        )
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, process.start)
-        child_conn.close()  # only the child holds it now: its death reads as EOF here
-        self._process, self._conn, self._loop = process, parent_conn, loop
-        try:
-            reply = await loop.run_in_executor(self._executor, parent_conn.recv)
-        except (EOFError, OSError):
-            exit_code = await self._reap()
-            raise WorkerStartError(
-                f"worker process for {self.device.uid} exited while starting (exit code {exit_code}); "
-                "a script that starts workers needs the `if __name__ == '__main__':` guard "
-                "(multiprocessing spawn re-imports the main module)") from None
+    def _accept_ready(self, reply: Any) -> None:
+        """Take the session's first message (`("ready", info)`); WorkerStartError otherwise."""
         if reply[0] != "ready":
-            await self._reap()
             raise WorkerStartError(reply[1])
         info = reply[1]
         self.pid = info["pid"]
@@ -211,9 +193,10 @@ class ProcessWorker(Worker):
         self.environment = info["env"]
         if info.get("note"):
             self.device.attributes[RUNTIME_NOTE] = info["note"]
-        # Notice a death while idle too, without polling: the sentinel turns readable at exit.
-        loop.add_reader(process.sentinel, self._on_sentinel)
-        threading.Thread(target=self._read_replies, args=(parent_conn, loop), daemon=True,
+
+    def _start_reading(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self._conn, self._loop = conn, loop
+        threading.Thread(target=self._read_replies, args=(conn, loop), daemon=True,
                          name=f"replies-{self.device.id}").start()
 
     def _read_replies(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
@@ -240,11 +223,11 @@ class ProcessWorker(Worker):
             waiting = self._waiting.popleft()
             if not waiting.done():
                 waiting.set_exception(ReplicaDiedError(
-                    f"worker process {self.pid} for {self.device.uid} died during a batch"))
+                    f"worker {self.pid} for {self.device.uid} died during a batch"))
 
     async def run(self, feeds: Feeds, requests: Requests) -> Computed:
         if not self.alive:
-            raise ReplicaDiedError(f"worker process for {self.device.uid} is not running")
+            raise ReplicaDiedError(f"worker for {self.device.uid} is not running")
         assert self._conn is not None
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[Reply] = loop.create_future()
@@ -265,25 +248,73 @@ class ProcessWorker(Worker):
     @property
     def alive(self) -> bool:
         # Asked on every request: no `exitcode` poll (a waitpid system call each time). A death
-        # is noticed by the sentinel reader, or by the pipe breaking under a batch, and sets
-        # `_dead`; until then a batch sent to a dead child fails as `ReplicaDiedError`.
-        return self._process is not None and not self._dead and not self._closing
+        # is noticed by the sentinel reader, or by the connection breaking, and sets `_dead`;
+        # until then a batch sent to a dead session fails as `ReplicaDiedError`.
+        return self._conn is not None and not self._dead and not self._closing
+
+    def _stop_watching(self) -> None:
+        """Stop whatever besides the connection watches the session for death (none here)."""
+
+    def _mark_dead(self, why: str) -> None:
+        self._stop_watching()
+        if self._dead or self._closing:
+            return
+        self._dead = True
+        log.error("worker %s for %s died (%s)", self.pid, self.device.uid, why)
+        if self.on_death is not None:
+            self.on_death()
+
+
+class ProcessWorker(ConnectionWorker):
+    """The session in a spawned child process, over a pipe; the child ends with this process."""
+
+    def __init__(self, weights_path: str | Path, device: Device, *, threads: int) -> None:
+        super().__init__(weights_path, device, threads=threads)
+        self._context = multiprocessing.get_context("spawn")
+        self._process: multiprocessing.process.BaseProcess | None = None
+
+    async def start(self) -> None:
+        try:
+            env = worker_environment(self.device)
+        except Exception as exc:  # no runtime serves the device, or its index is unknown
+            raise WorkerStartError(f"{type(exc).__name__}: {exc}") from exc
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=serve_session,
+            args=(child_conn, str(self.weights_path), self.device, self.threads, os.getpid(), env),
+            name=f"kcloud-worker-{self.device.id}",
+            daemon=True,  # terminated if this process exits normally
+        )
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, process.start)
+        child_conn.close()  # only the child holds it now: its death reads as EOF here
+        self._process, self._conn = process, parent_conn
+        try:
+            reply = await loop.run_in_executor(self._executor, parent_conn.recv)
+        except (EOFError, OSError):
+            exit_code = await self._reap()
+            raise WorkerStartError(
+                f"worker process for {self.device.uid} exited while starting (exit code {exit_code}); "
+                "a script that starts workers needs the `if __name__ == '__main__':` guard "
+                "(multiprocessing spawn re-imports the main module)") from None
+        try:
+            self._accept_ready(reply)
+        except WorkerStartError:
+            await self._reap()
+            raise
+        # Notice a death while idle too, without polling: the sentinel turns readable at exit.
+        loop.add_reader(process.sentinel, self._on_sentinel)
+        self._start_reading(parent_conn, loop)
 
     def _on_sentinel(self) -> None:
         if self._process is not None:
             self._process.join(0.1)  # reap it, so the log shows its exit code
         self._mark_dead(f"exit code {self._process.exitcode if self._process else None}")
 
-    def _mark_dead(self, why: str) -> None:
+    def _stop_watching(self) -> None:
         if self._loop is not None and self._process is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._process.sentinel)
-        if self._dead or self._closing:
-            return
-        self._dead = True
-        log.error("worker process %s for %s died (%s)", self.pid, self.device.uid, why)
-        if self.on_death is not None:
-            self.on_death()
 
     async def _reap(self) -> int | None:
         """Wait for the child to exit (killing it after a grace period); its exit code."""
@@ -297,6 +328,7 @@ class ProcessWorker(Worker):
             await loop.run_in_executor(None, process.join, CLOSE_GRACE_S)
         if self._conn is not None:
             self._conn.close()
+            self._conn = None
         exit_code = process.exitcode
         process.close()
         self._process = None
@@ -317,4 +349,88 @@ class ProcessWorker(Worker):
             with contextlib.suppress(Exception):
                 await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.send, None)
         await self._reap()
+        self._executor.shutdown(wait=False)
+
+
+#: Seconds to open a TCP connection to a remote session, and its keep-alive probing: a peer
+#: that vanishes without closing (a node losing power) is noticed within about
+#: idle + interval * count seconds instead of the kernel's default two hours.
+CONNECT_TIMEOUT_S = 10.0
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 1, 3
+
+
+class SocketWorker(ConnectionWorker):
+    """The session on another host (a node of a Ray cluster), reached over TCP with the same
+    framing as a pipe: `multiprocessing.connection` messages, after its HMAC challenge with a
+    key only this replica's two ends know. The session serves this one connection; when it
+    closes, by `close()` or by the host's death, the worker is done.
+
+    `start()` connects to `address`; a subclass that first has to start the session somewhere
+    (`kcloud.cluster.executor.RayWorker`) sets it before calling `SocketWorker.start`.
+    """
+
+    def __init__(
+        self, weights_path: str | Path, device: Device, *, threads: int,
+        address: tuple[str, int] | None = None, authkey: bytes | None = None,
+    ) -> None:
+        super().__init__(weights_path, device, threads=threads)
+        self.address = address
+        self.authkey = authkey if authkey is not None else os.urandom(32)
+
+    async def start(self) -> None:
+        if self.address is None:
+            raise WorkerStartError(f"no address to reach the worker for {self.device.uid}")
+        loop = asyncio.get_running_loop()
+        host, port = self.address
+        try:
+            conn = await loop.run_in_executor(self._executor, self._connect)
+        except (OSError, EOFError, AuthenticationError) as exc:
+            raise WorkerStartError(
+                f"cannot reach the worker for {self.device.uid} at {host}:{port}: {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            reply = await loop.run_in_executor(self._executor, conn.recv)
+            self._accept_ready(reply)
+        except (OSError, EOFError) as exc:
+            conn.close()
+            raise WorkerStartError(
+                f"the worker for {self.device.uid} at {host}:{port} closed while starting") from exc
+        except WorkerStartError:
+            conn.close()
+            raise
+        self._start_reading(conn, loop)
+
+    def _connect(self) -> Connection:
+        assert self.address is not None
+        sock = socket.create_connection(self.address, timeout=CONNECT_TIMEOUT_S)
+        try:
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+        except BaseException:
+            sock.close()
+            raise
+        conn = Connection(sock.detach())
+        try:  # what `multiprocessing.connection.Client` does, with a connect timeout it lacks
+            answer_challenge(conn, self.authkey)
+            deliver_challenge(conn, self.authkey)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        conn = self._conn
+        if conn is not None and not self._dead:
+            # Queued behind a batch in flight on the same thread, so that batch finishes first.
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self._executor, conn.send, None)
+        if conn is not None:
+            conn.close()
         self._executor.shutdown(wait=False)

@@ -81,6 +81,10 @@ def _show_tenant(tenant: dict[str, Any]) -> None:
         else:
             shown = "no cap" if value is None else str(value)
         table.add_row(field, shown)
+    for r in tenant.get("reservations", []):
+        named = [*r["devices"], *(f"node {node}" for node in r["nodes"])]
+        table.add_row(f"reservation {r['id']}",
+                      f"{', '.join(named)}: {len(r['covers'])} device(s), its deployments go only there")
     out.print(table)
 
 

@@ -278,7 +278,7 @@ def attach(
     """Put tenancy on a gateway app made by `kcloud.serving.gateway.create_app` (before it serves).
 
     - wraps the gateway's router in a `TenantScopedRouter` (isolation, metering, token quotas);
-    - adds the tenancy admin API (`/api/v1/tenants|keys|usage|audit|whoami`);
+    - adds the tenancy admin API (`/api/v1/tenants|keys|usage|audit|whoami|reservations`);
     - adds the middleware (outermost, so nothing runs before authentication);
     - on the database's first start, creates the admin key and hands it to `announce` once;
     - with `insecure`, announces loudly that authentication is off.
@@ -290,6 +290,7 @@ def attach(
     """
     from kcloud.store.db import open_database
     from kcloud.tenancy.api import tenancy_router
+    from kcloud.tenancy.reservations import reservations_router
 
     owns_db = not isinstance(db, Database)
     if not isinstance(db, Database):
@@ -307,6 +308,7 @@ def attach(
     if not isinstance(state.router, TenantScopedRouter):
         state.router = TenantScopedRouter(state.router, tenancy.ownership, tokens=tenancy.tokens)
     app.include_router(tenancy_router())
+    app.include_router(reservations_router())
     app.add_middleware(TenancyMiddleware, tenancy=tenancy)
     if not insecure:
         _document_refusals(app)

@@ -17,7 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kcloud.errors import ConflictError, InvalidRequestError, NotFoundError
-from kcloud.farm.reads import count_deployments_of
+from kcloud.farm.reads import count_deployments_of, reservations
+from kcloud.farm.spec import ReservationView
 from kcloud.store.base import utcnow
 from kcloud.store.db import Database
 from kcloud.tenancy.keys import generate_key
@@ -35,6 +36,8 @@ class TenantView(BaseModel):
     created_at: datetime
     created_by: str
     quota: QuotaLimits
+    #: Devices and nodes set aside for the tenant (its virtual cluster); empty: it shares the farm.
+    reservations: list[ReservationView] = []
 
 
 class KeyView(BaseModel):
@@ -100,10 +103,10 @@ def _quota_view(row: TenantQuota | None) -> QuotaLimits:
     )
 
 
-def _tenant_view(row: Tenant) -> TenantView:
+def _tenant_view(row: Tenant, reserved: list[ReservationView]) -> TenantView:
     return TenantView(
         id=row.id, name=row.name, description=row.description, created_at=row.created_at,
-        created_by=row.created_by, quota=_quota_view(row.quota),
+        created_by=row.created_by, quota=_quota_view(row.quota), reservations=reserved,
     )
 
 
@@ -118,8 +121,9 @@ def _key_view(row: ApiKey) -> KeyView:
     )
 
 
-def _tenant_row(session: Session, name: str) -> Tenant:
-    row = session.scalar(select(Tenant).where(Tenant.name == name))
+def _tenant_row(session: Session, name: str, *, lock: bool = False) -> Tenant:
+    query = select(Tenant).where(Tenant.name == name)
+    row = session.scalar(query.with_for_update(of=Tenant) if lock else query)
     if row is None:
         raise NotFoundError(f"tenant {name!r} not found")
     return row
@@ -140,29 +144,41 @@ def create_tenant(
             row.quota = _quota_row(quota or QuotaLimits())
             session.add(row)
             session.flush()
-            return _tenant_view(row)
+            return _tenant_view(row, reservations(session, name))
     except IntegrityError as exc:  # a concurrent create of the same name
         raise ConflictError(f"tenant {name!r} already exists") from exc
 
 
 def list_tenants(db: Database) -> list[TenantView]:
     with db.session() as session:
-        return [_tenant_view(row) for row in session.scalars(select(Tenant).order_by(Tenant.name))]
+        held: dict[str, list[ReservationView]] = {}
+        for reservation in reservations(session):
+            held.setdefault(reservation.tenant, []).append(reservation)
+        return [_tenant_view(row, held.get(row.name, []))
+                for row in session.scalars(select(Tenant).order_by(Tenant.name))]
 
 
 def get_tenant(db: Database, name: str) -> TenantView:
     with db.session() as session:
-        return _tenant_view(_tenant_row(session, name))
+        return _tenant_view(_tenant_row(session, name), reservations(session, name))
 
 
 def delete_tenant(db: Database, name: str) -> None:
-    """Delete a tenant with its keys and quota; refused while it owns deployments."""
+    """Delete a tenant with its keys and quota; refused while it owns deployments or holds
+    reservations. Its row is locked first, so a reservation made for it meanwhile waits (and is
+    then refused)."""
     with db.transaction() as session:
-        row = _tenant_row(session, name)
+        row = _tenant_row(session, name, lock=True)
         owned = count_deployments_of(session, name)
         if owned:
             raise ConflictError(
                 f"tenant {name!r} still owns {owned} deployment(s); delete them first"
+            )
+        held = [str(r.id) for r in reservations(session, name)]
+        if held:
+            raise ConflictError(
+                f"tenant {name!r} still holds reservation(s) {', '.join(held)}; delete them first "
+                f"(kcloud reservations delete ID)"
             )
         session.delete(row)
 
@@ -195,7 +211,7 @@ def set_quota(db: Database, name: str, limits: QuotaLimits) -> TenantView:
         else:
             _fill_quota(row.quota, limits)
         session.flush()
-        return _tenant_view(row)
+        return _tenant_view(row, reservations(session, name))
 
 
 def tenant_quota(db: Database, name: str) -> QuotaLimits:

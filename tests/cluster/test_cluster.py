@@ -1,0 +1,94 @@
+"""A cluster of Ray nodes on loopback (issue 16's "done when"): nodes join with their devices,
+a deployment spreads over them, a node is killed under load, and the deployment is back at full
+size with every request answered; the node rejoins; a second node with a name already in the
+cluster is refused without disturbing it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from kcloud.cluster.local import KCLOUD, LocalCluster
+
+pytestmark = pytest.mark.slow
+
+DIGITS = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64}]}
+REPLICAS = 4
+
+
+def nodes_of(view: dict) -> list[str]:
+    return sorted(r["node"] for r in view["replica_list"] if r["state"] == "running")
+
+
+def test_nodes_join_with_their_devices(cluster: LocalCluster):
+    devices = cluster.devices()
+    for name in ("n1", "n2", "n3"):
+        assert devices[f"{name}/cpu0"]["node"] == name
+        assert devices[f"{name}/cpu0"]["healthy"]
+    added = [e for e in cluster.events(device="n1/cpu0") if e["kind"] == "device.added"]
+    assert added, cluster.events(device="n1/cpu0")
+    listed = subprocess.run([*KCLOUD, "cluster", "nodes", "--url", cluster.url, "--json"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    nodes = json.loads(listed.stdout)
+    assert {"n1", "n2", "n3"} <= set(nodes)
+    assert [d["uid"] for d in nodes["n2"]] == ["n2/cpu0"] and nodes["n2"][0]["healthy"]
+
+
+def test_a_node_name_already_in_the_cluster_is_refused(cluster: LocalCluster):
+    before = cluster.devices()
+    taken = subprocess.run([*KCLOUD, "cluster", "join", cluster.address, "--node", "n1"],
+                           capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 2, taken.stdout + taken.stderr
+    assert "already in the cluster" in taken.stderr and "n1" in taken.stderr
+    assert cluster.device_healthy("n1/cpu0") and cluster.devices().keys() == before.keys()
+
+
+def test_killing_a_node_under_load_loses_no_request(cluster: LocalCluster):
+    cluster.deploy("spread-digits", "digits-cnn", REPLICAS)
+    cluster.wait_for(lambda: cluster.running("spread-digits") == REPLICAS, "the replicas to run")
+    view = cluster.deployment("spread-digits")
+    assert set(nodes_of(view)) >= {"n1", "n2", "n3"}  # spread: one replica per node first
+    url = f"{cluster.url}/v2/models/spread-digits/infer"
+
+    async def load_while_killing() -> collections.Counter:
+        outcomes: collections.Counter = collections.Counter()
+        stop = time.monotonic() + 12
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def client_loop() -> None:
+                while time.monotonic() < stop:
+                    try:
+                        answer = await client.post(url, json=DIGITS)
+                        outcomes[answer.status_code] += 1
+                    except httpx.HTTPError as exc:
+                        outcomes[type(exc).__name__] += 1
+
+            async def killer() -> None:
+                await asyncio.sleep(3)
+                cluster.kill("n2")
+
+            await asyncio.gather(*(client_loop() for _ in range(8)), killer())
+        return outcomes
+
+    outcomes = asyncio.run(load_while_killing())
+    # Every request got an answer, and the replica that died had its requests retried elsewhere.
+    assert set(outcomes) == {200}, outcomes
+    assert outcomes[200] > 100
+
+    cluster.wait_for(lambda: not cluster.device_healthy("n2/cpu0"), "n2/cpu0 to be marked unhealthy")
+    cluster.wait_for(lambda: cluster.running("spread-digits") == REPLICAS, "the deployment whole again")
+    assert "n2" not in nodes_of(cluster.deployment("spread-digits"))
+    kinds = [e["kind"] for e in cluster.events(deployment="spread-digits")]
+    assert "replica.died" in kinds and kinds.count("replica.started") >= REPLICAS + 1
+    left = [e for e in cluster.events(device="n2/cpu0") if e["kind"] == "device.unhealthy"]
+    assert left and "node n2 left the cluster" in left[-1]["message"]
+
+    # The node comes back: its device is healthy again and takes replicas.
+    cluster.join("n2")
+    healthy = [e for e in cluster.events(device="n2/cpu0") if e["kind"] == "device.healthy"]
+    assert healthy

@@ -6,6 +6,7 @@ the stack (`kcloud.app`), which serves the gateway and control plane as `kcloud 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kcloud.cluster.executor import RayExecutor
@@ -33,9 +34,9 @@ class ClusterHead:
         return RayExecutor(router, emulation=inventory.emulated, metrics=metrics,
                            node_alive=self.membership.alive, head_node=self.node)
 
-    def watch(self, service: ControlPlaneService, wake: object) -> None:
+    def watch(self, service: ControlPlaneService, wake: Callable[[], None]) -> None:
         """Follow nodes joining and leaving into `service`, waking the reconciler (`wake()`) on each."""
-        self.membership.on_change.append(wake)  # type: ignore[arg-type]
+        self.membership.on_change.append(wake)
         self.membership.start(service)
 
     async def close(self) -> None:

@@ -50,9 +50,6 @@ class ReplicaHost:
                          daemon=True, name=f"replica-host-{device.id}").start()
         return host, port, os.getpid()
 
-    def ping(self) -> int:
-        return os.getpid()
-
 
 def _serve(listener: socket.socket, authkey: bytes, weights_path: str, device: Device, threads: int,
            env: dict[str, str]) -> None:

@@ -19,7 +19,6 @@ Before a node joins it checks that the head answers and runs the same Ray and Py
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -241,7 +240,3 @@ def _check_not_taken(address: str, resources: Mapping[str, float]) -> None:
             raise ClusterError(
                 f"already in the cluster (Ray node {info.node_name or info.node_manager_address}): "
                 f"{what}; give this node another --node name, or its devices other ids")
-
-
-def resources_json(resources: Mapping[str, float]) -> str:
-    return json.dumps(dict(resources), sort_keys=True)

@@ -252,6 +252,14 @@ class ConnectionWorker(Worker):
         # until then a batch sent to a dead session fails as `ReplicaDiedError`.
         return self._conn is not None and not self._dead and not self._closing
 
+    async def _send_stop(self) -> None:
+        """Tell the session to end (`None`), queued behind a batch in flight on the same thread
+        so that batch finishes first; a connection already broken is fine."""
+        if self._conn is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.send, None)
+
     def _stop_watching(self) -> None:
         """Stop whatever besides the connection watches the session for death (none here)."""
 
@@ -344,10 +352,8 @@ class ProcessWorker(ConnectionWorker):
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(process.sentinel)
-        if process.exitcode is None and self._conn is not None:
-            # Queued behind a batch in flight on the same thread, so that batch finishes first.
-            with contextlib.suppress(Exception):
-                await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.send, None)
+        if process.exitcode is None:
+            await self._send_stop()
         await self._reap()
         self._executor.shutdown(wait=False)
 
@@ -427,10 +433,8 @@ class SocketWorker(ConnectionWorker):
             return
         self._closing = True
         conn = self._conn
-        if conn is not None and not self._dead:
-            # Queued behind a batch in flight on the same thread, so that batch finishes first.
-            with contextlib.suppress(Exception):
-                await asyncio.get_running_loop().run_in_executor(self._executor, conn.send, None)
+        if not self._dead:
+            await self._send_stop()
         if conn is not None:
             conn.close()
         self._executor.shutdown(wait=False)

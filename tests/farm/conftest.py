@@ -187,7 +187,9 @@ class ServedControlPlane:
         interval_s: float = 0.5,
         health_interval_s: float = 3600.0,
         isolation: str = "process",
+        autoscale_interval_s: float = 1.0,
     ) -> None:
+        self.autoscale_interval_s = autoscale_interval_s
         self.repository = repository
         self.inventory = inventory
         self.db_url = db_url
@@ -251,6 +253,7 @@ class ServedControlPlane:
                     isolation=self.isolation,
                     interval_s=self.interval_s,
                     health_interval_s=self.health_interval_s,
+                    autoscale_interval_s=self.autoscale_interval_s,
                 )
                 config = uvicorn.Config(
                     app, loop="none", lifespan="off", log_level="warning", access_log=False

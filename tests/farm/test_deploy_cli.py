@@ -6,6 +6,7 @@ through the real `kcloud` typer app. Both databases.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -117,3 +118,43 @@ def test_devices_drain_and_undrain(server):
     unknown = kcloud(server, "devices", "drain", "nowhere/dev0")
     assert unknown.exit_code == 1 and "404: device 'nowhere/dev0' not found" in unknown.output
     assert kcloud(server, "deploy", "delete", "on-x220").exit_code == 0
+
+
+def test_autoscale_create_show_events_update_and_off(server):
+    created = kcloud(server, "deploy", "create", "small", "--name", "auto", "--vendor", "furiosa",
+                     "--autoscale", "min=1,max=3,metric=rps,target=50,stable=10,panic=2,down-delay=5")
+    assert created.exit_code == 0, created.output
+    assert "1/1 running" in created.output
+    assert ("autoscale: 1..3 replicas, rps target 50 per replica; windows 10 s / 2 s (panic at 2x); "
+            "delays up 0 s, down 5 s") in created.output
+    events = kcloud(server, "deploy", "events", "auto", "--kind", "deployment")
+    assert events.exit_code == 0, events.output
+    assert "deployment.created" in events.output and "autoscaled 1..3 replicas on rps" in events.output
+    refused = kcloud(server, "deploy", "scale", "auto", "2")
+    assert refused.exit_code != 0 and "autoscaled between 1 and 3" in refused.output
+    updated = kcloud(server, "deploy", "update", "auto", "--autoscale", "min=2,max=2,target=8")
+    assert updated.exit_code == 0, updated.output
+    assert "2/2 running" in updated.output and "autoscale: 2..2 replicas, ongoing target 8" in updated.output
+    off = kcloud(server, "deploy", "update", "auto", "--no-autoscale")
+    assert off.exit_code == 0 and "autoscale:" not in off.output
+    events = kcloud(server, "deploy", "events", "auto", "--kind", "autoscale", "--json")
+    assert [e["kind"] for e in json.loads(events.output)] == ["autoscale.on", "autoscale.off"]
+    assert kcloud(server, "deploy", "delete", "auto").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("min=1,max", "'max' is not KEY=VALUE"),
+        ("min=1,most=3", "unknown key 'most'"),
+        ("min=one", "min='one' is not a number"),
+    ],
+)
+def test_a_bad_autoscale_option_is_refused_before_any_call(spec: str, says: str):
+    result = kcloud(None, "deploy", "create", "small", "--autoscale", spec)
+    assert result.exit_code == 2 and says in result.output
+
+
+def test_autoscale_and_no_autoscale_together_are_refused():
+    result = kcloud(None, "deploy", "update", "x", "--autoscale", "max=2", "--no-autoscale")
+    assert result.exit_code == 2 and "choose one" in result.output

@@ -186,3 +186,30 @@ def test_operator_names_have_no_tenant_part(cp):
         for_tenant = _deploy(admin, "by-admin", 0, CPU, tenant="quota-a")
         assert for_tenant.status_code == 201 and for_tenant.json()["name"] == "quota-a:by-admin"
         assert admin.delete("/api/v1/deployments/quota-a:by-admin").status_code == 204
+
+
+def test_the_autoscaler_never_scales_a_tenant_past_its_quota_and_says_so(cp):
+    process, keys = cp
+    with process.client(keys["admin"]) as admin:
+        assert admin.post("/api/v1/tenants", json={"name": "quota-c"}).status_code == 201
+        key = admin.post("/api/v1/keys", json={"tenant": "quota-c"}).json()["key"]
+    _set_quota(cp, "quota-c", max_replicas=2)
+    policy = {"min_replicas": 1, "max_replicas": 4, "metric": "rps", "target": 0.5,
+              "stable_window_s": 2, "panic_window_s": 1, "downscale_delay_s": 600}
+    with process.client(key) as c:
+        made = _deploy(c, "c-auto", 1, CPU, autoscale=policy)
+        assert made.status_code == 201, made.text
+        _wait_served(c, "c-auto")
+        deadline = time.monotonic() + 60
+        refused: list[dict] = []
+        while not refused:  # a few requests a second ask for 4+ replicas at 0.5 requests/s each
+            assert time.monotonic() < deadline, "no refusal was recorded within 60 s"
+            c.post("/v2/models/c-auto/infer", json=infer_body())
+            refused = [e for e in c.get("/api/v1/events", params={"deployment": "c-auto"}).json()
+                       if e["kind"] == "autoscale.refused"]
+        assert "quota exceeded" in refused[0]["message"] and "allows 2" in refused[0]["message"]
+        while c.get("/api/v1/deployments/c-auto").json()["replicas"] != 2:  # the most the quota allows
+            assert time.monotonic() < deadline, "the autoscaler did not take the 2 replicas the quota allows"
+            c.post("/v2/models/c-auto/infer", json=infer_body())
+        time.sleep(1.5)  # more intervals of load: still held at the quota
+        assert c.get("/api/v1/deployments/c-auto").json()["replicas"] == 2

@@ -42,8 +42,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "a read-only key, a tenant key on another tenant's behalf or on devices, "
                          "or over the tenant's quota"},
     404: {"description": "no such deployment, device or model"},
-    409: {"description": "a deployment of that name exists"},
-    422: {"description": "constraints that contradict the catalog or the model"},
+    409: {"description": "a deployment of that name exists; a count set by hand on an autoscaled one"},
+    422: {"description": "constraints that contradict the catalog or the model; an autoscale policy "
+                         "the model or the server cannot follow"},
 }
 
 
@@ -137,7 +138,7 @@ def build_api(
         name = visible(name)
         may_change()
         view = service.update(name, patch)
-        audit("deployment.update", name, **patch.model_dump(exclude_none=True, mode="json"))
+        audit("deployment.update", name, **patch.model_dump(exclude_unset=True, mode="json"))
         wake()
         return view
 

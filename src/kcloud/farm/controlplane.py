@@ -19,7 +19,9 @@ from fastapi import FastAPI
 from kcloud.devices.device import Device, Telemetry
 from kcloud.devices.inventory import Inventory
 from kcloud.farm.api import Caller, build_api
+from kcloud.farm.autoscaler import Autoscaler
 from kcloud.farm.executor import Executor, LocalExecutor
+from kcloud.farm.ledger import DEFAULT_AUTOSCALE_INTERVAL_S
 from kcloud.farm.profiles import ProfileBook
 from kcloud.farm.reconciler import DEFAULT_HEALTH_INTERVAL_S, DEFAULT_INTERVAL_S, PassReport, Reconciler
 from kcloud.farm.service import AdmissionCheck, BundledModel, ControlPlaneService
@@ -38,11 +40,14 @@ class ControlPlane:
     service: ControlPlaneService
     executor: Executor
     reconciler: Reconciler
+    autoscaler: Autoscaler
     #: Bundled models that are not served, with why (they could not be deployed or started).
     not_served: dict[str, str] = field(default_factory=dict)
 
     async def close(self) -> None:
-        """Stop reconciling and close the database. Replicas keep running: the router stops them."""
+        """Stop autoscaling and reconciling and close the database. Replicas keep running: the
+        router stops them."""
+        await self.autoscaler.stop()
         await self.reconciler.stop()
         self.db.close()
 
@@ -67,6 +72,7 @@ async def attach(
     interval_s: float = DEFAULT_INTERVAL_S,
     health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S,
     restore_timeout_s: float = 120.0,
+    autoscale_interval_s: float = DEFAULT_AUTOSCALE_INTERVAL_S,
     on_pass: Callable[[PassReport], None] | None = None,
 ) -> ControlPlane:
     """Put the control plane on `app` (running on this event loop), restore the deployments and
@@ -87,6 +93,7 @@ async def attach(
         service = ControlPlaneService(
             db, repository or router.repository, inventory.devices, profiles=profiles, admission=admission
         )
+        service.autoscale_interval_s = autoscale_interval_s
         await asyncio.to_thread(service.sync_inventory)
         not_served = await asyncio.to_thread(service.serve_bundled, bundled)
         executor = executor or LocalExecutor(
@@ -104,16 +111,18 @@ async def attach(
             reconciler.wake()
 
         router.on_replica_died.append(on_death)
+        autoscaler = Autoscaler(service, router, reconciler.wake, interval_s=autoscale_interval_s)
         if admin_api:
             app.include_router(build_api(service, reconciler.wake, caller=caller, audit=audit,
                                          routing=router.routing))
         await reconciler.settle(restore_timeout_s, on_pass=on_pass)
         not_served |= await asyncio.to_thread(_drop_unstarted, service, router, bundled)
         reconciler.start()
+        autoscaler.start()
     except BaseException:
         db.close()
         raise
-    control_plane = ControlPlane(db, service, executor, reconciler, not_served)
+    control_plane = ControlPlane(db, service, executor, reconciler, autoscaler, not_served)
     app.state.control_plane = control_plane
     return control_plane
 

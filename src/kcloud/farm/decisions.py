@@ -12,6 +12,7 @@ import secrets
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -38,11 +39,13 @@ from kcloud.farm.schema import (
     ReplicaRow,
 )
 from kcloud.farm.spec import (
+    Autoscale,
     Constraints,
     DeploymentCreate,
     DeploymentUpdate,
     DeploymentView,
 )
+from kcloud.models.config import ModelConfig
 from kcloud.models.errors import ModelFileError, ModelNotFoundError
 from kcloud.models.repository import ModelEntry
 
@@ -290,12 +293,23 @@ class DeploymentDecisions(Ledger):
                     f"deployment {name!r} already exists; scale or update it, or choose another name"
                 )
             c, slo = spec.constraints, spec.slo
+            autoscale = None
+            replicas = spec.replicas
+            if spec.autoscale is not None:
+                autoscale = self._checked_autoscale(spec.autoscale, entry.config, slo.p99_latency_ms)
+                if "replicas" not in spec.model_fields_set:
+                    replicas = autoscale.min_replicas
+                elif not autoscale.min_replicas <= replicas <= autoscale.max_replicas:
+                    raise InvalidSpecError(
+                        f"replicas ({replicas}) must be within the autoscale bounds "
+                        f"[{autoscale.min_replicas}, {autoscale.max_replicas}]")
             dep = Deployment(
                 name=name,
                 tenant=spec.tenant,
                 model=model,
                 version_pinned=spec.version is not None,
-                replicas=spec.replicas,
+                replicas=replicas,
+                autoscale=autoscale.model_dump(mode="json") if autoscale is not None else None,
                 constraint_vendor=c.vendor,
                 constraint_chip=c.chip,
                 constraint_precision=c.precision,
@@ -311,10 +325,11 @@ class DeploymentDecisions(Ledger):
             self._event(
                 session,
                 "deployment.created",
-                f"{name}: {entry.name} v{entry.version}, {spec.replicas} replica(s), {spec.policy}",
+                f"{name}: {entry.name} v{entry.version}, {replicas} replica(s), {spec.policy}"
+                + (f", autoscaled {_bounds(autoscale)}" if autoscale is not None else ""),
                 deployment=name,
             )
-            self._place(session, dep, spec.replicas, "create")
+            self._place(session, dep, replicas, "create")
             self._admit(session, dep)
             self._refresh_status(session, dep)
             self._tried[dep.id] = self._epoch
@@ -325,6 +340,7 @@ class DeploymentDecisions(Ledger):
             raise InvalidSpecError(f"replicas must be >= 0, got {replicas}")
         with self.transaction() as session:
             dep = self._deployment(session, name, lock=True)
+            self._refuse_if_autoscaled(dep)
             self._scale(session, dep, replicas)
             self._admit(session, dep)
             self._refresh_status(session, dep)
@@ -405,6 +421,12 @@ class DeploymentDecisions(Ledger):
             if patch.policy is not None and patch.policy != dep.policy:
                 dep.policy = patch.policy
                 changed.append(f"policy {patch.policy}")
+            replicas = dep.replicas
+            if "autoscale" in patch.model_fields_set:
+                replicas = self._set_autoscale(session, dep, patch.autoscale)
+            if patch.replicas is not None:
+                self._refuse_if_autoscaled(dep)
+                replicas = patch.replicas
             if changed:
                 dep.generation += 1
                 self._event(
@@ -420,11 +442,103 @@ class DeploymentDecisions(Ledger):
                 ):
                     row.state = "evicting"
                 self._changed()
-            replicas = patch.replicas if patch.replicas is not None else dep.replicas
             self._scale(session, dep, replicas, "update" if changed else "scale")
             self._admit(session, dep)
             self._refresh_status(session, dep)
             return self._deployment_view(session, dep)
+
+    # -- autoscaling ----------------------------------------------------------------------------
+    def _checked_autoscale(
+        self, policy: Autoscale, config: ModelConfig, slo_p99_ms: float | None
+    ) -> Autoscale:
+        """`policy` with its target filled in, or 422 for one this model or server cannot follow."""
+        interval = self.autoscale_interval_s
+        for field_name in ("stable_window_s", "panic_window_s"):
+            if getattr(policy, field_name) < interval:
+                raise InvalidSpecError(
+                    f"autoscale.{field_name} ({getattr(policy, field_name):g} s) is shorter than the "
+                    f"interval the load is read at ({interval:g} s)")
+        target = policy.target
+        if policy.metric == "tokens" and not config.generative:
+            raise InvalidSpecError(
+                f"autoscale.metric tokens: model {config.name!r} is not a generative model, so it has "
+                "no tokens in flight; use ongoing, rps or p99")
+        if policy.metric == "p99":
+            if config.generative:
+                raise InvalidSpecError(
+                    "autoscale.metric p99: the latency of a whole generation depends on its length; "
+                    "scale a chat model on tokens, ongoing or rps")
+            target = target or slo_p99_ms
+            if target is None:
+                raise InvalidSpecError(
+                    "autoscale.metric p99 needs a target in ms, or the deployment's SLO p99_latency_ms")
+        if policy.min_replicas == 0 and config.generative:
+            raise InvalidSpecError(
+                "autoscale.min_replicas 0: a chat model keeps at least one engine (an engine takes tens "
+                "of seconds to load, longer than a request should wait)")
+        if target is None:  # ongoing: a replica is busy when it holds a full batch
+            target = float(config.batching.max_batch_size or 1) if not config.generative else 16.0
+        return policy.model_copy(update={"target": target})
+
+    def _set_autoscale(self, session: Session, dep: Deployment, policy: Autoscale | None) -> int:
+        """Change (or with None, end) `dep`'s autoscaling; the replica count it should have now."""
+        if policy is None:
+            if dep.autoscale is not None:
+                dep.autoscale = None
+                self._event(session, "autoscale.off", f"{dep.name}: autoscaling off; "
+                            f"{dep.replicas} replica(s) from now on", deployment=dep.name)
+            return dep.replicas
+        config = self.repository.get(dep.model.name, dep.model.version).config
+        checked = self._checked_autoscale(policy, config, dep.slo_p99_ms)
+        dep.autoscale = checked.model_dump(mode="json")
+        replicas = min(checked.max_replicas, max(checked.min_replicas, dep.replicas))
+        self._event(session, "autoscale.on", f"{dep.name}: autoscaled {_bounds(checked)}",
+                    deployment=dep.name, data=dep.autoscale)
+        return replicas
+
+    @staticmethod
+    def _refuse_if_autoscaled(dep: Deployment) -> None:
+        if dep.autoscale is not None:
+            raise ConflictError(
+                f"deployment {dep.name!r} is autoscaled between {dep.autoscale['min_replicas']} and "
+                f"{dep.autoscale['max_replicas']} replicas: change its autoscale policy, or turn it off "
+                "(autoscale: null), to set the count by hand")
+
+    def autoscaled(self) -> list[AutoscaledDeployment]:
+        """Every deployment with an autoscale policy, as the autoscaler reads them each interval."""
+        with self.db.session() as session:
+            return [
+                AutoscaledDeployment(dep.name, Autoscale.model_validate(dep.autoscale), dep.replicas,
+                                     dep.model.name, dep.model.version)
+                for dep in session.scalars(select(Deployment).where(Deployment.autoscale.is_not(None)))
+            ]
+
+    def autoscale_to(self, name: str, replicas: int, reason: str, inputs: dict[str, Any]) -> bool:
+        """The autoscaler's decision: set `name`'s replicas (placed where placement says, drained
+        when fewer), recorded with its inputs. False when it is gone or no longer autoscaled;
+        raises the admission check's refusal (a tenant's quota) with nothing written."""
+        with self.transaction() as session:
+            dep = session.scalar(select(Deployment).where(Deployment.name == name).with_for_update())
+            if dep is None or dep.autoscale is None or dep.replicas == replicas:
+                return False
+            before = dep.replicas
+            self._scale(session, dep, replicas, "autoscale")
+            self._admit(session, dep)
+            self._event(session, "autoscale.scaled", f"{name}: {before} -> {replicas} replica(s): {reason}",
+                        deployment=name, data=inputs)
+            self._refresh_status(session, dep)
+            return True
+
+    def autoscale_refused(self, name: str, replicas: int, why: str, inputs: dict[str, Any]) -> None:
+        """Record that the autoscaler wanted `replicas` and was refused (a quota): one event."""
+        with self.transaction() as session:
+            self._event(session, "autoscale.refused", f"{name}: wanted {replicas} replica(s); {why}",
+                        deployment=name, data=inputs)
+
+    def autoscale_note(self, name: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        """An autoscaler observation worth keeping (a cold start's wait), as an event."""
+        with self.transaction() as session:
+            self._event(session, kind, f"{name}: {message}", deployment=name, data=data)
 
     def delete(self, name: str) -> None:
         with self.transaction() as session:
@@ -577,6 +691,22 @@ class DeploymentDecisions(Ledger):
                                 replica=row.id,
                             )
         return stopping
+
+
+@dataclass(frozen=True)
+class AutoscaledDeployment:
+    """One autoscaled deployment as the autoscaler reads it."""
+
+    name: str
+    policy: Autoscale
+    replicas: int
+    model: str
+    version: int
+
+
+def _bounds(policy: Autoscale) -> str:
+    return (f"{policy.min_replicas}..{policy.max_replicas} replicas on {policy.metric} "
+            f"(target {policy.target:g} per replica)")
 
 
 def _bundled_as(dep: Deployment, model: BundledModel, row: ModelRow) -> bool:

@@ -53,6 +53,42 @@ def _constraints(
     }
 
 
+#: `--autoscale` keys -> the API's field names (`kcloud.farm.spec.Autoscale`).
+AUTOSCALE_KEYS = {
+    "min": "min_replicas", "max": "max_replicas", "metric": "metric", "target": "target",
+    "stable": "stable_window_s", "panic": "panic_window_s", "panic-threshold": "panic_threshold",
+    "up-delay": "upscale_delay_s", "down-delay": "downscale_delay_s",
+}
+_AUTOSCALE_HELP = (
+    "Scale on load: comma-separated KEY=VALUE of min, max (replicas), metric (ongoing, rps, p99, "
+    "tokens), target (per replica; p99: ms), stable, panic (windows, s), panic-threshold, up-delay, "
+    "down-delay (s). E.g. min=0,max=4,target=8. See docs/autoscaling.md."
+)
+
+
+def parse_autoscale(text: str) -> dict[str, Any]:
+    """`min=0,max=4,metric=ongoing,target=8` -> the API's autoscale object; exit 2 on a bad one."""
+    policy: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not value:
+            raise fail(f"--autoscale: {part!r} is not KEY=VALUE", 2)
+        if key not in AUTOSCALE_KEYS:
+            raise fail(f"--autoscale: unknown key {key!r}; known: {', '.join(AUTOSCALE_KEYS)}", 2)
+        if key == "metric":
+            policy["metric"] = value
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise fail(f"--autoscale: {key}={value!r} is not a number", 2) from None
+        policy[AUTOSCALE_KEYS[key]] = int(number) if key in ("min", "max") and number.is_integer() else number
+    return policy
+
+
 def _status(view: dict[str, Any]) -> str:
     style = STATUS_STYLE.get(view["status"], "white")
     return f"[{style}]{view['status']}[/{style}]"
@@ -70,6 +106,8 @@ def _print_deployment(view: dict[str, Any]) -> None:
     out.print(
         f"  constraints: {escape(constraints)}; SLO: {escape(slo)}; tenant: {escape(str(view['tenant']))}"
     )
+    if view.get("autoscale"):
+        _print_autoscale(view["autoscale"], view.get("autoscaler"))
     if view["replica_list"]:
         table = Table("replica", "device", "node", "state", "pid", "emulated")
         for r in view["replica_list"]:
@@ -82,6 +120,27 @@ def _print_deployment(view: dict[str, Any]) -> None:
                 "[yellow]emulated[/yellow]" if r["emulated"] else "no",
             )
         out.print(table)
+
+
+def _print_autoscale(policy: dict[str, Any], state: dict[str, Any] | None) -> None:
+    out.print(
+        f"  autoscale: {policy['min_replicas']}..{policy['max_replicas']} replicas, {policy['metric']} "
+        f"target {policy['target']:g} per replica; windows {policy['stable_window_s']:g} s / "
+        f"{policy['panic_window_s']:g} s (panic at {policy['panic_threshold']:g}x); delays up "
+        f"{policy['upscale_delay_s']:g} s, down {policy['downscale_delay_s']:g} s"
+    )
+    if state is None:
+        return
+    value = "no data" if state["value"] is None else f"{state['value']:.3g}"
+    panic = " [red]panic[/red]" if state["panic"] else ""
+    cold = state["last_cold_start_s"]
+    out.print(
+        f"  now: {state['metric']} {value} (target {state['target']:g}), wants {state['desired']}{panic}; "
+        f"shed {state['shed_total']}" + (f"; last cold start {cold:.2f} s" if cold is not None else "")
+    )
+    if state["last_decision"]:
+        when = (state["last_decision_at"] or "")[:19]
+        out.print(f"  last change ({when}): {escape(state['last_decision'])}", soft_wrap=True)
 
 
 def _wait(url: str, key: str | None, name: str, timeout_s: float) -> dict[str, Any]:
@@ -132,7 +191,9 @@ def create(
     model: str = typer.Argument(..., help="Model name in the repository (`kcloud models list`)."),
     name: str | None = typer.Option(None, "--name", "-n", help="Served name (default: the model's)."),
     version: int | None = typer.Option(None, "--version", min=1, help="Model version (default: latest)."),
-    replicas: int = typer.Option(1, "--replicas", "-r", help="Number of replicas (>= 0)."),
+    replicas: int | None = typer.Option(
+        None, "--replicas", "-r", help="Number of replicas (>= 0; default 1, or autoscale's min)."
+    ),
     vendor: str | None = typer.Option(None, "--vendor", help="Only devices of this vendor."),
     chip: str | None = typer.Option(None, "--chip", help="Only this catalog chip (e.g. furiosa-rngd)."),
     precision: str | None = typer.Option(None, "--precision", help="fp32, fp16, bf16, int8 or fp8."),
@@ -143,6 +204,7 @@ def create(
     p99_ms: float | None = typer.Option(None, "--p99-ms", help="SLO: p99 latency target in ms."),
     rps: float | None = typer.Option(None, "--rps", help="SLO: throughput to serve, requests per second."),
     tenant: str | None = typer.Option(None, "--tenant", help="Owner (admin keys only)."),
+    autoscale: str | None = typer.Option(None, "--autoscale", help=_AUTOSCALE_HELP),
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Wait until the replicas run (or it is pending)."
     ),
@@ -152,16 +214,17 @@ def create(
     as_json: bool = _JSON,
 ) -> None:
     """Deploy a model: placed at once on the best devices by perf/watt, then started."""
-    if replicas < 0:
+    if replicas is not None and replicas < 0:
         raise fail(f"--replicas must be >= 0, got {replicas}", 2)
     body: dict[str, Any] = {
         "model": model,
-        "replicas": replicas,
         "policy": policy,
         "constraints": _constraints(vendor, chip, precision, node),
         "slo": {"p99_latency_ms": p99_ms, "throughput_rps": rps},
     }
-    for key, value in (("name", name), ("version", version), ("tenant", tenant)):
+    if autoscale is not None:
+        body["autoscale"] = parse_autoscale(autoscale)
+    for key, value in (("name", name), ("version", version), ("tenant", tenant), ("replicas", replicas)):
         if value is not None:
             body[key] = value
     view = call(url, api_key, "POST", "/deployments", json=body)
@@ -198,6 +261,8 @@ def update(
     policy: str | None = typer.Option(None, "--policy"),
     p99_ms: float | None = typer.Option(None, "--p99-ms"),
     rps: float | None = typer.Option(None, "--rps"),
+    autoscale: str | None = typer.Option(None, "--autoscale", help=_AUTOSCALE_HELP),
+    no_autoscale: bool = typer.Option(False, "--no-autoscale", help="Turn autoscaling off."),
     wait: bool = typer.Option(True, "--wait/--no-wait"),
     timeout: float = typer.Option(180.0, "--timeout", min=1),
     url: str = _URL,
@@ -221,8 +286,15 @@ def update(
         patch["policy"] = policy
     if p99_ms is not None or rps is not None:
         patch["slo"] = {"p99_latency_ms": p99_ms, "throughput_rps": rps}
+    if autoscale is not None and no_autoscale:
+        raise fail("--autoscale and --no-autoscale together: choose one", 2)
+    if autoscale is not None:
+        patch["autoscale"] = parse_autoscale(autoscale)
+    if no_autoscale:
+        patch["autoscale"] = None
     if not patch:
-        raise fail("nothing to change: give --version, --replicas, a constraint, --policy or an SLO", 2)
+        raise fail("nothing to change: give --version, --replicas, a constraint, --policy, an SLO or "
+                   "--autoscale", 2)
     view = call(url, api_key, "PATCH", f"/deployments/{name}", json=patch)
     _finish(view, url, api_key, wait=wait, timeout=timeout, as_json=as_json)
 
@@ -267,6 +339,37 @@ def show(
     """One deployment and where its replicas run."""
     view = call(url, api_key, "GET", f"/deployments/{name}")
     _done(view, as_json)
+
+
+@deploy_app.command("events")
+def events(
+    name: str = typer.Argument(..., help="Deployment name."),
+    kind: str | None = typer.Option(
+        None, "--kind", help="Only events whose kind starts with this, e.g. autoscale or replica."
+    ),
+    limit: int = typer.Option(50, "--limit", min=1, max=1000, help="The newest this many."),
+    url: str = _URL,
+    api_key: str | None = _KEY,
+    as_json: bool = _JSON,
+) -> None:
+    """What happened to a deployment, oldest first: scaling decisions with their inputs, placements,
+    replicas started, stopped and failed over."""
+    # The API answers the newest events (up to 1000), oldest first.
+    rows = call(url, api_key, "GET", "/events", params={"deployment": name, "limit": 1000})
+    rows = [r for r in rows if kind is None or r["kind"].startswith(kind)][-limit:]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        out.print(f"no events for {escape(name)}" + (f" of kind {escape(kind)}" if kind else ""))
+        return
+    table = Table("at", "kind", "what")
+    for row in rows:
+        what = row["message"]
+        if row["kind"].startswith("autoscale") and row.get("data"):
+            what += " [" + ", ".join(f"{k}={v}" for k, v in row["data"].items()) + "]"
+        table.add_row(row["at"][:19], row["kind"], escape(what))
+    out.print(table)
 
 
 def _ppw(candidate: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from kcloud.farm.schema import (
     Deployment,
     EventRow,
 )
+from kcloud.farm.spec import AutoscalerState
 from kcloud.models.repository import ModelRepository
 from kcloud.store.db import Database
 
@@ -36,6 +37,8 @@ ACTIVE_STATES = ("placed", "starting", "running")
 START_FAILURE_BACKOFF_S = 60.0
 #: Placements kept per deployment (older ones are deleted with their candidates).
 PLACEMENTS_KEPT = 20
+#: Seconds between the autoscaler's readings of the load (`kcloud up --autoscale-interval`).
+DEFAULT_AUTOSCALE_INTERVAL_S = 1.0
 
 
 #: Called inside the transaction of a create, scale or update, after placement and before
@@ -71,6 +74,10 @@ class Ledger:
         self._tried: dict[int, int] = {}
         #: deployment id -> what the next placement is for (failover, drain, restore, ...)
         self._triggers: dict[int, str] = {}
+        #: How often the autoscaler reads the load: no autoscale window may be shorter.
+        self.autoscale_interval_s = DEFAULT_AUTOSCALE_INTERVAL_S
+        #: The autoscaler's live state of a deployment, for its view (set by `kcloud.farm.autoscaler`).
+        self.autoscaler_state: Callable[[str], AutoscalerState | None] = lambda name: None
 
     def _changed(self) -> None:
         self._epoch += 1

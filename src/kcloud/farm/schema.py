@@ -132,6 +132,8 @@ class Deployment(Base):
     bundled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: Intra-op threads per replica; None: the runtime's default layout for the device.
     threads: Mapped[int | None] = mapped_column(Integer)
+    #: The autoscaling policy (`kcloud.farm.spec.Autoscale` as JSON); None: `replicas` is fixed.
+    autoscale: Mapped[dict[str, Any] | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

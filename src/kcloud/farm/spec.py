@@ -10,7 +10,7 @@ that no device satisfies *right now* leaves the deployment pending with the reas
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,6 +43,68 @@ class Slo(_Strict):
     throughput_rps: float | None = Field(default=None, gt=0)
 
 
+Metric = Literal["ongoing", "rps", "p99", "tokens"]
+#: Longest window or delay a policy may ask for (an hour): longer ones only hide the load.
+WINDOW_MAX_S = 3600.0
+
+
+class Autoscale(_Strict):
+    """How many replicas a deployment runs, decided from its load (`kcloud.farm.autoscaling`).
+
+    The autoscaler keeps `metric` per replica near `target`: `ongoing` requests in flight (queued
+    or computing), `rps` requests arriving per second, `tokens` in flight (prompt plus maximum new
+    tokens; chat models), or `p99` latency in ms over the stable window (default target: the
+    deployment's SLO). It averages over `stable_window_s`; when the `panic_window_s` average is
+    `panic_threshold` times what the replicas are meant to carry, it scales out at once and does
+    not scale in until a stable window has passed calm. A scale-out waits `upscale_delay_s` and a scale-in
+    `downscale_delay_s` of the wish persisting; at `min_replicas: 0` an idle deployment stops all
+    its replicas and the next request starts one (and waits for it, within its deadline).
+    """
+
+    min_replicas: int = Field(default=1, ge=0, le=10_000)
+    max_replicas: int = Field(default=4, ge=1, le=10_000)
+    metric: Metric = "ongoing"
+    target: float | None = Field(
+        default=None, gt=0, le=1e9,
+        description="per replica: requests in flight (ongoing), requests/s (rps), tokens in flight "
+                    "(tokens), or p99 latency in ms (p99). Default: the model's max batch size for "
+                    "ongoing; the SLO's p99 for p99; required for rps and tokens")
+    stable_window_s: float = Field(default=60.0, gt=0, le=WINDOW_MAX_S)
+    panic_window_s: float = Field(default=6.0, gt=0, le=WINDOW_MAX_S)
+    panic_threshold: float = Field(default=2.0, ge=1.0, le=100.0)
+    upscale_delay_s: float = Field(default=0.0, ge=0, le=WINDOW_MAX_S)
+    downscale_delay_s: float = Field(default=30.0, ge=0, le=WINDOW_MAX_S)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Autoscale:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is more than max_replicas ({self.max_replicas})")
+        if self.panic_window_s > self.stable_window_s:
+            raise ValueError(
+                f"panic_window_s ({self.panic_window_s:g}) is longer than stable_window_s "
+                f"({self.stable_window_s:g}): the panic window is the short one")
+        if self.target is None and self.metric in ("rps", "tokens"):
+            raise ValueError(f"metric {self.metric} needs a target per replica")
+        return self
+
+
+class AutoscalerState(BaseModel):
+    """What the autoscaler sees and last decided for one deployment (live, not stored)."""
+
+    metric: str
+    target: float = Field(description="per replica, in the metric's unit")
+    value: float | None = Field(description="the metric over the stable window (p99: ms); null: no data")
+    panic_value: float | None = Field(description="the metric over the panic window")
+    panic: bool
+    desired: int = Field(description="what the metric asks for, within min and max")
+    replicas: int
+    last_decision: str | None
+    last_decision_at: datetime | None
+    last_cold_start_s: float | None = Field(description="seconds the latest request at zero waited")
+    shed_total: int = Field(description="requests refused for load (429) while this autoscaler ran")
+
+
 class DeploymentCreate(_Strict, StorableBody):
     model: str = Field(min_length=1, max_length=255, description="model name in the repository")
     version: int | None = Field(
@@ -60,6 +122,10 @@ class DeploymentCreate(_Strict, StorableBody):
     tenant: str | None = Field(
         default=None, max_length=255, description="owner; set by tenancy for tenant keys"
     )
+    autoscale: Autoscale | None = Field(
+        default=None,
+        description="scale between min and max replicas on load; `replicas` is then the start "
+                    "(default: min_replicas)")
 
 
 class DeploymentUpdate(_Strict, StorableBody):
@@ -70,6 +136,8 @@ class DeploymentUpdate(_Strict, StorableBody):
     constraints: Constraints | None = None
     slo: Slo | None = None
     policy: Policy | None = None
+    autoscale: Autoscale | None = Field(
+        default=None, description="a new policy; `null` turns autoscaling off (replicas stay as they are)")
 
 
 class ScaleRequest(_Strict):
@@ -103,6 +171,8 @@ class DeploymentView(BaseModel):
     constraints: Constraints
     slo: Slo
     policy: Policy
+    autoscale: Autoscale | None = None
+    autoscaler: AutoscalerState | None = Field(default=None, description="live; autoscaled deployments")
     status: str = Field(description="pending | progressing | ready | degraded")
     reason: str | None
     generation: int
@@ -177,6 +247,8 @@ class EventView(BaseModel):
     device: str | None
     replica: str | None
     message: str
+    data: dict[str, Any] | None = Field(
+        default=None, description="the figures behind it, e.g. an autoscaling decision's inputs")
 
 
 #: Most devices or nodes one reservation names (a node stands for all of its devices).

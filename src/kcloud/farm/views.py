@@ -18,6 +18,7 @@ from kcloud.farm.schema import (
     ReplicaRow,
 )
 from kcloud.farm.spec import (
+    Autoscale,
     CandidateView,
     Constraints,
     DeploymentView,
@@ -126,6 +127,7 @@ class ReadViews(Ledger):
                     device=r.device_uid,
                     replica=r.replica_id,
                     message=r.message,
+                    data=r.data,
                 )
                 for r in reversed(rows)
             ]
@@ -169,6 +171,8 @@ class ReadViews(Ledger):
             ),  # type: ignore[arg-type]
             slo=Slo(p99_latency_ms=dep.slo_p99_ms, throughput_rps=dep.slo_throughput_rps),
             policy=dep.policy,  # type: ignore[arg-type]
+            autoscale=Autoscale.model_validate(dep.autoscale) if dep.autoscale is not None else None,
+            autoscaler=self.autoscaler_state(dep.name) if dep.autoscale is not None else None,
             status=dep.status,
             reason=dep.status_reason,
             generation=dep.generation,

@@ -15,7 +15,7 @@ death and the reconciler replaces the engine.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -53,6 +53,8 @@ class StreamAnswer:
         self._closed = False
         #: Events relayed that carried choices: about one token each (engines stream token by token).
         self.chunks = 0
+        #: Called once when the stream is closed (the router's load meter counts it answered then).
+        self.on_close: list[Callable[[], None]] = []
 
     async def close(self) -> None:
         """End the engine request (once). A stream that ended without the engine's usage chunk (the
@@ -66,6 +68,8 @@ class StreamAnswer:
             self.call.usage(self.call.prompt_tokens, self.chunks)
         prompt, completion = self.call.usage_seen or (0, 0)
         self.replica.end(self.call.tokens, prompt_tokens=prompt, completion_tokens=completion)
+        for closed in self.on_close:
+            closed()
 
     async def events(self) -> AsyncIterator[bytes]:
         pending = b""

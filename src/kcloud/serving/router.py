@@ -12,6 +12,11 @@ replica when its replica dies under it, so a crashed worker costs a retry, not a
 Which replicas exist is decided by the control plane (`kcloud.farm`): they are added and removed
 here, and `on_replica_died` observers hear of a death so the control plane can place a new
 replica. While it does, the model stays known (unready, 503), not unknown (404).
+
+A model the autoscaler may take to zero replicas is on `standby`: it stays served, and a request
+that finds no replica tells the `on_cold_request` observers (the autoscaler starts one) and waits
+for it, within the request's deadline (`COLD_START_WAIT_S` without one). `load` counts what each
+model is asked (in flight, arrivals, latencies, sheds) for the autoscaler.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from kcloud.models.repository import ModelEntry, ModelRepository
 from kcloud.serving.engine import EngineReplica
 from kcloud.serving.engine_calls import Answer, StreamAnswer, send
 from kcloud.serving.engine_metrics import EngineMetrics
-from kcloud.serving.errors import ModelNotReadyError, ReplicaDiedError
+from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, QueueFullError, ReplicaDiedError
 from kcloud.serving.generation import GenerationCall
+from kcloud.serving.load import LoadMeter, LoadReading
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import InferOutcome, Replica
 from kcloud.serving.token_routing import Policy, TokenRouter
@@ -39,6 +45,9 @@ from kcloud.serving.token_routing import Policy, TokenRouter
 AnyReplica = Replica | EngineReplica
 
 log = logging.getLogger(__name__)
+
+#: How long a request without a deadline waits for the first replica of a model at zero.
+COLD_START_WAIT_S = 120.0
 
 
 class Router:
@@ -56,9 +65,17 @@ class Router:
         self._candidates_of: dict[tuple[str, int], list[AnyReplica]] = {}
         #: Models whose last replica died and was removed, while a replacement starts.
         self._awaiting: dict[tuple[str, int], ModelEntry] = {}
+        #: Models that may have no replica (scaled to zero): served, and a request waits for one.
+        self._standby: dict[tuple[str, int], ModelEntry] = {}
+        #: Set when a replica of the model is added: wakes the requests waiting at zero.
+        self._replica_added: dict[tuple[str, int], asyncio.Event] = {}
         self._turn = itertools.count()
         #: Called once per replica whose worker died (not for replicas stopped on purpose).
         self.on_replica_died: list[Callable[[AnyReplica], None]] = []
+        #: Called with the served name when a request finds a standby model without a replica.
+        self.on_cold_request: list[Callable[[str], None]] = []
+        #: What each served model is asked to do, for the autoscaler.
+        self.load = LoadMeter()
 
     def __repr__(self) -> str:
         return f"Router({len(self._replicas)} replicas)"
@@ -76,8 +93,11 @@ class Router:
                 self.engine_metrics.watch(
                     replica.id, deployment=replica.entry.name, device=replica.device.uid,
                     url=launch.base_url + launch.metrics_path, engine=replica.runtime.name)
-        self._awaiting.pop((replica.entry.name, replica.entry.version), None)
+        key = (replica.entry.name, replica.entry.version)
+        self._awaiting.pop(key, None)
         self._replicas_changed()
+        if (added := self._replica_added.pop(key, None)) is not None:
+            added.set()
 
     async def remove_replica(self, replica_id: str, *, replaced: bool = False) -> AnyReplica | None:
         """Stop routing to a replica and stop it (it finishes what it has queued first).
@@ -99,6 +119,26 @@ class Router:
             await replica.stop()
         return replica
 
+    def standby(self, entry: ModelEntry) -> None:
+        """Keep `entry` served while it has no replica: a request waits for one (scale from zero)."""
+        key = (entry.name, entry.version)
+        if self._standby.get(key) != entry:
+            self._standby = {k: e for k, e in self._standby.items() if k[0] != entry.name}
+            self._standby[key] = entry
+            self._replicas_changed()
+
+    def end_standby(self, name: str) -> None:
+        """`name` is no longer kept served without replicas (deleted, or no longer autoscaled)."""
+        if any(key[0] == name for key in self._standby):
+            self._standby = {k: e for k, e in self._standby.items() if k[0] != name}
+            self._replicas_changed()
+
+    def read_load(self, name: str) -> LoadReading:
+        """`name`'s load since the previous reading, with the tokens its engines have in flight."""
+        tokens = sum(r.outstanding_tokens for r in self._replicas.values()
+                     if isinstance(r, EngineReplica) and r.entry.name == name)
+        return self.load.read(name, tokens_in_flight=tokens)
+
     def replicas(self, model: str | None = None) -> list[AnyReplica]:
         return [r for r in self._replicas.values() if model is None or r.entry.name == model]
 
@@ -119,7 +159,7 @@ class Router:
     def served_models(self) -> list[ModelEntry]:
         """One entry per (name, version) that has a replica (dead or alive) or awaits one."""
         if self._served is None:
-            entries: dict[tuple[str, int], ModelEntry] = dict(self._awaiting)
+            entries: dict[tuple[str, int], ModelEntry] = self._standby | self._awaiting
             for replica in self._replicas.values():
                 entries.setdefault((replica.entry.name, replica.entry.version), replica.entry)
             self._served = [entries[key] for key in sorted(entries)]
@@ -157,12 +197,13 @@ class Router:
         return candidates
 
     def is_ready(self, name: str, version: int | None = None) -> bool:
-        """True when the model (version) is served and has a live replica."""
+        """True when the model (version) is served and has a live replica, or is on standby (a
+        request is then served after a cold start)."""
         try:
             entry = self.entry(name, version)
         except ModelNotFoundError:
             return False
-        return any(r.alive for r in self._candidates(entry))
+        return (entry.name, entry.version) in self._standby or any(r.alive for r in self._candidates(entry))
 
     def _least_loaded(self, entry: ModelEntry, exclude: set[str]) -> Replica | None:
         live = [r for r in self._candidates(entry)
@@ -194,9 +235,22 @@ class Router:
             raise InvalidRequestError(
                 f"model {entry.name!r} is a generative model: "
                 "send it /v1/chat/completions or /v1/completions")
-        first = self._least_loaded(entry, set())
-        if first is None:
-            raise ModelNotReadyError(f"model {entry.name} v{entry.version} has no live replica")
+        started = self.load.arrived(entry.name)
+        try:
+            outcome = await self._infer(entry, inputs, deadline)
+        except QueueFullError:
+            self.load.left(entry.name, shed=True)
+            raise
+        except BaseException:
+            self.load.left(entry.name)
+            raise
+        self.load.answered(entry.name, started)
+        return outcome
+
+    async def _infer(
+        self, entry: ModelEntry, inputs: dict[str, np.ndarray], deadline: float | None
+    ) -> InferOutcome:
+        first = self._least_loaded(entry, set()) or await self._first_replica(entry, deadline)
         first.batcher.check_admission(deadline, time.monotonic())  # refuse before any work on it
         pipeline = first.pipeline
         if pipeline.heavy(inputs):  # long texts: tokenise off the event loop, which serves everyone
@@ -212,6 +266,37 @@ class Router:
                     f"{died}; no other live replica of {entry.name} v{entry.version} to retry on") from None
             log.warning("retrying a request of %s on %s after: %s", entry.name, retry.id, died)
             return await retry.infer(prepared, deadline=deadline)
+
+    async def _first_replica(self, entry: ModelEntry, deadline: float | None) -> Replica:
+        """A model without a live replica: 503, or, on standby, ask for one and wait for it."""
+        key = (entry.name, entry.version)
+        if key not in self._standby:
+            raise ModelNotReadyError(f"model {entry.name} v{entry.version} has no live replica")
+        for observer in list(self.on_cold_request):
+            try:
+                observer(entry.name)
+            except Exception:  # an observer's bug must not break serving
+                log.exception("cold-request observer failed")
+        started = time.monotonic()
+        until = started + COLD_START_WAIT_S if deadline is None else deadline
+        while True:
+            added = self._replica_added.setdefault(key, asyncio.Event())
+            try:
+                async with asyncio.timeout(max(0.0, until - time.monotonic())):
+                    await added.wait()
+            except TimeoutError:
+                waited = time.monotonic() - started
+                if deadline is not None:
+                    raise DeadlineExceededError(
+                        f"model {entry.name} has no replica (scaled to zero); none started within the "
+                        f"request's deadline ({waited:.1f} s); not computed") from None
+                raise ModelNotReadyError(
+                    f"model {entry.name} has no replica (scaled to zero) and none started within "
+                    f"{waited:.0f} s") from None
+            replica = self._least_loaded(entry, set())
+            if replica is not None:
+                self.load.cold_wait(entry.name, time.monotonic() - started)
+                return replica
 
     def routing(self, model: str) -> dict[str, object] | None:
         """How a generative model's requests are spread over its engines: the policy, and per
@@ -230,6 +315,20 @@ class Router:
         Raises ModelNotReadyError (503) when no engine of the model is alive, ReplicaDiedError
         (503) when the retry failed too.
         """
+        entry = call.entry
+        started = self.load.arrived(entry.name)
+        try:
+            answer = await self._generate(call)
+        except BaseException:
+            self.load.left(entry.name)
+            raise
+        if isinstance(answer, StreamAnswer):  # in flight until the stream is closed
+            answer.on_close.append(lambda: self.load.answered(entry.name, started))
+        else:
+            self.load.answered(entry.name, started)
+        return answer
+
+    async def _generate(self, call: GenerationCall) -> Answer | StreamAnswer:
         entry = call.entry
         tried: set[str] = set()
         while True:
@@ -260,5 +359,6 @@ class Router:
                 self.engine_metrics.forget(replica.id)
         self._replicas.clear()
         self._awaiting.clear()
+        self._standby.clear()
         self._replicas_changed()
         await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)

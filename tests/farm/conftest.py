@@ -9,6 +9,7 @@ skipped with a reason that says so plainly (CI has the server, so there it alway
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,6 +169,16 @@ def inventory(farm_file: Path) -> Iterator[Inventory]:
     inv = Inventory.build([farm_file], node=LOCAL_NODE, include_local=True, plugins=[CpuPlugin()])
     yield inv
     inv.close()
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)  # polling the server's state over HTTP; there is no event to wait on
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 class ServedControlPlane:

@@ -18,20 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import ServedControlPlane
+from conftest import ServedControlPlane, wait_until
 
 INTERVAL_S = 0.2
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
 
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # polling the server's state over HTTP; there is no event to wait on
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 class Load:
@@ -96,6 +87,9 @@ def events(client: httpx.Client, name: str, kind: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_a_step_scales_out_then_in_after_the_delay_losing_no_request(client, server) -> None:
+    # a deployment of fixed size beside it: the autoscaler passes it by
+    fixed = client.post("/api/v1/deployments", json={"model": "small", "name": "fixed", "replicas": 0})
+    assert fixed.status_code == 201, fixed.text
     policy = {"min_replicas": 1, "max_replicas": 3, "target": 1, "stable_window_s": 2,
               "panic_window_s": 1, "downscale_delay_s": 2}
     created = client.post("/api/v1/deployments", json={
@@ -193,7 +187,8 @@ def test_a_policy_the_server_cannot_follow_is_refused_and_nothing_is_written(
     assert client.get("/api/v1/deployments/bad").status_code == 404
 
 
-def test_a_count_by_hand_on_an_autoscaled_deployment_is_a_conflict_until_autoscaling_is_off(client) -> None:
+def test_a_count_by_hand_on_an_autoscaled_deployment_is_a_conflict_until_autoscaling_is_off(
+        client, server) -> None:
     created = client.post("/api/v1/deployments", json={
         "model": "small", "name": "manual", "replicas": 0, "constraints": {"vendor": "furiosa"},
         "autoscale": {"min_replicas": 0, "max_replicas": 2}})
@@ -209,4 +204,5 @@ def test_a_count_by_hand_on_an_autoscaled_deployment_is_a_conflict_until_autosca
     assert client.post("/api/v1/deployments/manual/scale", json={"replicas": 0}).status_code == 200
     kinds = [e["kind"] for e in client.get("/api/v1/events", params={"deployment": "manual"}).json()]
     assert "autoscale.off" in kinds
+    assert "manual" not in {d.name for d in server.control.service.autoscaled()}
     assert client.delete("/api/v1/deployments/manual").status_code == 204

@@ -7,25 +7,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from conftest import ServedControlPlane
+from conftest import ServedControlPlane, wait_until
 
 CLIENTS = 4
 
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # polling the server's state; there is no event to wait on over HTTP
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.mark.slow

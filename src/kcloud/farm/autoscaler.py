@@ -66,8 +66,6 @@ class Autoscaler:
         self._cold: set[str] = set()
         self._nudge: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        #: Intervals done (tests wait on it).
-        self.ticks = 0
         service.autoscaler_state = self.state
         router.on_cold_request.append(self._cold_request)
 
@@ -125,7 +123,6 @@ class Autoscaler:
                 changed |= await asyncio.to_thread(self._apply, dep, decision, tracked)
         self._cold.clear()
         self._forget({d.name for d in deployments})
-        self.ticks += 1
         if changed:
             self.wake()
 

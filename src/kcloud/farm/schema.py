@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -133,7 +134,8 @@ class Deployment(Base):
     #: Intra-op threads per replica; None: the runtime's default layout for the device.
     threads: Mapped[int | None] = mapped_column(Integer)
     #: The autoscaling policy (`kcloud.farm.spec.Autoscale` as JSON); None: `replicas` is fixed.
-    autoscale: Mapped[dict[str, Any] | None] = mapped_column()
+    #: None is stored as SQL NULL (not JSON `null`), so `IS NOT NULL` finds the autoscaled ones.
+    autoscale: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

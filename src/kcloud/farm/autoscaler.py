@@ -33,6 +33,9 @@ from kcloud.serving.router import Router
 
 log = logging.getLogger(__name__)
 
+#: A count a quota refused is asked for again after this long (the quota may have been raised).
+REFUSED_RETRY_S = 10.0
+
 
 @dataclasses.dataclass
 class _Tracked:
@@ -45,6 +48,7 @@ class _Tracked:
     last_cold_start_s: float | None = None
     shed_total: int = 0
     refused: int | None = None  # the count a quota last refused (recorded once until it changes)
+    refused_at: float | None = None  # when; it is tried again after REFUSED_RETRY_S
 
 
 class Autoscaler:
@@ -108,23 +112,34 @@ class Autoscaler:
         now = time.monotonic()
         changed = False
         for dep in deployments:
-            tracked = self._track(dep)
-            reading = self.router.read_load(dep.name)
-            tracked.scaler.observe(reading)
-            tracked.shed_total += reading.shed
-            if dep.name in self._cold:
-                tracked.scaler.cold_request()
-            self._keep_on_standby(dep)
-            if reading.cold_waits_s:
-                await self._cold_started(dep.name, tracked, max(reading.cold_waits_s))
-            decision = tracked.scaler.decide(now, dep.replicas)
-            tracked.last = decision
-            if decision.changes(dep.replicas):
-                changed |= await asyncio.to_thread(self._apply, dep, decision, tracked)
+            try:
+                changed |= await self._follow(dep, now)
+            except Exception:  # one deployment's failure (its model file gone) must not stop the others
+                log.exception("autoscaling %s failed this interval", dep.name)
         self._cold.clear()
         self._forget({d.name for d in deployments})
         if changed:
             self.wake()
+
+    async def _follow(self, dep: AutoscaledDeployment, now: float) -> bool:
+        """One deployment's interval: read, decide, act; whether its replica count changed."""
+        tracked = self._track(dep)
+        reading = self.router.read_load(dep.name)
+        tracked.scaler.observe(reading)
+        tracked.shed_total += reading.shed
+        if dep.name in self._cold:
+            tracked.scaler.cold_request()
+        self._keep_on_standby(dep)
+        if reading.cold_waits_s:
+            await self._cold_started(dep.name, tracked, max(reading.cold_waits_s))
+        decision = tracked.scaler.decide(now, dep.replicas)
+        tracked.last = decision
+        if not decision.changes(dep.replicas):
+            return False
+        if (tracked.refused == decision.replicas and tracked.refused_at is not None
+                and now - tracked.refused_at < REFUSED_RETRY_S):
+            return False  # refused a moment ago (a quota): not every interval
+        return await asyncio.to_thread(self._apply, dep, decision, tracked)
 
     def _track(self, dep: AutoscaledDeployment) -> _Tracked:
         tracked = self._tracked.get(dep.name)
@@ -183,10 +198,10 @@ class Autoscaler:
                             done = True
                             break
             if tracked.refused != decision.replicas:
-                tracked.refused = decision.replicas
                 self.service.autoscale_refused(dep.name, decision.replicas, refusal.message, inputs)
+            tracked.refused, tracked.refused_at = decision.replicas, time.monotonic()
         else:
-            tracked.refused = None
+            tracked.refused = tracked.refused_at = None
         if done:
             tracked.last_change, tracked.last_change_at = decision.reason, datetime.now(UTC)
         return done

@@ -34,7 +34,7 @@ def policy(**fields: object) -> Autoscale:
 
 
 def test_ongoing_requests_scale_out_to_load_over_target_and_back_in_after_the_delay() -> None:
-    scaler = Scaler(policy(), target=4)
+    scaler = Scaler(policy(target=4))
     now, current = run(scaler, 0, 10, 1, in_flight=2)
     assert current == 1
     now, current = run(scaler, now, 12, current, in_flight=12)  # 12 in flight / 4 per replica
@@ -47,7 +47,7 @@ def test_ongoing_requests_scale_out_to_load_over_target_and_back_in_after_the_de
 
 
 def test_panic_scales_out_at_once_and_holds_until_a_calm_stable_window() -> None:
-    scaler = Scaler(policy(), target=4)
+    scaler = Scaler(policy(target=4))
     now, current = run(scaler, 0, 10, 1, in_flight=4)
     assert current == 1
     now += 1
@@ -63,7 +63,7 @@ def test_panic_scales_out_at_once_and_holds_until_a_calm_stable_window() -> None
 
 
 def test_upscale_delay_waits_for_the_wish_to_last() -> None:
-    scaler = Scaler(policy(upscale_delay_s=3, panic_threshold=100), target=4)
+    scaler = Scaler(policy(upscale_delay_s=3, panic_threshold=100, target=4))
     now, current = run(scaler, 0, 2, 1, in_flight=12)
     assert current == 1
     now, current = run(scaler, now, 3, current, in_flight=12)
@@ -71,7 +71,7 @@ def test_upscale_delay_waits_for_the_wish_to_last() -> None:
 
 
 def test_idle_deployment_scales_to_zero_and_a_cold_request_activates_it_at_once() -> None:
-    scaler = Scaler(policy(min_replicas=0), target=4)
+    scaler = Scaler(policy(min_replicas=0, target=4))
     now, current = run(scaler, 0, 30, 1, in_flight=0)
     assert current == 0
     scaler.cold_request()
@@ -80,32 +80,32 @@ def test_idle_deployment_scales_to_zero_and_a_cold_request_activates_it_at_once(
 
 
 def test_min_and_max_bound_every_decision() -> None:
-    scaler = Scaler(policy(min_replicas=2, max_replicas=3), target=1)
+    scaler = Scaler(policy(min_replicas=2, max_replicas=3, target=1))
     _, current = run(scaler, 0, 12, 2, in_flight=50)
     assert current == 3
-    _, current = run(Scaler(policy(min_replicas=2, max_replicas=3), target=1), 0, 30, 3, in_flight=0)
+    _, current = run(Scaler(policy(min_replicas=2, max_replicas=3, target=1)), 0, 30, 3, in_flight=0)
     assert current == 2
 
 
 def test_rps_counts_arrivals_per_second() -> None:
-    scaler = Scaler(policy(metric="rps", target=10), target=10)
+    scaler = Scaler(policy(metric="rps", target=10))
     _, current = run(scaler, 0, 12, 1, arrivals=35)
     assert current == 4
 
 
 def test_tokens_use_tokens_in_flight() -> None:
-    scaler = Scaler(policy(metric="tokens", target=1000), target=1000)
+    scaler = Scaler(policy(metric="tokens", target=1000))
     _, current = run(scaler, 0, 12, 1, tokens=2500, in_flight=1)
     assert current == 3
 
 
 def test_p99_scales_out_in_proportion_and_in_by_one_when_well_under() -> None:
-    scaler = Scaler(policy(metric="p99", target=100), target=100)
+    scaler = Scaler(policy(metric="p99", target=100))
     slow = tuple([0.05] * 98 + [0.3, 0.3])  # p99 300 ms against 100 ms
     _, current = run(scaler, 0, 1, 2, arrivals=100, in_flight=3, latencies=slow)
     assert current == 6
     fast = tuple([0.01] * 100)
-    scaler = Scaler(policy(metric="p99", target=100), target=100)
+    scaler = Scaler(policy(metric="p99", target=100))
     _, current = run(scaler, 0, 7, 4, arrivals=100, in_flight=3, latencies=fast)
     assert current == 3
 
@@ -132,7 +132,7 @@ def test_a_policy_that_cannot_work_is_refused_with_the_reason(fields: dict, says
 
 
 def test_noise_above_the_target_is_no_panic_only_load_at_the_threshold_is() -> None:
-    scaler = Scaler(policy(metric="rps", target=25, upscale_delay_s=5), target=25)
+    scaler = Scaler(policy(metric="rps", target=25, upscale_delay_s=5))
     now, current = run(scaler, 0, 10, 1, arrivals=20)
     now += 1
     scaler.observe(reading(now, arrivals=46))  # the 2 s window: 33 requests/s, 1.3x one replica's 25

@@ -144,8 +144,7 @@ class Autoscaler:
     def _track(self, dep: AutoscaledDeployment) -> _Tracked:
         tracked = self._tracked.get(dep.name)
         if tracked is None or tracked.scaler.policy != dep.policy:
-            assert dep.policy.target is not None  # filled in when the policy was accepted
-            fresh = _Tracked(Scaler(dep.policy, dep.policy.target))
+            fresh = _Tracked(Scaler(dep.policy))
             if tracked is not None:
                 fresh.shed_total, fresh.last_cold_start_s = tracked.shed_total, tracked.last_cold_start_s
             tracked = self._tracked[dep.name] = fresh

@@ -59,11 +59,11 @@ def percentile(values: list[float], q: float) -> float:
 class Scaler:
     """One deployment's autoscaling state: its readings over the stable window, panic, delays."""
 
-    def __init__(self, policy: Autoscale, target: float) -> None:
-        if target <= 0:
-            raise ValueError(f"target must be > 0, got {target}")
+    def __init__(self, policy: Autoscale) -> None:
+        if policy.target is None:  # the control plane fills it in when it accepts a policy
+            raise ValueError("the policy's target per replica must be set")
         self.policy = policy
-        self.target = target
+        self.target = policy.target
         self._readings: deque[LoadReading] = deque()
         self._panic_until: float | None = None  # panicking until then (extended while the condition holds)
         self._wish_since: float | None = None  # when the current direction of wish began

@@ -65,8 +65,8 @@ class Autoscaler:
         self.wake = wake
         self.interval_s = interval_s
         self._tracked: dict[str, _Tracked] = {}
-        self._on_standby: set[str] = set()
-        self._entries: dict[tuple[str, str, int], ModelEntry] = {}
+        #: Deployments kept on the router's standby -> (model, version) and the entry served.
+        self._standby: dict[str, tuple[tuple[str, int], ModelEntry]] = {}
         self._cold: set[str] = set()
         self._nudge: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -152,32 +152,29 @@ class Autoscaler:
 
     def _keep_on_standby(self, dep: AutoscaledDeployment) -> None:
         if dep.policy.min_replicas > 0:
-            if dep.name in self._on_standby:
-                self._on_standby.discard(dep.name)
+            if self._standby.pop(dep.name, None) is not None:
                 self.router.end_standby(dep.name)
             return
-        key = (dep.name, dep.model, dep.version)
-        entry = self._entries.get(key)
-        if entry is None:  # the served name is the deployment's, as the reconciler starts it
-            entry = dataclasses.replace(self.service.repository.get(dep.model, dep.version), name=dep.name)
-            self._entries = {k: e for k, e in self._entries.items() if k[0] != dep.name} | {key: entry}
-        self.router.standby(entry)
-        self._on_standby.add(dep.name)
+        model = (dep.model, dep.version)
+        kept = self._standby.get(dep.name)
+        if kept is None or kept[0] != model:  # the served name is the deployment's, as the reconciler's
+            entry = dataclasses.replace(self.service.repository.get(*model), name=dep.name)
+            self._standby[dep.name] = (model, entry)
+            self.router.standby(entry)
 
     def _forget(self, names: set[str]) -> None:
         """Deployments deleted or no longer autoscaled: no state, no standby."""
         for name in [n for n in self._tracked if n not in names]:
             del self._tracked[name]
             self.router.load.forget(name)
-        for name in [n for n in self._on_standby if n not in names]:
-            self._on_standby.discard(name)
+        for name in [n for n in self._standby if n not in names]:
+            del self._standby[name]
             self.router.end_standby(name)
-        self._entries = {k: e for k, e in self._entries.items() if k[0] in names}
 
     async def _cold_started(self, name: str, tracked: _Tracked, waited_s: float) -> None:
         tracked.last_cold_start_s = waited_s = round(waited_s, 3)
         await asyncio.to_thread(
-            self.service.autoscale_note, name, "autoscale.cold_start",
+            self.service.autoscale_event, name, "autoscale.cold_start",
             f"a request at zero replicas was served by a new replica after waiting {waited_s:.2f} s",
             {"cold_start_s": waited_s})
 
@@ -197,7 +194,8 @@ class Autoscaler:
                             done = True
                             break
             if tracked.refused != decision.replicas:
-                self.service.autoscale_refused(dep.name, decision.replicas, refusal.message, inputs)
+                wanted = f"wanted {decision.replicas} replica(s); {refusal.message}"
+                self.service.autoscale_event(dep.name, "autoscale.refused", wanted, inputs)
             tracked.refused, tracked.refused_at = decision.replicas, time.monotonic()
         else:
             tracked.refused = tracked.refused_at = None

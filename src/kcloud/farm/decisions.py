@@ -530,14 +530,8 @@ class DeploymentDecisions(Ledger):
             self._refresh_status(session, dep)
             return True
 
-    def autoscale_refused(self, name: str, replicas: int, why: str, inputs: dict[str, Any]) -> None:
-        """Record that the autoscaler wanted `replicas` and was refused (a quota): one event."""
-        with self.transaction() as session:
-            self._event(session, "autoscale.refused", f"{name}: wanted {replicas} replica(s); {why}",
-                        deployment=name, data=inputs)
-
-    def autoscale_note(self, name: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
-        """An autoscaler observation worth keeping (a cold start's wait), as an event."""
+    def autoscale_event(self, name: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        """Record what the autoscaler saw or was refused (a cold start's wait, a quota), as an event."""
         with self.transaction() as session:
             self._event(session, kind, f"{name}: {message}", deployment=name, data=data)
 

@@ -511,7 +511,6 @@ class DeploymentDecisions(Ledger):
                 AutoscaledDeployment(dep.name, Autoscale.model_validate(dep.autoscale), dep.replicas,
                                      dep.model.name, dep.model.version)
                 for dep in session.scalars(select(Deployment).where(Deployment.autoscale.is_not(None)))
-                if dep.autoscale is not None  # a JSON `null` (none is written now) is no policy
             ]
 
     def autoscale_to(self, name: str, replicas: int, reason: str, inputs: dict[str, Any]) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import sys
@@ -383,7 +384,7 @@ def main() -> None:
     figures = phase_figures(outcomes, phases, args.slo_ms)
     result = {
         "benchmark": "autoscaling",
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "model": MINILM, "tokens_per_request": TOKENS_PER_SENTENCE,
         "policy": policy, "slo_p99_ms": args.slo_ms,
         "phases": figures,

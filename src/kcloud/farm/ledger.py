@@ -37,7 +37,7 @@ ACTIVE_STATES = ("placed", "starting", "running")
 START_FAILURE_BACKOFF_S = 60.0
 #: Placements kept per deployment (older ones are deleted with their candidates).
 PLACEMENTS_KEPT = 20
-#: Seconds between the autoscaler's readings of the load (`kcloud up --autoscale-interval`).
+#: Seconds between the autoscaler's readings of the load (`attach(autoscale_interval_s=...)`).
 DEFAULT_AUTOSCALE_INTERVAL_S = 1.0
 
 

@@ -287,3 +287,74 @@ def remove_model(
         raise typer.Exit(1)
     _run(lambda: repository.remove(name))
     _console().print(f"[green]removed[/green] {escape(name)}")
+
+
+@models_app.command("compile")
+def compile_artifact(
+    name: str = typer.Argument(..., help="Model name."),
+    target: str = typer.Option(
+        ..., "--target", "-t", help="cpu-fp32, cpu-fp16, cpu-int8, cuda-fp16 or furiosa."
+    ),
+    version: int | None = typer.Option(None, "--version", help="Version (default: the latest)."),
+    force: bool = typer.Option(
+        False, "--force", help="Build again even if a matching artifact (or refusal) exists."
+    ),
+    repo: Path | None = RepoOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the build record as JSON."),
+) -> None:
+    """Compile a model version for a target, gated on accuracy; cached by source, target and settings."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kcloud.models.compiler import compile_model
+
+    repository = _repository(repo)
+    entry = _run(lambda: repository.get(name, version))
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  disable=as_json, transient=True) as bar:
+        task = bar.add_task(f"compiling {name} for {target}", total=None)
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"{name} → {target}: {what}")
+
+        result = _run(lambda: compile_model(entry, target, force=force, progress=progress))
+    artifact = result.artifact
+    if as_json:
+        record = {**artifact.describe(), "cached": result.cached, "record": artifact.record}
+        typer.echo(json.dumps(record, indent=2))
+        return
+    verb = "cached" if result.cached else "built"
+    _console().print(f"[green]{verb}[/green] {escape(artifact.summary())}\n  → {escape(str(artifact.path))}")
+
+
+@models_app.command("artifacts")
+def list_model_artifacts(
+    name: str = typer.Argument(..., help="Model name."),
+    version: int | None = typer.Option(None, "--version", help="Version (default: the latest)."),
+    repo: Path | None = RepoOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The compiled artifacts of a model version, with their gates; refused and broken ones say why."""
+    from kcloud.models.artifacts import list_artifacts
+
+    repository = _repository(repo)
+    entry = _run(lambda: repository.get(name, version))
+    found = list_artifacts(entry)
+    if as_json:
+        typer.echo(json.dumps([
+            artifact.describe() if artifact else {"target": target, "error": problem}
+            for target, artifact, problem in found], indent=2))
+        return
+    if not found:
+        _console().print(f"No artifacts of {escape(entry.name)} version {entry.version}. "
+                         f"Build one with `kcloud models compile {escape(entry.name)} --target cpu-int8`.")
+        return
+    table = Table(title=f"Artifacts of {entry.name} (version {entry.version})")
+    for column in ("target", "key", "accuracy and speed", "file"):
+        table.add_column(column)
+    for target, artifact, problem in found:
+        if artifact is None:
+            table.add_row(escape(target), DASH, f"[red]{escape(problem or '')}[/red]", DASH)
+        else:
+            table.add_row(escape(target), artifact.key[:12], escape(artifact.summary().split("; ", 1)[-1]),
+                          escape(str(artifact.path)))
+    _console().print(table)

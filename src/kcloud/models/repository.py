@@ -32,6 +32,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -57,6 +58,9 @@ __all__ = [
     "ModelRepository",
     "default_repository_path",
 ]
+
+if TYPE_CHECKING:
+    from kcloud.models.artifacts import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,9 @@ class ModelEntry:
     #: SHA-256 of the weights (over every shard's digest for a sharded checkpoint), for artifact
     #: caches and bench environment snapshots.
     sha256: str
+    #: The compiled artifact this entry is served from (`weights_path` is then its file); None:
+    #: the source graph itself (`kcloud.models.artifacts`).
+    artifact: Artifact | None = None
 
     def file(self, relative: str) -> Path:
         """A processing or data file named in the config, relative to the model directory."""

@@ -404,6 +404,8 @@ def explain(
             device = r["device"] + (" [yellow](emulated)[/yellow]" if r["emulated"] else "")
             table.add_row(r["id"], device, r["state"], str(r["pid"] or "-"))
         out.print(table)
+        for serves in sorted({r["serves"] for r in view["replicas"] if r.get("serves")}):
+            out.print(f"serves: {escape(serves)}", soft_wrap=True)
     for placement in view["placements"]:
         out.print(
             f"\n[bold]placement {placement['id']}[/bold] ({placement['trigger']}, {placement['policy']}, "

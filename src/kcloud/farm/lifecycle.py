@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kcloud.devices.device import Device
+from kcloud.farm.compiled import served_entry
 from kcloud.farm.ledger import START_FAILURE_BACKOFF_S, Ledger
 from kcloud.farm.schema import (
     Deployment,
@@ -45,6 +47,8 @@ class ReplicaWork:
     handle: dict[str, Any] | None
     #: Intra-op threads per replica (None: the runtime's default layout for the device).
     threads: int | None = None
+    #: The deployment's precision constraint: which compiled artifact the replica serves.
+    precision: str | None = None
 
 
 class ReplicaLifecycle(Ledger):
@@ -62,7 +66,7 @@ class ReplicaLifecycle(Ledger):
             inventory = {d.uid for d in self.devices}
             rows = session.execute(
                 select(ReplicaRow, Deployment.name, Deployment.generation, ModelRow.name, ModelRow.version,
-                       Deployment.threads)
+                       Deployment.threads, Deployment.constraint_precision)
                 .join(Deployment, ReplicaRow.deployment_id == Deployment.id)
                 .join(ModelRow, Deployment.model_id == ModelRow.id)
                 .order_by(ReplicaRow.created_at)
@@ -80,14 +84,16 @@ class ReplicaLifecycle(Ledger):
                     device_usable=row.device_uid in usable and row.device_uid in inventory,
                     handle=row.handle,
                     threads=threads,
+                    precision=precision,
                 )
-                for row, dep_name, generation, model_name, version, threads in rows
+                for row, dep_name, generation, model_name, version, threads, precision in rows
             ]
 
-    def entry_for(self, work: ReplicaWork) -> ModelEntry:
-        """The model version a replica serves, named as its deployment (the served name)."""
-        entry = self.repository.get(work.model, work.version)
-        return dataclasses.replace(entry, name=work.deployment)
+    def entry_for(self, work: ReplicaWork, device: Device) -> tuple[ModelEntry, str]:
+        """The model version a replica serves on `device`, named as its deployment (the served
+        name), from the artifact its precision needs there (compiled on first use); and why."""
+        entry = dataclasses.replace(self.repository.get(work.model, work.version), name=work.deployment)
+        return served_entry(entry, device, work.precision)
 
     def _replica(self, session: Session, replica_id: str) -> tuple[ReplicaRow, str] | None:
         hit = session.execute(

@@ -47,7 +47,14 @@ import numpy as np
 from kcloud.devices.device import Device
 from kcloud.devices.spec import ChipSpec
 from kcloud.farm.profiles import FP32_KINDS, PRECISION_FIGURES, PRECISIONS, DeviceProfile, ProfileBook
-from kcloud.runtimes.plugin import Runtime, installed_runtimes, installed_text, refusals
+from kcloud.runtimes.plugin import (
+    Runtime,
+    UnsupportedDeviceError,
+    installed_runtimes,
+    installed_text,
+    refusals,
+    runtime_for,
+)
 
 Policy = Literal["spread", "binpack"]
 POLICIES: tuple[str, ...] = ("spread", "binpack")
@@ -91,7 +98,7 @@ VERDICT_LABELS = {
     RUNTIME: "no runtime for the model's platform",
     VENDOR: "vendor constraint",
     CHIP: "chip constraint",
-    PRECISION: "precision constraint",
+    PRECISION: "precision constraint (the chip or its runtime does not run it)",
     LATENCY: "batch-1 latency above the SLO p99",
     NODE: "node constraint",
     EXCLUDED: "recently failed to start this deployment",
@@ -239,6 +246,7 @@ class FarmView:
         self.runtimes = tuple(installed_runtimes() if runtimes is None else runtimes)
         #: (class, platform) -> why no runtime serves it (None: one does).
         self._unserved: dict[tuple[int, str], str | None] = {}
+        self._precision: dict[tuple[int, str, str], tuple[bool, str | None]] = {}
         classes: dict[tuple[str, str, str, bool], int] = {}
         #: One representative device per class.
         self.class_devices: list[Device] = []
@@ -343,6 +351,32 @@ class FarmView:
             self._unserved[key] = None if why is None else installed_text(why)
         return self._unserved[key]
 
+    def precision_answer(self, c: int, platform: str, precision: str) -> tuple[bool, str | None]:
+        """Whether class `c` runs `platform` models at `precision`, and in words what it runs
+        (the artifact target) or why not when its runtime is the obstacle; asked once per class.
+
+        The chip decides first (its catalog figures; a CPU runs what its runtime compiles for
+        it); then, where the runtime compiles artifacts per precision, the runtime too
+        (onnxruntime-cuda has no INT8 target)."""
+        key = (c, platform, precision)
+        if key not in self._precision:
+            answer: tuple[bool, str | None] = (_supports(self.class_devices[c].spec, precision), None)
+            if answer[0]:
+                try:
+                    runtime = runtime_for(self.class_devices[c], platform, self.runtimes)
+                except UnsupportedDeviceError:
+                    runtime = None
+                if runtime is not None and runtime.artifact_targets:
+                    target = runtime.artifact_targets.get(precision, "")
+                    if target == "":
+                        answer = (False, f"{runtime.name} has no {precision} target "
+                                          f"(it runs {', '.join(runtime.artifact_targets)})")
+                    elif target is not None:
+                        answer = (True, f"serves the {target} artifact "
+                                        f"({runtime.name} runs {precision} as {target})")
+            self._precision[key] = answer
+        return self._precision[key]
+
     def figures(self, model: str, flops: float | None, precision: str | None) -> _ClassFigures:
         """Per-class profile figures for a model, computed once per (model, FLOPs, precision)."""
         key = (model, flops, precision)
@@ -370,6 +404,8 @@ class FarmView:
 def _supports(spec: ChipSpec, precision: str) -> bool:
     if precision == "fp32":
         return spec.kind in FP32_KINDS
+    if spec.kind == "cpu":  # the catalog has no per-precision peaks for CPUs; their runtime decides
+        return True
     return getattr(spec, PRECISION_FIGURES[precision]).known
 
 
@@ -389,7 +425,7 @@ def _class_verdict(view: FarmView, c: int, request: PlacementRequest, latency_ms
         return VENDOR
     if request.chip is not None and spec.key != request.chip:
         return CHIP
-    if request.precision is not None and not _supports(spec, request.precision):
+    if request.precision is not None and not view.precision_answer(c, request.platform, request.precision)[0]:
         return PRECISION
     if request.slo_p99_ms is not None and latency_ms > request.slo_p99_ms:  # nan (unknown) passes
         return LATENCY
@@ -566,6 +602,9 @@ class PlacementResult:
             tail = "; better-scoring devices took the replicas" if not chosen and self.chosen else ""
             if req.slo_p99_ms is not None and math.isnan(latency_ms):
                 tail += "; latency unknown: SLO p99 not checked"
+            if req.precision is not None:
+                serves = view.precision_answer(int(view.class_code[i]), req.platform, req.precision)[1]
+                tail += f"; {serves}" if serves else ""
             return f"{head}: {self._ppw_text(i)}, {free}, score {self.score[i]:.4g}{tail}"
         label = VERDICT_LABELS[code]
         if code in (ABSENT, UNHEALTHY, DRAINED):
@@ -594,6 +633,9 @@ class PlacementResult:
         if code == NODE:
             return f"rejected: on node {device.node}, the deployment wants {req.node}"
         if code == PRECISION:
+            why = view.precision_answer(int(view.class_code[i]), req.platform, req.precision or "")[1]
+            if why:
+                return f"rejected: {why}"
             if req.precision == "fp32":
                 return f"rejected: FP32 runs on CPUs and GPUs; this is a {device.spec.kind}"
             return (

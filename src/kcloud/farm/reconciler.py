@@ -215,9 +215,9 @@ class Reconciler:
         if not await asyncio.to_thread(self.service.mark_starting, w.replica_id, restoring=restoring):
             return
         try:
-            entry = await asyncio.to_thread(self.service.entry_for, w)
-            spec = ReplicaSpec(w.replica_id, w.deployment, entry, self.service.device(w.device_uid),
-                               threads=w.threads)
+            device = self.service.device(w.device_uid)
+            entry, served = await asyncio.to_thread(self.service.entry_for, w, device)
+            spec = ReplicaSpec(w.replica_id, w.deployment, entry, device, threads=w.threads)
             handle = await self.executor.start(spec)
         except Exception as exc:
             message = str(exc).strip() or type(exc).__name__
@@ -237,7 +237,8 @@ class Reconciler:
             w.replica_id,
             executor=handle.executor,
             pid=handle.pid,
-            handle=handle.as_json(),
+            handle={**handle.as_json(), "serves": served,
+                    "artifact": entry.artifact.describe() if entry.artifact else None},
         )
         if not recorded:  # deleted while it was starting
             await self._quiet_stop(self._handles.pop(w.replica_id))

@@ -158,6 +158,10 @@ class ReplicaView(BaseModel):
     generation: int
     started_at: datetime | None
     last_error: str | None
+    #: What the replica serves and why: the source graph, or the compiled artifact its
+    #: deployment's precision needs on its device (target, key, gate).
+    serves: str | None = None
+    artifact: dict[str, Any] | None = None
 
 
 class DeploymentView(BaseModel):

@@ -149,6 +149,8 @@ class ReadViews(Ledger):
                 generation=r.generation,
                 started_at=r.started_at,
                 last_error=r.last_error,
+                serves=(r.handle or {}).get("serves"),
+                artifact=(r.handle or {}).get("artifact"),
             )
             for r in rows
         ]

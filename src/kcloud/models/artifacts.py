@@ -120,13 +120,13 @@ def load_artifact(entry: ModelEntry, target: str, key: str | None = None) -> Art
     record = _read_record(directory)
     if record is None or (key is not None and record.get("key") != key):
         return None
-    where = f"artifact {target} of {entry.name} version {entry.version} ({directory})"
+    where = f"artifact {target} of {entry.config.name} version {entry.version} ({directory})"
     if record.get("source_sha256") != entry.sha256:
         raise ArtifactError(
             f"{where} is stale: it was compiled from weights with sha256 "
             f"{str(record.get('source_sha256'))[:12]}…, "
-            f"the model's weights now have {entry.sha256[:12]}…; run `kcloud models compile {entry.name} "
-            f"--target {target} --force`"
+            f"the model's weights now have {entry.sha256[:12]}…; run "
+            f"`kcloud models compile {entry.config.name} --target {target} --force`"
         )
     if record["status"] == REFUSED:
         raise ArtifactRefusedError(f"{where} was refused: {record.get('reason')}")
@@ -136,7 +136,7 @@ def load_artifact(entry: ModelEntry, target: str, key: str | None = None) -> Art
     if file_sha256(path) != record.get("artifact_sha256"):
         raise ArtifactError(
             f"{where} is corrupt: {path.name} does not match the digest in its build "
-            f"record; rebuild with `kcloud models compile {entry.name} --target {target} --force`"
+            f"record; rebuild with `kcloud models compile {entry.config.name} --target {target} --force`"
         )
     return Artifact(target, path, record)
 

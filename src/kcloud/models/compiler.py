@@ -107,7 +107,7 @@ def compile_model(
     target = get_target(target_name)
     if entry.config.platform != "onnxruntime":
         raise ModelFileError(
-            f"model {entry.name!r} is a {entry.config.platform} model: its engine compiles it "
+            f"model {entry.config.name!r} is a {entry.config.platform} model: its engine compiles it "
             "(vLLM, optimum-rbln, furiosa-llm); `kcloud models compile` builds ONNX graphs"
         )
     settings = {"recipe_version": RECIPE_VERSION}
@@ -142,7 +142,7 @@ def _build(
         "target": target.name,
         "precision": target.precision,
         "settings": settings,
-        "model": entry.name,
+        "model": entry.config.name,
         "version": entry.version,
         "tools": tool_versions(),
         "calibration": {
@@ -187,14 +187,13 @@ def _build(
         }
         if not gate.passed:
             reason = (
-                f"{target.name} misses the accuracy gate by {gate.shortfall:.4f}: {gate.summary()}"
+                f"{target.name} misses the accuracy gate by {gate.shortfall:.2g}: {gate.summary()}"
                 + _kept_words(record["build"])
             )
             record.update(reason=reason, seconds=time.perf_counter() - started)
             save_refusal(entry, target.name, staging, record)
             raise ArtifactRefusedError(
-                f"{entry.name} version {entry.version}: {reason}. Nothing was installed; "
-                "the model still serves at its source precision"
+                f"model {entry.config.name} version {entry.version}: {reason}; no artifact was installed"
             )
     else:
         record["accuracy"] = None

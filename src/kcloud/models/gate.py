@@ -46,7 +46,7 @@ def split_dataset(entry: ModelEntry) -> Split:
     """The model's data set, split; a clear error when it has none or too little."""
     if entry.config.accuracy is None or not entry.config.accuracy.dataset:
         raise ModelFileError(
-            f"model {entry.name!r} has no calibration data: its config names no `accuracy.dataset` "
+            f"model {entry.config.name!r} has no calibration data: its config names no `accuracy.dataset` "
             "(an .npz of samples and references; see docs/models.md)"
         )
     dataset = load_dataset(entry)
@@ -112,10 +112,7 @@ class GateResult:
         return self.margin >= 0
 
     def summary(self) -> str:
-        parts = [
-            f"{what} {value:.4f} {'≥' if value >= required else '<'} {required:.4f}"
-            for what, value, required in self.checks()
-        ]
+        parts = [f"{what} {_pair(value, required)}" for what, value, required in self.checks()]
         return f"{'; '.join(parts)} on {self.samples} {self.samples_label} samples"
 
     def record(self) -> dict[str, Any]:
@@ -130,6 +127,15 @@ class GateResult:
             "shortfall": self.shortfall,
             "summary": self.summary(),
         }
+
+
+def _pair(value: float, required: float) -> str:
+    """`value ≥ required` (or `<`) with enough decimals that a miss never prints as equal."""
+    sign = "≥" if value >= required else "<"
+    digits = 4
+    while digits < 8 and f"{value:.{digits}f}" == f"{required:.{digits}f}" and value != required:
+        digits += 1
+    return f"{value:.{digits}f} {sign} {required:.{digits}f}"
 
 
 class Judge:

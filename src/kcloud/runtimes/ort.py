@@ -25,6 +25,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import onnxruntime as ort
 
@@ -112,6 +113,7 @@ class OnnxRuntimeCpu(SessionRuntime):
 
     name = "onnxruntime-cpu"
     platforms = (ONNX_PLATFORM,)
+    artifact_targets: ClassVar[dict[str, str | None]] = {"fp32": None, "fp16": "cpu-fp16", "int8": "cpu-int8"}
 
     def refusal(self, device: Device) -> str | None:
         if device.emulated or device.spec.kind == "cpu":
@@ -140,6 +142,7 @@ class OnnxRuntimeCuda(SessionRuntime):
 
     name = "onnxruntime-cuda"
     platforms = (ONNX_PLATFORM,)
+    artifact_targets: ClassVar[dict[str, str | None]] = {"fp32": None, "fp16": "cuda-fp16"}
 
     def refusal(self, device: Device) -> str | None:
         if device.emulated:

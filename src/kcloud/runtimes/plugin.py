@@ -11,6 +11,7 @@ that is not a `Runtime`, is logged and skipped, so a broken package cannot take 
 Every runtime answers the same narrow questions:
 
     name, platforms                      who it is; the model platforms (`ModelConfig.platform`) it runs
+    artifact_targets                     precision asked -> the compiled artifact it runs for it
     refusal(device) -> str | None        None when it serves the device, else why not (a phrase)
     visibility_env(device) -> dict       the environment that confines a worker process to the device
 
@@ -87,6 +88,11 @@ class Runtime(ABC):
     name: ClassVar[str]
     #: Model platforms it runs (`ModelConfig.platform`, e.g. "onnxruntime").
     platforms: ClassVar[tuple[str, ...]]
+    #: Precision a deployment may ask for -> the compile target whose artifact this runtime runs
+    #: for it (`kcloud models compile --target`); None: the source graph as it is. A precision
+    #: not listed is one it cannot run. Empty: the runtime's models carry their own precision
+    #: (an LLM engine loads the checkpoint's dtype), and the chip's catalog figures decide.
+    artifact_targets: ClassVar[dict[str, str | None]] = {}
 
     @abstractmethod
     def refusal(self, device: Device) -> str | None:

@@ -79,6 +79,12 @@ def run(
     system: str | None = typer.Option(None, "--system", help="System name in the results tree."),
     isolation: str = typer.Option("thread", "--isolation", help="In-process replicas: thread or process."),
     version: int | None = typer.Option(None, "--model-version", help="Model version (default: latest)."),
+    compile_target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Run the model's compiled artifact for this target (e.g. cpu-int8), "
+        "compiled first when none is cached; in-process runs only.",
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bars."),
 ) -> None:
     """Run MLPerf LoadGen against a model on a local device or behind a kcloud gateway."""
@@ -130,13 +136,16 @@ def run(
             farm_files=list(farm),
             isolation=isolation,
             version=version,
+            target=compile_target,
         )
         prepared = prepare_run(request)
     except BenchError as exc:
         raise fail(str(exc), BAD_INPUT) from None
     target = prepared.device.uid if prepared.device is not None else prepared.backend.describe().get("url")
+    artifact = prepared.entry.artifact
     console.print(
-        f"[bold]kcloud bench[/] {prepared.entry.name} v{prepared.entry.version} · {scenario} · {mode} · "
+        f"[bold]kcloud bench[/] {prepared.entry.name} v{prepared.entry.version}"
+        f"{f' ({artifact.target} artifact)' if artifact else ''} · {scenario} · {mode} · "
         f"{target}{' (emulated)' if prepared.device is not None and prepared.device.emulated else ''}"
         f"{' · quick' if quick else ''}",
         highlight=False,

@@ -82,6 +82,10 @@ def model_snapshot(entry: ModelEntry) -> dict[str, Any]:
         "batching": entry.config.batching.model_dump(),
         "accuracy_target": entry.config.accuracy.model_dump() if entry.config.accuracy else None,
         "flops_per_sample": entry.config.flops_per_sample,
+        # The compiled artifact the run served (target, key, gate), or None for the source graph.
+        "artifact": {**entry.artifact.describe(), "accuracy": entry.artifact.record.get("accuracy")}
+        if entry.artifact
+        else None,
     }
 
 

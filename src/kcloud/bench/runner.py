@@ -100,6 +100,8 @@ class RunRequest:
     isolation: str = "thread"
     repository: Path | None = None
     version: int | None = None
+    #: Compile target whose artifact an in-process run serves (None: the source graph).
+    target: str | None = None
 
 
 @dataclass
@@ -182,11 +184,25 @@ def _open_repository(request: RunRequest) -> ModelRepository:
 
 def _entry(request: RunRequest, repository: ModelRepository) -> ModelEntry:
     try:
-        return repository.get(request.model, request.version)
+        entry = repository.get(request.model, request.version)
     except ModelNotFoundError as exc:
         raise BenchError(f"unknown model: {exc}") from None
     except ModelFileError as exc:
         raise BenchError(f"model {request.model!r} is broken: {exc}") from None
+    if request.target is None:
+        return entry
+    if request.url is not None:
+        raise BenchError(
+            "--target applies to in-process runs; behind a gateway, the deployment's "
+            "precision picks the artifact (kcloud deploy create --precision)"
+        )
+    from kcloud.models.artifacts import with_artifact
+    from kcloud.models.compiler import compile_model
+
+    try:
+        return with_artifact(entry, compile_model(entry, request.target).artifact)
+    except ModelFileError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def _dataset(entry: ModelEntry) -> Dataset:
@@ -415,7 +431,12 @@ def _base_result(
         "complete": False,
         "status": "running",
         "system": prepared.system,
-        "model": {"name": entry.name, "version": entry.version, "sha256": entry.sha256},
+        "model": {
+            "name": entry.name,
+            "version": entry.version,
+            "sha256": entry.sha256,
+            "artifact": f"{entry.artifact.target} {entry.artifact.key[:12]}" if entry.artifact else None,
+        },
         "scenario": request.scenario,
         "mode": request.mode,
         "quick": request.quick,

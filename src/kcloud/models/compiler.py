@@ -164,7 +164,10 @@ def _build(
     if target.name not in builders:
         from kcloud.models.vendor_compilers import compile_for_vendor
 
-        record["build"] = compile_for_vendor(entry, target, out)
+        progress(0, 1, f"compiling with {target.tool}")
+        record["build"] = compile_for_vendor(
+            entry, target, out, graph_feeds(entry, split.inputs(split.calibration))
+        )
     else:
         record["build"] = builders[target.name]()
     shutil.rmtree(work, ignore_errors=True)

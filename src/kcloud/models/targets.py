@@ -82,7 +82,18 @@ TARGETS: dict[str, Target] = {
 }
 
 
+#: Targets a user may expect that kcloud does not build, and why.
+NOT_OFFERED = {
+    "rbln": "Rebellions documents compiling PyTorch and TensorFlow models (rebel.compile_from_torch), "
+    "not ONNX graphs; RBLN serves LLMs compiled by optimum-rbln through the vllm-rbln engine",
+    "rngd": "FuriosaAI's RNGD compiles Hugging Face models with `furiosa-llm build`, not ONNX graphs; "
+    "kcloud serves them through the furiosa-llm engine",
+}
+
+
 def get_target(name: str) -> Target:
+    if name in NOT_OFFERED:
+        raise UnknownTargetError(f"no compile target {name!r}: {NOT_OFFERED[name]}")
     try:
         return TARGETS[name]
     except KeyError:

@@ -4,6 +4,7 @@ unsplit graph's outputs; bad partition requests are refused with where the graph
 from __future__ import annotations
 
 import asyncio
+import json
 import platform
 from pathlib import Path
 
@@ -119,3 +120,29 @@ def test_bad_partition_requests(digits, minilm, tmp_path):
         partition(minilm.weights_path, 3, tmp_path / "z", cut_after=["embeddings.LayerNorm_10"])
     asked = partition(minilm.weights_path, 2, tmp_path / "ok", cut_after=["embeddings.LayerNorm_10"])
     assert asked.stages[0].last == 5
+
+
+def test_cli_partition(builtin_repository, tmp_path):
+    from typer.testing import CliRunner
+
+    from kcloud.cli import app
+
+    runner = CliRunner()
+    base = ["models", "partition", "all-MiniLM-L6-v2", "--repo", str(builtin_repository.root)]
+    done = runner.invoke(
+        app, [*base, "--stages", "2", "--memory-limit", "80MB", "--out", str(tmp_path), "--json"]
+    )
+    assert done.exit_code == 0, done.output
+    plan = json.loads(done.output)
+    assert len(plan["stages"]) == 2 and all(s["weight_bytes"] <= 80e6 for s in plan["stages"])
+    assert (tmp_path / "stage-1.onnx").is_file() and plan["cost_basis"].startswith("measured")
+    for args, fragment in (
+        (["--stages", "2", "--memory-limit", "lots"], "'lots' is not a size"),
+        (
+            ["--stages", "2", "--memory-limit", "1kB"],
+            "no split into 2 stages keeps every stage within 1000 bytes",
+        ),
+        (["--stages", "100000"], "can be cut into at most"),
+    ):
+        bad = runner.invoke(app, [*base, *args, "--out", str(tmp_path / "bad")])
+        assert bad.exit_code == 2 and fragment in " ".join(bad.output.split()), bad.output

@@ -358,3 +358,70 @@ def list_model_artifacts(
             table.add_row(escape(target), artifact.key[:12], escape(artifact.summary().split("; ", 1)[-1]),
                           escape(str(artifact.path)))
     _console().print(table)
+
+
+def _size_bytes(text: str) -> int:
+    """`60MB`, `1.5GiB`, `4096` → bytes; typer.BadParameter otherwise."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    number = text.strip().lower()
+    for unit in sorted(units, key=len, reverse=True):
+        if unit and number.endswith(unit):
+            value, scale = number[: -len(unit)], units[unit]
+            break
+    else:
+        value, scale = number, 1
+    try:
+        size = float(value) * scale
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a size (e.g. 60MB, 1.5GiB, 4096)") from None
+    if size <= 0:
+        raise typer.BadParameter(f"{text!r}: a size must be positive")
+    return int(size)
+
+
+@models_app.command("partition")
+def partition_model(
+    name: str = typer.Argument(..., help="Model name."),
+    stages: int = typer.Option(..., "--stages", "-n", help="Number of pipeline stages."),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit", help="Most weight bytes one stage may hold, e.g. 60MB or 1.5GiB."
+    ),
+    cut_after: list[str] = typer.Option([], "--cut-after", help="Cut after this node (once per cut)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Where the stage files go (default: <version>/partitions/<N>-stages)."
+    ),
+    version: int | None = typer.Option(None, "--version", help="Version (default: the latest)."),
+    repo: Path | None = RepoOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the partition as JSON."),
+) -> None:
+    """Split a model's graph into pipeline stages balanced by a measured profile (and memory)."""
+    from kcloud.models.datasets import load_dataset
+    from kcloud.models.partition import partition
+    from kcloud.models.quantize import graph_feeds
+
+    repository = _repository(repo)
+    entry = _run(lambda: repository.get(name, version))
+    if entry.config.platform != "onnxruntime":
+        raise fail(
+            f"model {name!r} is a {entry.config.platform} model; only ONNX graphs are partitioned", BAD_INPUT
+        )
+    limit = _size_bytes(memory_limit) if memory_limit else None
+    feeds = None
+    if entry.config.accuracy and entry.config.accuracy.dataset:
+        samples = _run(lambda: load_dataset(entry)).inputs
+        feeds = graph_feeds(entry, samples[:16])[:2]
+    target = out or entry.path / "partitions" / f"{stages}-stages"
+    result = _run(lambda: partition(entry.weights_path, stages, target, feeds=feeds, memory_limit=limit,
+                                    cut_after=list(cut_after) or None))
+    if as_json:
+        typer.echo(json.dumps(result.describe(), indent=2))
+        return
+    title = f"{entry.name} in {stages} stage(s): balance {result.balance:.3f} ({result.cost_basis})"
+    table = Table(title=title)
+    for column in ("stage", "nodes", "cost share", "weights", "takes", "gives", "file"):
+        table.add_column(column)
+    for stage in result.stages:
+        table.add_row(str(stage.index), f"{stage.first}–{stage.last - 1}", f"{stage.cost_share:.1%}",
+                      _bytes(stage.weight_bytes), escape(", ".join(stage.inputs)),
+                      escape(", ".join(stage.outputs)), escape(str(stage.path)))
+    _console().print(table)

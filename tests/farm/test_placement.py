@@ -379,3 +379,21 @@ def test_an_admission_check_that_refuses_rolls_back_the_placement(database, repo
     with database.session() as session:
         assert session.scalars(sa.select(Deployment)).all() == []
         assert session.scalars(sa.select(ReplicaRow)).all() == []
+
+
+def test_a_precision_is_placed_where_chip_and_runtime_run_it_and_says_which_artifact():
+    devices = [
+        device("cpu-generic", "n1/cpu", memory_gib=64, emulated=False),
+        device("nvidia-h100-sxm", "n2/gpu0", emulated=False),
+        device("furiosa-rngd", "n3/rngd"),
+    ]
+    engine = PlacementEngine(FarmView(devices))
+    int8 = reasons(engine.place(request(precision="int8", count=3, policy="spread"), commit=False))
+    # The H100 has an INT8 figure, but ONNX Runtime's CUDA provider has no INT8 target.
+    assert int8["n2/gpu0"] == "rejected: onnxruntime-cuda has no int8 target (it runs fp32, fp16)"
+    for uid in ("n1/cpu", "n3/rngd"):  # a CPU runs INT8 through its runtime; the emulated RNGD on the host
+        assert int8[uid].endswith("; serves the cpu-int8 artifact (onnxruntime-cpu runs int8 as cpu-int8)")
+    fp16 = reasons(engine.place(request(precision="fp16", count=3), commit=False))
+    assert fp16["n2/gpu0"].endswith("; serves the cuda-fp16 artifact (onnxruntime-cuda runs fp16 as cuda-fp16)")
+    fp32 = reasons(engine.place(request(precision="fp32", count=3), commit=False))
+    assert "artifact" not in fp32["n1/cpu"]  # the source graph itself

@@ -40,7 +40,7 @@ import numpy as np
 from kcloud.devices.catalog import load_catalog
 from kcloud.devices.device import Device
 from kcloud.models.builtin import DIGITS, MINILM, ensure_builtin_models
-from kcloud.models.compiler import compile_model
+from kcloud.models.compiler import compile_model, rows_per_second
 from kcloud.models.datasets import load_dataset
 from kcloud.models.gate import run_outputs
 from kcloud.models.partition import partition
@@ -65,16 +65,6 @@ def host_device() -> Device:
     )
 
 
-def rows_per_second(session: Any, feed: dict[str, np.ndarray], seconds: float) -> float:
-    rows = next(iter(feed.values())).shape[0]
-    session.run(None, feed)
-    runs, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or runs < 3:
-        session.run(None, feed)
-        runs += 1
-    return runs * rows / elapsed
-
-
 def throughput(entry: ModelEntry, int8: Path, seconds: float, rounds: int) -> list[dict[str, Any]]:
     device = host_device()
     sessions = {
@@ -88,7 +78,7 @@ def throughput(entry: ModelEntry, int8: Path, seconds: float, rounds: int) -> li
         measured: dict[str, list[float]] = {name: [] for name in sessions}
         for _ in range(rounds):
             for name, session in sessions.items():
-                measured[name].append(rows_per_second(session, feed, seconds))
+                measured[name].append(rows_per_second(session, feed, seconds, min_runs=3))
         fp32, int8_rate = statistics.median(measured["fp32"]), statistics.median(measured["int8"])
         figures.append(
             {

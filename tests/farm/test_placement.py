@@ -394,6 +394,7 @@ def test_a_precision_is_placed_where_chip_and_runtime_run_it_and_says_which_arti
     for uid in ("n1/cpu", "n3/rngd"):  # a CPU runs INT8 through its runtime; the emulated RNGD on the host
         assert int8[uid].endswith("; serves the cpu-int8 artifact (onnxruntime-cpu runs int8 as cpu-int8)")
     fp16 = reasons(engine.place(request(precision="fp16", count=3), commit=False))
-    assert fp16["n2/gpu0"].endswith("; serves the cuda-fp16 artifact (onnxruntime-cuda runs fp16 as cuda-fp16)")
+    cuda = "; serves the cuda-fp16 artifact (onnxruntime-cuda runs fp16 as cuda-fp16)"
+    assert fp16["n2/gpu0"].endswith(cuda)
     fp32 = reasons(engine.place(request(precision="fp32", count=3), commit=False))
     assert "artifact" not in fp32["n1/cpu"]  # the source graph itself

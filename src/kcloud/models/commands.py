@@ -30,6 +30,8 @@ models_app = typer.Typer(
 )
 
 RepoOption = typer.Option(None, "--repo", help="Model repository directory (default: $KCLOUD_HOME/models).")
+VersionOption = typer.Option(None, "--version", help="Version (default: the latest).")
+JsonOption = typer.Option(False, "--json", help="Print JSON.")
 
 
 def register(app: typer.Typer) -> None:
@@ -174,9 +176,9 @@ def list_models(
 @models_app.command("show")
 def show_model(
     name: str = typer.Argument(..., help="Model name."),
-    version: int | None = typer.Option(None, "--version", help="Version (default: the latest)."),
+    version: int | None = VersionOption,
     repo: Path | None = RepoOption,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = JsonOption,
 ) -> None:
     """One model's contract, files and build record."""
     repository = _repository(repo)
@@ -295,7 +297,7 @@ def compile_artifact(
     target: str = typer.Option(
         ..., "--target", "-t", help="cpu-fp32, cpu-fp16, cpu-int8, cuda-fp16 or furiosa."
     ),
-    version: int | None = typer.Option(None, "--version", help="Version (default: the latest)."),
+    version: int | None = VersionOption,
     force: bool = typer.Option(
         False, "--force", help="Build again even if a matching artifact (or refusal) exists."
     ),
@@ -329,9 +331,9 @@ def compile_artifact(
 @models_app.command("artifacts")
 def list_model_artifacts(
     name: str = typer.Argument(..., help="Model name."),
-    version: int | None = typer.Option(None, "--version", help="Version (default: the latest)."),
+    version: int | None = VersionOption,
     repo: Path | None = RepoOption,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = JsonOption,
 ) -> None:
     """The compiled artifacts of a model version, with their gates; refused and broken ones say why."""
     from kcloud.models.artifacts import list_artifacts
@@ -390,7 +392,7 @@ def partition_model(
     out: Path | None = typer.Option(
         None, "--out", help="Where the stage files go (default: <version>/partitions/<N>-stages)."
     ),
-    version: int | None = typer.Option(None, "--version", help="Version (default: the latest)."),
+    version: int | None = VersionOption,
     repo: Path | None = RepoOption,
     as_json: bool = typer.Option(False, "--json", help="Print the partition as JSON."),
 ) -> None:

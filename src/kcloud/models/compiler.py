@@ -60,11 +60,15 @@ def _speed(entry: ModelEntry, weights: Path, inputs: list[dict[str, np.ndarray]]
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
     options.log_severity_level = 3
     session = ort.InferenceSession(str(weights), options, providers=["CPUExecutionProvider"])
-    feed = graph_feeds(entry, inputs, batch=len(inputs))[0]
+    return rows_per_second(session, graph_feeds(entry, inputs, batch=len(inputs))[0], SPEED_SECONDS)
+
+
+def rows_per_second(session: Any, feed: dict[str, np.ndarray], seconds: float, min_runs: int = 2) -> float:
+    """Rows a second `session` computes looping on `feed` for `seconds` (after one warm-up run)."""
     rows = next(iter(feed.values())).shape[0]
     session.run(None, feed)
     runs, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < SPEED_SECONDS or runs < 2:
+    while (elapsed := time.perf_counter() - start) < seconds or runs < min_runs:
         session.run(None, feed)
         runs += 1
     return runs * rows / elapsed

@@ -142,6 +142,8 @@ def test_cli_compile_and_artifacts(repo: ModelRepository) -> None:
     assert cached.exit_code == 0 and json.loads(cached.output)["cached"] is True
     listed = runner.invoke(app, ["models", "artifacts", "mlp", "--repo", root, "--json"])
     assert [a["target"] for a in json.loads(listed.output)] == ["cpu-int8"]
+    shown = runner.invoke(app, ["models", "show", "mlp", "--repo", root, "--json"])
+    assert [a["target"] for a in json.loads(shown.output)["artifacts"]] == ["cpu-int8"]
     bad = runner.invoke(app, ["models", "compile", "mlp", "--target", "gpu-int4", "--repo", root])
     assert bad.exit_code == 2 and "unknown compile target 'gpu-int4'" in bad.output
     missing = runner.invoke(app, ["models", "compile", "nope", "--target", "cpu-int8", "--repo", root])

@@ -122,7 +122,15 @@ def entry_record(entry: ModelEntry, versions: list[int]) -> dict[str, Any]:
         "sha256": entry.sha256,
         "config": entry.config.model_dump(mode="json"),
         "build": build,
+        "artifacts": _artifact_records(entry),
     }
+
+
+def _artifact_records(entry: ModelEntry) -> list[dict[str, Any]]:
+    from kcloud.models.artifacts import list_artifacts
+
+    return [artifact.describe() if artifact else {"target": target, "error": problem}
+            for target, artifact, problem in list_artifacts(entry)]
 
 
 @models_app.command("list")
@@ -227,6 +235,9 @@ def show_model(
         ))
     if record["build"]:
         rows.append(("build", json.dumps(record["build"], indent=1)))
+    if record["artifacts"]:
+        rows.append(("artifacts", "\n".join(a.get("summary") or f"{a['target']}: {a['error']}"
+                                             for a in record["artifacts"])))
     for field, value in rows:
         table.add_row(field, escape(value))
     _console().print(table)

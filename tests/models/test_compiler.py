@@ -62,6 +62,11 @@ def test_int8_artifact_is_built_recorded_gated_cached_and_served(repo: ModelRepo
 
     again = compile_model(entry, "cpu-int8")
     assert again.cached and again.artifact.key == artifact.key
+    # What a build killed midway leaves is cleared by the next build, and never listed.
+    (artifact_dir(entry, "cpu-int8").parent / ".staging-killed").mkdir()
+    assert [target for target, _, _ in list_artifacts(entry)] == ["cpu-int8"]
+    compile_model(entry, "cpu-fp32")
+    assert not list(artifact_dir(entry, "cpu-int8").parent.glob(".staging-*"))
 
     x = np.random.default_rng(5).normal(size=(3, 16)).astype(np.float32)
     fp32, int8 = _outputs(entry, x), _outputs(with_artifact(entry, artifact), x)

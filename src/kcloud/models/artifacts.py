@@ -167,9 +167,14 @@ def _replace_dir(staging: Path, directory: Path) -> None:
 
 
 def staging_dir(entry: ModelEntry) -> Path:
-    """A fresh hidden directory beside the artifacts, where a build writes before it is moved in."""
+    """A fresh hidden directory beside the artifacts, where a build writes before it is moved in.
+
+    Called under the artifacts lock, so any other staging (or replaced) directory there is what
+    a killed build left behind: it is removed first."""
     root = entry.path / ARTIFACTS_DIR
     root.mkdir(parents=True, exist_ok=True)
+    for leftover in [*root.glob(".staging-*"), *root.glob(".old-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
 
 

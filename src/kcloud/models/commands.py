@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kcloud.cli_errors import BAD_INPUT, fail
+from kcloud.models.targets import TARGETS
 
 if TYPE_CHECKING:
     from kcloud.models.config import ModelConfig, TensorSpec
@@ -305,9 +306,7 @@ def remove_model(
 @models_app.command("compile")
 def compile_artifact(
     name: str = typer.Argument(..., help="Model name."),
-    target: str = typer.Option(
-        ..., "--target", "-t", help="cpu-fp32, cpu-fp16, cpu-int8, cuda-fp16 or furiosa."
-    ),
+    target: str = typer.Option(..., "--target", "-t", help=f"One of: {', '.join(TARGETS)}."),
     version: int | None = VersionOption,
     force: bool = typer.Option(
         False, "--force", help="Build again even if a matching artifact (or refusal) exists."

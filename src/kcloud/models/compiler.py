@@ -145,6 +145,8 @@ def _build(
         "key": key,
         "target": target.name,
         "precision": target.precision,
+        "runs_on": target.runs_on,
+        "description": target.description,
         "settings": settings,
         "model": entry.config.name,
         "version": entry.version,
@@ -178,7 +180,8 @@ def _build(
     if target.runs_on_host:
         progress(0, 1, "judging on held-out samples")
         gate = held_out.judge(out)
-        record["accuracy"] = gate.record()
+        # The gate runs every target's graph on the host's CPU provider (LocalRunner), a GPU's too.
+        record["accuracy"] = {**gate.record(), "measured_on": "onnxruntime CPU provider on the build host"}
         speed_inputs = split.inputs(split.calibration[:SPEED_BATCH])
         source_speed, speed = (
             _speed(entry, entry.weights_path, speed_inputs),

@@ -38,6 +38,15 @@ def test_nodes_join_with_their_devices(cluster: LocalCluster):
     nodes = json.loads(listed.stdout)
     assert {"n1", "n2", "n3"} <= set(nodes)
     assert [d["uid"] for d in nodes["n2"]] == ["n2/cpu0"] and nodes["n2"][0]["healthy"]
+    # `kcloud devices` and `kcloud farm` against the head list and sum every node's devices.
+    for command in (["devices"], ["farm"]):
+        shown = subprocess.run([*KCLOUD, *command, "--url", cluster.url, "--json"],
+                               capture_output=True, text=True, timeout=60, check=True)
+        document = json.loads(shown.stdout)
+        if command == ["devices"]:
+            assert {"n1/cpu0", "n2/cpu0", "n3/cpu0"} <= {d["uid"] for d in document["devices"]}
+        else:
+            assert {"n1", "n2", "n3"} <= set(document["by_node"])
 
 
 def test_a_node_name_already_in_the_cluster_is_refused(cluster: LocalCluster):

@@ -158,3 +158,18 @@ def test_a_bad_autoscale_option_is_refused_before_any_call(spec: str, says: str)
 def test_autoscale_and_no_autoscale_together_are_refused():
     result = kcloud(None, "deploy", "update", "x", "--autoscale", "max=2", "--no-autoscale")
     assert result.exit_code == 2 and "choose one" in result.output
+
+
+def test_devices_and_farm_of_a_running_server(server):
+    listed = kcloud(server, "devices")
+    assert listed.exit_code == 0, listed.output
+    assert "npu-a" in listed.output and "rngd0" in listed.output and "npu-b" in listed.output
+    as_json = json.loads(kcloud(server, "devices", "--json").output)
+    uids = {d["uid"] for d in as_json["devices"]}
+    assert {"npu-a/rngd0", "npu-b/x220-0"} <= uids
+    capacity = json.loads(kcloud(server, "farm", "--json").output)
+    assert capacity["devices"] == len(uids) and {"npu-a", "npu-b"} <= set(capacity["by_node"])
+    both = kcloud(server, "farm", "--farm", "x.toml")
+    assert both.exit_code == 2 and "--farm and --url do not go together" in both.output
+    down = runner.invoke(app, ["devices", "--url", "http://127.0.0.1:9"], env=WIDE)
+    assert down.exit_code == 1 and "cannot reach the kcloud server" in down.output

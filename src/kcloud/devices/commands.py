@@ -37,6 +37,11 @@ FarmOption = typer.Option(
 NodeOption = typer.Option(None, "--node", help="Name of this machine's node (default: the hostname).")
 LocalOption = typer.Option(True, "--local/--no-local", help="Include this machine's real devices.")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+ServerOption = typer.Option(
+    None, "--url", help="A running kcloud server (e.g. a cluster's head): its whole farm, every node's "
+    "devices, as its control plane knows them, instead of this machine's.",
+)
+ServerKeyOption = typer.Option(None, "--api-key", envvar="KCLOUD_API_KEY", help="API key for --url.")
 
 
 def wide_console() -> Console:
@@ -128,6 +133,44 @@ def devices_table(readings: list[tuple[Device, Telemetry]]) -> Table:
     return table
 
 
+def server_devices(url: str, api_key: str | None) -> list[dict[str, Any]]:
+    """The devices a running server's control plane knows (`GET /api/v1/devices`), every node's."""
+    from kcloud.admin_client import call_admin_api
+
+    return list(call_admin_api(url, api_key, "GET", "/api/v1/devices"))
+
+
+def device_from_view(view: dict[str, Any]) -> Device:
+    """A `Device` rebuilt from the API's view of it, its chip from the catalog."""
+    from kcloud.devices.catalog import load_catalog
+    from kcloud.devices.device import Device
+
+    node, _, local_id = str(view["uid"]).partition("/")
+    plugin = "emulated" if view["emulated"] else view["vendor"]
+    return Device(id=local_id or node, node=view["node"], plugin=plugin, vendor=view["vendor"],
+                  spec=load_catalog().get(view["chip"]), name=view["name"], emulated=view["emulated"],
+                  healthy=view["healthy"], memory_bytes=view["memory_bytes"])
+
+
+def server_devices_table(views: list[dict[str, Any]], url: str) -> Table:
+    table = Table(title=f"kcloud devices at {url}",
+                  caption="as the control plane knows them; live readings: `kcloud devices` on each node")
+    numbers = ("memory GiB placed/total", "replicas")
+    for header in ("node", "device", "vendor", "chip", "emulated", "state", *numbers):
+        table.add_column(header, justify="right" if header in numbers else "left")
+    for view in views:
+        if not view["present"]:
+            state = "[red]gone[/red]"
+        elif not view["healthy"]:
+            state = f"[red]unhealthy[/red] ({view['health_reason'] or ''})"
+        else:
+            state = "[yellow]drained[/yellow]" if view["drained"] else "[green]ok[/green]"
+        table.add_row(view["node"], str(view["uid"]).partition("/")[2], view["vendor"], view["name"],
+                      "[yellow]emulated[/yellow]" if view["emulated"] else "real", state,
+                      _memory(view["memory_placed_bytes"], view["memory_bytes"]), str(view["replicas"]))
+    return table
+
+
 @devices_app.callback()
 def list_devices(
     ctx: typer.Context,
@@ -135,9 +178,21 @@ def list_devices(
     node: str | None = NodeOption,
     local: bool = LocalOption,
     as_json: bool = JsonOption,
+    url: str | None = ServerOption,
+    api_key: str | None = ServerKeyOption,
 ) -> None:
-    """List devices with one live reading each (emulated devices are flagged, their figures modelled)."""
+    """List devices with one live reading each (emulated devices are flagged, their figures modelled);
+    with --url, every device of a running server's farm (all nodes of a cluster) and its state there."""
     if ctx.invoked_subcommand is not None:
+        return
+    if url is not None:
+        if farm:
+            raise fail("--farm and --url do not go together: --url lists the server's own farm", BAD_INPUT)
+        views = server_devices(url, api_key)
+        if as_json:
+            typer.echo(json.dumps({"server": url, "devices": views}, indent=2, ensure_ascii=False))
+        else:
+            wide_console().print(server_devices_table(views, url) if views else "no devices found")
         return
     with inventory_from_cli(farm, node, local) as inventory:
         readings = inventory.sample_all()

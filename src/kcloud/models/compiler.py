@@ -30,7 +30,8 @@ from kcloud.models.artifacts import (
 )
 from kcloud.models.errors import ModelFileError
 from kcloud.models.gate import Judge, Split, split_dataset
-from kcloud.models.quantize import Int8Builder, Progress, graph_feeds, tool_versions
+from kcloud.models.graph import file_sha256
+from kcloud.models.quantize import Int8Builder, Progress, graph_feeds, silent, tool_versions
 from kcloud.models.repository import ModelEntry, _locked
 from kcloud.models.targets import Target, get_target
 
@@ -39,10 +40,6 @@ RECIPE_VERSION = 1
 #: Rows of the batch the build's speed check runs, and for how long (one intra-op thread).
 SPEED_BATCH = 16
 SPEED_SECONDS = 1.5
-
-
-def _silent(done: int, total: int, what: str) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,7 @@ def compile_model(
     target_name: str,
     *,
     force: bool = False,
-    progress: Progress = _silent,
+    progress: Progress = silent,
 ) -> CompileResult:
     """The artifact of `entry` for `target_name`, built unless a matching one is cached.
 
@@ -153,7 +150,7 @@ def _build(
         "tools": tool_versions(),
         "calibration": {
             "dataset": str(split.dataset.path.name),
-            "sha256": _digest(split.dataset.path),
+            "sha256": file_sha256(split.dataset.path),
             "samples": len(split.calibration),
             "held_out": len(split.held_out),
         },
@@ -233,9 +230,3 @@ def _int8(entry: ModelEntry, split: Split, work: Path, out: Path, progress: Prog
         "calibration_gate": chosen.calibration.record(),
         "trials": [t.record() for t in chosen.trials],
     }
-
-
-def _digest(path: Path) -> str:
-    from kcloud.models.graph import file_sha256
-
-    return file_sha256(path)

@@ -49,8 +49,8 @@ CALIBRATION_BATCH = 8
 Progress = Callable[[int, int, str], None]
 
 
-def _silent(done: int, total: int, what: str) -> None:
-    return None
+def silent(done: int, total: int, what: str) -> None:
+    """The progress callback that shows nothing."""
 
 
 def graph_feeds(
@@ -129,7 +129,7 @@ class Int8Builder:
         workdir: Path,
         judge: Judge,
         calibration: list[dict[str, np.ndarray]],
-        progress: Progress = _silent,
+        progress: Progress = silent,
     ) -> None:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 

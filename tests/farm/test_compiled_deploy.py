@@ -22,6 +22,7 @@ def compiled_repository(tmp_path: Path) -> ModelRepository:
     repo = ModelRepository(root / "repo")
     repo.add(write_mlp_model(root / "src"))
     repo.add(write_mlp_model(root / "src", "strict", ratio=1.0))
+    repo.add(write_mlp_model(root / "src", "bare", dataset=False))
     return repo
 
 
@@ -86,3 +87,25 @@ def test_int8_deployment_serves_the_compiled_artifact(db_url, compiled_repositor
         message = wait_until(failed_start, 120, "the refused build to be reported")
         assert "model strict version 1: cpu-int8 misses the accuracy gate by" in message
         assert client.get("/api/v1/deployments/strict-int8").json()["running"] == 0
+
+
+def test_a_precision_that_cannot_be_compiled_is_refused_at_once(db_url, compiled_repository, inventory):
+    with (
+        ServedControlPlane(compiled_repository, inventory, db_url) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+    ):
+        refused = client.post(
+            "/api/v1/deployments",
+            json={"model": "bare", "name": "bare-int8", "constraints": {"precision": "int8"}},
+        )
+        assert refused.status_code == 422, refused.text
+        assert "has no calibration data (config key `accuracy.dataset`)" in refused.text
+        assert (
+            client.post(
+                "/api/v1/deployments",
+                json={"model": "bare", "name": "bare-fp32", "constraints": {"precision": "fp32"}},
+            ).status_code
+            == 201
+        )
+        patched = client.patch("/api/v1/deployments/bare-fp32", json={"constraints": {"precision": "fp16"}})
+        assert patched.status_code == 422 and "fp16 artifact cannot be compiled" in patched.text

@@ -44,6 +44,27 @@ def choose_target(entry: ModelEntry, device: Device, precision: str | None) -> A
     return ArtifactChoice(target, reason)
 
 
+def compile_refusal(entry: ModelEntry, precision: str | None) -> str | None:
+    """Why no replica of `entry` could be served at `precision` (None: nothing stands in the way).
+
+    Asked when a deployment is created or its constraints change, so that a request that could
+    only fail at every replica start is refused at once: an ONNX model asked for another precision
+    than its source's needs calibration data to compile and judge the artifact, unless an
+    artifact of that precision is built already."""
+    if precision in (None, "fp32") or entry.config.platform != ONNX_PLATFORM:
+        return None
+    if entry.config.accuracy is not None and entry.config.accuracy.dataset:
+        return None
+    from kcloud.models.artifacts import list_artifacts
+
+    if any(a is not None and a.record.get("precision") == precision for _, a, _ in list_artifacts(entry)):
+        return None
+    return (
+        f"model {entry.config.name!r} has no calibration data (config key `accuracy.dataset`), so its "
+        f"{precision} artifact cannot be compiled and checked; add a data set, or leave out the precision"
+    )
+
+
 def served_entry(entry: ModelEntry, device: Device, precision: str | None) -> tuple[ModelEntry, str]:
     """`entry` as the replica on `device` serves it, and the reason; compiles on first use.
 

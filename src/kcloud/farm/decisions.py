@@ -18,6 +18,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from kcloud.devices.catalog import UnknownChipError, load_catalog
+from kcloud.farm.compiled import compile_refusal
 from kcloud.farm.errors import (
     BadNameError,
     ConflictError,
@@ -281,6 +282,8 @@ class DeploymentDecisions(Ledger):
         with self.transaction() as session:
             entry, model = self._resolve_model(session, spec.model, spec.version)
             self._check_constraints(spec.constraints, entry.config.device_kinds)
+            if why := compile_refusal(entry, spec.constraints.precision):
+                raise InvalidSpecError(why)
             try:  # a tenant's names are TENANT:NAME, so it can only collide with its own
                 name = qualify(spec.tenant, spec.name or entry.name)
             except DeploymentNameError as exc:
@@ -392,6 +395,9 @@ class DeploymentDecisions(Ledger):
             if patch.constraints is not None:
                 kinds = dep.model.device_kinds
                 self._check_constraints(patch.constraints, kinds)
+                entry = self.repository.get(dep.model.name, dep.model.version)
+                if why := compile_refusal(entry, patch.constraints.precision):
+                    raise InvalidSpecError(why)
                 new = (
                     patch.constraints.vendor,
                     patch.constraints.chip,

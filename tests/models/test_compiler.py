@@ -164,3 +164,10 @@ def test_minilm_int8_passes_the_gate_and_is_faster(minilm: ModelEntry) -> None:
     assert gate["passed"] and gate["agreement_min"] >= 0.99 and gate["samples"] == 50
     assert artifact.record["build"]["smoothing_alpha"] is not None
     assert artifact.record["speed"]["ratio"] is not None
+
+
+def test_a_generative_model_is_left_to_its_engine(builtin_repository: ModelRepository) -> None:
+    if "SmolLM2-135M-Instruct" not in builtin_repository.names():
+        pytest.skip("the [llm] extra's SmolLM2 model is not built here")
+    with pytest.raises(ModelFileError, match="is a transformers model: its engine compiles it"):
+        compile_model(builtin_repository.get("SmolLM2-135M-Instruct"), "cpu-int8")

@@ -35,16 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from kcloud.devices.catalog import load_catalog
 from kcloud.devices.device import Device
 from kcloud.models.builtin import DIGITS, MINILM, ensure_builtin_models
 from kcloud.models.compiler import compile_model, rows_per_second
-from kcloud.models.datasets import load_dataset
+from kcloud.models.datasets import load_dataset, row_cosines
 from kcloud.models.gate import run_outputs
 from kcloud.models.partition import partition
-from kcloud.models.quantize import graph_feeds
+from kcloud.models.pipelines import graph_feeds
 from kcloud.models.repository import ModelEntry, ModelRepository, default_repository_path
 from kcloud.runtimes import create_session
 from kcloud.serving.pipeline_worker import PipelineWorker, StageIO
@@ -103,8 +101,7 @@ def accuracy(entry: ModelEntry, int8: Path) -> dict[str, Any]:
         "int8": dataset.score(int8_out),
     }
     if dataset.metric == "cosine":
-        a, b = int8_out.astype(np.float64), fp32_out.astype(np.float64)
-        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        cosine = row_cosines(int8_out, fp32_out)
         result.update(min_cosine_to_fp32=float(cosine.min()), mean_cosine_to_fp32=float(cosine.mean()))
     else:
         result["points_lost"] = 100 * (result["fp32"] - result["int8"])

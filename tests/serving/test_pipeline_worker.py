@@ -17,7 +17,7 @@ from kcloud.devices.catalog import load_catalog
 from kcloud.devices.device import Device
 from kcloud.models.datasets import load_dataset
 from kcloud.models.partition import MAX_CUT_WIDTH, PartitionError, partition
-from kcloud.models.quantize import graph_feeds
+from kcloud.models.pipelines import graph_feeds
 from kcloud.serving.pipeline_worker import PipelineWorker, StageIO
 from kcloud.serving.worker import ProcessWorker, ThreadWorker
 

@@ -409,7 +409,7 @@ def partition_model(
     """Split a model's graph into pipeline stages balanced by a measured profile (and memory)."""
     from kcloud.models.datasets import load_dataset
     from kcloud.models.partition import partition
-    from kcloud.models.quantize import graph_feeds
+    from kcloud.models.pipelines import graph_feeds
 
     repository = _repository(repo)
     entry = _run(lambda: repository.get(name, version))

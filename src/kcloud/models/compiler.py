@@ -31,7 +31,8 @@ from kcloud.models.artifacts import (
 from kcloud.models.errors import ModelFileError
 from kcloud.models.gate import Judge, Split, split_dataset
 from kcloud.models.graph import file_sha256
-from kcloud.models.quantize import Int8Builder, Progress, graph_feeds, silent, tool_versions
+from kcloud.models.pipelines import graph_feeds
+from kcloud.models.quantize import Int8Builder, Progress, silent, tool_versions
 from kcloud.models.repository import ModelEntry, _locked
 from kcloud.models.targets import Target, get_target
 
@@ -156,8 +157,6 @@ def _build(
         },
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    progress(0, 1, "measuring the FP32 source")
-    held_out = Judge(entry, split)
     builders: dict[str, Callable[[], dict[str, Any]]] = {
         "cpu-fp32": lambda: _optimised_fp32(entry, out),
         "cpu-fp16": lambda: _fp16(entry, out),
@@ -176,7 +175,7 @@ def _build(
     shutil.rmtree(work, ignore_errors=True)
     if target.runs_on_host:
         progress(0, 1, "judging on held-out samples")
-        gate = held_out.judge(out)
+        gate = Judge(entry, split).judge(out)
         # The gate runs every target's graph on the host's CPU provider (LocalRunner), a GPU's too.
         record["accuracy"] = {**gate.record(), "measured_on": "onnxruntime CPU provider on the build host"}
         speed_inputs = split.inputs(split.calibration[:SPEED_BATCH])
@@ -223,10 +222,10 @@ def _kept_words(build: dict[str, Any]) -> str:
 def _int8(entry: ModelEntry, split: Split, work: Path, out: Path, progress: Progress) -> dict[str, Any]:
     judge = Judge(entry, split, held_out=False)
     builder = Int8Builder(entry, work, judge, split.inputs(split.calibration), progress)
-    chosen = builder.choose()
-    shutil.copyfile(chosen.path, out)
+    build = builder.choose()
+    shutil.copyfile(build.chosen.path, out)
     return {
-        **chosen.settings(),
-        "calibration_gate": chosen.calibration.record(),
-        "trials": [t.record() for t in chosen.trials],
+        **build.settings(),
+        "calibration_gate": build.chosen.result.record(),
+        "trials": [t.record() for t in build.trials],
     }

@@ -34,6 +34,12 @@ REFERENCE_KEY = "reference"
 Outputs = Sequence[dict[str, np.ndarray]] | np.ndarray
 
 
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each row of `a` with the same row of `b` (in float64)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
 @dataclass
 class Dataset:
     metric: str
@@ -63,10 +69,7 @@ class Dataset:
             else:  # scores per class
                 predicted = values.reshape(len(values), -1).argmax(axis=1)
             return (predicted.astype(np.int64) == self.references).astype(np.float64)
-        got = values.reshape(len(values), -1).astype(np.float64)
-        want = self.references.reshape(len(values), -1).astype(np.float64)
-        norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
-        return (got * want).sum(axis=1) / np.maximum(norms, 1e-12)
+        return row_cosines(values.reshape(len(values), -1), self.references.reshape(len(values), -1))
 
     def score(self, outputs: Outputs) -> float:
         """The accuracy metric over the whole set (top-1 accuracy or mean cosine)."""

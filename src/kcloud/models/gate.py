@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kcloud.models.datasets import Dataset, load_dataset
+from kcloud.models.datasets import Dataset, load_dataset, row_cosines
 from kcloud.models.errors import ModelFileError
 from kcloud.models.repository import ModelEntry
 
@@ -69,11 +69,6 @@ def run_outputs(
     sort = text_length if entry.config.processing.kind == "sentence-embedding" else None
     outputs = runner.run_all(inputs, batch_rows=32, sort_key=sort)
     return np.stack([np.asarray(o[output]).reshape(-1) for o in outputs])
-
-
-def _rows_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -160,7 +155,7 @@ class Judge:
     def judge(self, weights: Path) -> GateResult:
         outputs = self.outputs(weights)
         metric = self.split.dataset.metric
-        agreement = float(_rows_cosine(outputs, self.source_outputs).min()) if metric == "cosine" else None
+        agreement = float(row_cosines(outputs, self.source_outputs).min()) if metric == "cosine" else None
         ratio = self.entry.config.accuracy.ratio if self.entry.config.accuracy else 0.99
         return GateResult(
             metric, ratio, len(self.indices), self.source_score, self._score(outputs), agreement, self.label

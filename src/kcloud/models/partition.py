@@ -20,6 +20,7 @@ micro-batch enters the first stage. Where to cut is this module's answer:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import tempfile
@@ -127,9 +128,9 @@ MAX_CUT_WIDTH = 4
 BALANCED = 1.2
 
 
-def cut_candidates(model: onnx.ModelProto, width: int = MAX_CUT_WIDTH) -> list[int]:
-    """Positions where at most `width` tensors cross, in order."""
-    return [p + 1 for p, c in enumerate(crossings(model)) if len(c) <= width]
+def cut_candidates(crossing: list[tuple[str, ...]], width: int = MAX_CUT_WIDTH) -> list[int]:
+    """Positions where at most `width` tensors cross (`crossing`: the graph's `crossings`), in order."""
+    return [p + 1 for p, c in enumerate(crossing) if len(c) <= width]
 
 
 def node_costs(model_path: Path, feeds: list[dict[str, np.ndarray]] | None) -> tuple[list[float], str]:
@@ -176,6 +177,7 @@ def _stage_weights(nodes: list[onnx.NodeProto], weights: dict[str, int], first: 
 
 def choose_cuts(
     model: onnx.ModelProto,
+    crossing: list[tuple[str, ...]],
     costs: list[float],
     stages: int,
     *,
@@ -189,7 +191,7 @@ def choose_cuts(
     nodes = list(model.graph.node)
     if stages < 1:
         raise PartitionError(f"a pipeline needs at least 1 stage, got {stages}")
-    allowed = cut_candidates(model)
+    allowed = cut_candidates(crossing)
     if stages - 1 > len(allowed):
         raise PartitionError(
             f"{model.graph.name or 'the graph'} can be cut into at most {len(allowed) + 1} stages "
@@ -200,9 +202,9 @@ def choose_cuts(
     weights = _weights(model)
     total = sum(costs) or 1.0
     best: tuple[float, list[int]] | None = None
-    widths = sorted({len(c) for c in crossings(model) if len(c) <= MAX_CUT_WIDTH})
+    widths = sorted({len(c) for c in crossing if len(c) <= MAX_CUT_WIDTH})
     for width in widths:
-        candidates = cut_candidates(model, width)
+        candidates = cut_candidates(crossing, width)
         if stages - 1 > len(candidates):
             continue
         found = _balanced_cuts(nodes, costs, weights, candidates, stages, memory_limit)
@@ -236,15 +238,15 @@ def _balanced_cuts(
     best = [[np.inf] * len(bounds) for _ in range(stages + 1)]
     came = [[-1] * len(bounds) for _ in range(stages + 1)]
     best[0][0] = 0.0
+
+    @functools.cache
+    def fits(a: int, b: int) -> bool:  # asked once per stage count otherwise: the same span's weights
+        return memory_limit is None or _stage_weights(nodes, weights, bounds[a], bounds[b]) <= memory_limit
+
     for j in range(1, stages + 1):
         for b in range(1, len(bounds)):
             for a in range(b):
-                if best[j - 1][a] == np.inf:
-                    continue
-                if (
-                    memory_limit is not None
-                    and _stage_weights(nodes, weights, bounds[a], bounds[b]) > memory_limit
-                ):
+                if best[j - 1][a] == np.inf or not fits(a, b):
                     continue
                 value = max(best[j - 1][a], float(prefix[bounds[b]] - prefix[bounds[a]]))
                 if value < best[j][b]:
@@ -294,8 +296,8 @@ def partition(
     model = onnx.load(str(model_path))
     nodes = list(model.graph.node)
     costs, basis = node_costs(model_path, feeds)
-    cuts = choose_cuts(model, costs, stages, memory_limit=memory_limit, cut_after=cut_after)
     crossing = crossings(model)
+    cuts = choose_cuts(model, crossing, costs, stages, memory_limit=memory_limit, cut_after=cut_after)
     weights = _weights(model)
     total = sum(costs) or 1.0
     bounds = [0, *cuts, len(nodes)]

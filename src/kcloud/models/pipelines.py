@@ -20,7 +20,14 @@ from kcloud.models.graph import read_signature
 from kcloud.models.pipeline import InputError, Pipeline, Prepared
 from kcloud.models.repository import ModelEntry
 
-__all__ = ["InputError", "SentenceEmbeddingPipeline", "TensorPipeline", "load_tokenizer", "pipeline_for"]
+__all__ = [
+    "InputError",
+    "SentenceEmbeddingPipeline",
+    "TensorPipeline",
+    "graph_feeds",
+    "load_tokenizer",
+    "pipeline_for",
+]
 
 
 def pipeline_for(entry: ModelEntry) -> Pipeline:
@@ -32,6 +39,18 @@ def pipeline_for(entry: ModelEntry) -> Pipeline:
             entry.config, entry.file(entry.config.processing.tokenizer or ""), graph_inputs
         )
     return TensorPipeline(entry.config)
+
+
+def graph_feeds(
+    entry: ModelEntry, inputs: list[dict[str, np.ndarray]], batch: int = 8
+) -> list[dict[str, np.ndarray]]:
+    """Public samples (a data set's) turned into the graph's own feeds, tokenised and padded as
+    a batch would be, `batch` samples at a time: for calibration, profiling and speed checks."""
+    pipeline = pipeline_for(entry)
+    feeds = []
+    for start in range(0, len(inputs), batch):
+        feeds.append(pipeline.collate([pipeline.prepare(sample) for sample in inputs[start : start + batch]]))
+    return feeds
 
 
 def _check_names(inputs: dict[str, Any], specs: list[TensorSpec]) -> None:

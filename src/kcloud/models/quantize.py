@@ -33,7 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from kcloud.models.gate import GateResult, Judge
-from kcloud.models.pipelines import pipeline_for
+from kcloud.models.pipelines import graph_feeds
 from kcloud.models.repository import ModelEntry
 
 #: Operators quantized: where the arithmetic is.
@@ -53,18 +53,6 @@ def silent(done: int, total: int, what: str) -> None:
     """The progress callback that shows nothing."""
 
 
-def graph_feeds(
-    entry: ModelEntry, inputs: list[dict[str, np.ndarray]], batch: int = CALIBRATION_BATCH
-) -> list[dict[str, np.ndarray]]:
-    """Public samples turned into the graph's own feeds (tokenised, padded), `batch` at a time."""
-    pipeline = pipeline_for(entry)
-    feeds = []
-    for start in range(0, len(inputs), batch):
-        items = [pipeline.prepare(sample) for sample in inputs[start : start + batch]]
-        feeds.append(pipeline.collate(items))
-    return feeds
-
-
 def _weight_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The quantizable operators whose second input is a weight (an initializer)."""
     weights = {init.name for init in model.graph.initializer}
@@ -82,6 +70,8 @@ class Trial:
     alpha: float | None
     kept_fp32: tuple[str, ...]
     result: GateResult
+    #: The candidate graph, in the build's work directory.
+    path: Path
 
     def record(self) -> dict[str, Any]:
         return {
@@ -94,22 +84,20 @@ class Trial:
 
 @dataclass
 class Int8Build:
-    """The chosen INT8 graph and how it was chosen."""
+    """The chosen INT8 graph (one of the trials) and how it was chosen."""
 
-    path: Path
     recipe: str
-    alpha: float | None
-    kept_fp32: tuple[str, ...]
-    quantized: int
-    calibration: GateResult
+    #: How many operators could be quantized (those with weights, of `QUANTIZED_OPS`).
+    operators: int
+    chosen: Trial
     trials: list[Trial] = field(default_factory=list)
 
     def settings(self) -> dict[str, Any]:
         return {
             "recipe": self.recipe,
-            "smoothing_alpha": self.alpha,
-            "kept_fp32": list(self.kept_fp32),
-            "operators_quantized": self.quantized,
+            "smoothing_alpha": self.chosen.alpha,
+            "kept_fp32": list(self.chosen.kept_fp32),
+            "operators_quantized": self.operators - len(self.chosen.kept_fp32),
             "operator_types": list(QUANTIZED_OPS),
             "weights": "int8 per channel",
             "activations": (
@@ -134,7 +122,7 @@ class Int8Builder:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         self.entry, self.workdir, self.judge, self.progress = entry, workdir, judge, progress
-        self.feeds = graph_feeds(entry, calibration)
+        self.feeds = graph_feeds(entry, calibration, CALIBRATION_BATCH)
         self.prepared = workdir / "prepared.onnx"
         quant_pre_process(str(entry.weights_path), str(self.prepared), skip_symbolic_shape=True)
         model = onnx.load(str(self.prepared))
@@ -252,9 +240,9 @@ class Int8Builder:
             )
         return out
 
-    def trial(self, alpha: float | None, kept_fp32: tuple[str, ...]) -> tuple[Trial, Path]:
+    def trial(self, alpha: float | None, kept_fp32: tuple[str, ...]) -> Trial:
         path = self.build(alpha, kept_fp32)
-        return Trial(alpha, kept_fp32, self.judge.judge(path)), path
+        return Trial(alpha, kept_fp32, self.judge.judge(path), path)
 
     # ------------------------------------------------------------------ choosing by measurement
     def choose(self) -> Int8Build:
@@ -264,12 +252,10 @@ class Int8Builder:
         max_kept = int(len(self.nodes) * MAX_KEPT_SHARE)
         planned = len(alphas) + len(self.nodes) + max_kept
         trials: list[Trial] = []
-        paths: dict[int, Path] = {}
 
         def run(alpha: float | None, kept: tuple[str, ...], what: str) -> Trial:
-            trial, path = self.trial(alpha, kept)
+            trial = self.trial(alpha, kept)
             trials.append(trial)
-            paths[id(trial)] = path
             self.progress(len(trials), planned, what)
             return trial
 
@@ -286,19 +272,10 @@ class Int8Builder:
                 candidate = run(best.alpha, tuple(order[:count]), f"{count} operator(s) kept in FP32")
                 if candidate.result.margin > best.result.margin:
                     best = candidate
-                if candidate.result.passed:
-                    best = candidate
+                if best.result.passed:
                     break
         self.progress(planned, planned, "chosen")
-        return Int8Build(
-            paths[id(best)],
-            self.recipe,
-            best.alpha,
-            best.kept_fp32,
-            len(self.nodes) - len(best.kept_fp32),
-            best.result,
-            trials,
-        )
+        return Int8Build(self.recipe, len(self.nodes), best, trials)
 
 
 def tool_versions() -> dict[str, str]:

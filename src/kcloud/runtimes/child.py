@@ -54,6 +54,17 @@ Requests = list[tuple[int, float | None]]
 Reply = tuple[str, object, float, list[bool] | None]
 
 
+def live_rows(feeds: dict[str, np.ndarray], requests: Requests) -> tuple[list[bool], dict[str, np.ndarray]]:
+    """Which requests' deadlines have not passed yet, and the feeds cut to those requests' rows
+    (the feeds' first dimension is the batch, `requests` gives each request's rows in order)."""
+    now = time.monotonic()
+    live = [deadline is None or deadline > now for _, deadline in requests]
+    if any(live) and not all(live):
+        keep = np.repeat(live, [rows for rows, _ in requests])
+        feeds = {name: value[keep] for name, value in feeds.items()}
+    return live, feeds
+
+
 def run_batch(session: Any, names: list[str], feeds: dict[str, np.ndarray], requests: Requests) -> Reply:
     """Run one batch, leaving out the requests whose deadline passed before it started.
 
@@ -61,13 +72,9 @@ def run_batch(session: Any, names: list[str], feeds: dict[str, np.ndarray], requ
     can pass after the batch left the queue: those rows are cut from the feeds (whose first
     dimension is the batch) and never computed; the replica answers those requests 504.
     """
-    now = time.monotonic()
-    live = [deadline is None or deadline > now for _, deadline in requests]
+    live, feeds = live_rows(feeds, requests)
     if not any(live):
         return ("expired", None, 0.0, live)
-    if not all(live):
-        keep = np.repeat(live, [rows for rows, _ in requests])
-        feeds = {name: value[keep] for name, value in feeds.items()}
     started = time.perf_counter()
     try:
         outputs = dict(zip(names, session.run(names, feeds), strict=True))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kcloud.runtimes.child import Requests
+from kcloud.runtimes.child import Requests, live_rows
 from kcloud.serving.worker import Computed, Feeds, Outputs, Worker
 
 
@@ -54,8 +54,8 @@ class PipelineWorker(Worker):
 
     async def _through(self, feeds: Feeds) -> Outputs:
         carried: dict[str, np.ndarray] = dict(feeds)
+        rows = next(iter(feeds.values())).shape[0]
         for stage, io in zip(self.stages, self.io, strict=True):
-            rows = next(iter(feeds.values())).shape[0]
             computed = await stage.run({name: carried[name] for name in io.inputs}, [(rows, None)])
             assert computed.outputs is not None  # no deadline was given, so nothing expired
             carried.update(computed.outputs)
@@ -63,13 +63,9 @@ class PipelineWorker(Worker):
 
     async def run(self, feeds: Feeds, requests: Requests) -> Computed:
         started = time.perf_counter()
-        now = time.monotonic()
-        live = [deadline is None or deadline > now for _, deadline in requests]
+        live, feeds = live_rows(feeds, requests)  # rows whose deadline passed are not computed
         if not any(live):
             return Computed(None, 0.0, live)
-        if not all(live):  # rows of requests whose deadline passed are not computed (as run_batch)
-            keep = np.repeat(live, [rows for rows, _ in requests])
-            feeds = {name: value[keep] for name, value in feeds.items()}
         total = next(iter(feeds.values())).shape[0]
         parts = [
             {name: value[start : start + self.micro_batch] for name, value in feeds.items()}

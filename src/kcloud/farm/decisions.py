@@ -7,6 +7,7 @@ reconciler's side of placing (`ensure_placements`, `settle_evictions`) lives her
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections import Counter
@@ -28,7 +29,14 @@ from kcloud.farm.errors import (
 )
 from kcloud.farm.ledger import ACTIVE_STATES, PLACEMENTS_KEPT, Ledger
 from kcloud.farm.names import DeploymentNameError, qualify
-from kcloud.farm.placement import DeviceStatus, FarmView, PlacementEngine, PlacementRequest, PlacementResult
+from kcloud.farm.placement import (
+    ELIGIBLE,
+    DeviceStatus,
+    FarmView,
+    PlacementEngine,
+    PlacementRequest,
+    PlacementResult,
+)
 from kcloud.farm.profiles import FP32_KINDS
 from kcloud.farm.reservations import reserved_sets
 from kcloud.farm.schema import (
@@ -46,9 +54,12 @@ from kcloud.farm.spec import (
     DeploymentUpdate,
     DeploymentView,
 )
+from kcloud.farm.stages import PipelinePlacement, devices_of, holdings, place_pipeline
 from kcloud.models.config import ModelConfig
 from kcloud.models.errors import ModelFileError, ModelNotFoundError
+from kcloud.models.partition import PartitionError
 from kcloud.models.repository import ModelEntry
+from kcloud.models.staged import StagePlan, fewest_stages, plan_stages
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +90,8 @@ class DeploymentDecisions(Ledger):
             for row in session.scalars(select(DeviceRow))
         }
         view = FarmView(self.devices, status, self.profiles, reservations=reserved_sets(session))
-        rows = session.execute(
-            select(
-                Deployment.name, ReplicaRow.device_uid, ReplicaRow.memory_bytes, ReplicaRow.load_share
-            ).join(Deployment, ReplicaRow.deployment_id == Deployment.id)
-        )
-        for name, uid, memory, share in rows:
-            view.add_replica(name, uid, memory, share)
+        for held in holdings(session):
+            view.add_replica(held.deployment, held.device_uid, held.memory_bytes, held.load_share)
         return view
 
     def _request(self, dep: Deployment, count: int) -> PlacementRequest:
@@ -112,10 +118,16 @@ class DeploymentDecisions(Ledger):
 
     def _place(
         self, session: Session, dep: Deployment, count: int, trigger: str, view: FarmView | None = None
-    ) -> PlacementResult:
+    ) -> PlacementResult | PipelinePlacement:
         """Place `count` more replicas of `dep`, writing the replicas and the placement record."""
         view = view or self._view(session)
-        result = PlacementEngine(view).place(self._request(dep, count))
+        plan = StagePlan.from_json(dep.stage_plan) if dep.stage_plan is not None else None
+        request = self._request(dep, count)
+        result: PlacementResult | PipelinePlacement
+        if plan is None:
+            result = PlacementEngine(view).place(request)
+        else:
+            result = place_pipeline(PlacementEngine(view), request, plan)
         placement = PlacementRow(
             deployment_id=dep.id,
             trigger=trigger,
@@ -144,7 +156,17 @@ class DeploymentDecisions(Ledger):
                 for c in candidates
             ],
         )
-        for i in result.chosen:
+        if isinstance(result, PipelinePlacement):
+            assert plan is not None
+            for k in range(result.placed):
+                devices = result.stage_devices(k)
+                session.add(ReplicaRow(
+                    id=_replica_id(dep.name), deployment_id=dep.id, device_uid=devices[0],
+                    placement_id=placement.id, generation=dep.generation, state="placed",
+                    memory_bytes=plan.memory_bytes[0], load_share=result.load_share_of(k),
+                    stage_devices=devices,
+                ))
+        for i in result.chosen if isinstance(result, PlacementResult) else ():
             session.add(
                 ReplicaRow(
                     id=_replica_id(dep.name),
@@ -185,11 +207,15 @@ class DeploymentDecisions(Ledger):
         if not self.admission:
             return
         session.flush()
-        uids = session.scalars(
-            select(ReplicaRow.device_uid).where(
-                ReplicaRow.deployment_id == dep.id, ReplicaRow.state.in_(ACTIVE_STATES)
+        uids = [
+            uid
+            for first, stage_devices in session.execute(
+                select(ReplicaRow.device_uid, ReplicaRow.stage_devices).where(
+                    ReplicaRow.deployment_id == dep.id, ReplicaRow.state.in_(ACTIVE_STATES)
+                )
             )
-        ).all()
+            for uid in devices_of(first, stage_devices)
+        ]
         for check in self.admission:
             check(
                 session, tenant=dep.tenant, deployment=dep.name, replicas=dep.replicas, device_uids=list(uids)
@@ -245,6 +271,52 @@ class DeploymentDecisions(Ledger):
                 raise InvalidSpecError(
                     f"constraints: FP32 runs on CPUs and GPUs; {spec.key} is a {spec.kind}"
                 )
+
+    def _decide_stages(self, session: Session, dep: Deployment, entry: ModelEntry) -> None:
+        """Whether `dep` runs whole on one device or as a pipeline, and where its graph is cut.
+
+        With `stages` asked for, the graph is cut into that many, balanced by cost, each fitting
+        the largest device the deployment may use. Without, a model that fits such a device runs
+        whole, and one that does not gets the fewest stages whose parts fit (or, when no split
+        fits, stays whole and pending). 422 when the stages asked for cannot be cut so
+        (`PartitionError` says where the graph can be cut)."""
+        asked = dep.stages
+        dep.stage_plan = None
+        if asked == 1 or (asked is None and entry.config.memory_bytes is None):
+            return
+        precision = dep.constraint_precision
+        if entry.config.platform != "onnxruntime" or precision not in (None, "fp32"):
+            if asked is not None:
+                what = ("its engine splits a generative model itself" if entry.config.generative else
+                        f"a pipeline serves the FP32 graph, and precision {precision} was asked")
+                raise InvalidSpecError(f"stages: {asked} asked, but {what}")
+            return
+        largest = self._largest_device(session, dep)
+        if asked is None and (largest is None or (entry.config.memory_bytes or 0) <= largest):
+            return
+        try:
+            if asked is not None:
+                plan = plan_stages(entry, asked, memory_limit=largest)
+            else:
+                assert largest is not None
+                plan = fewest_stages(entry, largest)
+        except Exception as exc:  # PartitionError; or a graph that ONNX or its runtime cannot read
+            why = str(exc) if isinstance(exc, PartitionError) else f"its graph cannot be cut: {exc}"
+            if asked is not None:
+                raise InvalidSpecError(f"stages: {why}") from None
+            # Not asked for: it stays whole, pending until a device big enough joins the farm.
+            self._event(session, "deployment.unsplit", f"{dep.name}: served whole: {why}",
+                        deployment=dep.name)
+            return
+        dep.stage_plan = plan.as_json()
+
+    def _largest_device(self, session: Session, dep: Deployment) -> int | None:
+        """The most memory any device this deployment may use has (every filter but memory)."""
+        view = self._view(session)
+        request = dataclasses.replace(self._request(dep, 0), memory_bytes=None)
+        result = PlacementEngine(view).place(request, commit=False)
+        sizes = view.memory_total[(result.verdict == ELIGIBLE) & view.memory_known]
+        return int(sizes.max()) if sizes.size else None
 
     def _refresh_status(self, session: Session, dep: Deployment) -> None:
         states = Counter(
@@ -320,16 +392,19 @@ class DeploymentDecisions(Ledger):
                 policy=spec.policy,
                 slo_p99_ms=slo.p99_latency_ms,
                 slo_throughput_rps=slo.throughput_rps,
+                stages=spec.stages,
                 status="progressing",
                 generation=1,
             )
             session.add(dep)
             session.flush()
+            self._decide_stages(session, dep, entry)
             self._event(
                 session,
                 "deployment.created",
                 f"{name}: {entry.name} v{entry.version}, {replicas} replica(s), {spec.policy}"
-                + (f", autoscaled {_bounds(autoscale)}" if autoscale is not None else ""),
+                + (f", autoscaled {_bounds(autoscale)}" if autoscale is not None else "")
+                + (f", each a {StagePlan.from_json(dep.stage_plan).summary()}" if dep.stage_plan else ""),
                 deployment=name,
             )
             self._place(session, dep, replicas, "create")
@@ -434,6 +509,8 @@ class DeploymentDecisions(Ledger):
                 self._refuse_if_autoscaled(dep)
                 replicas = patch.replicas
             if changed:
+                if any(c.startswith("version") or c == "constraints" for c in changed):
+                    self._decide_stages(session, dep, self.repository.get(dep.model.name, dep.model.version))
                 dep.generation += 1
                 self._event(
                     session,

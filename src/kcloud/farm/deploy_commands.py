@@ -108,18 +108,35 @@ def _print_deployment(view: dict[str, Any]) -> None:
     )
     if view.get("autoscale"):
         _print_autoscale(view["autoscale"], view.get("autoscaler"))
+    if view.get("pipeline"):
+        _print_pipeline(view["pipeline"])
     if view["replica_list"]:
         table = Table("replica", "device", "node", "state", "pid", "emulated")
         for r in view["replica_list"]:
             table.add_row(
                 r["id"],
-                r["device"],
+                _devices(r),
                 r["node"],
                 r["state"],
                 str(r["pid"] or "-"),
                 "[yellow]emulated[/yellow]" if r["emulated"] else "no",
             )
         out.print(table)
+
+
+def _devices(replica: dict[str, Any]) -> str:
+    """A replica's device, or its stages' devices in order for a pipeline replica."""
+    return " → ".join(replica["stage_devices"]) if replica.get("stage_devices") else replica["device"]
+
+
+def _print_pipeline(pipeline: dict[str, Any]) -> None:
+    asked = f"{pipeline['asked']} asked" if pipeline.get("asked") else "as many as the model needs to fit"
+    out.print(f"  pipeline: {len(pipeline['stages'])} stages ({asked}), balance {pipeline['balance']:.2f} "
+              f"(costliest stage / mean), costs {escape(pipeline['cost_basis'])}", soft_wrap=True)
+    for stage in pipeline["stages"]:
+        memory = stage["memory_bytes"]
+        held = f"{memory / 2**20:.1f} MiB (modelled)" if memory is not None else "memory unknown"
+        out.print(f"    stage {stage['index']}: {stage['cost_share']:.1%} of the work, {held}")
 
 
 def _print_autoscale(policy: dict[str, Any], state: dict[str, Any] | None) -> None:
@@ -205,6 +222,10 @@ def create(
     rps: float | None = typer.Option(None, "--rps", help="SLO: throughput to serve, requests per second."),
     tenant: str | None = typer.Option(None, "--tenant", help="Owner (admin keys only)."),
     autoscale: str | None = typer.Option(None, "--autoscale", help=_AUTOSCALE_HELP),
+    stages: int | None = typer.Option(
+        None, "--stages", min=1, max=16,
+        help="Split each replica's graph into this many pipeline stages, one device each "
+             "(default: only when the model fits no device, into as few as fit)."),
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Wait until the replicas run (or it is pending)."
     ),
@@ -224,7 +245,8 @@ def create(
     }
     if autoscale is not None:
         body["autoscale"] = parse_autoscale(autoscale)
-    for key, value in (("name", name), ("version", version), ("tenant", tenant), ("replicas", replicas)):
+    for key, value in (("name", name), ("version", version), ("tenant", tenant), ("replicas", replicas),
+                       ("stages", stages)):
         if value is not None:
             body[key] = value
     view = call(url, api_key, "POST", "/deployments", json=body)
@@ -398,10 +420,12 @@ def explain(
         f"[bold]{escape(view['deployment'])}[/bold]  {_status(view)}  {escape(view['reason'] or '')}",
         soft_wrap=True,
     )
+    if view.get("pipeline"):
+        _print_pipeline(view["pipeline"])
     if view["replicas"]:
         table = Table("replica", "device", "state", "pid", title="replicas now")
         for r in view["replicas"]:
-            device = r["device"] + (" [yellow](emulated)[/yellow]" if r["emulated"] else "")
+            device = _devices(r) + (" [yellow](emulated)[/yellow]" if r["emulated"] else "")
             table.add_row(r["id"], device, r["state"], str(r["pid"] or "-"))
         out.print(table)
         for serves in sorted({r["serves"] for r in view["replicas"] if r.get("serves")}):

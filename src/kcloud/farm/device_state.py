@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from kcloud.devices.device import Device
@@ -23,6 +23,7 @@ from kcloud.farm.schema import (
 from kcloud.farm.spec import (
     DeviceView,
 )
+from kcloud.farm.stages import devices_of
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,13 @@ class DeviceState(Ledger):
         return turned
 
     def _evict_device(self, session: Session, uid: str, trigger: str) -> int:
-        rows = session.scalars(
-            select(ReplicaRow).where(ReplicaRow.device_uid == uid, ReplicaRow.state.in_(ACTIVE_STATES))
-        ).all()
+        rows = [  # the replicas with any stage on it (a pipeline replica's later stages too)
+            row
+            for row in session.scalars(select(ReplicaRow).where(
+                or_(ReplicaRow.device_uid == uid, ReplicaRow.stage_devices.is_not(None)),
+                ReplicaRow.state.in_(ACTIVE_STATES)))
+            if uid in devices_of(row.device_uid, row.stage_devices)
+        ]
         for row in rows:
             row.state = "evicting"
             self._triggers[row.deployment_id] = trigger

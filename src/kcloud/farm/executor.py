@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from kcloud.devices.device import Device
+from kcloud.models.partition import Partition
 from kcloud.models.repository import ModelEntry
 from kcloud.serving.engine import EngineReplica
 from kcloud.serving.metrics import ServingMetrics
@@ -43,6 +44,9 @@ class ReplicaSpec:
     device: Device
     #: Intra-op threads (None: the executor's choice, by default the runtime's layout).
     threads: int | None = None
+    #: A pipeline replica: the graph's stages, and one device per stage (the first is `device`).
+    stages: Partition | None = None
+    stage_devices: tuple[Device, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,10 +149,12 @@ class LocalExecutor:
             spec.device,
             isolation=self.isolation,
             threads=spec.threads if spec.threads is not None else self.threads,
-            emulation=self.emulation if spec.device.emulated else None,
+            emulation=self.emulation if any(d.emulated for d in (spec.device, *spec.stage_devices)) else None,
             metrics=self.metrics,
             replica_id=spec.replica_id,
             worker_factory=self._worker_factory(spec),
+            stages=spec.stages,
+            stage_devices=spec.stage_devices,
         )
         with _children_ignore_sigint():
             await replica.start()

@@ -26,7 +26,10 @@ from kcloud.farm.schema import (
     ReplicaRow,
     utcnow,
 )
+from kcloud.farm.stages import devices_of
+from kcloud.models.partition import Partition
 from kcloud.models.repository import ModelEntry
+from kcloud.models.staged import StagePlan, stage_partition
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,14 @@ class ReplicaWork:
     threads: int | None = None
     #: The deployment's precision constraint: which compiled artifact the replica serves.
     precision: str | None = None
+    #: A pipeline replica's devices in stage order, and its deployment's stage plan (JSON).
+    stage_devices: tuple[str, ...] | None = None
+    stage_plan: dict[str, Any] | None = None
+
+    @property
+    def devices(self) -> list[str]:
+        """Every device the replica runs on (its stages' for a pipeline replica)."""
+        return devices_of(self.device_uid, list(self.stage_devices) if self.stage_devices else None)
 
 
 class ReplicaLifecycle(Ledger):
@@ -66,7 +77,7 @@ class ReplicaLifecycle(Ledger):
             inventory = {d.uid for d in self.devices}
             rows = session.execute(
                 select(ReplicaRow, Deployment.name, Deployment.generation, ModelRow.name, ModelRow.version,
-                       Deployment.threads, Deployment.constraint_precision)
+                       Deployment.threads, Deployment.constraint_precision, Deployment.stage_plan)
                 .join(Deployment, ReplicaRow.deployment_id == Deployment.id)
                 .join(ModelRow, Deployment.model_id == ModelRow.id)
                 .order_by(ReplicaRow.created_at)
@@ -81,19 +92,32 @@ class ReplicaLifecycle(Ledger):
                     version=version,
                     generation=row.generation,
                     current=row.generation == generation,
-                    device_usable=row.device_uid in usable and row.device_uid in inventory,
+                    device_usable=all(uid in usable and uid in inventory
+                                      for uid in devices_of(row.device_uid, row.stage_devices)),
                     handle=row.handle,
                     threads=threads,
                     precision=precision,
+                    stage_devices=tuple(row.stage_devices) if row.stage_devices else None,
+                    stage_plan=plan if row.stage_devices else None,
                 )
-                for row, dep_name, generation, model_name, version, threads, precision in rows
+                for row, dep_name, generation, model_name, version, threads, precision, plan in rows
             ]
 
     def entry_for(self, work: ReplicaWork, device: Device) -> tuple[ModelEntry, str]:
         """The model version a replica serves on `device`, named as its deployment (the served
         name), from the artifact its precision needs there (compiled on first use); and why."""
         entry = dataclasses.replace(self.repository.get(work.model, work.version), name=work.deployment)
+        if work.stage_plan is not None:
+            plan = StagePlan.from_json(work.stage_plan)
+            return entry, f"the FP32 graph in {plan.summary()}"
         return served_entry(entry, device, work.precision)
+
+    def stages_for(self, work: ReplicaWork) -> Partition | None:
+        """A pipeline replica's stage files (cut on first use), or None for a whole-model one."""
+        if work.stage_plan is None:
+            return None
+        source = self.repository.get(work.model, work.version)
+        return stage_partition(source, StagePlan.from_json(work.stage_plan))
 
     def _replica(self, session: Session, replica_id: str) -> tuple[ReplicaRow, str] | None:
         hit = session.execute(
@@ -136,7 +160,8 @@ class ReplicaLifecycle(Ledger):
             self._event(
                 session,
                 "replica.started",
-                f"{row.id} running on {row.device_uid}" + (f" (pid {pid})" if pid else "")
+                f"{row.id} running on {' → '.join(devices_of(row.device_uid, row.stage_devices))}"
+                + (f" (pid {pid})" if pid else "")
                 + (f", serving {took:.1f} s after it was started" if took is not None else ""),
                 deployment=dep,
                 device=row.device_uid,

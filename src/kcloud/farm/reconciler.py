@@ -191,10 +191,12 @@ class Reconciler:
                 await asyncio.to_thread(self.service.replica_stopped, w.replica_id)
             elif w.state in ("placed", "starting", "running") and not running_here:
                 if not w.device_usable:
+                    which = (f"device {w.device_uid}" if len(w.devices) == 1
+                             else f"one of its devices ({', '.join(w.devices)})")
                     await asyncio.to_thread(
                         self.service.forget_unusable,
                         w.replica_id,
-                        f"device {w.device_uid} is absent, unhealthy or drained",
+                        f"{which} is absent, unhealthy or drained",
                     )
                     continue
                 to_start.append((w, w.state == "running"))
@@ -215,9 +217,11 @@ class Reconciler:
         if not await asyncio.to_thread(self.service.mark_starting, w.replica_id, restoring=restoring):
             return
         try:
-            device = self.service.device(w.device_uid)
-            entry, served = await asyncio.to_thread(self.service.entry_for, w, device)
-            spec = ReplicaSpec(w.replica_id, w.deployment, entry, device, threads=w.threads)
+            devices = tuple(self.service.device(uid) for uid in w.devices)
+            entry, served = await asyncio.to_thread(self.service.entry_for, w, devices[0])
+            stages = await asyncio.to_thread(self.service.stages_for, w)
+            spec = ReplicaSpec(w.replica_id, w.deployment, entry, devices[0], threads=w.threads,
+                               stages=stages, stage_devices=devices if stages is not None else ())
             handle = await self.executor.start(spec)
         except Exception as exc:
             message = str(exc).strip() or type(exc).__name__

@@ -136,6 +136,10 @@ class Deployment(Base):
     #: The autoscaling policy (`kcloud.farm.spec.Autoscale` as JSON); None: `replicas` is fixed.
     #: None is stored as SQL NULL (not JSON `null`), so `IS NOT NULL` finds the autoscaled ones.
     autoscale: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    #: Stages asked for (None: as many as the model needs to fit a device, 1 if it fits one).
+    stages: Mapped[int | None] = mapped_column(Integer)
+    #: The pipeline it is served as (`kcloud.models.staged.StagePlan.as_json`); None: one device.
+    stage_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -160,6 +164,9 @@ class ReplicaRow(Base):
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     #: Share of the device's modelled capacity that the SLO throughput asks of this replica.
     load_share: Mapped[float | None] = mapped_column(Float)
+    #: A pipeline replica's devices, one per stage in order (the first is `device_uid`); None for
+    #: a replica on one device. Each stage's memory is its deployment's `stage_plan`'s.
+    stage_devices: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     executor: Mapped[str | None] = mapped_column(String(32))
     pid: Mapped[int | None] = mapped_column(Integer)
     handle: Mapped[dict[str, Any] | None] = mapped_column()

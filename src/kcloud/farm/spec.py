@@ -126,6 +126,10 @@ class DeploymentCreate(_Strict, StorableBody):
         default=None,
         description="scale between min and max replicas on load; `replicas` is then the start "
                     "(default: min_replicas)")
+    stages: int | None = Field(
+        default=None, ge=1, le=16,
+        description="pipeline stages each replica's graph is split into, one device each; default: "
+                    "1 when the model fits a device, else the fewest whose parts fit")
 
 
 class DeploymentUpdate(_Strict, StorableBody):
@@ -162,6 +166,23 @@ class ReplicaView(BaseModel):
     #: deployment's precision needs on its device (target, key, gate).
     serves: str | None = None
     artifact: dict[str, Any] | None = None
+    #: A pipeline replica's devices in stage order (its first is `device`); None on one device.
+    stage_devices: list[str] | None = None
+
+
+class StageView(BaseModel):
+    index: int
+    memory_bytes: int | None = Field(description="modelled: the model's memory split by weight share")
+    cost_share: float = Field(description="share of the graph's cost (measured profile or weight bytes)")
+
+
+class PipelineView(BaseModel):
+    """A deployment served as a pipeline: its graph cut into stages on different devices."""
+
+    stages: list[StageView]
+    balance: float = Field(description="costliest stage against the mean stage; 1.0 is perfect")
+    cost_basis: str
+    asked: int | None = Field(description="stages asked for; null: decided by memory")
 
 
 class DeploymentView(BaseModel):
@@ -177,6 +198,8 @@ class DeploymentView(BaseModel):
     policy: Policy
     autoscale: Autoscale | None = None
     autoscaler: AutoscalerState | None = Field(default=None, description="live; autoscaled deployments")
+    pipeline: PipelineView | None = Field(default=None, description="how each replica is split; "
+                                          "null when it runs whole on one device")
     status: str = Field(description="pending | progressing | ready | degraded")
     reason: str | None
     generation: int
@@ -221,6 +244,7 @@ class ExplainView(BaseModel):
     status: str
     reason: str | None
     replicas: list[ReplicaView]
+    pipeline: PipelineView | None = Field(default=None, description="its stages; null: one device each")
     placements: list[PlacementView] = Field(description="newest first")
     routing: RoutingView | None = Field(default=None, description="generative deployments only")
 

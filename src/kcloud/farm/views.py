@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kcloud.farm.ledger import Ledger
@@ -25,10 +25,14 @@ from kcloud.farm.spec import (
     DeviceView,
     EventView,
     ExplainView,
+    PipelineView,
     PlacementView,
     ReplicaView,
     Slo,
+    StageView,
 )
+from kcloud.farm.stages import holdings
+from kcloud.models.staged import StagePlan
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,7 @@ class ReadViews(Ledger):
                 status=dep.status,
                 reason=dep.status_reason,
                 replicas=self._replica_views(session, dep),
+                pipeline=_pipeline_view(dep),
                 placements=[
                     PlacementView(
                         id=p.id,
@@ -151,6 +156,7 @@ class ReadViews(Ledger):
                 last_error=r.last_error,
                 serves=(r.handle or {}).get("serves"),
                 artifact=(r.handle or {}).get("artifact"),
+                stage_devices=r.stage_devices,
             )
             for r in rows
         ]
@@ -179,6 +185,7 @@ class ReadViews(Ledger):
             reason=dep.status_reason,
             generation=dep.generation,
             replica_list=replicas,
+            pipeline=_pipeline_view(dep),
             created_at=dep.created_at,
             updated_at=dep.updated_at,
         )
@@ -187,14 +194,10 @@ class ReadViews(Ledger):
         query = select(DeviceRow).order_by(DeviceRow.uid)
         if uids is not None:
             query = query.where(DeviceRow.uid.in_(list(uids)))
-        held = {
-            uid: (count, memory or 0)
-            for uid, count, memory in session.execute(
-                select(ReplicaRow.device_uid, func.count(), func.sum(ReplicaRow.memory_bytes)).group_by(
-                    ReplicaRow.device_uid
-                )
-            )
-        }
+        held: dict[str, tuple[int, int]] = {}
+        for holding in holdings(session):
+            count, total = held.get(holding.device_uid, (0, 0))
+            held[holding.device_uid] = (count + 1, total + (holding.memory_bytes or 0))
         return [
             DeviceView(
                 uid=row.uid,
@@ -215,3 +218,16 @@ class ReadViews(Ledger):
             )
             for row in session.scalars(query)
         ]
+
+
+def _pipeline_view(dep: Deployment) -> PipelineView | None:
+    if dep.stage_plan is None:
+        return None
+    plan = StagePlan.from_json(dep.stage_plan)
+    return PipelineView(
+        stages=[StageView(index=k, memory_bytes=memory, cost_share=share)
+                for k, (memory, share) in enumerate(zip(plan.memory_bytes, plan.cost_shares, strict=True))],
+        balance=plan.balance,
+        cost_basis=plan.cost_basis,
+        asked=dep.stages,
+    )

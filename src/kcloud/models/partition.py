@@ -294,13 +294,35 @@ def partition(
 ) -> Partition:
     """Split the graph at `model_path` into `stages` stage files in `out_dir`."""
     model = onnx.load(str(model_path))
-    nodes = list(model.graph.node)
     costs, basis = node_costs(model_path, feeds)
-    crossing = crossings(model)
-    cuts = choose_cuts(model, crossing, costs, stages, memory_limit=memory_limit, cut_after=cut_after)
-    weights = _weights(model)
+    cuts = choose_cuts(model, crossings(model), costs, stages, memory_limit=memory_limit, cut_after=cut_after)
+    return split_at(model, cuts, out_dir, stage_costs(costs, cuts), basis)
+
+
+def stage_costs(costs: list[float], cuts: list[int]) -> list[float]:
+    """Each stage's share of the graph's cost (they add up to 1) for stages cut at `cuts`."""
+    bounds = [0, *cuts, len(costs)]
     total = sum(costs) or 1.0
+    return [float(sum(costs[first:last]) / total) for first, last in itertools.pairwise(bounds)]
+
+
+def stage_weight_bytes(model: onnx.ModelProto, cuts: list[int]) -> list[int]:
+    """The weight bytes each stage cut at `cuts` holds (a weight two stages read is in both)."""
+    nodes, weights = list(model.graph.node), _weights(model)
     bounds = [0, *cuts, len(nodes)]
+    return [_stage_weights(nodes, weights, first, last) for first, last in itertools.pairwise(bounds)]
+
+
+def split_at(
+    model: onnx.ModelProto, cuts: list[int], out_dir: Path, cost_shares: list[float], cost_basis: str
+) -> Partition:
+    """Cut `model` before each node position in `cuts` into stage files `out_dir/stage-N.onnx`."""
+    nodes = list(model.graph.node)
+    bounds = [0, *cuts, len(nodes)]
+    if sorted(set(bounds)) != bounds:
+        raise PartitionError(f"cut positions must rise strictly within 1..{len(nodes) - 1}, got {cuts}")
+    crossing = crossings(model)
+    weights = _weights(model)
     graph_inputs = [i.name for i in model.graph.input if i.name not in weights]
     graph_outputs = tuple(o.name for o in model.graph.output)
     extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))
@@ -323,8 +345,8 @@ def partition(
                 tuple(inputs),
                 tuple(outputs),
                 _stage_weights(nodes, weights, first, last),
-                float(sum(costs[first:last]) / total),
+                cost_shares[index],
                 path,
             )
         )
-    return Partition(tuple(result), basis, graph_outputs)
+    return Partition(tuple(result), cost_basis, graph_outputs)

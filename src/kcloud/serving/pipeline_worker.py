@@ -46,6 +46,12 @@ class PipelineWorker(Worker):
             micro_batch,
         )
         self.pid = stages[0].pid
+        for stage in self.stages:  # one stage dying takes the pipeline with it
+            stage.on_death = self._stage_died
+
+    def _stage_died(self) -> None:
+        if self.on_death is not None:
+            self.on_death()
 
     async def start(self) -> None:
         await asyncio.gather(*(stage.start() for stage in self.stages))

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from kcloud.devices.device import Device
+from kcloud.models.partition import Partition
 from kcloud.models.pipeline import Pipeline, Prepared
 from kcloud.runtimes.layout import default_layout, host_cores
 from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
@@ -30,6 +31,7 @@ from kcloud.serving.batcher import Batcher, Finish, Pending
 from kcloud.serving.engine import EngineReplica, create_engine_replica
 from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics
+from kcloud.serving.pipeline_worker import PipelineWorker, StageIO
 from kcloud.serving.worker import ConnectionWorker, ProcessWorker, ThreadWorker, Worker
 
 if TYPE_CHECKING:
@@ -92,6 +94,7 @@ class Replica:
         metrics: ServingMetrics | None = None,
         emulation: WorkRecorder | None = None,
         efficiency: float = DEFAULT_EFFICIENCY,
+        stage_devices: Sequence[tuple[Device, float]] = (),
     ) -> None:
         self.id = replica_id
         self.entry = entry
@@ -101,6 +104,9 @@ class Replica:
         self.metrics = metrics
         self.emulation = emulation
         self.efficiency = efficiency
+        #: A pipeline replica's devices with each stage's share of the work (`device` is the
+        #: first); a replica on one device has just that device, all of the work.
+        self.stage_devices = list(stage_devices) or [(device, 1.0)]
         self.on_death: list[Callable[[Replica], None]] = []
         self._started = False
         self._stopping = False
@@ -235,11 +241,24 @@ class Replica:
         return finish
 
     def _model_device_time(self, rows: int) -> ModelledTime:
-        modelled = modelled_device_seconds(
-            self.entry.config.flops_per_sample, rows, self.device.spec, efficiency=self.efficiency)
-        if modelled.seconds is not None and self.emulation is not None:
-            self.emulation.record_work(self.device.uid, modelled.seconds)
-        return modelled
+        """The catalog chip's modelled time for the batch, recorded as work on the emulated
+        device; a pipeline's stages each model and record their share of the work, in turn."""
+        flops = self.entry.config.flops_per_sample
+        parts = [
+            (device, modelled_device_seconds(None if flops is None else flops * share, rows, device.spec,
+                                             efficiency=self.efficiency))
+            for device, share in self.stage_devices
+        ]
+        unknown = next((modelled for _, modelled in parts if modelled.seconds is None), None)
+        if unknown is not None:
+            return unknown
+        for device, modelled in parts:
+            if self.emulation is not None and device.emulated and modelled.seconds is not None:
+                self.emulation.record_work(device.uid, modelled.seconds)
+        if len(parts) == 1:
+            return parts[0][1]
+        return ModelledTime(sum(modelled.seconds or 0.0 for _, modelled in parts),
+                            basis=f"sum over {len(parts)} pipeline stages")
 
     def _record_batch(
         self, batch: list[Pending], rows: int, compute_s: float, modelled: ModelledTime | None
@@ -298,6 +317,8 @@ def create_replica(
     replica_id: str | None = None,
     efficiency: float = DEFAULT_EFFICIENCY,
     worker_factory: WorkerFactory | None = None,
+    stages: Partition | None = None,
+    stage_devices: Sequence[Device] = (),
 ) -> Replica | EngineReplica:
     """A replica of `entry` on `device`, not yet started (`await replica.start()`).
 
@@ -309,29 +330,47 @@ def create_replica(
     `isolation` where the session runs elsewhere (a Ray node: `kcloud.cluster.executor`). Raises
     `UnsupportedDeviceError` when no installed runtime serves the model's platform on the
     device, or the model does not allow the device's kind.
+
+    With `stages` (a partition of the model's graph) the replica is a pipeline: stage k runs on
+    `stage_devices[k]` (the first is `device`), each in a worker of its own (`PipelineWorker`).
     """
-    if device.spec.kind not in entry.config.device_kinds:
-        raise UnsupportedDeviceError(
-            f"model {entry.name} may run on {', '.join(entry.config.device_kinds)}; "
-            f"device {device.uid} is a {device.spec.kind}")
+    devices = list(stage_devices) if stages is not None else [device]
+    if stages is not None and (len(devices) != len(stages.stages) or devices[0] != device):
+        raise ValueError("a pipeline replica needs one device per stage, the first being `device`")
+    for each in devices:
+        if each.spec.kind not in entry.config.device_kinds:
+            raise UnsupportedDeviceError(
+                f"model {entry.name} may run on {', '.join(entry.config.device_kinds)}; "
+                f"device {each.uid} is a {each.spec.kind}")
     if entry.config.generative:
         return create_engine_replica(entry, device, threads=threads, emulation=emulation,
                                      replica_id=replica_id, efficiency=efficiency)
-    plan_for(device, platform=entry.config.platform)  # refuse unserved devices before spawning anything
-    if threads is None:
-        threads = default_layout(device, host_cores())[1]
+    for each in devices:  # refuse unserved devices before spawning anything
+        plan_for(each, platform=entry.config.platform)
+    if isolation not in ("thread", "process"):
+        raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
     if pipeline is None:
         from kcloud.models.pipelines import pipeline_for
 
         pipeline = pipeline_for(entry)
-    if worker_factory is not None:
-        worker: Worker = worker_factory(entry.weights_path, device, threads)
-    elif isolation == "process":
-        worker = ProcessWorker(entry.weights_path, device, threads=threads)
-    elif isolation == "thread":
-        worker = ThreadWorker(entry.weights_path, device, threads=threads)
+
+    def make(path: Path, on: Device) -> Worker:
+        count = threads if threads is not None else default_layout(on, host_cores())[1]
+        if worker_factory is not None:
+            return worker_factory(path, on, count)
+        return (ProcessWorker if isolation == "process" else ThreadWorker)(path, on, threads=count)
+
+    worker: Worker
+    shares: list[tuple[Device, float]] = []
+    if stages is None:
+        worker = make(entry.weights_path, device)
     else:
-        raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
+        worker = PipelineWorker(
+            [make(stage.path, on) for stage, on in zip(stages.stages, devices, strict=True) if stage.path],
+            [StageIO(stage.inputs, stage.outputs) for stage in stages.stages],
+            stages.graph_outputs,
+        )
+        shares = [(on, stage.cost_share) for stage, on in zip(stages.stages, devices, strict=True)]
     replica_id = replica_id or f"{entry.name}-v{entry.version}-{device.id}-{os.getpid()}-{next(_counter)}"
     return Replica(replica_id, entry, device, pipeline, worker, metrics=metrics, emulation=emulation,
-                   efficiency=efficiency)
+                   efficiency=efficiency, stage_devices=shares)

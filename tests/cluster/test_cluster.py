@@ -58,6 +58,25 @@ def test_a_node_name_already_in_the_cluster_is_refused(cluster: LocalCluster):
     assert cluster.device_healthy("n1/cpu0") and cluster.devices().keys() == before.keys()
 
 
+def test_a_pipeline_replica_runs_its_stages_on_different_nodes(cluster: LocalCluster):
+    created = httpx.post(f"{cluster.url}/api/v1/deployments", timeout=60,
+                         json={"name": "staged-digits", "model": "digits-cnn", "stages": 2})
+    assert created.status_code == 201, created.text
+    assert len(created.json()["pipeline"]["stages"]) == 2
+    cluster.wait_for(lambda: cluster.running("staged-digits") == 1, "the pipeline replica to run")
+    [replica] = cluster.deployment("staged-digits")["replica_list"]
+    nodes = [uid.split("/")[0] for uid in replica["stage_devices"]]
+    assert len(set(nodes)) == 2, replica  # one CPU per node: two stages are two nodes
+    whole = httpx.post(f"{cluster.url}/v2/models/digits-cnn/infer", json=DIGITS, timeout=30)
+    staged = httpx.post(f"{cluster.url}/v2/models/staged-digits/infer", json=DIGITS, timeout=30)
+    assert whole.status_code == staged.status_code == 200, staged.text
+    expected = whole.json()["outputs"][0]["data"]
+    assert staged.json()["outputs"][0]["data"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert httpx.delete(f"{cluster.url}/api/v1/deployments/staged-digits", timeout=30).status_code == 204
+    cluster.wait_for(lambda: cluster.deployment("staged-digits").get("replica_list") is None,
+                     "the pipeline deployment to go")
+
+
 def test_killing_a_node_under_load_loses_no_request(cluster: LocalCluster):
     cluster.deploy("spread-digits", "digits-cnn", REPLICAS)
     cluster.wait_for(lambda: cluster.running("spread-digits") == REPLICAS, "the replicas to run")

@@ -6,7 +6,8 @@ the device's visibility environment from the runtime plugin, and listens on its 
 address; the gateway's `Replica` (batcher, pipeline, metrics: the same as for a local replica)
 sends it batches over one TCP connection with the framing a local worker's pipe uses
 (`SocketWorker`). Ray places, starts and kills the process, and notices a dead node; the data
-path never enters Ray's object store or task scheduler.
+path never enters Ray's object store or task scheduler. A node without the model file gets it
+once through the object store (`kcloud.cluster.shipping`).
 
 Everything else is `LocalExecutor`'s: the router, death reports, handles. The reconciler does
 not know which executor it drives.
@@ -24,6 +25,7 @@ from typing import Any
 from kcloud.cluster.host import ReplicaHost
 from kcloud.cluster.ray_node import NAMESPACE
 from kcloud.cluster.resources import actor_gpus, actor_resources
+from kcloud.cluster.shipping import Shipments
 from kcloud.devices.device import Device
 from kcloud.farm.executor import LocalExecutor, ReplicaHandle, ReplicaSpec
 from kcloud.runtimes.session import worker_environment
@@ -51,8 +53,9 @@ class RayWorker(SocketWorker):
 
     def __init__(self, weights_path: Path, device: Device, *, threads: int,
                  node_alive: Callable[[str], bool] = lambda node: True,
-                 start_timeout_s: float = START_TIMEOUT_S) -> None:
+                 start_timeout_s: float = START_TIMEOUT_S, shipments: Shipments | None = None) -> None:
         super().__init__(weights_path, device, threads=threads)
+        self.shipments = shipments or Shipments()
         self.node_alive = node_alive
         self.start_timeout_s = start_timeout_s
         self.actor: Any = None
@@ -73,8 +76,9 @@ class RayWorker(SocketWorker):
             max_restarts=0, namespace=NAMESPACE,
         ).remote()
         self.actor_id = self.actor._actor_id.hex()
+        sha256, shipped = self.shipments.ship(Path(self.weights_path))
         opened = asyncio.ensure_future(self.actor.open.remote(
-            str(self.weights_path), self.device, self.threads, env, self.authkey))
+            str(self.weights_path), self.device, self.threads, env, self.authkey, sha256, [shipped]))
         try:
             host, port, _pid = await self._until_open(opened)
         except RayError as exc:
@@ -139,6 +143,8 @@ class RayExecutor(LocalExecutor):
         self.node_alive = node_alive
         self.start_timeout_s = start_timeout_s
         self.head_node = head_node
+        #: Model files put into the object store for nodes that do not have them (one per content).
+        self.shipments = Shipments()
 
     async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
         if spec.entry.config.generative and spec.device.node != self.head_node:
@@ -155,7 +161,7 @@ class RayExecutor(LocalExecutor):
 
         def make(weights_path: Path, device: Device, threads: int) -> Worker:
             return RayWorker(weights_path, device, threads=threads, node_alive=self.node_alive,
-                             start_timeout_s=self.start_timeout_s)
+                             start_timeout_s=self.start_timeout_s, shipments=self.shipments)
         return make
 
     def _handle(self, spec: ReplicaSpec, replica: Replica | EngineReplica, started: float) -> ReplicaHandle:

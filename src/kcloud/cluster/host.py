@@ -18,8 +18,9 @@ import socket
 import threading
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
-from pathlib import Path
+from typing import Any
 
+from kcloud.cluster.shipping import local_weights
 from kcloud.devices.device import Device, Telemetry
 from kcloud.devices.inventory import Inventory
 from kcloud.runtimes.child import serve_session
@@ -32,17 +33,16 @@ class ReplicaHost:
     """A replica's session on this node, behind a listening socket (see the module docstring)."""
 
     def open(self, weights_path: str, device: Device, threads: int, env: dict[str, str],
-             authkey: bytes) -> tuple[str, int, int]:
+             authkey: bytes, sha256: str, shipped: list[Any]) -> tuple[str, int, int]:
         """Listen on this node's address (as its Ray node has it) and serve the session to the
         first client that proves it knows `authkey`; returns (address, port, pid). The session
         is built once the gateway is connected, and its ready message goes to it, as for a
-        local worker."""
+        local worker. The model file is the head's path where this node has it (same content,
+        `sha256`), else the copy shipped in `shipped[0]` (an object ref, in a list so that Ray
+        fetches the bytes only when this node needs them; `kcloud.cluster.shipping`)."""
         import ray
 
-        if not Path(weights_path).is_file():
-            raise FileNotFoundError(
-                f"model file {weights_path} is not on node {device.node}: every node needs the model "
-                "repository at the same path (a shared file system, or a copy)")
+        weights_path = local_weights(weights_path, sha256, lambda: ray.get(shipped[0]), node=device.node)
         listener = socket.create_server((ray.util.get_node_ip_address(), 0))
         listener.settimeout(ACCEPT_TIMEOUT_S)  # nobody came: give the port back
         host, port = listener.getsockname()[:2]

@@ -335,7 +335,7 @@ def test_a_server_run_over_http_reports_tokens_per_second_ttft_and_tpot(
 
 
 @pytest.mark.slow
-def test_an_offline_run_in_process_on_an_emulated_npu_has_modelled_energy_per_token(
+def test_an_offline_run_in_process_on_an_emulated_npu_has_the_chips_modelled_energy_per_token(
     builtin_repository, tmp_path: Path
 ) -> None:
     result = bench(
@@ -361,12 +361,18 @@ def test_an_offline_run_in_process_on_an_emulated_npu_has_modelled_energy_per_to
     assert not tokens["ttft_ns"]  # LoadGen has no token latencies in Offline ...
     measured = tokens["sut_measured"]  # ... the SUT's own are there instead
     assert measured["samples"] == run["sut_stats"]["completed"] and measured["ttft"]["p50"] > 0
+    # The host's engine speed is never divided by the chip's modelled energy ...
     energy = run["energy"]
-    assert energy["modelled"] and energy["joules"] > 0
-    assert energy["efficiency"] == {
+    assert energy["modelled"] and energy["joules"] is None and energy["efficiency"]["value"] is None
+    assert "would mix the host's speed with the chip's power" in energy["reason"]
+    assert run["metric"]["measured_on"] == f"the host's engine computing for emulated device {EMULATED_NPU}"
+    # ... the chip's own figures are modelled from its catalog profile alone.
+    model = run["device_model"]
+    assert model["modelled"] and model["chip"] == "furiosa-rngd" and model["tokens_per_second"] > 0
+    assert model["efficiency"] == {
         "name": "joules_per_token",
         "unit": "J/token",
-        "value": pytest.approx(energy["joules"] / energy["tokens"]),
+        "value": pytest.approx(model["power_watts"] / model["tokens_per_second"]),
     }
     assert any("EMULATED" in note for note in run["notes"])
 

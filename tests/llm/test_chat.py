@@ -195,6 +195,30 @@ def test_another_tenants_model_does_not_exist_for_a_tenant(chat_farm: ChatFarm) 
         )
 
 
+def test_tenants_do_not_share_the_engines_prefix_cache(chat_farm: ChatFarm) -> None:
+    """The gateway salts each tenant's requests (vLLM's `cache_salt`, a secret per tenant): a prompt a
+    tenant repeats hits its own cached prefix, the same prompt from another principal on the same engine
+    does not, and a client's own salt is replaced by its tenant's."""
+    served = f"{TENANT}:{TENANT_DEPLOYMENT}"
+    prompt = " ".join(f"item {i} of a list only this test writes ({time.time_ns()})" for i in range(60))
+
+    def hits_after(key: str, model: str, **extra: object) -> float:
+        with chat_farm.client(key) as client:
+            answer = client.post("/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 1,
+                                                          **extra})
+        assert answer.status_code == 200, answer.text
+        time.sleep(1.0)  # the engine's counters follow its step
+        return chat_farm.engine_metric("vllm:prefix_cache_hits_total", served)
+
+    first = hits_after(chat_farm.tenant_key, TENANT_DEPLOYMENT)
+    again = hits_after(chat_farm.tenant_key, TENANT_DEPLOYMENT)
+    assert again - first >= 128, "the tenant's repeated prompt should hit its own prefix cache"
+    operator = hits_after(chat_farm.admin_key, served)  # same engine, same prompt, another principal
+    assert operator == again, "another principal's identical prompt must not hit the tenant's cache"
+    own_salt = hits_after(chat_farm.tenant_key, TENANT_DEPLOYMENT, cache_salt="chosen-by-the-client")
+    assert own_salt - operator >= 128, "a client's own salt is replaced by its tenant's"
+
+
 # ------------------------------------------------------------------------------ streams that break
 def test_a_client_that_leaves_mid_stream_aborts_the_engine_request(chat_farm: ChatFarm) -> None:
     body = {"model": SMOLLM, "messages": QUESTION, "max_tokens": 3000, "ignore_eos": True, "stream": True}

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kcloud.bench.result import BenchResult, load_result
-from kcloud.bench.summary import fmt, rows, validity_text
+from kcloud.bench.summary import fmt, rows, rules_markup, validity_text
 
 _LOWER_IS_BETTER = (
     "latency",
@@ -26,6 +26,8 @@ _LOWER_IS_BETTER = (
     "TTFT",
     "TPOT",
     "mismatches",
+    "service time",
+    "power at full load",
 )
 
 
@@ -62,6 +64,7 @@ def compare_runs(console: Console, a_path: Path, b_path: Path) -> None:
     ):
         table.add_row(label, escape(get(a)), escape(get(b)), "")
     table.add_row("LoadGen validity", validity_text(a), validity_text(b), "")
+    table.add_row("MLPerf rules", rules_markup(a), rules_markup(b), "")
     rows_a, rows_b = dict(rows(a)), dict(rows(b))
     for label in dict.fromkeys([*rows_a, *rows_b]):
         va, vb = rows_a.get(label), rows_b.get(label)

@@ -25,6 +25,7 @@ import mlperf_loadgen as lg
 import numpy as np
 
 from kcloud.bench.calibrate import Calibration
+from kcloud.bench.device_model import chat_device_model
 from kcloud.bench.energy import token_efficiency
 from kcloud.bench.errors import BenchError
 from kcloud.bench.llm_accuracy import TIE_MARGIN_NATS, read_outputs, score_outputs
@@ -398,3 +399,8 @@ def _finish_chat(
         energy["efficiency"] = token_efficiency(energy.get("joules"), tokens_total)
         energy["tokens"] = tokens_total
     result["energy"] = energy
+    device = prepared.device
+    if device is not None and device.emulated:
+        result["device_model"] = chat_device_model(prepared.entry, device)
+        if result.get("metric"):
+            result["metric"]["measured_on"] = f"the host's engine computing for emulated device {device.uid}"

@@ -7,8 +7,9 @@ efficiency compared across devices and systems. Each plot says where its numbers
   from LoadGen's `issue_query` to `QuerySamplesComplete`), with LoadGen's own percentiles from
   `mlperf_log_detail.txt` marked on top;
 - throughput, latency metric, validity: LoadGen's summary, via `result.json`;
-- efficiency: the energy counters, labelled MODELLED for emulated devices; runs without a
-  reading are listed with the reason instead of being drawn as zero.
+- efficiency: the energy counters; for an emulated device the chip's own modelled figure
+  (`device_model`, labelled MODELLED), never the host's samples over modelled joules; runs
+  without a reading are listed with the reason instead of being drawn as zero.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import html
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -26,6 +28,7 @@ from plotly.offline import get_plotlyjs
 from kcloud import __version__
 from kcloud.bench.errors import BenchError
 from kcloud.bench.result import TIMINGS_FILE, BenchResult, find_results, load_result
+from kcloud.bench.rules import rules_text
 from kcloud.bench.settings import SCENARIOS
 from kcloud.bench.summary import fmt
 
@@ -54,6 +57,17 @@ def _validity(result: BenchResult) -> str:
     return result.loadgen.get("validity") or ("n/a (accuracy)" if result.mode == "accuracy" else "null")
 
 
+def _efficiency(result: BenchResult) -> tuple[dict[str, Any], bool, str | None]:
+    """(MLPerf Power's figure, modelled?, why it is null): an emulated device's own modelled
+    figure (`device_model`), else the energy counters'. Never the host's samples over a modelled
+    chip's joules."""
+    if result.device_model:
+        model = result.device_model
+        return model.get("efficiency") or {}, True, model.get("reason")
+    energy = result.energy or {}
+    return energy.get("efficiency") or {}, bool(energy.get("modelled")), energy.get("reason")
+
+
 def _timings(result: BenchResult) -> np.ndarray | None:
     if not result.path:
         return None
@@ -79,6 +93,7 @@ def _table(results: list[BenchResult]) -> str:
         "model",
         "mode",
         "LoadGen validity",
+        "MLPerf rules",
         "metric",
         "value",
         "p50 ms",
@@ -92,20 +107,19 @@ def _table(results: list[BenchResult]) -> str:
     ]
     out = [
         "<table><tr>"
-        + "".join(f'<th class="l">{h}</th>' if i < 6 else f"<th>{h}</th>" for i, h in enumerate(head))
+        + "".join(f'<th class="l">{h}</th>' if i < 7 else f"<th>{h}</th>" for i, h in enumerate(head))
         + "</tr>"
     ]
     for r in results:
         metric = r.metric or {}
         lat = r.latency_ns
         energy = r.energy or {}
-        eff = energy.get("efficiency") or {}
+        eff, modelled, why = _efficiency(r)
         acc = r.accuracy or {}
-        modelled = energy.get("modelled")
         eff_text = (
             f"{fmt(eff.get('value'))} {eff.get('unit', '')}"
             if eff.get("value") is not None
-            else f"null ({energy.get('reason') or 'not measured'})"
+            else f"null ({why or 'not measured'})"
         )
         cls = "modelled" if modelled else ""
         acc_text = (
@@ -120,13 +134,15 @@ def _table(results: list[BenchResult]) -> str:
             + _cell(f"{r.model.name} v{r.model.version}", "l")
             + _cell(r.mode, "l")
             + _cell(_validity(r), "l " + _validity(r).split(" ")[0])
+            + _cell(rules_text(r.mlperf_rules), "l")
             + _cell(f"{metric.get('name', '')} [{metric.get('unit', '')}]", "l")
-            + _cell(metric.get("value"))
+            + _cell(fmt(metric.get("value")) + (" (host)" if r.device_model else ""))
             + "".join(_cell(lat[k] / 1e6 if k in lat else None) for k in ("p50", "p90", "p99"))
             + _cell(acc_text)
             + _cell(acc.get("threshold"))
             + _cell(
-                (f"{fmt(energy.get('joules'))}" + (" MODELLED" if modelled else "")) if energy else "null",
+                (f"{fmt(energy.get('joules'))}" + (" MODELLED" if energy.get("modelled") else ""))
+                if energy else "null",
                 cls,
             )
             + _cell(eff_text + (" MODELLED" if modelled and eff.get("value") is not None else ""), cls)
@@ -301,12 +317,11 @@ def _performance_figures(
     for r in results:
         if r.mode != "performance":
             continue
-        energy = r.energy or {}
-        eff = energy.get("efficiency") or {}
+        eff, modelled, why = _efficiency(r)
         if eff.get("value") is None:
-            notes.append(f"{_label(r)}: efficiency null — {energy.get('reason') or 'no energy reading'}")
+            notes.append(f"{_label(r)}: efficiency null — {why or 'no energy reading'}")
             continue
-        effs.append((r, eff))
+        effs.append((r, eff, modelled))
     if effs:
         unit, name = effs[0][1]["unit"], effs[0][1]["name"]
         better = (
@@ -316,7 +331,7 @@ def _performance_figures(
             _bar(
                 f"{heading}: energy efficiency, {name} ({better}; purple = MODELLED, emulated device)",
                 f"{name} [{unit}]",
-                [(_label(r), float(e["value"]), bool((r.energy or {}).get("modelled"))) for r, e in effs],
+                [(_label(r), float(e["value"]), modelled) for r, e, modelled in effs],
             )
         )
     return figures, notes

@@ -54,6 +54,9 @@ class BenchResult(BaseModel):
     mode: str
     sut: dict[str, Any]
     loadgen: dict[str, Any] = {}
+    #: Whether the settings followed MLPerf's rules, and which did not (`kcloud.bench.rules`);
+    #: None in results written before kcloud recorded it.
+    mlperf_rules: dict[str, Any] | None = None
     metric: dict[str, Any] | None = None
     latency_ns: dict[str, float] = {}
     throughput: dict[str, float] = {}
@@ -62,6 +65,8 @@ class BenchResult(BaseModel):
     #: Chat models' performance runs: tokens per second, TTFT and TPOT (`kcloud.bench.llm_run`).
     tokens: dict[str, Any] | None = None
     energy: dict[str, Any] | None = None
+    #: An emulated device's own figures, all modelled (`kcloud.bench.device_model`); None on real ones.
+    device_model: dict[str, Any] | None = None
     settings: dict[str, Any] = {}
     environment: dict[str, Any] = {}
     notes: list[str] = []

@@ -27,6 +27,7 @@ from rich.console import Console
 
 from kcloud.bench.accuracy import output_dtype, score_accuracy_log
 from kcloud.bench.calibrate import Calibration, CalibrationError, apply_calibration, calibrate
+from kcloud.bench.device_model import MIXED, device_model
 from kcloud.bench.energy import EnergyMeter, efficiency
 from kcloud.bench.environment import environment_snapshot
 from kcloud.bench.errors import BenchError, BenchInterrupted
@@ -44,6 +45,7 @@ from kcloud.bench.loadgen_logs import (
 from kcloud.bench.network import GatewayEnergy, NetworkBackend
 from kcloud.bench.progress import RunProgress
 from kcloud.bench.result import SCENARIO_METRIC, SCHEMA, TIMINGS_FILE, write_result
+from kcloud.bench.rules import mlperf_rules
 from kcloud.bench.settings import (
     CHAT_SETTINGS,
     MODES,
@@ -444,6 +446,7 @@ def _base_result(
         "finished_at": None,
         "sut": prepared.backend.describe(),
         "loadgen": {"validity": None},
+        "mlperf_rules": None if ts is None else mlperf_rules(entry.name, request.scenario, request.mode, ts),
         "metric": None,
         "latency_ns": {},
         "accuracy": None,
@@ -619,7 +622,8 @@ def note_sut(prepared: PreparedRun | ChatPreparedRun, result: dict[str, Any], su
     if prepared.device is not None and prepared.device.emulated:
         result["notes"].append(
             f"{prepared.device.uid} is an EMULATED device: latency and throughput were measured on the "
-            "host CPU that computes for it; its energy is MODELLED from the catalog"
+            "host CPU that computes for it; the chip's own figures (throughput, service time, power, "
+            "efficiency) are MODELLED from the catalog, in device_model, never mixed with the host's"
         )
 
 
@@ -658,6 +662,12 @@ def _finish(prepared: PreparedRun, result: dict[str, Any], sut: AsyncSUT, meter:
             "source": f"{ACCURACY_FILE} scored by kcloud",
         }
     result["energy"] = energy_block(request.scenario, events, sut, meter, result)
+    device = prepared.device
+    if device is not None and device.emulated:
+        per_query = request.settings.samples_per_query or 8
+        result["device_model"] = device_model(prepared.entry, device, request.scenario, per_query)
+        if result.get("metric"):
+            result["metric"]["measured_on"] = f"the host CPU computing for emulated device {device.uid}"
 
 
 def energy_block(
@@ -681,6 +691,9 @@ def energy_block(
         return block
     t0, t1 = window
     devices = meter.meter.energy(t0, t1)
+    if any(d.modelled for d in devices):
+        block.update(modelled=True, devices=[], source=meter.source, scope=meter.scope, reason=MIXED)
+        return block
     known = [d.joules for d in devices if d.joules is not None]
     joules = sum(known) if devices and len(known) == len(devices) else None
     reasons = [f"{d.uid}: {d.reason}" for d in devices if d.reason]

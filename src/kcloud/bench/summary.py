@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kcloud.bench.result import BenchResult, load_result
+from kcloud.bench.rules import rules_text
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -33,6 +34,32 @@ def validity_text(result: BenchResult) -> str:
     return f"[red]{validity}[/]"
 
 
+def device_model_rows(result: BenchResult) -> list[tuple[str, Any]]:
+    """An emulated device's own figures, each labelled MODELLED (the host's are the rows above)."""
+    model = result.device_model
+    if not model:
+        return []
+    chip, eff = model.get("chip", "chip"), model.get("efficiency") or {}
+    service = model.get("service_time_ms") or {}
+    out = [(f"{chip}: service time {name.replace('_', ' ')} [ms] (MODELLED)", value)
+           for name, value in service.items()]
+    for key, unit in (("samples_per_second", "samples/s"), ("tokens_per_second", "tokens/s")):
+        if key in model:
+            out.append((f"{chip}: throughput at full load [{unit}] (MODELLED)", model[key]))
+    out.append((f"{chip}: power at full load [W] (MODELLED)", model.get("power_watts")))
+    name = f"{eff.get('name', 'efficiency')} [{eff.get('unit', '')}]"
+    out.append((f"{chip}: {name} (MODELLED)", eff.get("value")))
+    return out
+
+
+def rules_markup(result: BenchResult) -> str:
+    """Whether the run's settings followed MLPerf's rules (a VALID run may not have)."""
+    text = escape(rules_text(result.mlperf_rules))
+    followed = (result.mlperf_rules or {}).get("followed")
+    style = {True: "green", False: "yellow"}.get(followed, "dim")
+    return f"[{style}]{text}[/]"
+
+
 def rows(result: BenchResult) -> list[tuple[str, Any]]:
     """(label, value) pairs shared by the run view and compare; numbers stay numbers."""
     metric = result.metric or {}
@@ -52,7 +79,9 @@ def rows(result: BenchResult) -> list[tuple[str, Any]]:
         (f"average power [W]{modelled}", energy.get("average_power_watts")),
         (f"{eff.get('name', 'efficiency')} [{eff.get('unit', '')}]{modelled}", eff.get("value")),
     ]
-    out += token_rows(result)
+    if metric.get("measured_on"):  # an emulated device's run: the rows above are the host's
+        out.append(("metric and latency measured on", metric["measured_on"]))
+    out += token_rows(result) + device_model_rows(result)
     if accuracy.get("kind") == "chat-greedy":
         out += [
             ("accuracy: exact-match rate", accuracy.get("score")),
@@ -108,6 +137,7 @@ def print_run(console: Console, path: Path) -> None:
     table.add_column("value", justify="right")
     table.add_row("device", escape(result.device_label))
     table.add_row("LoadGen validity", validity_text(result))
+    table.add_row("MLPerf rules", rules_markup(result))
     for check, ok in (result.loadgen.get("checks") or {}).items():
         table.add_row(f"  {check}", "[green]Yes[/]" if ok else "[red]NO[/]")
     for label, value in rows(result):

@@ -67,6 +67,16 @@ class GenerationCall:
     on_usage: list[UsageSink] = field(default_factory=list)
     #: (prompt_tokens, completion_tokens) as the engine reported them, once it has.
     usage_seen: tuple[int, int] | None = None
+    #: The request fields the chosen engine takes on this route.
+    accepted: frozenset[str] = frozenset()
+
+    def isolate_prefix_cache(self, salt: str) -> None:
+        """Salt the engine's prefix cache with `salt` (one per tenant), where the engine takes a
+        salt: a cached prompt prefix is then reused only by requests with the same salt, so no
+        tenant can tell from a fast first token that another asked the same prefix before. A
+        client's own `cache_salt` is replaced."""
+        if "cache_salt" in self.accepted:
+            self.body["cache_salt"] = salt
 
     @property
     def tokens(self) -> int:
@@ -277,6 +287,7 @@ def prepare_call(
         route=route, entry=entry, body=forwarded, prompt_ids=prompts[0],
         prompt_tokens=sum(len(p) for p in prompts),
         max_tokens=max_tokens, n=n * len(prompts), stream=stream, include_usage=include_usage,
+        accepted=accepted,
     )
 
 

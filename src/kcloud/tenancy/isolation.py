@@ -22,6 +22,7 @@ operator: admins and farm-wide read-only keys see it, tenants do not.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,11 +99,14 @@ class TenantScopedRouter:
     through to the real router unchanged.
     """
 
-    def __init__(self, inner: Router, ownership: Ownership, tokens: TokenLimiter | None = None) -> None:
+    def __init__(self, inner: Router, ownership: Ownership, tokens: TokenLimiter | None = None,
+                 prefix_salt: Callable[[str | None], str] | None = None) -> None:
         self._inner = inner
         self.ownership = ownership
         #: Token quotas of keys and tenants, checked before a generation and charged after it.
         self.tokens = tokens
+        #: Tenant (None: the operator) -> its engines' prefix-cache salt (`keys.prefix_cache_salt`).
+        self.prefix_salt = prefix_salt
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -169,10 +173,13 @@ class TenantScopedRouter:
 
     async def generate(self, call: GenerationCall) -> Answer | StreamAnswer:
         """`Router.generate` for the caller: visibility, the read-only check, the token quotas
-        (refused with 429 before an engine is chosen), and its tokens charged when known."""
+        (refused with 429 before an engine is chosen), its own prefix cache on the engine, and
+        its tokens charged when known."""
         ctx = current_request()
         if ctx is not None:
             self._caller_may_run(ctx, call.entry.name)
+            if self.prefix_salt is not None:
+                call.isolate_prefix_cache(self.prefix_salt(ctx.principal.tenant_name))
             tokens = self.tokens
             if tokens is not None:
                 tokens.admit(ctx)

@@ -24,6 +24,7 @@ depend on how many leading characters of its digest were right.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import os
 import re
@@ -95,6 +96,15 @@ def parse_key(text: str) -> ParsedKey:
 def digest_key(text: str, server_secret: bytes) -> str:
     """The stored form of a key: hex HMAC-SHA256 of the whole key under the server secret."""
     return hmac.digest(server_secret, text.encode("ascii"), "sha256").hex()
+
+
+def prefix_cache_salt(server_secret: bytes, tenant: str | None) -> str:
+    """The prefix-cache salt of a tenant's requests (None: the operator's farm-wide keys): secret,
+    stable across restarts, one per tenant, 43 URL-safe characters (what vLLM's `cache_salt`
+    takes: at most 128, no '/', '@' or '\\')."""
+    name = b"operator\0" if tenant is None else b"tenant\0" + tenant.encode()
+    digest = hmac.digest(server_secret, b"kcloud prefix cache\0" + name, "sha256")
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
 def generate_key(server_secret: bytes) -> NewKey:

@@ -42,7 +42,7 @@ from kcloud.tenancy import audit, store
 from kcloud.tenancy.auth import DEFAULT_TTL_S, Authenticator
 from kcloud.tenancy.context import RequestContext
 from kcloud.tenancy.isolation import Ownership, TenantScopedRouter, load_ownership
-from kcloud.tenancy.keys import load_server_secret
+from kcloud.tenancy.keys import load_server_secret, prefix_cache_salt
 from kcloud.tenancy.metering import ENERGY_INTERVAL_S, UsageMeter, utc_day
 from kcloud.tenancy.middleware import INSECURE_HEADER, TenancyMiddleware
 from kcloud.tenancy.ratelimit import ConcurrencyLimiter, KeyRateLimiter
@@ -306,7 +306,9 @@ def attach(
     app.state.tenancy = tenancy
     state = app.state.gateway
     if not isinstance(state.router, TenantScopedRouter):
-        state.router = TenantScopedRouter(state.router, tenancy.ownership, tokens=tenancy.tokens)
+        secret = tenancy.server_secret
+        state.router = TenantScopedRouter(state.router, tenancy.ownership, tokens=tenancy.tokens,
+                                          prefix_salt=lambda tenant: prefix_cache_salt(secret, tenant))
     app.include_router(tenancy_router())
     app.include_router(reservations_router())
     app.add_middleware(TenancyMiddleware, tenancy=tenancy)

@@ -181,3 +181,11 @@ def test_report_and_compare_of_something_that_is_not_a_run(tmp_path):
     )
     assert not (tmp_path / "r.html").exists()
     _refused(run_cli("bench", "compare", str(tmp_path / "nope"), str(tmp_path)), "nope: not found")
+
+
+def test_a_served_name_without_a_gateway(bench_models, out):
+    _refused(
+        run_cli("bench", "run", "-m", "digits-cnn", "-s", "Offline", "--served-name", "digits-two",
+                "--out", str(out)),
+        "--served-name names a deployment behind a gateway: it needs --url",
+    )

@@ -213,3 +213,19 @@ def test_gateway_without_a_key_is_refused_before_loadgen(gateway: str, tmp_path:
     assert result.exit_code != 0
     assert "requires an API key" in result.output
     assert not list(tmp_path.rglob("mlperf_log_summary.txt"))
+
+
+@pytest.mark.slow
+def test_a_deployment_served_under_its_own_name_is_benched_with_served_name(gateway: str, tmp_path: Path):
+    made = run_cli("deploy", "create", DIGITS, "--name", "digits-two", "--url", gateway)
+    assert made.exit_code == 0, made.output
+    result = run_cli("bench", "run", "--model", DIGITS, "--url", gateway, "--served-name", "digits-two",
+                     "--scenario", "Offline", "--quick", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    [path] = tmp_path.rglob("result.json")
+    run = json.loads(path.read_text())
+    assert run["complete"] and run["sut"]["served_name"] == "digits-two" and run["sut_stats"]["errors"] == 0
+    assert run["model"]["name"] == DIGITS  # the data set, signature and accuracy are the model's
+    unknown = run_cli("bench", "run", "--model", DIGITS, "--url", gateway, "--served-name", "nope",
+                      "--scenario", "Offline", "--quick", "--out", str(tmp_path / "nope"))
+    assert unknown.exit_code != 0 and "does not serve model 'nope'" in unknown.output

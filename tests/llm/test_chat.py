@@ -195,6 +195,25 @@ def test_another_tenants_model_does_not_exist_for_a_tenant(chat_farm: ChatFarm) 
         )
 
 
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather now in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_tools_are_passed_to_the_engine_which_answers_for_them(chat_farm: ChatFarm) -> None:
+    """`tools` and `tool_choice` reach vLLM as the client wrote them: a valid pair is served, and what
+    the engine refuses comes back with the engine's own reason (this engine runs without a tool-call
+    parser, so it refuses automatic tool choice), not a gateway's guess."""
+    body = {"model": SMOLLM, "messages": QUESTION, "max_tokens": 2, "tools": [WEATHER_TOOL]}
+    with chat_farm.client() as client:
+        served = client.post("/v1/chat/completions", json={**body, "tool_choice": "none"})
+        assert served.status_code == 200, served.text
+        assert served.json()["choices"][0]["message"].get("tool_calls") in (None, [])
+        auto = client.post("/v1/chat/completions", json={**body, "tool_choice": "auto"})
+        assert auto.status_code == 400, auto.text
+        assert "enable-auto-tool-choice" in auto.text  # the engine's words
+
+
 def test_tenants_do_not_share_the_engines_prefix_cache(chat_farm: ChatFarm) -> None:
     """The gateway salts each tenant's requests (vLLM's `cache_salt`, a secret per tenant): a prompt a
     tenant repeats hits its own cached prefix, the same prompt from another principal on the same engine

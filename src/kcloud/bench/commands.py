@@ -85,6 +85,11 @@ def run(
         help="Run the model's compiled artifact for this target (e.g. cpu-int8), "
         "compiled first when none is cached; in-process runs only.",
     ),
+    served_name: str | None = typer.Option(
+        None, "--served-name",
+        help="With --url: the deployment to run against, when it is served under another name than "
+             "the model's (kcloud deploy create --name).",
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bars."),
 ) -> None:
     """Run MLPerf LoadGen against a model on a local device or behind a kcloud gateway."""
@@ -137,6 +142,7 @@ def run(
             isolation=isolation,
             version=version,
             target=compile_target,
+            served_name=served_name,
         )
         prepared = prepare_run(request)
     except BenchError as exc:

@@ -143,8 +143,11 @@ async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
 class ChatBackend(SUTBackend):
     """Streams one chat completion per sample to `base_url`."""
 
-    def __init__(self, entry: ModelEntry, shape: ChatRequestShape, *, max_in_flight: int) -> None:
+    def __init__(self, entry: ModelEntry, shape: ChatRequestShape, *, max_in_flight: int,
+                 served_name: str | None = None) -> None:
         self.entry = entry
+        #: The name requests ask for (a deployment's on a gateway; default the model's).
+        self.served_name = served_name or entry.name
         self.shape = shape
         self.max_in_flight = max_in_flight
         self.auth_headers: dict[str, str] = {}
@@ -181,7 +184,7 @@ class ChatBackend(SUTBackend):
         """Stream one completion; `RuntimeError` for anything but a complete stream."""
         assert self.client is not None, "the backend is not started"
         answer = ChatAnswer()
-        body = self.shape.body(self.entry.name, sample.messages)
+        body = self.shape.body(self.served_name, sample.messages)
         async with self.client.post(CHAT_PATH, json=body) as response:
             if response.status != 200:
                 text = (await response.read())[:300].decode("utf-8", "replace")
@@ -219,8 +222,9 @@ class ChatNetworkBackend(GatewayEnergy, ChatBackend):
         *,
         max_in_flight: int,
         api_key: str | None = None,
+        served_name: str | None = None,
     ) -> None:
-        super().__init__(entry, shape, max_in_flight=max_in_flight)
+        super().__init__(entry, shape, max_in_flight=max_in_flight, served_name=served_name)
         self.url = check_url(url)
         self.auth_headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.served: dict[str, Any] = {}
@@ -247,16 +251,16 @@ class ChatNetworkBackend(GatewayEnergy, ChatBackend):
             cards = {card["id"]: card for card in models.json()["data"]}
         except (ValueError, KeyError, TypeError):
             raise BenchError(f"gateway {self.url}: GET /v1/models is not an OpenAI model list") from None
-        card = cards.get(self.entry.name)
+        card = cards.get(self.served_name)
         if card is None:
             listed = ", ".join(sorted(cards)) or "none"
             raise BenchError(
-                f"gateway {self.url} does not serve model {self.entry.name!r} to this key "
+                f"gateway {self.url} does not serve model {self.served_name!r} to this key "
                 f"(it lists: {listed})"
             )
         if card.get("context_length") is None:
             raise BenchError(
-                f"gateway {self.url} serves {self.entry.name!r} as a tensor model, not a generative one "
+                f"gateway {self.url} serves {self.served_name!r} as a tensor model, not a generative one "
                 "(a different model under this name)"
             )
         self.served = card
@@ -266,6 +270,7 @@ class ChatNetworkBackend(GatewayEnergy, ChatBackend):
             "kind": self.kind,
             "url": self.url,
             "protocol": "OpenAI chat completions, streamed (server-sent events)",
+            "served_name": self.served_name,
             "max_in_flight": self.max_in_flight,
             "server": {"model": self.served},
             "client": f"aiohttp {aiohttp.__version__}",

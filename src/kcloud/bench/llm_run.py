@@ -241,7 +241,8 @@ def prepare_chat_run(request: RunRequest, repository: ModelRepository, entry: Mo
     backend: ChatBackend
     if request.url is not None:
         network = ChatNetworkBackend(
-            request.url, entry, shape, max_in_flight=in_flight, api_key=request.api_key
+            request.url, entry, shape, max_in_flight=in_flight, api_key=request.api_key,
+            served_name=request.served_name,
         )
         network.preflight()
         backend = network

@@ -75,6 +75,8 @@ class GatewayEnergy:
     url: str
     auth_headers: dict[str, str]
     entry: ModelEntry
+    #: The name the gateway serves the model under (a deployment's; default the model's).
+    served_name: str
     serving_metric: str
 
     def scrape(self) -> dict[str, Any]:
@@ -103,7 +105,7 @@ class GatewayEnergy:
                 for sample in family.samples:
                     if (
                         sample.name.endswith("_count")
-                        and sample.labels.get("model") == self.entry.name
+                        and sample.labels.get("model") == self.served_name
                         and sample.value > 0
                     ):
                         serving.add(sample.labels.get("device", ""))
@@ -138,23 +140,25 @@ class NetworkBackend(GatewayEnergy, Backend):
     serving_metric = COMPUTE_METRIC
 
     def __init__(
-        self, url: str, entry: ModelEntry, *, output: str, max_in_flight: int, api_key: str | None = None
+        self, url: str, entry: ModelEntry, *, output: str, max_in_flight: int, api_key: str | None = None,
+        served_name: str | None = None,
     ) -> None:
         self.url = check_url(url)
+        self.served_name = served_name or entry.name
         #: kcloud gateways want `Authorization: Bearer <key>` on every route but the health probes
         self.auth_headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.entry = entry
         self.max_in_flight = max_in_flight
         #: the one output asked for: the one the accuracy script scores
         self.output = output
-        self.path = f"/v2/models/{entry.name}/versions/{entry.version}/infer"
+        self.path = f"/v2/models/{self.served_name}/versions/{entry.version}/infer"
         self.server: dict[str, Any] = {}
         self.client: aiohttp.ClientSession | None = None
 
     # -- before LoadGen ----------------------------------------------------------------------
     def preflight(self) -> None:
         """Check the gateway and the model there; `BenchError` on anything that would spoil a run."""
-        name, version = self.entry.name, self.entry.version
+        name, version = self.served_name, self.entry.version
         try:
             with httpx.Client(
                 base_url=self.url, timeout=PREFLIGHT_TIMEOUT_S, trust_env=False, headers=self.auth_headers
@@ -202,7 +206,7 @@ class NetworkBackend(GatewayEnergy, Backend):
             ours = {t.name: (t.datatype, list(t.shape)) for t in local}
             if theirs != ours:
                 raise BenchError(
-                    f"gateway {self.url}: model {self.entry.name!r} has {side} {theirs}, but the local "
+                    f"gateway {self.url}: model {self.served_name!r} has {side} {theirs}, but the local "
                     f"data set was built for {ours} (the gateway serves a different model under this name)"
                 )
 
@@ -236,6 +240,7 @@ class NetworkBackend(GatewayEnergy, Backend):
             "kind": self.kind,
             "url": self.url,
             "protocol": "OIP v2 REST, binary tensor data",
+            "served_name": self.served_name,
             "max_in_flight": self.max_in_flight,
             "server": self.server,
             "client": f"aiohttp {aiohttp.__version__}",

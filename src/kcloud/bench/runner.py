@@ -104,6 +104,8 @@ class RunRequest:
     version: int | None = None
     #: Compile target whose artifact an in-process run serves (None: the source graph).
     target: str | None = None
+    #: With `url`: the name the gateway serves the model under (a deployment's; None: the model's).
+    served_name: str | None = None
 
 
 @dataclass
@@ -264,6 +266,8 @@ def prepare_run(request: RunRequest) -> PreparedRun | ChatPreparedRun:
         raise BenchError(f"unknown mode {request.mode!r}; choose one of {', '.join(MODES)}")
     if request.device is not None and request.url is not None:
         raise BenchError("give --device (in-process SUT) or --url (network SUT), not both")
+    if request.served_name is not None and request.url is None:
+        raise BenchError("--served-name names a deployment behind a gateway: it needs --url")
     if request.isolation not in ("thread", "process"):
         raise BenchError(f"--isolation must be thread or process, got {request.isolation!r}")
     repository = _open_repository(request)
@@ -286,7 +290,8 @@ def prepare_run(request: RunRequest) -> PreparedRun | ChatPreparedRun:
     if request.url is not None:
         in_flight = request.settings.max_in_flight or NETWORK_MAX_IN_FLIGHT
         backend: Backend = NetworkBackend(
-            request.url, entry, output=dataset.output, max_in_flight=in_flight, api_key=request.api_key
+            request.url, entry, output=dataset.output, max_in_flight=in_flight, api_key=request.api_key,
+            served_name=request.served_name,
         )
         backend.preflight()
         host = backend.url.split("://", 1)[1]

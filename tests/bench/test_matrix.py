@@ -18,6 +18,10 @@ from pathlib import Path
 import pytest
 from bench_helpers import EMULATED_NPU, FARM, run_cli
 
+from kcloud.devices.catalog import load_catalog
+from kcloud.devices.device import Device
+from kcloud.farm.profiles import MeasuredProfileFile, ProfileBook
+
 MINILM = "all-MiniLM-L6-v2"
 DIGITS = "digits-cnn"
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
@@ -116,6 +120,18 @@ def test_quick_run_writes_loadgen_logs_and_result(matrix, run, bench_models):
         assert accuracy["samples_scored"] == accuracy["samples_in_dataset"] > 0
         assert accuracy["score"] >= accuracy["threshold"] and accuracy["passed"] is True
         return
+    profile = result.get("profile")
+    if place == "cpu":  # a real device: its measured service times are left for placement
+        assert profile["written"] and profile["latency_by_batch"] and profile["replicas"] >= 1
+        measured = MeasuredProfileFile.model_validate_json(Path(profile["path"]).read_text())
+        assert (measured.chip_key, measured.device_uid) == ("cpu-generic", device["uid"])
+        assert measured.model == model
+        assert measured.source.startswith("bench run ")  # the latest run on the device (each merges in)
+        spec = bench_models.get(model).config
+        found = ProfileBook.load().for_device(_host_cpu(device["uid"]), model, spec.flops_per_sample)
+        assert found.modelled is False and found.samples_per_second > 0
+    elif place == "npu":
+        assert profile == {"written": False, "reason": "emulated device: the host computed its work"}
     # validity exactly as LoadGen's summary states it
     validity = re.search(r"Result is : (\w+)", summary).group(1)
     assert result["loadgen"]["validity"] == validity
@@ -229,3 +245,9 @@ def test_a_deployment_served_under_its_own_name_is_benched_with_served_name(gate
     unknown = run_cli("bench", "run", "--model", DIGITS, "--url", gateway, "--served-name", "nope",
                       "--scenario", "Offline", "--quick", "--out", str(tmp_path / "nope"))
     assert unknown.exit_code != 0 and "does not serve model 'nope'" in unknown.output
+
+
+def _host_cpu(uid: str) -> Device:
+    node, local = uid.split("/")
+    return Device(id=local, node=node, plugin="cpu", vendor="cpu", spec=load_catalog().get("cpu-generic"),
+                  name="host CPU")

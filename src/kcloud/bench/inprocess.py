@@ -43,6 +43,8 @@ class InProcessBackend(Backend):
         self.threads = threads or layout[1]
         self.router = Router(repository)
         self.batches_rows: list[int] = []
+        #: Per answered sample: its batch's compute seconds (beside `batches_rows`).
+        self.batches_seconds: list[float] = []
         self.queue_s = 0.0
         self.compute_s = 0.0
         self.modelled_device_s: float | None = 0.0 if device.emulated else None
@@ -72,15 +74,25 @@ class InProcessBackend(Backend):
         self.queue_s += outcome.queue_s
         self.compute_s += outcome.compute_s
         self.batches_rows.append(outcome.batch_rows)
+        self.batches_seconds.append(outcome.compute_s)
         if self.modelled_device_s is not None and outcome.modelled_device_s is not None:
             self.modelled_device_s += outcome.modelled_device_s / max(outcome.batch_rows, 1)
         return outcome.outputs
 
     def reset_stats(self) -> None:
         self.batches_rows.clear()
+        self.batches_seconds.clear()
         self.queue_s = self.compute_s = 0.0
         self.modelled_device_s = 0.0 if self.device.emulated else None
         self.answered = 0
+
+    def batches(self) -> list[tuple[int, float]]:
+        """(rows, compute seconds) of the batch of every answered sample (a batch once per row)."""
+        return list(zip(self.batches_rows, self.batches_seconds, strict=True))
+
+    def busy_seconds(self) -> float:
+        """Seconds the replicas spent computing, all batches together."""
+        return sum(s / max(r, 1) for r, s in self.batches())
 
     def stats(self) -> dict[str, Any]:
         """Replica-side figures over the answered samples (means per sample; measured unless named)."""

@@ -67,6 +67,8 @@ class BenchResult(BaseModel):
     energy: dict[str, Any] | None = None
     #: An emulated device's own figures, all modelled (`kcloud.bench.device_model`); None on real ones.
     device_model: dict[str, Any] | None = None
+    #: The measured profile the run wrote for placement (`kcloud.bench.profile`), or why none.
+    profile: dict[str, Any] | None = None
     settings: dict[str, Any] = {}
     environment: dict[str, Any] = {}
     notes: list[str] = []

@@ -43,6 +43,7 @@ from kcloud.bench.loadgen_logs import (
     power_window,
 )
 from kcloud.bench.network import GatewayEnergy, NetworkBackend
+from kcloud.bench.profile import write_profile
 from kcloud.bench.progress import RunProgress
 from kcloud.bench.result import SCENARIO_METRIC, SCHEMA, TIMINGS_FILE, write_result
 from kcloud.bench.rules import mlperf_rules
@@ -667,6 +668,9 @@ def _finish(prepared: PreparedRun, result: dict[str, Any], sut: AsyncSUT, meter:
             "source": f"{ACCURACY_FILE} scored by kcloud",
         }
     result["energy"] = energy_block(request.scenario, events, sut, meter, result)
+    backend = prepared.backend
+    if request.mode == "performance" and result["complete"] and isinstance(backend, InProcessBackend):
+        result["profile"] = write_profile(result, backend, prepared.entry, str(run_dir))
     device = prepared.device
     if device is not None and device.emulated:
         per_query = request.settings.samples_per_query or 8

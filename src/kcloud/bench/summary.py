@@ -156,4 +156,8 @@ def print_run(console: Console, path: Path) -> None:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     for reason in result.loadgen.get("recommendations") or []:
         console.print(f"[dim]LoadGen recommends:[/] {reason}", highlight=False)
+    if result.profile and result.profile.get("written"):
+        where = result.profile["path"]
+        console.print(f"[dim]measured profile (placement ranks this device by it):[/] {where}",
+                      highlight=False, soft_wrap=True)
     console.print(f"results: {Path(result.path or path).parent}", highlight=False, soft_wrap=True)

@@ -71,6 +71,9 @@ class DeviceProfile:
     device_uid: str | None = None
     #: Why a figure is unknown (`None` while everything is known).
     unknown_reason: str | None = None
+    #: Replicas that ran at once on the device when measured: `latency_by_batch` is one replica's
+    #: service time, and the device's throughput is this many replicas' together.
+    replicas: int = 1
 
     def latency_s(self, batch: int = 1) -> float | None:
         points = self.latency_by_batch
@@ -86,9 +89,9 @@ class DeviceProfile:
 
     @property
     def samples_per_second(self) -> float | None:
-        """The best throughput on the latency curve."""
+        """The device's best throughput: the latency curve's best, times the replicas it runs."""
         rates = [b / t for b, t in self.latency_by_batch if t > 0]
-        return max(rates) if rates else None
+        return max(rates) * self.replicas if rates else None
 
     def power_w(self, utilization: float) -> float | None:
         """Power at this utilisation; `None` outside the measured (or sourced) points."""
@@ -189,6 +192,8 @@ class MeasuredProfileFile(BaseModel):
     latency_by_batch: list[tuple[int, float]] = Field(min_length=1)
     power_by_util: list[tuple[float, float]] = Field(default_factory=list)
     source: str = Field(min_length=1)
+    #: Replicas running at once on the device (each with the service times above).
+    replicas: int = Field(default=1, ge=1)
 
     @field_validator("latency_by_batch")
     @classmethod
@@ -215,18 +220,24 @@ class MeasuredProfileFile(BaseModel):
             basis=f"measured: {self.source}",
             device_uid=self.device_uid,
             unknown_reason=None if self.power_by_util else "the bench run measured no power",
+            replicas=self.replicas,
         )
+
+
+def measured_profile_path(
+    device_or_chip: str, model: str, precision: str | None, directory: Path | None = None
+) -> Path:
+    """Where the measured profile of (device or chip, model, precision) is kept."""
+    stem = "_".join(part.replace("/", "-") for part in (device_or_chip, model, precision or "any"))
+    return (directory or profiles_dir()) / f"{stem}.json"
 
 
 def save_measured_profile(profile: MeasuredProfileFile, directory: Path | None = None) -> Path:
     """Write one measured profile atomically (for bench); returns its path."""
-    directory = directory or profiles_dir()
+    target = measured_profile_path(profile.device_uid or profile.chip_key, profile.model, profile.precision,
+                                   directory)
+    directory = target.parent
     directory.mkdir(parents=True, exist_ok=True)
-    stem = "_".join(
-        part.replace("/", "-")
-        for part in (profile.device_uid or profile.chip_key, profile.model, profile.precision or "any")
-    )
-    target = directory / f"{stem}.json"
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(profile.model_dump_json(indent=2))

@@ -92,3 +92,21 @@ def test_a_pipeline_replica_is_placed_whole_or_not_at_all():
     assert lines[first].reason.startswith("stage 0: chosen") and lines[second].reason.startswith(
         "stage 1: chosen"
     )
+
+
+def test_stages_share_a_device_only_when_no_other_has_room():
+    plan = StagePlan(cuts=(1,), memory_bytes=(4 * GIB, 4 * GIB), cost_shares=(0.5, 0.5), cost_basis="test")
+    alone = FarmView([_atom(0)])
+    result = place_pipeline(PlacementEngine(alone), PlacementRequest("d", "m", count=1), plan)
+    assert result.placed == 1 and result.stage_devices(0) == ["n/atom0", "n/atom0"]
+    [line] = [c for c in result.candidates() if c.chosen]
+    assert (
+        line.chosen == 2
+        and "stage 1: chosen" in line.reason
+        and "shares the device with an earlier stage" in line.reason
+    )
+    assert alone.memory_used[0] == 8 * GIB
+    two = place_pipeline(
+        PlacementEngine(FarmView([_atom(0), _atom(1)])), PlacementRequest("d", "m", count=1), plan
+    )
+    assert sorted(two.stage_devices(0)) == ["n/atom0", "n/atom1"] and not two.shared

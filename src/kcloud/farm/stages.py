@@ -3,9 +3,10 @@
 Each stage is placed like a small replica of its own by the ordinary engine
 (`kcloud.farm.placement`): every filter applies (health, reservations, runtime, constraints,
 memory), with the stage's memory (`kcloud.models.staged.StagePlan`) and its share of the model's
-work, and the devices already holding an earlier stage of the same replica excluded, so the
-stages of one replica are on distinct devices. A replica whose later stage finds no device gives
-back what its earlier stages took, so no replica is ever half placed.
+work. The stages of one replica go to distinct devices where they can; a stage no other device
+has room for may share a device with an earlier stage of its replica (two worker processes on one
+host CPU, say), and its reason says so. A replica whose later stage finds no device gives back
+what its earlier stages took, so no replica is ever half placed.
 
 `PipelinePlacement` answers what `PlacementResult` answers for a whole-model replica (outcome,
 reason, every device's candidate line), so the decision is recorded and explained the same way.
@@ -35,6 +36,8 @@ class PipelinePlacement:
     replicas: list[list[PlacementResult]]
     #: The stage results of the replica that could not be placed (the last one tried), if any.
     short: list[PlacementResult]
+    #: (replica, stage) placed on a device an earlier stage of the same replica holds.
+    shared: set[tuple[int, int]] = dataclasses.field(default_factory=set)
 
     @property
     def placed(self) -> int:
@@ -71,10 +74,14 @@ class PipelinePlacement:
     def candidates(self) -> list[Candidate]:
         """Every device once: the stages it was chosen for, else its verdict for stage 0."""
         chosen: dict[str, list[tuple[int, Candidate]]] = {}
-        for stages in self.replicas:
+        for k, stages in enumerate(self.replicas):
             for index, result in enumerate(stages):
                 uid = result.device_uids[0]
                 hit = next(c for c in result.candidates() if c.device_uid == uid)
+                if (k, index) in self.shared:
+                    hit = dataclasses.replace(
+                        hit, reason=hit.reason + "; shares the device with an earlier stage of its replica "
+                        "(no other device has room)")
                 chosen.setdefault(uid, []).append((index, hit))
         first = (self.replicas[0] if self.replicas else self.short)[0]
         out: list[Candidate] = []
@@ -100,6 +107,7 @@ def place_pipeline(engine: PlacementEngine, request: PlacementRequest, plan: Sta
     flops = request.flops_per_sample
     replicas: list[list[PlacementResult]] = []
     short: list[PlacementResult] = []
+    shared: set[tuple[int, int]] = set()
     for _ in range(request.count):
         stages: list[PlacementResult] = []
         for index, memory in enumerate(plan.memory_bytes):
@@ -112,6 +120,11 @@ def place_pipeline(engine: PlacementEngine, request: PlacementRequest, plan: Sta
                 exclude={**request.exclude, **taken},
             )
             result = engine.place(stage_request)
+            if not result.placed and taken:  # no other device: an earlier stage's, if it has room
+                again = engine.place(dataclasses.replace(stage_request, exclude=request.exclude))
+                if again.placed:
+                    result = again
+                    shared.add((len(replicas), index))
             stages.append(result)
             if not result.placed:
                 break
@@ -125,7 +138,7 @@ def place_pipeline(engine: PlacementEngine, request: PlacementRequest, plan: Sta
             )
         short = stages
         break
-    return PipelinePlacement(request, plan, replicas, short)
+    return PipelinePlacement(request, plan, replicas, short, shared)
 
 
 @dataclass(frozen=True)

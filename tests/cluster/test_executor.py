@@ -1,28 +1,32 @@
-"""`RayExecutor` decisions that need no cluster: an LLM engine replica is refused on a node other
-than the head's (it would run on the head while claiming that node's device)."""
+"""`RayExecutor` decisions that need no cluster: where an LLM engine replica's process runs (the
+gateway's child on the head's node; an `EngineHost` actor's on any other)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtimes"))
 from synthetic_models import cpu_device
 
-from kcloud.cluster.executor import EngineElsewhereError, RayExecutor
+from kcloud.cluster.engines import RayEngineProcess
+from kcloud.cluster.executor import RayExecutor
 from kcloud.farm.executor import ReplicaSpec
 from kcloud.models.builtin import SMOLLM
+from kcloud.serving.engine import EngineReplica, LocalEngineProcess
+from kcloud.serving.replica import create_replica
 from kcloud.serving.router import Router
 
 
-def test_an_engine_replica_on_another_node_is_refused_with_the_reason(builtin_repository):
+def test_an_engine_replica_runs_where_its_device_is(builtin_repository):
     executor = RayExecutor(Router(builtin_repository), head_node="head")
     entry = builtin_repository.get(SMOLLM)
-    elsewhere = dataclasses.replace(cpu_device(), node="n1")
-    with pytest.raises(EngineElsewhereError, match=r"run on the head's node \(head\) only.*not on n1"):
-        asyncio.run(executor.start(ReplicaSpec("chat-1", "chat", entry, elsewhere)))
+    for node, kind in (("n1", RayEngineProcess), ("head", LocalEngineProcess)):
+        device = dataclasses.replace(cpu_device(), node=node)
+        spec = ReplicaSpec(f"chat-{node}", "chat", entry, device)
+        replica = create_replica(entry, device, replica_id=spec.replica_id,
+                                 engine_process=executor._engine_process(spec))
+        assert isinstance(replica, EngineReplica) and isinstance(replica.process, kind), node
+        assert replica.pid is None and not replica.alive  # nothing started
     assert executor.handles() == []

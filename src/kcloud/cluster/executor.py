@@ -7,7 +7,8 @@ address; the gateway's `Replica` (batcher, pipeline, metrics: the same as for a 
 sends it batches over one TCP connection with the framing a local worker's pipe uses
 (`SocketWorker`). Ray places, starts and kills the process, and notices a dead node; the data
 path never enters Ray's object store or task scheduler. A node without the model file gets it
-once through the object store (`kcloud.cluster.shipping`).
+once through the object store (`kcloud.cluster.shipping`). An LLM engine replica on another
+node than the head's is an `EngineHost` actor's process there (`kcloud.cluster.engines`).
 
 Everything else is `LocalExecutor`'s: the router, death reports, handles. The reconciler does
 not know which executor it drives.
@@ -22,14 +23,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kcloud.cluster.engines import RayEngineProcess
 from kcloud.cluster.host import ReplicaHost
 from kcloud.cluster.ray_node import NAMESPACE
 from kcloud.cluster.resources import actor_gpus, actor_resources
 from kcloud.cluster.shipping import Shipments
 from kcloud.devices.device import Device
 from kcloud.farm.executor import LocalExecutor, ReplicaHandle, ReplicaSpec
+from kcloud.runtimes.engine import EngineModel, EngineRuntime
 from kcloud.runtimes.session import worker_environment
-from kcloud.serving.engine import EngineReplica
+from kcloud.serving.engine import EngineProcess, EngineProcessFactory, EngineReplica
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import Replica, WorkerFactory, WorkRecorder
 from kcloud.serving.router import Router
@@ -42,10 +45,6 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
 #: How often a start that waits for its actor checks that the node is still in the cluster.
 NODE_CHECK_S = 0.5
-
-
-class EngineElsewhereError(RuntimeError):
-    """An LLM engine replica was placed on a node other than the head's (not supported yet)."""
 
 
 class RayWorker(SocketWorker):
@@ -146,18 +145,20 @@ class RayExecutor(LocalExecutor):
         #: Model files put into the object store for nodes that do not have them (one per content).
         self.shipments = Shipments()
 
-    async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
-        if spec.entry.config.generative and spec.device.node != self.head_node:
-            # An engine replica is a process the head starts on its own machine; on another node
-            # it would run here while claiming that node's device.
-            raise EngineElsewhereError(
-                f"LLM engine replicas run on the head's node ({self.head_node}) only for now, "
-                f"not on {spec.device.node}")
-        return await super().start(spec)
+    def _engine_process(self, spec: ReplicaSpec) -> EngineProcessFactory | None:
+        """An engine on the head's node is the gateway's child; elsewhere an `EngineHost` actor's."""
+        if spec.device.node == self.head_node:
+            return None
+        shipments = self.shipments
+
+        def make(runtime: EngineRuntime, model: EngineModel, device: Device, threads: int | None,
+                 replica_id: str) -> EngineProcess:
+            return RayEngineProcess(runtime, model, device, threads, replica_id, shipments=shipments)
+        return make
 
     def _worker_factory(self, spec: ReplicaSpec) -> WorkerFactory | None:
         if spec.entry.config.generative:
-            return None  # an engine replica: a process on the head (`start` checks the node)
+            return None  # an engine replica: its process is `_engine_process`'s
 
         def make(weights_path: Path, device: Device, threads: int) -> Worker:
             return RayWorker(weights_path, device, threads=threads, node_alive=self.node_alive,

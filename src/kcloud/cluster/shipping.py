@@ -7,13 +7,15 @@ the file's bytes into Ray's object store once per content (`Shipments`), and the
 cache (`<KCLOUD_HOME>/cluster-cache/<sha256>/`) for every later replica. Both sides name the
 content by its SHA-256, so a stale or torn copy is never used: it is fetched again.
 
-Only the model file travels (an ONNX graph with its weights inside, as kcloud's built models and
-pipeline stages are); a graph whose weights lie in separate files needs a shared file system.
+An ONNX replica needs its one model file (with its weights inside, as kcloud's built models and
+pipeline stages are); an LLM engine its checkpoint directory, shipped file by file the same way
+into `<KCLOUD_HOME>/cluster-cache/<digest of its files>/`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -49,20 +51,46 @@ def local_weights(weights_path: str, sha256: str, fetch: Callable[[], bytes], *,
     kept = folder / given.name
     if kept.is_file() and file_sha256(kept) == sha256:
         return str(kept)
+    _fetch_into(kept, sha256, fetch, node)
+    return str(kept)
+
+
+def _fetch_into(target: Path, sha256: str, fetch: Callable[[], bytes], node: str) -> None:
+    """`fetch()` the file's bytes, check them against `sha256` and write them to `target`."""
     try:
         data = fetch()
     except Exception as exc:
-        raise ShippingError(f"model file {given.name} is not on node {node}, and fetching it from the "
+        raise ShippingError(f"model file {target.name} is not on node {node}, and fetching it from the "
                             f"head failed: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != sha256:
-        raise ShippingError(f"model file {given.name} fetched to node {node} does not match its "
+        raise ShippingError(f"model file {target.name} fetched to node {node} does not match its "
                             f"SHA-256 {sha256[:12]}: not used")
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=folder, prefix=".fetching-")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=target.parent, prefix=".fetching-")
     with os.fdopen(handle, "wb") as out:
         out.write(data)
-    os.replace(staging, kept)  # atomic: a replica starting beside this one sees all or nothing
-    return str(kept)
+    os.replace(staging, target)  # atomic: a replica starting beside this one sees all or nothing
+
+
+#: A checkpoint's files as shipped: relative path -> (SHA-256, [object ref of the bytes]).
+Files = dict[str, tuple[str, list[Any]]]
+
+
+def local_checkpoint(directory: str, files: Files, fetch: Callable[[list[Any]], bytes], *, node: str,
+                     cache: Path | None = None) -> str:
+    """The checkpoint directory with `files` on this node: the head's `directory` when every file
+    there has the same bytes, else this node's cached copy, each missing or stale file fetched
+    (`fetch(shipped)`)."""
+    given = Path(directory)
+    if all((given / rel).is_file() and file_sha256(given / rel) == sha for rel, (sha, _) in files.items()):
+        return directory
+    listing = json.dumps(sorted((rel, sha) for rel, (sha, _) in files.items())).encode()
+    folder = (cache or kcloud_home() / CACHE_DIR) / hashlib.sha256(listing).hexdigest()
+    for rel, (sha, shipped) in files.items():
+        target = folder / rel
+        if not (target.is_file() and file_sha256(target) == sha):
+            _fetch_into(target, sha, lambda shipped=shipped: fetch(shipped), node)
+    return str(folder)
 
 
 class Shipments:
@@ -83,3 +111,13 @@ class Shipments:
             data = path.read_bytes()
             self._put[key] = (hashlib.sha256(data).hexdigest(), ray.put(data))
         return self._put[key]
+
+    def ship_dir(self, directory: Path) -> Files:
+        """Every file under `directory` (hidden ones left out), by relative path."""
+        files: Files = {}
+        for path in sorted(directory.rglob("*")):
+            rel = path.relative_to(directory)
+            if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+                sha, ref = self.ship(path)
+                files[str(rel)] = (sha, [ref])
+        return files

@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 from kcloud.devices.device import Device
 from kcloud.models.partition import Partition
 from kcloud.models.repository import ModelEntry
-from kcloud.serving.engine import EngineReplica
+from kcloud.serving.engine import EngineProcessFactory, EngineReplica
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import Isolation, Replica, WorkerFactory, WorkRecorder, create_replica
 from kcloud.serving.router import Router
@@ -155,6 +155,7 @@ class LocalExecutor:
             worker_factory=self._worker_factory(spec),
             stages=spec.stages,
             stage_devices=spec.stage_devices,
+            engine_process=self._engine_process(spec),
         )
         with _children_ignore_sigint():
             await replica.start()
@@ -169,6 +170,11 @@ class LocalExecutor:
     def _worker_factory(self, spec: ReplicaSpec) -> WorkerFactory | None:
         """Where the replica's session runs; None: on this machine, by `isolation` (a subclass
         puts it elsewhere: `kcloud.cluster.executor.RayExecutor`)."""
+        return None
+
+    def _engine_process(self, spec: ReplicaSpec) -> EngineProcessFactory | None:
+        """Where an engine replica's process runs; None: a child of this process (a subclass puts
+        it on the device's node: `kcloud.cluster.executor.RayExecutor`)."""
         return None
 
     def _handle(self, spec: ReplicaSpec, replica: Replica | EngineReplica, started: float) -> ReplicaHandle:

@@ -15,7 +15,11 @@ Runtimes sit below `kcloud.models` in the layers, so the model reaches them as a
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
+import os
+import signal
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +70,19 @@ class EngineLaunch:
     metrics_path: str | None = "/metrics"
 
 
-def loopback_url(port: int) -> str:
-    return f"http://{LOOPBACK}:{port}"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In an engine process, before exec: its own process group (so it can be stopped as a whole),
+    and SIGTERM when the process that started it dies (kcloud, or a cluster node's actor)."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def engine_url(host: str, port: int) -> str:
+    return f"http://{host}:{port}"
 
 
 class EngineRuntime(Runtime):
@@ -104,9 +119,11 @@ class EngineRuntime(Runtime):
 
     @abstractmethod
     def launch(
-        self, model: EngineModel, device: Device, *, port: int, threads: int | None = None
+        self, model: EngineModel, device: Device, *, port: int, threads: int | None = None,
+        host: str = LOOPBACK,
     ) -> EngineLaunch:
-        """The engine process for `model` on `device`, listening on 127.0.0.1:`port`; its env
+        """The engine process for `model` on `device`, listening on `host`:`port` (loopback, but
+        for an engine on a cluster node: that node's address, which the gateway reaches); its env
         includes `visibility_env(device)`. `threads`: CPU threads it may use (None: its default).
 
         `UnsupportedDeviceError` for a device it does not serve, `EngineModelError` for a

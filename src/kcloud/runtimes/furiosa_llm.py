@@ -42,7 +42,7 @@ from kcloud.runtimes.engine import (
     EngineModel,
     EngineModelError,
     EngineRuntime,
-    loopback_url,
+    engine_url,
 )
 from kcloud.runtimes.plugin import UnsupportedDeviceError
 
@@ -115,7 +115,8 @@ class FuriosaLlmRuntime(EngineRuntime):
         return None
 
     def launch(
-        self, model: EngineModel, device: Device, *, port: int, threads: int | None = None
+        self, model: EngineModel, device: Device, *, port: int, threads: int | None = None,
+        host: str = LOOPBACK,
     ) -> EngineLaunch:
         """`threads` is not used: furiosa-llm sizes its host threads itself."""
         self.require_served(device)
@@ -126,9 +127,9 @@ class FuriosaLlmRuntime(EngineRuntime):
             raise UnsupportedDeviceError(str(exc)) from None
         argv = [
             furiosa_llm_command(), "serve", str(model.checkpoint), *compiled_form(model.checkpoint),
-            "--host", LOOPBACK,
+            "--host", host,
             "--port", str(port),
             "--devices", devices,
         ]
-        return EngineLaunch(argv=argv, env=env, base_url=loopback_url(port), health_path="/health",
+        return EngineLaunch(argv=argv, env=env, base_url=engine_url(host, port), health_path="/health",
                             metrics_path="/metrics")

@@ -41,7 +41,7 @@ from kcloud.runtimes.engine import (
     EngineModel,
     EngineModelError,
     EngineRuntime,
-    loopback_url,
+    engine_url,
 )
 
 GIB = 1 << 30
@@ -167,14 +167,15 @@ class VllmRuntime(EngineRuntime):
         return None
 
     def launch(
-        self, model: EngineModel, device: Device, *, port: int, threads: int | None = None
+        self, model: EngineModel, device: Device, *, port: int, threads: int | None = None,
+        host: str = LOOPBACK,
     ) -> EngineLaunch:
         self.require_served(device)
         argv = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model.checkpoint),
             "--served-model-name", model.served_name,
-            "--host", LOOPBACK,
+            "--host", host,
             "--port", str(port),
             "--dtype", model.dtype,
             "--max-model-len", str(model.context_length),
@@ -186,7 +187,7 @@ class VllmRuntime(EngineRuntime):
             argv_tail, extra = _rbln_settings(model)
         else:
             argv_tail, extra = _cuda_settings(model)
-        return EngineLaunch(argv=argv + argv_tail, env=env | extra, base_url=loopback_url(port),
+        return EngineLaunch(argv=argv + argv_tail, env=env | extra, base_url=engine_url(host, port),
                             health_path="/health", metrics_path="/metrics")
 
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import logging
 import os
 import signal
 import socket
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +36,7 @@ import httpx
 
 from kcloud.devices.device import Device
 from kcloud.home import kcloud_home
-from kcloud.runtimes.engine import EngineLaunch, EngineModel, EngineRuntime
+from kcloud.runtimes.engine import EngineLaunch, EngineModel, EngineRuntime, die_with_parent
 from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, modelled_device_seconds
 from kcloud.runtimes.plugin import runtime_for
 from kcloud.serving.generation import warm_tokenizer
@@ -59,7 +59,6 @@ TERMINATE_GRACE_S = 10.0
 LOG_TAIL_BYTES = 4000
 
 _counter = itertools.count(1)
-_PR_SET_PDEATHSIG = 1
 
 
 def free_loopback_port() -> int:
@@ -67,13 +66,6 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the engine process, before exec: its own process group, and SIGTERM when kcloud dies."""
-    os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def engine_log_dir() -> Path:
@@ -92,6 +84,89 @@ def _log_tail(path: Path) -> str:
         return ""
 
 
+class EngineProcess(ABC):
+    """Where an engine replica's process runs: on this machine (`LocalEngineProcess`), or on a
+    cluster node (`kcloud.cluster.engines.RayEngineProcess`). The replica only spawns it, asks
+    whether it still runs, waits for its end and stops it."""
+
+    #: The engine's pid (on its own machine), once spawned.
+    pid: int | None = None
+    #: Where its log is, in words (a path, or a node's path).
+    log_where: str = ""
+
+    @abstractmethod
+    async def spawn(self) -> EngineLaunch:
+        """Start the engine; how to reach it (its base URL, health and metrics routes)."""
+
+    @abstractmethod
+    def returncode(self) -> int | None:
+        """Its exit code once it ended, else None."""
+
+    @abstractmethod
+    async def wait(self) -> int:
+        """Until it ends; its exit code."""
+
+    @abstractmethod
+    async def terminate(self) -> None:
+        """SIGTERM to its process group, SIGKILL after a grace period; fine when already gone."""
+
+    @abstractmethod
+    def log_tail(self) -> str:
+        """The end of its log, for error messages."""
+
+
+class LocalEngineProcess(EngineProcess):
+    """The engine as a child process of this one, on a free loopback port."""
+
+    def __init__(self, runtime: EngineRuntime, model: EngineModel, device: Device, threads: int | None,
+                 log_path: Path) -> None:
+        self.runtime, self.model, self.device, self.threads = runtime, model, device, threads
+        self.log_path = log_path
+        self.log_where = str(log_path)
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def spawn(self) -> EngineLaunch:
+        port = free_loopback_port()
+        launch = self.runtime.launch(self.model, self.device, port=port, threads=self.threads)
+        with self.log_path.open("wb") as log_file:
+            self._process = await asyncio.create_subprocess_exec(
+                *launch.argv, env=os.environ | launch.env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file, stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.pid = self._process.pid
+        return launch
+
+    def returncode(self) -> int | None:
+        return self._process.returncode if self._process is not None else None
+
+    async def wait(self) -> int:
+        assert self._process is not None
+        return await self._process.wait()
+
+    async def terminate(self) -> None:
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), TERMINATE_GRACE_S)
+            except TimeoutError:
+                log.warning("engine pid %s did not stop within %.0f s of SIGTERM: killed", process.pid,
+                            TERMINATE_GRACE_S)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        if process is not None:  # the engine's own children (vLLM's engine core) share its group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def log_tail(self) -> str:
+        return _log_tail(self.log_path)
+
+
+#: Makes the process of an engine replica elsewhere: (runtime, model, device, threads, replica id).
+EngineProcessFactory = Callable[[EngineRuntime, EngineModel, Device, "int | None", str], EngineProcess]
+
+
 class EngineReplica:
     """One engine process serving one generative model version on one device."""
 
@@ -106,6 +181,7 @@ class EngineReplica:
         emulation: WorkRecorder | None = None,
         efficiency: float = DEFAULT_EFFICIENCY,
         start_timeout_s: float = START_TIMEOUT_S,
+        process: EngineProcessFactory | None = None,
     ) -> None:
         generation = entry.config.generation
         if generation is None:
@@ -127,13 +203,14 @@ class EngineReplica:
         )
         self.on_death: list[Callable[[EngineReplica], None]] = []
         self.launch: EngineLaunch | None = None
-        self.log_path = engine_log_dir() / f"{replica_id}.log"
+        self.process = (process(runtime, self.model, device, threads, replica_id) if process is not None
+                        else LocalEngineProcess(runtime, self.model, device, threads,
+                                                engine_log_dir() / f"{replica_id}.log"))
         #: Seconds from spawn to a healthy answer, once started (an event and a metric).
         self.start_seconds: float | None = None
         #: Prompt plus maximum new tokens of the requests in flight: the router's load figure.
         self.outstanding_tokens = 0
         self.in_flight = 0
-        self._process: asyncio.subprocess.Process | None = None
         self._client: httpx.AsyncClient | None = None
         self._watch: asyncio.Task[None] | None = None
         self._started = False
@@ -149,8 +226,7 @@ class EngineReplica:
     # -- state ------------------------------------------------------------------------------
     @property
     def alive(self) -> bool:
-        return (self._started and not self._stopping and self._process is not None
-                and self._process.returncode is None)
+        return self._started and not self._stopping and self.process.returncode() is None
 
     @property
     def load(self) -> int:
@@ -158,7 +234,7 @@ class EngineReplica:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self.process.pid
 
     @property
     def base_url(self) -> str:
@@ -177,21 +253,16 @@ class EngineReplica:
     async def start(self) -> None:
         """Spawn the engine and wait until it is healthy; `WorkerStartError` (quoting the
         engine's log) when it exits or does not answer within `start_timeout_s`."""
-        port = free_loopback_port()
-        self.launch = self.runtime.launch(self.model, self.device, port=port, threads=self.threads)
-        env = os.environ | self.launch.env
         started = time.monotonic()
-        with self.log_path.open("wb") as log_file:
-            self._process = await asyncio.create_subprocess_exec(
-                *self.launch.argv, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file, stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.launch = await self.process.spawn()
         self._client = httpx.AsyncClient(
             base_url=self.launch.base_url,
             timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
-        log.info("%s: starting %s for %s on %s (pid %s, port %d, log %s)", self.id, self.runtime.name,
-                 self.entry.name, self.device.uid, self._process.pid, port, self.log_path)
+        log.info("%s: starting %s for %s on %s (pid %s, %s, log %s)", self.id, self.runtime.name,
+                 self.entry.name, self.device.uid, self.process.pid, self.launch.base_url,
+                 self.process.log_where)
         try:
             await self._wait_healthy(started)
         except BaseException:
@@ -207,13 +278,14 @@ class EngineReplica:
                  self.start_seconds)
 
     async def _wait_healthy(self, started: float) -> None:
-        assert self._process is not None and self.launch is not None and self._client is not None
+        assert self.launch is not None and self._client is not None
         while True:
-            if self._process.returncode is not None:
+            code = self.process.returncode()
+            if code is not None:
                 raise WorkerStartError(
                     f"{self.runtime.name} for {self.entry.name} on {self.device.uid} exited with code "
-                    f"{self._process.returncode} while starting; the end of its log {self.log_path}:\n"
-                    f"{_log_tail(self.log_path)}")
+                    f"{code} while starting; the end of its log {self.process.log_where}:\n"
+                    f"{self.process.log_tail()}")
             with contextlib.suppress(httpx.TransportError):
                 answer = await self._client.get(self.launch.health_path, timeout=2.0)
                 if answer.status_code == 200:
@@ -222,17 +294,16 @@ class EngineReplica:
                 raise WorkerStartError(
                     f"{self.runtime.name} for {self.entry.name} on {self.device.uid} did not answer "
                     f"{self.launch.health_path} within {self.start_timeout_s:.0f} s; the end of its log "
-                    f"{self.log_path}:\n{_log_tail(self.log_path)}")
+                    f"{self.process.log_where}:\n{self.process.log_tail()}")
             await asyncio.sleep(HEALTH_POLL_S)
 
     async def _watch_process(self) -> None:
-        assert self._process is not None
-        code = await self._process.wait()
+        code = await self.process.wait()
         if self._stopping or self._death_reported:
             return
         self._death_reported = True
         log.error("%s: %s (pid %s) exited with code %s; the end of its log:\n%s", self.id,
-                  self.runtime.name, self._process.pid, code, _log_tail(self.log_path))
+                  self.runtime.name, self.process.pid, code, self.process.log_tail())
         for observer in list(self.on_death):
             try:
                 observer(self)
@@ -253,21 +324,7 @@ class EngineReplica:
             self._watch.cancel()
 
     async def _terminate(self) -> None:
-        process = self._process
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), TERMINATE_GRACE_S)
-            except TimeoutError:
-                log.warning("%s: engine did not stop within %.0f s of SIGTERM: killed", self.id,
-                            TERMINATE_GRACE_S)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-        if process is not None:  # the engine's own children (vLLM's engine core) share its group
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+        await self.process.terminate()
         if self._client is not None:
             await self._client.aclose()
 
@@ -301,8 +358,10 @@ def create_engine_replica(
     emulation: WorkRecorder | None = None,
     replica_id: str | None = None,
     efficiency: float = DEFAULT_EFFICIENCY,
+    process: EngineProcessFactory | None = None,
 ) -> EngineReplica:
-    """An engine replica of the generative `entry` on `device`, not yet started.
+    """An engine replica of the generative `entry` on `device`, not yet started (its process on
+    this machine, or where `process` makes it).
 
     `UnsupportedDeviceError` when no installed engine runtime serves the device (its message
     names what each runtime said)."""
@@ -311,4 +370,4 @@ def create_engine_replica(
         raise TypeError(f"runtime {runtime.name} of {entry.config.platform} models is not an engine runtime")
     replica_id = replica_id or f"{entry.name}-v{entry.version}-{device.id}-{os.getpid()}-{next(_counter)}"
     return EngineReplica(replica_id, entry, device, runtime, threads=threads, emulation=emulation,
-                         efficiency=efficiency)
+                         efficiency=efficiency, process=process)

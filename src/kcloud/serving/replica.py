@@ -28,7 +28,7 @@ from kcloud.runtimes.layout import default_layout, host_cores
 from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
 from kcloud.runtimes.session import UnsupportedDeviceError, plan_for
 from kcloud.serving.batcher import Batcher, Finish, Pending
-from kcloud.serving.engine import EngineReplica, create_engine_replica
+from kcloud.serving.engine import EngineProcessFactory, EngineReplica, create_engine_replica
 from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.pipeline_worker import PipelineWorker, StageIO
@@ -319,11 +319,12 @@ def create_replica(
     worker_factory: WorkerFactory | None = None,
     stages: Partition | None = None,
     stage_devices: Sequence[Device] = (),
+    engine_process: EngineProcessFactory | None = None,
 ) -> Replica | EngineReplica:
     """A replica of `entry` on `device`, not yet started (`await replica.start()`).
 
-    A generative model's replica is an engine process (`kcloud.serving.engine`); `isolation`
-    and `pipeline` do not apply to it.
+    A generative model's replica is an engine process (`kcloud.serving.engine`), on this machine
+    or where `engine_process` puts it; `isolation` and `pipeline` do not apply to it.
 
     `threads` defaults to the measured-best layout for the device (`default_layout`); the
     caller decides how many replicas to make (its first element). `worker_factory` replaces
@@ -344,7 +345,7 @@ def create_replica(
                 f"device {each.uid} is a {each.spec.kind}")
     if entry.config.generative:
         return create_engine_replica(entry, device, threads=threads, emulation=emulation,
-                                     replica_id=replica_id, efficiency=efficiency)
+                                     replica_id=replica_id, efficiency=efficiency, process=engine_process)
     for each in devices:  # refuse unserved devices before spawning anything
         plan_for(each, platform=entry.config.platform)
     if isolation not in ("thread", "process"):

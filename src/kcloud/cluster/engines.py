@@ -31,7 +31,7 @@ from kcloud.devices.device import Device
 from kcloud.home import kcloud_home
 from kcloud.runtimes.engine import EngineLaunch, EngineModel, EngineRuntime, die_with_parent
 from kcloud.runtimes.plugin import installed_runtimes
-from kcloud.serving.engine import LOG_TAIL_BYTES, TERMINATE_GRACE_S, EngineProcess
+from kcloud.serving.engine import TERMINATE_GRACE_S, EngineProcess, log_tail
 from kcloud.serving.worker import WorkerStartError
 
 log = logging.getLogger(__name__)
@@ -116,15 +116,7 @@ class EngineHost:
         process.wait()
 
     def log_tail(self) -> str:
-        if self.log_path is None:
-            return ""
-        try:
-            with self.log_path.open("rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
-                return handle.read().decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
+        return log_tail(self.log_path) if self.log_path is not None else ""
 
 
 class RayEngineProcess(EngineProcess):

@@ -74,7 +74,8 @@ def engine_log_dir() -> Path:
     return path
 
 
-def _log_tail(path: Path) -> str:
+def log_tail(path: Path) -> str:
+    """The last `LOG_TAIL_BYTES` of an engine's log (empty when unreadable)."""
     try:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -160,7 +161,7 @@ class LocalEngineProcess(EngineProcess):
                 os.killpg(process.pid, signal.SIGKILL)
 
     def log_tail(self) -> str:
-        return _log_tail(self.log_path)
+        return log_tail(self.log_path)
 
 
 #: Makes the process of an engine replica elsewhere: (runtime, model, device, threads, replica id).

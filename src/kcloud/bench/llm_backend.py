@@ -335,7 +335,7 @@ class ChatEngineBackend(ChatBackend):
             "device": device_snapshot(self.device),
             "engine": replica.runtime.name,
             "replica": replica.id,
-            "engine_log": str(replica.log_path),
+            "engine_log": replica.process.log_where,
             "protocol": "OpenAI chat completions, streamed, straight to the engine (no gateway)",
             "max_in_flight": self.max_in_flight,
             "replicas": 1,

@@ -164,6 +164,10 @@ def test_pipeline_requests_that_cannot_be_met_are_refused(db_url, big_repository
         assert explained.exit_code == 0, explained.output
         assert "pipeline: 2 stages (2 asked)" in explained.output and "stage 1: " in explained.output
         assert "2-stage pipeline (balance" in explained.output
+        idle = client.post(
+            "/api/v1/deployments", json={"model": "mlp", "stages": 2, "replicas": 0, "name": "idle"}
+        )
+        assert idle.status_code == 201 and idle.json()["pipeline"] is not None, idle.text
         zero = client.post("/api/v1/deployments", json={"model": "mlp", "stages": 0, "name": "zero"})
         assert zero.status_code == 400 and "stages" in zero.text  # a schema error, as every field's
         whole = client.post(

@@ -110,3 +110,9 @@ def test_stages_share_a_device_only_when_no_other_has_room():
         PlacementEngine(FarmView([_atom(0), _atom(1)])), PlacementRequest("d", "m", count=1), plan
     )
     assert sorted(two.stage_devices(0)) == ["n/atom0", "n/atom1"] and not two.shared
+
+
+def test_placing_no_pipeline_replica_records_nothing():
+    plan = StagePlan(cuts=(1,), memory_bytes=(GIB, GIB), cost_shares=(0.5, 0.5), cost_basis="test")
+    none = place_pipeline(PlacementEngine(FarmView([_atom(0)])), PlacementRequest("d", "m", count=0), plan)
+    assert (none.outcome, none.reason, none.candidates()) == ("placed", "nothing to place", [])

@@ -140,22 +140,23 @@ class DeploymentDecisions(Ledger):
         session.add(placement)
         session.flush()
         candidates = result.candidates()
-        session.execute(
-            insert(PlacementCandidate),
-            [
-                {
-                    "placement_id": placement.id,
-                    "device_uid": c.device_uid,
-                    "chosen": c.chosen,
-                    "eligible": c.eligible,
-                    "reason": c.reason,
-                    "score": c.score,
-                    "perf_per_watt": c.perf_per_watt,
-                    "perf_modelled": c.perf_modelled,
-                }
-                for c in candidates
-            ],
-        )
+        if candidates:  # none: a farm without devices, or no pipeline replica asked for
+            session.execute(
+                insert(PlacementCandidate),
+                [
+                    {
+                        "placement_id": placement.id,
+                        "device_uid": c.device_uid,
+                        "chosen": c.chosen,
+                        "eligible": c.eligible,
+                        "reason": c.reason,
+                        "score": c.score,
+                        "perf_per_watt": c.perf_per_watt,
+                        "perf_modelled": c.perf_modelled,
+                    }
+                    for c in candidates
+                ],
+            )
         # (devices, memory on the first, load share): a pipeline replica's devices in stage order
         placed: list[tuple[list[str], int | None, float | None]]
         if isinstance(result, PipelinePlacement):

@@ -83,6 +83,8 @@ class PipelinePlacement:
                         hit, reason=hit.reason + "; shares the device with an earlier stage of its replica "
                         "(no other device has room)")
                 chosen.setdefault(uid, []).append((index, hit))
+        if not self.replicas and not self.short:  # nothing was asked to be placed
+            return []
         first = (self.replicas[0] if self.replicas else self.short)[0]
         out: list[Candidate] = []
         for candidate in first.candidates():

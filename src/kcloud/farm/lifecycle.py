@@ -59,7 +59,7 @@ class ReplicaWork:
     @property
     def devices(self) -> list[str]:
         """Every device the replica runs on (its stages' for a pipeline replica)."""
-        return devices_of(self.device_uid, list(self.stage_devices) if self.stage_devices else None)
+        return devices_of(self.device_uid, self.stage_devices)
 
 
 class ReplicaLifecycle(Ledger):
@@ -103,21 +103,15 @@ class ReplicaLifecycle(Ledger):
                 for row, dep_name, generation, model_name, version, threads, precision, plan in rows
             ]
 
-    def entry_for(self, work: ReplicaWork, device: Device) -> tuple[ModelEntry, str]:
+    def entry_for(self, work: ReplicaWork, device: Device) -> tuple[ModelEntry, str, Partition | None]:
         """The model version a replica serves on `device`, named as its deployment (the served
-        name), from the artifact its precision needs there (compiled on first use); and why."""
+        name), and why: from the artifact its precision needs there (compiled on first use), or,
+        for a pipeline replica, the source graph with its stage files (cut on first use)."""
         entry = dataclasses.replace(self.repository.get(work.model, work.version), name=work.deployment)
-        if work.stage_plan is not None:
-            plan = StagePlan.from_json(work.stage_plan)
-            return entry, f"the FP32 graph in {plan.summary()}"
-        return served_entry(entry, device, work.precision)
-
-    def stages_for(self, work: ReplicaWork) -> Partition | None:
-        """A pipeline replica's stage files (cut on first use), or None for a whole-model one."""
         if work.stage_plan is None:
-            return None
-        source = self.repository.get(work.model, work.version)
-        return stage_partition(source, StagePlan.from_json(work.stage_plan))
+            return (*served_entry(entry, device, work.precision), None)
+        plan = StagePlan.from_json(work.stage_plan)
+        return entry, f"the FP32 graph in {plan.summary()}", stage_partition(entry, plan)
 
     def _replica(self, session: Session, replica_id: str) -> tuple[ReplicaRow, str] | None:
         hit = session.execute(

@@ -218,8 +218,7 @@ class Reconciler:
             return
         try:
             devices = tuple(self.service.device(uid) for uid in w.devices)
-            entry, served = await asyncio.to_thread(self.service.entry_for, w, devices[0])
-            stages = await asyncio.to_thread(self.service.stages_for, w)
+            entry, served, stages = await asyncio.to_thread(self.service.entry_for, w, devices[0])
             spec = ReplicaSpec(w.replica_id, w.deployment, entry, devices[0], threads=w.threads,
                                stages=stages, stage_devices=devices if stages is not None else ())
             handle = await self.executor.start(spec)

@@ -15,7 +15,7 @@ reason, every device's candidate line), so the decision is recorded and explaine
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -166,15 +166,17 @@ def holdings(session: Session) -> Iterator[Holding]:
             Deployment.stage_plan,
         ).join(Deployment, ReplicaRow.deployment_id == Deployment.id)
     )
+    stage_memory: dict[str, tuple[int | None, ...]] = {}  # per deployment, its plan read once
     for name, uid, memory, share, stage_devices, plan in rows:
         if not stage_devices or plan is None:
             yield Holding(name, uid, memory, share)
             continue
-        stage_memory = StagePlan.from_json(plan).memory_bytes
-        for index, (stage_uid, held) in enumerate(zip(stage_devices, stage_memory, strict=False)):
+        if name not in stage_memory:
+            stage_memory[name] = StagePlan.from_json(plan).memory_bytes
+        for index, (stage_uid, held) in enumerate(zip(stage_devices, stage_memory[name], strict=False)):
             yield Holding(name, stage_uid, held, share if index == 0 else None)
 
 
-def devices_of(device_uid: str, stage_devices: list[str] | None) -> list[str]:
+def devices_of(device_uid: str, stage_devices: Sequence[str] | None) -> list[str]:
     """Every device a replica row runs on: its stages' for a pipeline replica, else its one."""
     return list(stage_devices) if stage_devices else [device_uid]

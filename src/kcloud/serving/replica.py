@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from kcloud.devices.device import Device
-from kcloud.models.partition import Partition
+from kcloud.models.partition import Partition, Stage
 from kcloud.models.pipeline import Pipeline, Prepared
 from kcloud.runtimes.layout import default_layout, host_cores
 from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
@@ -367,7 +367,7 @@ def create_replica(
         worker = make(entry.weights_path, device)
     else:
         worker = PipelineWorker(
-            [make(stage.path, on) for stage, on in zip(stages.stages, devices, strict=True) if stage.path],
+            [make(_stage_file(stage), on) for stage, on in zip(stages.stages, devices, strict=True)],
             [StageIO(stage.inputs, stage.outputs) for stage in stages.stages],
             stages.graph_outputs,
         )
@@ -375,3 +375,9 @@ def create_replica(
     replica_id = replica_id or f"{entry.name}-v{entry.version}-{device.id}-{os.getpid()}-{next(_counter)}"
     return Replica(replica_id, entry, device, pipeline, worker, metrics=metrics, emulation=emulation,
                    efficiency=efficiency, stage_devices=shares)
+
+
+def _stage_file(stage: Stage) -> Path:
+    if stage.path is None:
+        raise ValueError(f"pipeline stage {stage.index} has no file (cut it with kcloud.models.staged)")
+    return stage.path

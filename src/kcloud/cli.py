@@ -18,6 +18,7 @@ from kcloud.models import commands as model_commands
 from kcloud.serving import commands as serving_commands
 from kcloud.tenancy import commands as tenancy_commands
 from kcloud.tenancy import reservation_commands
+from kcloud.twin import commands as twin_commands
 
 app = typer.Typer(
     name="kcloud",
@@ -28,7 +29,8 @@ app = typer.Typer(
 )
 
 for module in (device_commands, farm_commands, model_commands, app_commands, serving_commands, bench_commands,
-               tenancy_commands, reservation_commands, deploy_commands, cluster_commands):
+               tenancy_commands, reservation_commands, deploy_commands, cluster_commands,
+               twin_commands):
     module.register(app)
 
 

@@ -118,6 +118,7 @@ def build_model(
     flops_per_sample: float = 1e9,
     device_kinds: tuple[str, ...] = ("cpu", "gpu", "npu"),
     features: int = 4,
+    max_queue_delay_ms: float = 1.0,
 ) -> None:
     """Add y = 2·x (FP32 [-1, features]) to `repo`, declaring the memory and FLOPs placement uses."""
     source = repo.root.parent / f"src-{name}"
@@ -137,7 +138,7 @@ def build_model(
         name=name,
         inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, features])],
         outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, features])],
-        batching=Batching(max_batch_size=16, max_queue_delay_ms=1.0),
+        batching=Batching(max_batch_size=16, max_queue_delay_ms=max_queue_delay_ms),
         device_kinds=list(device_kinds),  # type: ignore[arg-type]
         flops_per_sample=flops_per_sample,
         memory_bytes=memory_bytes,

@@ -18,9 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import ServedControlPlane, wait_until
+from conftest import ServedControlPlane, build_model, wait_until
+from kcloud.models.repository import ModelRepository
 
 INTERVAL_S = 0.2
+#: The paced model's batcher waits this long for a batch it never fills (16 rows; the step has 12
+#: clients), so each request is in flight at least this long whatever the machine's speed: the
+#: step's requests in flight stay well above the 2 that scaling out to 3 needs, and the light
+#: load's single client stays at or under the 1 that scaling in to 1 needs.
+PACED_DELAY_MS = 40.0
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
 
 
@@ -61,6 +67,15 @@ class Load:
 
 
 @pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
+    """`small` (answers as fast as the machine can) and `paced` (holds each request ≥ PACED_DELAY_MS)."""
+    repo = ModelRepository(tmp_path_factory.mktemp("autoscale-models") / "repo")
+    build_model(repo, "small", memory_bytes=100 * 2**20)
+    build_model(repo, "paced", memory_bytes=100 * 2**20, max_queue_delay_ms=PACED_DELAY_MS)
+    return repo
+
+
+@pytest.fixture(scope="module")
 def server(module_db_url, repository, inventory) -> Iterator[ServedControlPlane]:
     with ServedControlPlane(repository, inventory, module_db_url, autoscale_interval_s=INTERVAL_S) as served:
         yield served
@@ -93,7 +108,7 @@ def test_a_step_scales_out_then_in_after_the_delay_losing_no_request(client, ser
     policy = {"min_replicas": 1, "max_replicas": 3, "target": 1, "stable_window_s": 2,
               "panic_window_s": 1, "downscale_delay_s": 2}
     created = client.post("/api/v1/deployments", json={
-        "model": "small", "name": "step", "constraints": {"vendor": "furiosa"}, "autoscale": policy})
+        "model": "paced", "name": "step", "constraints": {"vendor": "furiosa"}, "autoscale": policy})
     assert created.status_code == 201, created.text
     assert created.json()["replicas"] == 1  # starts at min_replicas
     wait_until(lambda: running(client, "step") == 1, 60, "the first replica")

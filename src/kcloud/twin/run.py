@@ -1,0 +1,255 @@
+"""`kcloud twin run`: simulate a placed farm under its loads and sum up what happened.
+
+Every figure in the result is modelled (the result says so at the top and per device says
+whether the service times and power behind it were measured by bench or modelled from the
+catalog). Per deployment: throughput, latency percentiles of answered requests, shed (429),
+timed-out (504), refused for want of a replica (503) and failed (502) requests, and per-second
+timelines. Per device: utilisation and energy. Power follows the device's measured curve where
+bench measured one, else the emulated devices' model (`kcloud.devices.plugins.emulated`: idle at
+a fixed share of TDP, rising linearly with utilisation to TDP); a chip without a TDP in the
+catalog has unknown power, and the farm's energy then says how many devices it leaves out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from kcloud import __version__
+from kcloud.devices.device import Device
+from kcloud.devices.plugins.emulated import DEFAULT_IDLE_FRACTION
+from kcloud.farm.profiles import DeviceProfile
+from kcloud.twin.load import arrivals
+from kcloud.twin.scenario import PlacedDeployment, PlacedFarm
+from kcloud.twin.sim import COMPILED, FAILED, NO_REPLICA, OK, SHED, TIMED_OUT, Outcome, simulate
+
+PERCENTILES = (50, 90, 99, 99.9)
+
+
+@dataclass(frozen=True)
+class PowerCurve:
+    """Watts at a utilisation, and where that comes from."""
+
+    points: tuple[tuple[float, float], ...]
+    measured: bool
+    basis: str
+
+    def watts(self, utilisation: np.ndarray) -> np.ndarray:
+        u = np.clip(utilisation, 0.0, 1.0)
+        xs, ys = zip(*self.points, strict=True)
+        return np.interp(u, xs, ys)
+
+
+def power_curve(device: Device, profile: DeviceProfile | None) -> PowerCurve | None:
+    """A measured curve (two points or more) where bench left one; else idle→TDP from the catalog."""
+    if profile is not None and not profile.modelled and len(profile.power_by_util) >= 2:
+        return PowerCurve(tuple(profile.power_by_util), True, profile.basis)
+    tdp = device.spec.tdp_watts
+    if not tdp.known or tdp.value <= 0:
+        return None
+    idle = DEFAULT_IDLE_FRACTION * tdp.value
+    return PowerCurve(
+        ((0.0, idle), (1.0, float(tdp.value))),
+        False,
+        f"modelled: idle {DEFAULT_IDLE_FRACTION:.0%} of TDP {tdp.value:g} W, linear to TDP",
+    )
+
+
+def run(farm: PlacedFarm) -> dict[str, Any]:
+    """Simulate every deployment and return the result (a JSON-ready dict)."""
+    settings = farm.scenario.twin
+    rng = np.random.default_rng(settings.seed)
+    started = time.perf_counter()
+    horizon = settings.duration_s
+    bins = int(np.ceil(horizon / settings.bin_s))
+    busy_by_device: dict[str, np.ndarray] = {}
+    curve_profile: dict[str, DeviceProfile] = {}
+    deployments = []
+    requests = 0
+    for deployment in farm.deployments:
+        times, rows = arrivals(deployment.spec.load, horizon, rng)
+        requests += len(times)
+        outcome = simulate(
+            times,
+            rows,
+            [r.times for r in deployment.replicas],
+            deployment.batching,
+            deadline_s=None if deployment.spec.deadline_ms is None else deployment.spec.deadline_ms / 1000,
+            overhead_s=settings.overhead_ms / 1000,
+            bin_s=settings.bin_s,
+            horizon_s=horizon,
+        )
+        deployments.append(_deployment_result(deployment, times, rows, outcome, horizon))
+        for k, replica in enumerate(deployment.replicas):
+            uid = replica.device.uid
+            busy = busy_by_device.setdefault(uid, np.zeros(bins))
+            busy += outcome.busy_s[k, :bins]
+            curve_profile.setdefault(uid, replica.profile)
+    wall = time.perf_counter() - started
+    devices, farm_energy = _devices(farm, busy_by_device, curve_profile, settings.bin_s, horizon)
+    answered = sum(d["answered"] for d in deployments)
+    farm_energy["joules_per_answered_request"] = (
+        round(farm_energy["energy_j"] / answered, 6) if answered and farm_energy["complete"] else None
+    )
+    return {
+        "kind": "kcloud-twin-run",
+        "kcloud_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "modelled": True,
+        "basis": "discrete-event simulation of kcloud's router and batchers (kcloud.twin.sim) over "
+        "service times from measured or catalog-modelled device profiles",
+        "farm": farm.farm_name,
+        "duration_s": horizon,
+        "seed": settings.seed,
+        "overhead_ms": settings.overhead_ms,
+        "simulation": {
+            "requests": requests,
+            "wall_s": round(wall, 3),
+            "compiled": COMPILED,
+            "speed_x_real_time": round(horizon / wall, 1) if wall > 0 else None,
+        },
+        "events": farm.events,
+        "warnings": [w for d in farm.deployments for w in d.warnings],
+        "deployments": deployments,
+        "devices": devices,
+        "energy": farm_energy,
+        "timeline_s": [round((b + 0.5) * settings.bin_s, 6) for b in range(bins)],
+    }
+
+
+def _percentiles(latency_s: np.ndarray) -> dict[str, float | None]:
+    if len(latency_s) == 0:
+        return {f"p{q:g}": None for q in PERCENTILES} | {"mean": None, "max": None}
+    values = np.percentile(latency_s, PERCENTILES) * 1000
+    found: dict[str, float | None] = {
+        f"p{q:g}": round(float(v), 3) for q, v in zip(PERCENTILES, values, strict=True)
+    }
+    return found | {
+        "mean": round(float(latency_s.mean() * 1000), 3),
+        "max": round(float(latency_s.max() * 1000), 3),
+    }
+
+
+def _deployment_result(
+    deployment: PlacedDeployment, arrival: np.ndarray, rows: np.ndarray, outcome: Outcome, horizon: float
+) -> dict[str, Any]:
+    status = outcome.status
+    ok = status == OK
+    latency = outcome.end_s[ok] - arrival[ok]
+    bins = outcome.busy_s.shape[1] - 2
+    which = np.minimum((outcome.end_s[ok] // outcome.bin_s).astype(np.int64), bins - 1) if bins > 0 else None
+    per_bin = np.bincount(which, minlength=bins) if which is not None else np.zeros(0)
+    p99_by_bin = _p99_by_bin(which, latency, bins) if which is not None else []
+    counts = {
+        "answered": int(ok.sum()),
+        "shed_429": int((status == SHED).sum()),
+        "timed_out_504": int((status == TIMED_OUT).sum()),
+        "no_replica_503": int((status == NO_REPLICA).sum()),
+        "failed_502": int((status == FAILED).sum()),
+        "unfinished": int((status == 0).sum()),
+    }
+    spec = deployment.spec
+    replicas = []
+    for k, replica in enumerate(deployment.replicas):
+        batches = int(outcome.batches[k])
+        replicas.append(
+            {
+                "device": replica.device.uid,
+                "chip": replica.device.spec.key,
+                "emulated": replica.device.emulated,
+                "profile": "modelled" if replica.profile.modelled else "measured",
+                "basis": replica.profile.basis,
+                "serves_from_s": replica.times.up_at,
+                "serves_until_s": None if replica.times.down_at == np.inf else replica.times.down_at,
+                "batch_rows": replica.times.batch_rows,
+                "service_ms_batch_1": round(float(replica.times.service_s[1]) * 1000, 4),
+                "batches": batches,
+                "rows": int(outcome.rows[k]),
+                "mean_batch_rows": round(int(outcome.rows[k]) / batches, 2) if batches else None,
+                "utilisation": round(float(outcome.busy_s[k].sum()) / horizon, 4),
+            }
+        )
+    return {
+        "name": spec.name,
+        "model": deployment.entry.name,
+        "replicas": replicas,
+        "placement": deployment.reason,
+        "load": spec.load.model_dump(mode="json", exclude_none=True),
+        "offered_rps": round(len(arrival) / horizon, 3),
+        "offered_rows_per_s": round(int(rows.sum()) / horizon, 3),
+        "requests": len(arrival),
+        **counts,
+        "throughput_rps": round(counts["answered"] / horizon, 3),
+        "latency_ms": _percentiles(latency),
+        "deadline_ms": spec.deadline_ms,
+        "timeline": {"answered_per_s": (per_bin / outcome.bin_s).round(3).tolist(), "p99_ms": p99_by_bin},
+    }
+
+
+def _p99_by_bin(which: np.ndarray, latency: np.ndarray, bins: int) -> list[float | None]:
+    """Each time bin's p99 of the requests answered in it (None for a bin without answers)."""
+    order = np.argsort(which, kind="stable")
+    grouped, values = which[order], latency[order]
+    edges = np.searchsorted(grouped, np.arange(bins + 1))
+    found: list[float | None] = []
+    for b in range(bins):
+        chunk = values[edges[b] : edges[b + 1]]
+        found.append(round(float(np.percentile(chunk, 99)) * 1000, 3) if len(chunk) else None)
+    return found
+
+
+def _devices(
+    farm: PlacedFarm,
+    busy_by_device: dict[str, np.ndarray],
+    profiles: dict[str, DeviceProfile],
+    bin_s: float,
+    horizon: float,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rows = []
+    energy_total = 0.0
+    unknown: list[str] = []
+    bins = int(np.ceil(horizon / bin_s))
+    widths = np.full(bins, bin_s)
+    if bins:
+        widths[-1] = horizon - bin_s * (bins - 1)
+    for device in farm.devices:
+        busy = busy_by_device.get(device.uid)
+        utilisation = np.zeros(bins) if busy is None else np.minimum(busy / widths, 1.0)
+        curve = power_curve(device, profiles.get(device.uid))
+        energy = None
+        if curve is None:
+            unknown.append(device.uid)
+        else:
+            energy = float((curve.watts(utilisation) * widths).sum())
+            energy_total += energy
+        rows.append(
+            {
+                "uid": device.uid,
+                "node": device.node,
+                "chip": device.spec.key,
+                "kind": device.spec.kind,
+                "emulated": device.emulated,
+                "replicas": busy is not None,
+                "utilisation": round(float((utilisation * widths).sum() / horizon), 4),
+                "energy_j": None if energy is None else round(energy, 3),
+                "mean_power_w": None if energy is None else round(energy / horizon, 3),
+                "power": None if curve is None else ("measured" if curve.measured else "modelled"),
+                "power_basis": curve.basis if curve else "unknown: the catalog has no TDP for this chip",
+                "utilisation_timeline": utilisation.round(4).tolist() if busy is not None else None,
+            }
+        )
+    return rows, {
+        "energy_j": round(energy_total, 3),
+        "mean_power_w": round(energy_total / horizon, 3),
+        "devices_without_power": unknown,
+        "complete": not unknown,
+        "note": None
+        if not unknown
+        else (
+            f"{len(unknown)} device(s) have no TDP in the catalog: the energy leaves them out (a lower bound)"
+        ),
+    }

@@ -10,9 +10,9 @@ from kcloud.twin.sim import FAILED, NO_REPLICA, OK, SHED, TIMED_OUT, Batching, R
 NO_WAIT = Batching(max_queue_delay_s=0.0, queue_limit=10**9, queue_budget_s=0.0, pipeline_depth=1)
 
 
-def fixed(service_s: float, batch_rows: int = 0, width: int = 1, **times: float) -> ReplicaTimes:
+def fixed(service_s: float, batch_rows: int = 0, width: int = 1, **more: object) -> ReplicaTimes:
     """A replica whose batch of b rows takes b × service_s."""
-    return ReplicaTimes(service_s=np.arange(width + 1) * service_s, batch_rows=batch_rows, **times)
+    return ReplicaTimes(service_s=np.arange(width + 1) * service_s, batch_rows=batch_rows, **more)  # type: ignore[arg-type]
 
 
 def poisson(rate: float, n: int, seed: int = 1) -> np.ndarray:
@@ -137,3 +137,19 @@ def test_the_routers_tree_finds_what_the_rotated_minimum_finds() -> None:
             if found == -1 and tree[1] < np.inf:
                 found = _first_at_most(tree, size, 0, tree[1])
             assert found == expected, (replicas, turn, loads)
+
+
+def test_replicas_on_one_device_share_its_compute() -> None:
+    # two replicas on one single-lane device: the ten batches run one after another, not two at once
+    arrivals = np.zeros(10)
+    shared = [fixed(0.01, device="cpu0"), fixed(0.01, device="cpu0")]
+    out = simulate(arrivals, np.ones(10, np.int64), shared, NO_WAIT)
+    assert out.end_s.max() == pytest.approx(0.10)
+    assert sorted(np.bincount(out.replica).tolist()) == [5, 5]
+    # on two devices (or on one device measured with two replicas at once: two lanes) twice as fast
+    for pair in (
+        [fixed(0.01, device="a"), fixed(0.01, device="b")],
+        [fixed(0.01, device="cpu0", lanes=2), fixed(0.01, device="cpu0", lanes=2)],
+    ):
+        out = simulate(arrivals, np.ones(10, np.int64), pair, NO_WAIT)
+        assert out.end_s.max() == pytest.approx(0.05)

@@ -27,6 +27,7 @@ serve `restart_s` later.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -282,7 +283,10 @@ def _replica(
             "deployment (vendor, chip) to devices with known figures"
         )
     table = np.array([0.0, *service])
-    return PlacedReplica(device, profile, ReplicaTimes(service_s=table, batch_rows=rows, up_at=up_at))
+    times = ReplicaTimes(
+        service_s=table, batch_rows=rows, up_at=up_at, device=device.uid, lanes=profile.replicas
+    )
+    return PlacedReplica(device, profile, times)
 
 
 def _fail(farm: PlacedFarm, view: FarmView, engine: PlacementEngine, failure: Failure) -> None:
@@ -301,9 +305,7 @@ def _fail(farm: PlacedFarm, view: FarmView, engine: PlacementEngine, failure: Fa
             if r.device.uid == failure.device and r.times.down_at == np.inf and r.times.up_at <= failure.at_s
         ]
         for replica in hit:
-            replica.times = ReplicaTimes(
-                replica.times.service_s, replica.times.batch_rows, replica.times.up_at, failure.at_s
-            )
+            replica.times = dataclasses.replace(replica.times, down_at=failure.at_s)
             view.remove_replica(spec.name, failure.device, entry.config.memory_bytes, None)
             result = engine.place(_request(spec, entry, 1))
             if result.placed:

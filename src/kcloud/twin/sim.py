@@ -57,8 +57,8 @@ _ARRIVAL, _DONE, _TIMER, _DOWN, _UP = 0, 1, 2, 3, 4
 # invalidates its pending events when it fails, and what it computed.
 HEAD, TAIL, QCOUNT, QROWS, FLIGHT_ROWS, FLIGHT_BATCHES, VERSION, BATCHES, DONE_ROWS = range(9)
 _INT_COLUMNS = 9
-FREE_AT, TIMER_AT = range(2)  # when its worker is next free; when its batch-delay timer fires
-_FLOAT_COLUMNS = 2
+TIMER_AT = 0  # when its batch-delay timer fires
+_FLOAT_COLUMNS = 1
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,18 @@ class ReplicaTimes:
     """What the simulation needs of one replica: its service times and when it is up.
 
     `service_s[b]` is the time the device takes for a batch of `b` rows (index 0 unused);
-    beyond the table a batch costs the last entry's time per row.
+    beyond the table a batch costs the last entry's time per row. Replicas on the same `device`
+    share its compute: the device runs `lanes` batches at once (a measured profile says how many
+    replicas ran at once when it was measured; one otherwise), the rest wait for a free lane, so
+    two replicas on one CPU do not make it twice as fast. `device` None: a device of its own.
     """
 
     service_s: np.ndarray
     batch_rows: int  # rows at which a batch closes (0: batching off)
     up_at: float = 0.0
     down_at: float = np.inf
+    device: str | None = None
+    lanes: int = 1
 
     @property
     def drain_rows_per_s(self) -> float:
@@ -138,6 +143,27 @@ def simulate(
         table[i, len(replica.service_s) :] = (
             replica.service_s[-1] * np.arange(len(replica.service_s), width) / (len(replica.service_s) - 1)
         )
+    devices: dict[str, int] = {}
+    device_of = np.array(
+        [
+            devices.setdefault(r.device if r.device is not None else f"\0{k}", len(devices))
+            for k, r in enumerate(replicas)
+        ],
+        np.int64,
+    )
+    lanes = np.ones(len(devices), np.int64)
+    for k, replica in enumerate(replicas):
+        lanes[device_of[k]] = max(lanes[device_of[k]], replica.lanes)
+    sharing = np.bincount(device_of, minlength=len(devices))
+    # a replica's queue drains at its share of the device's lanes when others share them
+    drain = np.array(
+        [
+            r.drain_rows_per_s * min(1.0, lanes[device_of[k]] / sharing[device_of[k]])
+            for k, r in enumerate(replicas)
+        ],
+        np.float64,
+    )
+    lane_free = np.where(np.arange(lanes.max())[None, :] < lanes[:, None], 0.0, np.inf)
     last = float(arrivals_s[-1]) if len(arrivals_s) else 0.0
     horizon = max(horizon_s or 0.0, last)
     bins = int(np.ceil(horizon / bin_s)) + 2  # work finishing after the horizon lands in the last bins
@@ -146,7 +172,9 @@ def simulate(
         np.ascontiguousarray(rows, np.int64),
         table,
         np.array([r.batch_rows for r in replicas], np.int64),
-        np.array([r.drain_rows_per_s for r in replicas], np.float64),
+        drain,
+        device_of,
+        lane_free,
         np.array([r.up_at for r in replicas], np.float64),
         np.array([r.down_at for r in replicas], np.float64),
         float(batching.max_queue_delay_s),
@@ -221,8 +249,8 @@ def _add_busy(busy: np.ndarray, r: int, start: float, length: float, bin_s: floa
 
 
 @_njit(cache=True)
-def _run(arrival, rows, table, batch_rows, drain, up_at, down_at, delay, queue_limit, budget, depth,
-         deadline, overhead, bin_s, bins):  # pragma: no cover - compiled
+def _run(arrival, rows, table, batch_rows, drain, device_of, lane_free, up_at, down_at, delay, queue_limit,
+         budget, depth, deadline, overhead, bin_s, bins):  # pragma: no cover
     n = arrival.shape[0]
     nrep = table.shape[0]
     status = np.zeros(n, np.int64)
@@ -322,8 +350,8 @@ def _run(arrival, rows, table, batch_rows, drain, up_at, down_at, delay, queue_l
                 rep[r, FLIGHT_ROWS] -= count_rows
                 rep[r, FLIGHT_BATCHES] -= 1
             if kind in (_TIMER, _DONE):
-                _dispatch(r, now, arrival, rows, table, batch_rows, delay, depth, deadline, bin_s,
-                          nxt, enq, status, end, rep, clock, flight_head, busy, heap)
+                _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, delay, depth,
+                          deadline, bin_s, nxt, enq, status, end, rep, clock, flight_head, busy, heap)
             _set_load(tree, size, r, rep[r, QROWS] + rep[r, FLIGHT_ROWS] if alive[r] else np.inf)
 
         # route what arrived (or must be retried) now
@@ -368,15 +396,15 @@ def _run(arrival, rows, table, batch_rows, drain, up_at, down_at, delay, queue_l
             rep[r, TAIL] = i
             rep[r, QCOUNT] += 1
             rep[r, QROWS] += rows[i]
-            _dispatch(r, now, arrival, rows, table, batch_rows, delay, depth, deadline, bin_s,
-                      nxt, enq, status, end, rep, clock, flight_head, busy, heap)
+            _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, delay, depth,
+                      deadline, bin_s, nxt, enq, status, end, rep, clock, flight_head, busy, heap)
             _set_load(tree, size, r, rep[r, QROWS] + rep[r, FLIGHT_ROWS])
     return status, end, served, busy, rep[:, BATCHES].copy(), rep[:, DONE_ROWS].copy()
 
 
 @_njit(cache=True)
-def _dispatch(r, now, arrival, rows, table, batch_rows, delay, depth, deadline, bin_s,
-              nxt, enq, status, end, rep, clock, flight_head, busy, heap):  # pragma: no cover - compiled
+def _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, delay, depth, deadline,
+              bin_s, nxt, enq, status, end, rep, clock, flight_head, busy, heap):  # pragma: no cover
     """Send formed batches to replica `r`'s worker while it takes more; else set the delay timer."""
     limit = batch_rows[r]
     while rep[r, FLIGHT_BATCHES] < depth and rep[r, QCOUNT] > 0:
@@ -424,11 +452,13 @@ def _dispatch(r, now, arrival, rows, table, batch_rows, delay, depth, deadline, 
         flight_head[r, slot] = first
         rep[r, FLIGHT_BATCHES] += 1
         rep[r, FLIGHT_ROWS] += taken
-        start = max(now, clock[r, FREE_AT])
+        device = device_of[r]
+        lane = np.argmin(lane_free[device])
+        start = max(now, lane_free[device, lane])
         length = _service(table, r, taken)
-        clock[r, FREE_AT] = start + length
+        lane_free[device, lane] = start + length
         _add_busy(busy, r, start, length, bin_s)
         rep[r, BATCHES] += 1
         rep[r, DONE_ROWS] += taken
-        heapq.heappush(heap, (clock[r, FREE_AT], _DONE, r, slot, rep[r, VERSION]))
+        heapq.heappush(heap, (start + length, _DONE, r, slot, rep[r, VERSION]))
 # fmt: on

@@ -138,6 +138,14 @@ def test_bad_options_are_refused_without_a_traceback(free_port, args, words):
     assert "Traceback" not in done.stdout + done.stderr
 
 
+def test_an_unknown_model_is_refused_before_anything_starts(builtin_repository, free_port):
+    done = subprocess.run([KCLOUD, "up", "--port", str(free_port), "--model", "nope"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "model 'nope' not found" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stdout + done.stderr
+
+
 def test_replica_layout_follows_the_runtime_or_the_option(builtin_repository):
     from kcloud.app.stack import local_cpu, replica_layout
     from kcloud.devices.inventory import Inventory

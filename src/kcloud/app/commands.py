@@ -32,6 +32,8 @@ def up(
     replicas: int | None = typer.Option(
         None, "--replicas", "-r", min=1,
         help="Replicas per model (default: the measured-best layout for this CPU)."),
+    model: list[str] = typer.Option(
+        [], "--model", "-m", help="Serve only this model of the repository; repeatable (default: all)."),
     isolation: IsolationChoice = typer.Option(
         IsolationChoice.process, "--isolation",
         help="Run each replica's session in a worker process (a crash costs one replica) or in a "
@@ -64,7 +66,7 @@ def up(
                            replicas=replicas, isolation=isolation.value, control_plane=True, db_url=db,
                            tenancy=True, insecure_no_auth=insecure_no_auth, header_timeout_s=header_timeout,
                            body_timeout_s=body_timeout, keep_alive_timeout_s=keep_alive_timeout,
-                           max_connections_per_client=max_connections_per_client)
+                           max_connections_per_client=max_connections_per_client, models=model or None)
     _serve(options)
 
 
@@ -129,7 +131,9 @@ def _serve(options: ServeOptions) -> None:
         raise fail(exc.strerror or str(exc), 2) from None
     except (FarmFileError, DatabaseError, ServerSecretError, UsageSettingsError, ClusterError) as exc:
         raise fail(str(exc), 2) from None
-    except (BuildError, ModelFileError, ModelNotFoundError, NoLocalCpuError) as exc:
+    except ModelNotFoundError as exc:  # a --model the repository does not hold
+        raise fail(str(exc).strip("'\""), 2) from None
+    except (BuildError, ModelFileError, NoLocalCpuError) as exc:
         raise fail(str(exc).strip("'\""), 1) from None
     except OSError as exc:  # e.g. cannot bind a non-local address
         raise fail(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}", 2) from None

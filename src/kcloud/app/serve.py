@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from kcloud.app.options import ServeOptions
-from kcloud.app.stack import Stack, build_inventory, build_stack, prepare_repository
+from kcloud.app.stack import Stack, build_inventory, build_stack, prepare_repository, served_entries
 from kcloud.cluster.head import start_cluster_head
 from kcloud.farm.reconciler import PassReport
 from kcloud.farm.service import BundledModel
@@ -131,6 +131,7 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
             check_usage_settings()
         inventory = build_inventory(options.farm_files)
         repository = prepare_repository(progress=True)
+        served_entries(repository, options.models)  # an unknown --model fails here, before anything starts
         cluster = None
         if options.ray_port is not None:
             with console.status("Starting the Ray head"):

@@ -14,7 +14,7 @@ The MiniLM model must be in the repository (`kcloud models build`); the profiles
 `$KCLOUD_HOME/profiles` (modelled from the catalog for chips bench never measured). The first
 call compiles the event loop (numba caches it); it is timed apart as `compile_s`.
 
-    .venv/bin/python benchmarks/twin_speed.py --out results/twin_speed.json
+    .venv/bin/python benchmarks/twin_speed.py   # writes benchmarks/results/twin_speed.json
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "twin_speed.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "twin_speed.json")
     parser.add_argument("--replicas", type=int, default=16, help="MiniLM replicas on the phase-1 farm")
     parser.add_argument("--rate", type=float, default=10_000.0)
     parser.add_argument("--duration-s", type=float, default=3600.0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from kcloud.twin.load import Load, TraceError, arrivals, read_trace
+from kcloud.twin.load import Load, LoadError, TraceError, arrivals, read_trace
 
 
 def rng() -> np.random.Generator:
@@ -99,5 +99,10 @@ def test_a_load_of_zero_or_an_incomplete_one_is_refused(fields: dict, error: str
 
 
 def test_a_duration_of_zero_is_refused() -> None:
-    with pytest.raises(ValueError, match="duration"):
+    with pytest.raises(LoadError, match="duration"):
         arrivals(Load(kind="poisson", rate=1), 0.0, rng())
+
+
+def test_a_load_too_big_to_simulate_is_refused_before_any_memory_is_taken() -> None:
+    with pytest.raises(LoadError, match="shorten the duration or lower the rate"):
+        arrivals(Load(kind="poisson", rate=1e9), 3600.0, rng())

@@ -228,7 +228,7 @@ def test_the_report_renders_in_headless_chromium(result: dict, place: Path, tmp_
         (SCENARIO.replace("seed = 2", "seeds = 2"), "twin.seeds: Extra inputs are not permitted"),
         (SCENARIO.replace('model = "tiny"', 'model = "nope"'), "model 'nope' not found"),
         (SCENARIO.replace("rate = 400", "rate = 0"), "greater than 0"),
-        (SCENARIO.replace('vendor = "furiosa"', 'vendor = "sapeon"'), "whose speed for tiny is unknown"),
+        (SCENARIO.replace('vendor = "furiosa"', 'vendor = "sapeon"'), "the speed of tiny on them is unknown"),
         (SCENARIO.replace("replicas = 2", "replicas = 2000"), "deployment emb: placed"),
         (SCENARIO.replace('farm = "farm.toml"', 'farm = "absent.toml"'), "absent.toml"),
         (SCENARIO.replace('farm = "farm.toml"', "farm = []"), "names no farm file"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kcloud.twin import cost_commands, run_commands
+from kcloud.twin import cost_commands, plan_commands, run_commands
 
 twin_app = typer.Typer(
     name="twin",
@@ -12,7 +12,7 @@ twin_app = typer.Typer(
     no_args_is_help=True,
 )
 
-for module in (run_commands, cost_commands):
+for module in (run_commands, plan_commands, cost_commands):
     module.register(twin_app)
 
 

@@ -23,9 +23,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DAY_S = 86_400.0
+#: The most requests one deployment's load may bring (~60 bytes of state each in the simulation).
+MAX_REQUESTS = 40_000_000
 
 
-class TraceError(ValueError):
+class LoadError(ValueError):
+    """A load the twin cannot simulate (a duration of 0, more requests than memory allows)."""
+
+
+class TraceError(LoadError):
     """A trace file was refused: the message names the file, the line and what is wrong."""
 
 
@@ -78,7 +84,13 @@ class Load(BaseModel):
 def arrivals(load: Load, duration_s: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Arrival times (s, ascending, within [0, duration_s)) and rows per request."""
     if duration_s <= 0:
-        raise ValueError("the duration must be > 0 s")
+        raise LoadError("the duration must be > 0 s")
+    expected = (load.mean_rate(duration_s) or 0.0) * duration_s
+    if expected > MAX_REQUESTS:
+        raise LoadError(
+            f"{expected:.3g} requests offered over {duration_s:g} s: more than the {MAX_REQUESTS:,} "
+            "one deployment's load may bring; shorten the duration or lower the rate"
+        )
     if load.kind == "trace":
         assert load.trace is not None
         times, rows = read_trace(load.trace)

@@ -16,7 +16,7 @@ from kcloud.farm.profiles import ProfileBook, profiles_dir
 from kcloud.home import kcloud_home
 from kcloud.models.repository import ModelRepository, default_repository_path
 from kcloud.twin import report
-from kcloud.twin.load import TraceError
+from kcloud.twin.load import LoadError
 from kcloud.twin.run import run
 from kcloud.twin.scenario import ScenarioError, load_scenario, place
 from kcloud.twin.sim import COMPILED
@@ -61,7 +61,7 @@ def _run(
             console.print("[yellow]numba is not installed: the simulation runs interpreted (slow)[/yellow]")
         with console.status(f"simulating {spec.twin.duration_s:g} s of {farm.farm_name} ..."):
             result = run(farm)
-    except (ScenarioError, TraceError) as exc:
+    except (ScenarioError, LoadError) as exc:
         raise fail(f"{scenario}: {exc}", BAD_INPUT) from None
     target = out or kcloud_home() / "twin" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kcloud.devices.device import Device
 from kcloud.devices.inventory import FarmFileError, Inventory
-from kcloud.farm.placement import UNHEALTHY, FarmView, PlacementEngine, PlacementRequest
+from kcloud.farm.placement import EXCLUDED, UNHEALTHY, FarmView, PlacementEngine, PlacementRequest
 from kcloud.farm.profiles import PRECISIONS, DeviceProfile, ProfileBook
 from kcloud.models.config import Batching as ModelBatching
 from kcloud.models.repository import ModelEntry, ModelRepository
@@ -196,12 +196,20 @@ def place(scenario: ScenarioFile, repository: ModelRepository, profiles: Profile
     events: list[str] = []
     for spec in scenario.deployments:
         entry = _model(repository, spec)
-        result = engine.place(_request(spec, entry, spec.replicas))
+        unknown = unknown_speed(view, entry, spec.precision)
+        result = engine.place(placement_request(spec, entry, spec.replicas, unknown))
         events.append(f"{spec.name}: {result.reason}")
+        # the devices it would have used but for their unknown speed (the others failed a constraint)
+        left_out = {uid: why for uid, why in unknown.items() if result.verdict[view.index[uid]] == EXCLUDED}
         if result.placed < spec.replicas:
-            raise ScenarioError(f"deployment {spec.name}: {result.reason}")
+            if left_out and not result.placed:  # placement's own words would name the exclusion only
+                raise ScenarioError(f"deployment {spec.name}: no device fits: {_left_out(left_out, entry)}")
+            said = f"; {_left_out(left_out, entry)}" if left_out else ""
+            raise ScenarioError(f"deployment {spec.name}: {result.reason}{said}")
         batching = _batching(spec, entry)
         deployment = PlacedDeployment(spec, entry, _sim_batching(batching), [], result.reason)
+        if left_out:
+            deployment.warnings.append(f"{spec.name}: {_left_out(left_out, entry)}")
         for i in result.chosen:
             deployment.replicas.append(_replica(view, i, spec, entry, batching, up_at=0.0))
         placed.append(deployment)
@@ -226,7 +234,41 @@ def _model(repository: ModelRepository, spec: DeploymentSpec) -> ModelEntry:
         raise ScenarioError(f"deployment {spec.name}: {exc}") from None
 
 
-def _request(
+def unknown_speed(view: FarmView, entry: ModelEntry, precision: str | None) -> dict[str, str]:
+    """Devices whose speed for the model is unknown (no measurement, no catalog figure), with why.
+
+    The twin cannot simulate them, so placement leaves them out (as `exclude`), and says so.
+    """
+    found: dict[str, str] = {}
+    by_class: dict[int, str | None] = {}
+    measured = set(view.measured_devices)
+    for i, device in enumerate(view.devices):
+        c = int(view.class_code[i])
+        if i in measured or c not in by_class:
+            profile = view.profile(i, entry.name, entry.config.flops_per_sample, precision)
+            why = None if profile.latency_s(1) else (profile.unknown_reason or "no service time")
+            if i in measured:
+                if why:
+                    found[device.uid] = why
+                continue
+            by_class[c] = why
+        reason = by_class[c]
+        if reason:
+            found[device.uid] = reason
+    return found
+
+
+def _left_out(unknown: dict[str, str], entry: ModelEntry) -> str:
+    uids = sorted(unknown)
+    reasons = "; ".join(sorted(set(unknown.values())))
+    shown = ", ".join(uids[:5]) + (f" and {len(uids) - 5} more" if len(uids) > 5 else "")
+    return (
+        f"{len(unknown)} device(s) left out because the speed of {entry.name} on them is unknown "
+        f"({reasons}): {shown}"
+    )
+
+
+def placement_request(
     spec: DeploymentSpec, entry: ModelEntry, count: int, exclude: dict[str, str] | None = None
 ) -> PlacementRequest:
     config = entry.config
@@ -307,7 +349,9 @@ def _fail(farm: PlacedFarm, view: FarmView, engine: PlacementEngine, failure: Fa
         for replica in hit:
             replica.times = dataclasses.replace(replica.times, down_at=failure.at_s)
             view.remove_replica(spec.name, failure.device, entry.config.memory_bytes, None)
-            result = engine.place(_request(spec, entry, 1))
+            result = engine.place(
+                placement_request(spec, entry, 1, unknown_speed(view, entry, spec.precision))
+            )
             if result.placed:
                 new = _replica(
                     view,

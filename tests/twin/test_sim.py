@@ -153,3 +153,19 @@ def test_replicas_on_one_device_share_its_compute() -> None:
     ):
         out = simulate(arrivals, np.ones(10, np.int64), pair, NO_WAIT)
         assert out.end_s.max() == pytest.approx(0.05)
+
+
+def test_the_gateway_is_a_single_server_in_arrival_order() -> None:
+    from kcloud.twin.sim import gateway
+
+    arrivals = poisson(500.0, 20_000)
+    leaves = gateway(arrivals, 0.0015)
+    # the closed form agrees with a single replica that computes one request at a time
+    one_at_a_time = simulate(arrivals, np.ones(len(arrivals), np.int64), [fixed(0.0015)], NO_WAIT)
+    np.testing.assert_allclose(leaves, one_at_a_time.end_s, rtol=0, atol=1e-9)
+    assert (np.diff(leaves) >= 0).all() and (leaves >= arrivals + 0.0015 - 1e-12).all()
+    # requests then reach the router when they leave it, and their latency still counts from arrival
+    out = simulate(arrivals, np.ones(len(arrivals), np.int64), [fixed(0.001)], NO_WAIT, ready_s=leaves)
+    assert (out.end_s - arrivals >= leaves - arrivals + 0.001 - 1e-9).all()
+    with pytest.raises(ValueError, match="ready times"):
+        simulate(arrivals, np.ones(len(arrivals), np.int64), [fixed(0.001)], NO_WAIT, ready_s=leaves[::-1])

@@ -106,3 +106,10 @@ def test_a_duration_of_zero_is_refused() -> None:
 def test_a_load_too_big_to_simulate_is_refused_before_any_memory_is_taken() -> None:
     with pytest.raises(LoadError, match="shorten the duration or lower the rate"):
         arrivals(Load(kind="poisson", rate=1e9), 3600.0, rng())
+
+
+def test_an_offline_load_sends_every_sample_at_the_start() -> None:
+    times, rows = arrivals(Load(kind="offline", samples=500, rows=2), 10.0, rng())
+    assert (times == 0).all() and len(times) == 500 and (rows == 2).all()
+    with pytest.raises(ValidationError, match="needs samples"):
+        Load(kind="offline")

@@ -38,6 +38,10 @@ def up(
         IsolationChoice.process, "--isolation",
         help="Run each replica's session in a worker process (a crash costs one replica) or in a "
              "thread of the server (no IPC)."),
+    record_trace: Path | None = typer.Option(
+        None, "--record-trace", dir_okay=False,
+        help="Record each inference request's arrival time and rows (no content) to this CSV, for "
+             "`kcloud twin run`."),
     db: str | None = typer.Option(
         None, "--db", envvar="KCLOUD_DB_URL", show_default=False,
         help="Control-plane database URL (default: SQLite in the kcloud home; postgresql://... "
@@ -66,7 +70,8 @@ def up(
                            replicas=replicas, isolation=isolation.value, control_plane=True, db_url=db,
                            tenancy=True, insecure_no_auth=insecure_no_auth, header_timeout_s=header_timeout,
                            body_timeout_s=body_timeout, keep_alive_timeout_s=keep_alive_timeout,
-                           max_connections_per_client=max_connections_per_client, models=model or None)
+                           max_connections_per_client=max_connections_per_client, models=model or None,
+                           record_trace=record_trace)
     _serve(options)
 
 
@@ -121,6 +126,7 @@ def _serve(options: ServeOptions) -> None:
     from kcloud.devices.inventory import FarmFileError
     from kcloud.models.errors import BuildError, ModelFileError, ModelNotFoundError
     from kcloud.serving.http_server import PortInUseError
+    from kcloud.serving.trace import TraceFileError
     from kcloud.store.db import DatabaseError
     from kcloud.tenancy.keys import ServerSecretError
     from kcloud.tenancy.service import UsageSettingsError
@@ -129,7 +135,8 @@ def _serve(options: ServeOptions) -> None:
         serve(options)
     except PortInUseError as exc:
         raise fail(exc.strerror or str(exc), 2) from None
-    except (FarmFileError, DatabaseError, ServerSecretError, UsageSettingsError, ClusterError) as exc:
+    except (FarmFileError, DatabaseError, ServerSecretError, UsageSettingsError, ClusterError,
+            TraceFileError) as exc:
         raise fail(str(exc), 2) from None
     except ModelNotFoundError as exc:  # a --model the repository does not hold
         raise fail(str(exc).strip("'\""), 2) from None

@@ -34,6 +34,8 @@ class ServeOptions:
     isolation: Isolation = "process"
     #: Serve only these models (None = every model in the repository).
     models: Sequence[str] | None = None
+    #: Record each inference request's arrival time and rows here (CSV), for `kcloud twin run`.
+    record_trace: Path | None = None
     extra_routers: Sequence[APIRouter] = ()
     #: How a generative model's requests pick among its engine replicas (`kcloud.serving.token_routing`).
     token_policy: Policy = "prefix"

@@ -31,6 +31,7 @@ from kcloud.serving.engine_metrics import EngineMetrics
 from kcloud.serving.gateway import create_app
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.router import Router
+from kcloud.serving.trace import TraceRecorder
 from kcloud.store.db import MEMORY_URL
 from kcloud.tenancy.context import audit_current, current_principal
 from kcloud.tenancy.holdings import enforce_deployment_quota
@@ -158,8 +159,9 @@ async def build_stack(
         on_plan(entries, bundled)
     engine_metrics = EngineMetrics(metrics.registry)
     engine_metrics.start()
+    trace = TraceRecorder(options.record_trace) if options.record_trace is not None else None
     router = Router(repository, token_policy=options.token_policy, metrics=metrics,
-                    engine_metrics=engine_metrics)
+                    engine_metrics=engine_metrics, trace=trace)
     app = create_app(router, inventory=inventory, max_body_bytes=options.max_body_bytes,
                      extra_routers=options.extra_routers, registry=metrics.registry, metrics=metrics)
     executor = cluster.executor(router, inventory, metrics) if cluster is not None else None

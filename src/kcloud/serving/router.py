@@ -41,6 +41,7 @@ from kcloud.serving.load import LoadMeter, LoadReading
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import InferOutcome, Replica
 from kcloud.serving.token_routing import Policy, TokenRouter
+from kcloud.serving.trace import TraceRecorder
 
 AnyReplica = Replica | EngineReplica
 
@@ -52,9 +53,12 @@ COLD_START_WAIT_S = 120.0
 
 class Router:
     def __init__(self, repository: ModelRepository, *, token_policy: Policy = "prefix",
-                 metrics: ServingMetrics | None = None, engine_metrics: EngineMetrics | None = None) -> None:
+                 metrics: ServingMetrics | None = None, engine_metrics: EngineMetrics | None = None,
+                 trace: TraceRecorder | None = None) -> None:
         self.repository = repository
         self.metrics = metrics
+        #: Records each inference request's arrival and rows (`kcloud up --record-trace`), if set.
+        self.trace = trace
         #: Scrapes each engine replica's own metrics for /metrics (`kcloud_llm_*`) while it is routed.
         self.engine_metrics = engine_metrics
         self.tokens = TokenRouter(token_policy)
@@ -236,6 +240,8 @@ class Router:
                 f"model {entry.name!r} is a generative model: "
                 "send it /v1/chat/completions or /v1/completions")
         started = self.load.arrived(entry.name)
+        if self.trace is not None:
+            self.trace.record(entry.name, _rows(inputs))
         try:
             outcome = await self._infer(entry, inputs, deadline)
         except QueueFullError:
@@ -362,3 +368,11 @@ class Router:
         self._standby.clear()
         self._replicas_changed()
         await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
+        if self.trace is not None:
+            self.trace.close()
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    """The rows (samples) a request carries: its first input's leading dimension."""
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1

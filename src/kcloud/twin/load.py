@@ -7,8 +7,10 @@ arrivals) from a seeded generator, so a run is reproducible:
 - `bursty`: Poisson at `rate`, and at `burst_rate` for `burst_s` seconds every `period_s`;
 - `diurnal`: Poisson whose rate follows a day's sine from `rate` (trough) to `peak_rate`, over
   `period_s` (a day by default; shorten it to see a whole day in a short run), by thinning;
-- `trace`: a recorded trace: a CSV file with a header `t_s,rows` (seconds from the start, rows
-  of that request), or JSON lines `{"t_s": ..., "rows": ...}`; only times and sizes, no content.
+- `offline`: MLPerf's Offline scenario: `samples` requests all at once at the start;
+- `trace`: a recorded trace: a CSV file with a header `t_s,rows[,model]` (seconds from the start,
+  rows of that request; `kcloud up --record-trace FILE` writes one), or JSON lines
+  `{"t_s": ..., "rows": ...}`; only times and sizes, no content. `model` keeps one model's lines.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Load(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["poisson", "bursty", "diurnal", "trace"] = "poisson"
+    kind: Literal["poisson", "bursty", "diurnal", "offline", "trace"] = "poisson"
     rate: Annotated[
         float | None, Field(gt=0, description="requests/s (bursty: between bursts; diurnal: trough)")
     ] = None
@@ -49,7 +51,9 @@ class Load(BaseModel):
     burst_s: float | None = Field(default=None, gt=0)
     period_s: float | None = Field(default=None, gt=0)
     peak_rate: float | None = Field(default=None, gt=0)
+    samples: int | None = Field(default=None, ge=1, description="offline: requests sent at the start")
     trace: Path | None = None
+    model: str | None = Field(default=None, description="trace: only this model's requests")
 
     @model_validator(mode="after")
     def _complete(self) -> Load:
@@ -57,6 +61,7 @@ class Load(BaseModel):
             "poisson": ("rate",),
             "bursty": ("rate", "burst_rate", "burst_s", "period_s"),
             "diurnal": ("rate", "peak_rate"),
+            "offline": ("samples",),
             "trace": ("trace",),
         }[self.kind]
         missing = [name for name in need if getattr(self, name) is None]
@@ -78,6 +83,8 @@ class Load(BaseModel):
             return self.rate * (1 - share) + self.burst_rate * share  # type: ignore[operator]
         if self.kind == "diurnal":
             return (self.rate + self.peak_rate) / 2  # type: ignore[operator]
+        if self.kind == "offline":
+            return self.samples / duration_s  # type: ignore[operator]
         return None
 
 
@@ -93,10 +100,12 @@ def arrivals(load: Load, duration_s: float, rng: np.random.Generator) -> tuple[n
         )
     if load.kind == "trace":
         assert load.trace is not None
-        times, rows = read_trace(load.trace)
+        times, rows = read_trace(load.trace, load.model)
         keep = times < duration_s
         return times[keep], rows[keep]
-    if load.kind == "poisson":
+    if load.kind == "offline":
+        times = np.zeros(load.samples or 0)
+    elif load.kind == "poisson":
         times = _poisson(load.rate, duration_s, rng)  # type: ignore[arg-type]
     elif load.kind == "bursty":
         times = _thinned(load.burst_rate, duration_s, rng, lambda t: _bursty_rate(load, t))  # type: ignore[arg-type]
@@ -130,8 +139,9 @@ def _diurnal_rate(load: Load, t: np.ndarray) -> np.ndarray:
     return load.rate + (load.peak_rate - load.rate) * shape  # type: ignore[operator]
 
 
-def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a recorded trace (CSV `t_s,rows` or JSON lines); sorted by time."""
+def read_trace(path: Path, model: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a recorded trace (CSV `t_s,rows[,model]` or JSON lines); sorted by time. With `model`,
+    only the lines of that model."""
     try:
         text = path.read_text("utf-8")
     except OSError as exc:
@@ -144,7 +154,8 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 continue
             try:
                 item = json.loads(line)
-                records.append(_record(item.get("t_s"), item.get("rows", 1)))
+                if model is None or item.get("model") == model:
+                    records.append(_record(item.get("t_s"), item.get("rows", 1)))
             except (ValueError, AttributeError, TypeError) as exc:
                 raise TraceError(f"{path}, line {number}: {exc}") from None
     else:
@@ -152,12 +163,15 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if reader.fieldnames is None or "t_s" not in reader.fieldnames:
             raise TraceError(f"{path}: a CSV trace needs a header with t_s (and optionally rows)")
         for number, row in enumerate(reader, 2):
+            if model is not None and row.get("model") != model:
+                continue
             try:
                 records.append(_record(row.get("t_s"), row.get("rows") or 1))
             except (ValueError, TypeError) as exc:
                 raise TraceError(f"{path}, line {number}: {exc}") from None
     if not records:
-        raise TraceError(f"{path}: the trace holds no request")
+        whose = f" of model {model!r}" if model is not None else ""
+        raise TraceError(f"{path}: the trace holds no request{whose}")
     times = np.array([t for t, _ in records], np.float64)
     rows = np.array([r for _, r in records], np.int64)
     order = np.argsort(times, kind="stable")

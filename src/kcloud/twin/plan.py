@@ -27,6 +27,7 @@ from kcloud.devices.catalog import Catalog
 from kcloud.farm.placement import FarmView, PlacementEngine
 from kcloud.farm.profiles import ProfileBook
 from kcloud.models.repository import ModelRepository
+from kcloud.twin.cost import measured_for_chip
 from kcloud.twin.prices import PriceTable
 from kcloud.twin.run import run
 from kcloud.twin.scenario import (
@@ -104,19 +105,20 @@ class SizingPlan:
         }
 
 
-def _trial(
-    repository: ModelRepository,
-    profiles: ProfileBook,
+def _scenario(
     farm: Path,
     model: str,
     replicas: int,
     rate: float,
     constraints: dict[str, Any],
-    seed: int,
-) -> Trial:
-    scenario = ScenarioFile.model_validate(
+    *,
+    duration_s: float = 1.0,
+    seed: int = 1,
+) -> ScenarioFile:
+    """One deployment of `model` on `farm` under a Poisson load: what each trial and probe simulates."""
+    return ScenarioFile.model_validate(
         {
-            "twin": {"farm": [str(farm)], "duration_s": trial_seconds(rate), "seed": seed},
+            "twin": {"farm": [str(farm)], "duration_s": duration_s, "seed": seed},
             "deployments": [
                 {
                     "name": "plan",
@@ -128,6 +130,19 @@ def _trial(
             ],
         }
     )
+
+
+def _trial(
+    repository: ModelRepository,
+    profiles: ProfileBook,
+    farm: Path,
+    model: str,
+    replicas: int,
+    rate: float,
+    constraints: dict[str, Any],
+    seed: int,
+) -> Trial:
+    scenario = _scenario(farm, model, replicas, rate, constraints, duration_s=trial_seconds(rate), seed=seed)
     result = run(place(scenario, repository, profiles))
     (deployment,) = result["deployments"]
     refused = 1 - deployment["answered"] / deployment["requests"] if deployment["requests"] else 0.0
@@ -212,14 +227,7 @@ def size_for_chip(
 def _capacity_per_device(
     repository: ModelRepository, profiles: ProfileBook, directory: Path, model: str, chip: str
 ) -> float | None:
-    scenario = ScenarioFile.model_validate(
-        {
-            "twin": {"farm": [str(_chip_farm(directory, chip, 1))], "duration_s": 1.0},
-            "deployments": [
-                {"name": "probe", "model": model, "chip": chip, "load": {"kind": "poisson", "rate": 1}}
-            ],
-        }
-    )
+    scenario = _scenario(_chip_farm(directory, chip, 1), model, 1, 1.0, {"chip": chip})
     replica = place(scenario, repository, profiles).deployments[0].replicas[0]
     return replica.times.drain_rows_per_s
 
@@ -289,16 +297,14 @@ def size(
                 round(found.devices * capacity / slo.rate - 1, 4) if capacity else None,
                 None if found.devices_without_power else found.mean_power_w,
                 None if row else "no priced instance of this chip in the price table",
-                profile=_profile_label(repository, profiles, model, chip),
+                profile=_profile_label(profiles, model, chip),
             )
         )
     return plan
 
 
-def _profile_label(repository: ModelRepository, profiles: ProfileBook, model: str, chip: str) -> str:
-    return (
-        "measured" if any(p.chip_key == chip and p.model == model for p in profiles.measured) else "modelled"
-    )
+def _profile_label(profiles: ProfileBook, model: str, chip: str) -> str:
+    return "modelled" if measured_for_chip(profiles, chip, model, None) is None else "measured"
 
 
 def _ms(value: float | None) -> str:
@@ -336,20 +342,7 @@ def farm_capacity(
     """Binary search on the offered rate, with one replica on every device the deployment may use."""
     repository.get(model)
     devices = _eligible_devices(repository, profiles, farm, model, constraints)
-    probe = ScenarioFile.model_validate(
-        {
-            "twin": {"farm": [str(farm)], "duration_s": 1.0},
-            "deployments": [
-                {
-                    "name": "probe",
-                    "model": model,
-                    "replicas": devices,
-                    **constraints,
-                    "load": {"kind": "poisson", "rate": 1},
-                }
-            ],
-        }
-    )
+    probe = _scenario(farm, model, devices, 1.0, constraints)
     placed = place(probe, repository, profiles)
     ceiling = sum(r.times.drain_rows_per_s for r in placed.deployments[0].replicas)
     slo = Slo(p99_ms, 0.0)
@@ -391,14 +384,7 @@ def _eligible_devices(
     repository: ModelRepository, profiles: ProfileBook, farm: Path, model: str, constraints: dict[str, Any]
 ) -> int:
     """How many devices the deployment may use: placement's answer for one replica on each."""
-    scenario = ScenarioFile.model_validate(
-        {
-            "twin": {"farm": [str(farm)]},
-            "deployments": [
-                {"name": "count", "model": model, **constraints, "load": {"kind": "poisson", "rate": 1}}
-            ],
-        }
-    )
+    scenario = _scenario(farm, model, 1, 1.0, constraints)
     devices, _ = build_devices(scenario.twin)
     engine = PlacementEngine(FarmView(devices, profiles=profiles))
     spec = scenario.deployments[0]

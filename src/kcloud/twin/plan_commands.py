@@ -36,7 +36,7 @@ def _plan(
     vendor: str | None = typer.Option(None, "--vendor", help="With --farm: only this vendor's devices."),
     max_devices: int = typer.Option(256, "--max-devices", min=1, help="Largest count tried per chip."),
     prices: Path | None = typer.Option(None, "--prices", help="Price table (default: the bundled one)."),
-    models: Path | None = typer.Option(None, "--models", help="Model repository (default: the bundled one)."),
+    repo: Path | None = typer.Option(None, "--repo", help="Model repository (default: $KCLOUD_HOME/models)."),
     profiles: Path | None = typer.Option(
         None, "--profiles", help="Measured profiles (default: $KCLOUD_HOME)."
     ),
@@ -51,7 +51,7 @@ def _plan(
         )
     if rate is not None and rate <= 0:
         raise fail(f"--rate must be > 0 requests/s, got {rate:g}", BAD_INPUT)
-    repository = ModelRepository(models or default_repository_path())
+    repository = ModelRepository(repo or default_repository_path())
     book = ProfileBook.load(profiles or profiles_dir())
     try:
         if farm is not None:

@@ -25,7 +25,7 @@ from kcloud.devices.plugins.emulated import DEFAULT_IDLE_FRACTION
 from kcloud.farm.profiles import DeviceProfile
 from kcloud.twin.load import arrivals
 from kcloud.twin.scenario import PlacedDeployment, PlacedFarm
-from kcloud.twin.sim import COMPILED, FAILED, NO_REPLICA, OK, SHED, TIMED_OUT, Outcome, simulate
+from kcloud.twin.sim import COMPILED, FAILED, NO_REPLICA, OK, SHED, TIMED_OUT, Outcome, gateway, simulate
 
 PERCENTILES = (50, 90, 99, 99.9)
 
@@ -70,8 +70,9 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
     curve_profile: dict[str, DeviceProfile] = {}
     deployments = []
     requests = 0
-    for deployment in farm.deployments:
-        times, rows = arrivals(deployment.spec.load, horizon, rng)
+    loads = [arrivals(d.spec.load, horizon, rng) for d in farm.deployments]
+    ready = _through_gateway([times for times, _ in loads], settings.gateway_ms / 1000)
+    for deployment, (times, rows), leaves in zip(farm.deployments, loads, ready, strict=True):
         requests += len(times)
         outcome = simulate(
             times,
@@ -80,6 +81,7 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
             deployment.batching,
             deadline_s=None if deployment.spec.deadline_ms is None else deployment.spec.deadline_ms / 1000,
             overhead_s=settings.overhead_ms / 1000,
+            ready_s=leaves,
             bin_s=settings.bin_s,
             horizon_s=horizon,
         )
@@ -106,6 +108,7 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
         "duration_s": horizon,
         "seed": settings.seed,
         "overhead_ms": settings.overhead_ms,
+        "gateway_ms": settings.gateway_ms,
         "simulation": {
             "requests": requests,
             "wall_s": round(wall, 3),
@@ -119,6 +122,20 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
         "energy": farm_energy,
         "timeline_s": [round((b + 0.5) * settings.bin_s, 6) for b in range(bins)],
     }
+
+
+def _through_gateway(
+    arrivals_by_deployment: list[np.ndarray], seconds_per_request: float
+) -> list[np.ndarray]:
+    """When each deployment's requests leave the one gateway they all pass through, in arrival order."""
+    if seconds_per_request <= 0:
+        return arrivals_by_deployment
+    merged = np.concatenate(arrivals_by_deployment)
+    order = np.argsort(merged, kind="stable")
+    leaves = np.empty_like(merged)
+    leaves[order] = gateway(merged[order], seconds_per_request)
+    # a deployment's requests keep their order through a FIFO, so its share still ascends
+    return np.split(leaves, np.cumsum([len(a) for a in arrivals_by_deployment])[:-1])
 
 
 def _percentiles(latency_s: np.ndarray) -> dict[str, float | None]:

@@ -37,7 +37,7 @@ def _run(
     seed: int | None = typer.Option(
         None, "--seed", help="Random seed of the arrivals (overrides the scenario)."
     ),
-    models: Path | None = typer.Option(None, "--models", help="Model repository (default: the bundled one)."),
+    repo: Path | None = typer.Option(None, "--repo", help="Model repository (default: $KCLOUD_HOME/models)."),
     profiles: Path | None = typer.Option(
         None, "--profiles", help="Measured profiles (default: $KCLOUD_HOME/profiles)."
     ),
@@ -55,7 +55,7 @@ def _run(
     if seed is not None:
         spec.twin.seed = seed
     try:
-        repository = ModelRepository(models or default_repository_path())
+        repository = ModelRepository(repo or default_repository_path())
         farm = place(spec, repository, ProfileBook.load(profiles or profiles_dir()))
         if not COMPILED:
             console.print("[yellow]numba is not installed: the simulation runs interpreted (slow)[/yellow]")

@@ -61,7 +61,10 @@ class TwinSettings(BaseModel):
     duration_s: float = Field(default=60.0, gt=0)
     seed: int = 1
     include_local: bool = Field(default=False, description="add this machine's own devices (node `host`)")
-    overhead_ms: float = Field(default=0.0, ge=0, description="gateway time per request before its batcher")
+    overhead_ms: float = Field(default=0.0, ge=0, description="fixed delay per request that occupies nothing")
+    gateway_ms: float = Field(
+        default=0.0, ge=0, description="the gateway's CPU per request, spent serially (one event loop)"
+    )
     bin_s: float = Field(default=1.0, gt=0, description="resolution of the timelines, utilisation, energy")
 
     @model_validator(mode="before")

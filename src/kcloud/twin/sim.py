@@ -2,6 +2,9 @@
 
 It simulates what `kcloud.serving` does, event by event:
 
+- **gateway** (`gateway()`): one event loop, whose CPU per request is spent serially, so under
+  load requests wait for it before they reach the router (computed ahead, all deployments'
+  requests together);
 - **router** (`serving/router.py`): each request goes to the live replica with the fewest rows
   queued plus computing, taking turns among equals; a request that finds no live replica is
   refused (503: the twin does not model cold starts);
@@ -10,17 +13,20 @@ It simulates what `kcloud.serving` does, event by event:
   time left to the request's deadline;
 - **batcher** (`serving/batcher.py`): a batch closes at the replica's batch rows (the model's
   preferred batch for the device kind, else its max batch) or `max_queue_delay` after its oldest
-  request arrived; up to `pipeline_depth` batches are on the worker at once and the worker
-  computes them one after another; a request whose deadline passed while queued is dropped
-  uncomputed (504);
+  request arrived; up to `pipeline_depth` batches are on the worker at once; a request whose
+  deadline passed while queued is dropped uncomputed (504);
+- **devices**: a device computes its batches one at a time (or `lanes` at once), whichever of
+  its replicas they come from;
 - **failure**: a replica removed mid-run fails what it held; the router retries each of those
   requests once on another replica (a second failure answers 502), as it does for a dead replica.
 
 Why compiled: an hour of a farm under 10,000 requests/s is 36 million requests. The event loop
-below is plain typed Python that numba compiles when it is installed (it comes with the `llm`
-extra, through vLLM); without numba the same code runs interpreted, correct but ~100× slower.
+below is plain typed Python that numba compiles when it is installed (the `twin` extra; the
+`llm` extra brings it too, through vLLM); without numba the same code runs interpreted, correct
+but ~100× slower.
 Arrivals are generated vectorised (`kcloud.twin.load`) and the loop touches each request a few
-times: on arrival, in its batch, at its answer.
+times: on arrival, in its batch, at its answer. The router's least-loaded choice is a min-tree
+over the replicas' loads, so it costs log(replicas), not replicas.
 """
 
 from __future__ import annotations
@@ -96,6 +102,21 @@ class Batching:
     pipeline_depth: int = 2  # what replicas use (`serving/replica.py`)
 
 
+def gateway(arrivals_s: np.ndarray, seconds_per_request: float) -> np.ndarray:
+    """When each request leaves a gateway that handles one at a time for `seconds_per_request`.
+
+    kcloud's gateway is one event loop: its own CPU per request (HTTP, auth, decoding, tokenising)
+    is spent serially, so under load requests wait for it before they reach a router. A FIFO
+    single server: d[i] = max(a[i], d[i-1]) + g, solved without a loop as
+    d[i] = g·(i+1) + max over j <= i of (a[j] - g·j). `arrivals_s` must ascend (all deployments'
+    requests together: they share the gateway).
+    """
+    if seconds_per_request <= 0 or not len(arrivals_s):
+        return np.asarray(arrivals_s, np.float64)
+    steps = seconds_per_request * np.arange(len(arrivals_s))
+    return steps + seconds_per_request + np.maximum.accumulate(arrivals_s - steps)
+
+
 @dataclass
 class Outcome:
     """Per request: status, when its answer left (s), which replica served it (-1: none).
@@ -120,15 +141,17 @@ def simulate(
     *,
     deadline_s: float | None = None,
     overhead_s: float = 0.0,
+    ready_s: np.ndarray | None = None,
     bin_s: float = 1.0,
     horizon_s: float | None = None,
 ) -> Outcome:
     """Run one deployment's requests (`arrivals_s` ascending, `rows` per request) to the end.
 
-    `overhead_s` is the gateway's own time per request before it reaches the batcher (parsing,
-    tokenising); it adds to latency without occupying the device. `bin_s` sets the resolution
-    of the busy-time record behind utilisation and energy; `horizon_s` its length (default: up to
-    the last arrival).
+    `ready_s` is when each request leaves the gateway for its router (default: when it arrived;
+    `gateway` gives the times a busy gateway makes), and `overhead_s` a fixed delay on top that
+    occupies nothing (network, client). Latency and deadlines count from the arrival. `bin_s`
+    sets the resolution of the busy-time record behind utilisation and energy; `horizon_s` its
+    length (default: up to the last arrival).
     """
     if len(arrivals_s) != len(rows):
         raise ValueError("arrivals and rows differ in length")
@@ -167,8 +190,12 @@ def simulate(
     last = float(arrivals_s[-1]) if len(arrivals_s) else 0.0
     horizon = max(horizon_s or 0.0, last)
     bins = int(np.ceil(horizon / bin_s)) + 2  # work finishing after the horizon lands in the last bins
+    ready = arrivals_s if ready_s is None else ready_s
+    if len(ready) != len(arrivals_s) or (len(ready) and (np.diff(ready) < 0).any()):
+        raise ValueError("ready times must match the arrivals and ascend")
     status, end, served, busy, batches, done_rows = _run(
         np.ascontiguousarray(arrivals_s, np.float64),
+        np.ascontiguousarray(ready, np.float64),
         np.ascontiguousarray(rows, np.int64),
         table,
         np.array([r.batch_rows for r in replicas], np.int64),
@@ -249,8 +276,8 @@ def _add_busy(busy: np.ndarray, r: int, start: float, length: float, bin_s: floa
 
 
 @_njit(cache=True)
-def _run(arrival, rows, table, batch_rows, drain, device_of, lane_free, up_at, down_at, delay, queue_limit,
-         budget, depth, deadline, overhead, bin_s, bins):  # pragma: no cover
+def _run(arrival, ready, rows, table, batch_rows, drain, device_of, lane_free, up_at, down_at, delay,
+         queue_limit, budget, depth, deadline, overhead, bin_s, bins):  # pragma: no cover
     n = arrival.shape[0]
     nrep = table.shape[0]
     status = np.zeros(n, np.int64)
@@ -287,7 +314,7 @@ def _run(arrival, rows, table, batch_rows, drain, device_of, lane_free, up_at, d
     redo = np.empty(n if n > 0 else 1, np.int64)
     next_arrival = 0
     while True:
-        t_arrival = arrival[next_arrival] + overhead if next_arrival < n else np.inf
+        t_arrival = ready[next_arrival] + overhead if next_arrival < n else np.inf
         t_event = heap[0][0] if len(heap) > 0 else np.inf
         if t_arrival == np.inf and t_event == np.inf:
             break

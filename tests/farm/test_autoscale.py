@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import ServedControlPlane, build_model, wait_until
+from conftest import ServedControlPlane, wait_until
 from kcloud.models.repository import ModelRepository
+from tiny_models import build_model
 
 INTERVAL_S = 0.2
 #: The paced model's batcher waits this long for a batch it never fills (16 rows; the step has 12

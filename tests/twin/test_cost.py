@@ -14,7 +14,7 @@ from kcloud.farm.profiles import MeasuredProfileFile, ProfileBook, save_measured
 from kcloud.models.repository import ModelRepository
 from kcloud.twin.cost import cost_report, instance_cost
 from kcloud.twin.prices import PriceTableError, load_price_table, parse_price_table
-from twin_models import build_model
+from tiny_models import build_model
 
 MODEL = "tiny"
 FLOPS = 1e9

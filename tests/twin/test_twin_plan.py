@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from kcloud.cli import app
 from kcloud.models.repository import ModelRepository
-from twin_models import build_model
+from tiny_models import build_model
 
 PRICES = """
 [[instance]]

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from chromium import rendered_dom
 from kcloud.cli import app
 from kcloud.farm.profiles import MeasuredProfileFile, save_measured_profile
 from kcloud.models.repository import ModelRepository
-from twin_models import build_model
+from tiny_models import build_model
 
 FARM = """
 [farm]
@@ -193,28 +192,12 @@ def test_a_measured_profile_replaces_the_modelled_one(place: Path, tmp_path: Pat
 
 @pytest.mark.slow
 def test_the_report_renders_in_headless_chromium(result: dict, place: Path, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is needed for this test (`make test` installs it)"
     report = place / "out" / "twin-report.html"
     html = report.read_text()
     assert not re.search(r"<script[^>]*\bsrc=", html)  # self-contained: plotly.js inline, no CDN
     expected = int(re.search(r"data-figures='(\d+)'", html).group(1))
     assert expected == 2  # the deployment's timeline and the devices' utilisation
-    command = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        report.as_uri(),
-    ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = rendered_dom(report, tmp_path / "chromium")
     assert dom.count("js-plotly-plot") >= expected and dom.count('class="main-svg"') >= expected
     assert "MODELLED" in dom and "a/rngd0 failed" in dom
 

@@ -157,9 +157,10 @@ async def build_stack(
     bundled = bundled_models(entries, device, options.replicas)
     if on_plan is not None:
         on_plan(entries, bundled)
+    # opened first: a trace file that cannot be written fails the start before anything runs
+    trace = TraceRecorder(options.record_trace) if options.record_trace is not None else None
     engine_metrics = EngineMetrics(metrics.registry)
     engine_metrics.start()
-    trace = TraceRecorder(options.record_trace) if options.record_trace is not None else None
     router = Router(repository, token_policy=options.token_policy, metrics=metrics,
                     engine_metrics=engine_metrics, trace=trace)
     app = create_app(router, inventory=inventory, max_body_bytes=options.max_body_bytes,

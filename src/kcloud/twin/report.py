@@ -97,9 +97,10 @@ def render(result: dict[str, Any]) -> str:
         f"<h1>kcloud twin: {html.escape(result['farm'])}</h1>",
         '<p><span class="modelled">MODELLED</span> — every figure on this page comes from the twin, '
         f"not from a measurement: {html.escape(result['basis'])}.</p>",
-        f'<p class="note">{_fmt(result["duration_s"])} s simulated (seed {result["seed"]}, gateway overhead '
-        f"{_fmt(result['overhead_ms'])} ms/request), {sim['requests']:,} requests in {sim['wall_s']} s of "
-        f"wall time ({_fmt(sim['speed_x_real_time'])}× real time"
+        f'<p class="note">{_fmt(result["duration_s"])} s simulated (seed {result["seed"]}; gateway '
+        f"{_fmt(result['gateway_ms'])} ms of CPU per request, serial; fixed delay "
+        f"{_fmt(result['overhead_ms'])} ms per request), {sim['requests']:,} requests in "
+        f"{sim['wall_s']} s of wall time ({_fmt(sim['speed_x_real_time'])}× real time"
         f"{'' if sim['compiled'] else ', interpreted: numba missing'}); "
         f"kcloud {html.escape(result['kcloud_version'])}, {html.escape(result['created'])}.</p>",
         "<h2>Deployments</h2>",

@@ -31,6 +31,7 @@ from kcloud.twin.cost import measured_for_chip
 from kcloud.twin.prices import PriceTable
 from kcloud.twin.run import run
 from kcloud.twin.scenario import (
+    PlacedFarm,
     ScenarioError,
     ScenarioFile,
     build_devices,
@@ -62,6 +63,7 @@ class Trial:
     refused: float  # share of requests not answered
     mean_power_w: float | None  # of the devices whose power is known
     devices_without_power: int = 0
+    capacity_rps: float = 0.0  # what its replicas serve with full batches (modelled)
 
     def holds(self, slo: Slo) -> bool:
         return self.p99_ms is not None and self.p99_ms <= slo.p99_ms and self.refused <= MAX_REFUSED
@@ -143,7 +145,8 @@ def _trial(
     seed: int,
 ) -> Trial:
     scenario = _scenario(farm, model, replicas, rate, constraints, duration_s=trial_seconds(rate), seed=seed)
-    result = run(place(scenario, repository, profiles))
+    placed = place(scenario, repository, profiles)
+    result = run(placed)
     (deployment,) = result["deployments"]
     refused = 1 - deployment["answered"] / deployment["requests"] if deployment["requests"] else 0.0
     energy = result["energy"]
@@ -154,7 +157,13 @@ def _trial(
         refused,
         energy["mean_power_w"],
         len(energy["devices_without_power"]),
+        _capacity(placed),
     )
+
+
+def _capacity(placed: PlacedFarm) -> float:
+    """Requests/s the deployment's replicas serve with full batches: the most it can carry."""
+    return sum(r.times.drain_rows_per_s for r in placed.deployments[0].replicas)
 
 
 def trial_seconds(rate: float) -> float:
@@ -182,9 +191,8 @@ def size_for_chip(
     *,
     max_devices: int,
     seed: int = 1,
-) -> tuple[Trial | None, Trial | None, str | None, float | None]:
-    """For one chip: the smallest count that holds, the best trial seen, why none can be tried, and one
-    device's modelled capacity (requests/s with full batches)."""
+) -> tuple[Trial | None, Trial | None, str | None]:
+    """For one chip: the smallest count that holds, the best trial seen, and why none can be tried."""
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
 
@@ -196,9 +204,8 @@ def size_for_chip(
         try:
             first = trial(1)
         except ScenarioError as exc:
-            return None, None, str(exc), None
-        capacity = _capacity_per_device(repository, profiles, directory, model, chip)
-        low = max(1, math.ceil(slo.rate / capacity)) if capacity else 1
+            return None, None, str(exc)
+        low = max(1, math.ceil(slo.rate / first.capacity_rps)) if first.capacity_rps else 1
         best = first
         tried: dict[int, Trial] = {1: first}
         n = min(low, max_devices)
@@ -211,7 +218,7 @@ def size_for_chip(
                 break
             n = min(max_devices, n * 2)
         if not tried[n].holds(slo):
-            return None, best, None, capacity
+            return None, best, None
         lo = max([k for k, t in tried.items() if k < n and not t.holds(slo)], default=0)
         hi = n
         while hi - lo > 1:  # the smallest count that holds, between the last failure and the first success
@@ -221,15 +228,7 @@ def size_for_chip(
                 hi = mid
             else:
                 lo = mid
-        return tried[hi], best, None, capacity
-
-
-def _capacity_per_device(
-    repository: ModelRepository, profiles: ProfileBook, directory: Path, model: str, chip: str
-) -> float | None:
-    scenario = _scenario(_chip_farm(directory, chip, 1), model, 1, 1.0, {"chip": chip})
-    replica = place(scenario, repository, profiles).deployments[0].replicas[0]
-    return replica.times.drain_rows_per_s
+        return tried[hi], best, None
 
 
 def size(
@@ -259,9 +258,7 @@ def size(
     plan = SizingPlan(model, slo)
     for chip in candidates:
         catalog.get(chip)  # an unknown chip is refused here, naming the catalog's keys
-        found, best, why, capacity = size_for_chip(
-            repository, profiles, model, chip, slo, max_devices=max_devices
-        )
+        found, best, why = size_for_chip(repository, profiles, model, chip, slo, max_devices=max_devices)
         row, usd = rows.get(chip, (None, None))
         if found is None:
             reason = why or (
@@ -294,7 +291,7 @@ def size(
                 None if row is None else round(instances * usd, 4),  # type: ignore[operator]
                 found.p99_ms,
                 round(1 - found.p99_ms / slo.p99_ms, 4),  # type: ignore[operator]
-                round(found.devices * capacity / slo.rate - 1, 4) if capacity else None,
+                round(found.capacity_rps / slo.rate - 1, 4) if found.capacity_rps else None,
                 None if found.devices_without_power else found.mean_power_w,
                 None if row else "no priced instance of this chip in the price table",
                 profile=_profile_label(profiles, model, chip),
@@ -342,12 +339,8 @@ def farm_capacity(
     """Binary search on the offered rate, with one replica on every device the deployment may use."""
     repository.get(model)
     devices = _eligible_devices(repository, profiles, farm, model, constraints)
-    probe = _scenario(farm, model, devices, 1.0, constraints)
-    placed = place(probe, repository, profiles)
-    ceiling = sum(r.times.drain_rows_per_s for r in placed.deployments[0].replicas)
+    ceiling = _capacity(place(_scenario(farm, model, devices, 1.0, constraints), repository, profiles))
     slo = Slo(p99_ms, 0.0)
-    low, high = 0.0, ceiling
-    best: Trial | None = None
     lowest = _trial(repository, profiles, farm, model, devices, max(1.0, ceiling * 0.01), constraints, 1)
     if not lowest.holds(slo):
         return FarmCapacity(
@@ -360,7 +353,7 @@ def farm_capacity(
             None,
             f"even {lowest.rate:.3g}/s misses p99 <= {p99_ms:g} ms (p99 {_ms(lowest.p99_ms)})",
         )
-    best, low = lowest, lowest.rate
+    best, low, high = lowest, lowest.rate, ceiling
     while high - low > tolerance * high:
         mid = (low + high) / 2
         t = _trial(repository, profiles, farm, model, devices, mid, constraints, 1)

@@ -65,7 +65,7 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
     rng = np.random.default_rng(settings.seed)
     started = time.perf_counter()
     horizon = settings.duration_s
-    bins = int(np.ceil(horizon / settings.bin_s))
+    bins = int(np.ceil(horizon / settings.bin_s))  # the timelines' bins (duration_s > 0: at least one)
     busy_by_device: dict[str, np.ndarray] = {}
     curve_profile: dict[str, DeviceProfile] = {}
     deployments = []
@@ -85,14 +85,14 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
             bin_s=settings.bin_s,
             horizon_s=horizon,
         )
-        deployments.append(_deployment_result(deployment, times, rows, outcome, horizon))
+        deployments.append(_deployment_result(deployment, times, rows, outcome, horizon, bins))
         for k, replica in enumerate(deployment.replicas):
             uid = replica.device.uid
             busy = busy_by_device.setdefault(uid, np.zeros(bins))
             busy += outcome.busy_s[k, :bins]
             curve_profile.setdefault(uid, replica.profile)
     wall = time.perf_counter() - started
-    devices, farm_energy = _devices(farm, busy_by_device, curve_profile, settings.bin_s, horizon)
+    devices, farm_energy = _devices(farm, busy_by_device, curve_profile, settings.bin_s, horizon, bins)
     answered = sum(d["answered"] for d in deployments)
     farm_energy["joules_per_answered_request"] = (
         round(farm_energy["energy_j"] / answered, 6) if answered and farm_energy["complete"] else None
@@ -152,15 +152,20 @@ def _percentiles(latency_s: np.ndarray) -> dict[str, float | None]:
 
 
 def _deployment_result(
-    deployment: PlacedDeployment, arrival: np.ndarray, rows: np.ndarray, outcome: Outcome, horizon: float
+    deployment: PlacedDeployment,
+    arrival: np.ndarray,
+    rows: np.ndarray,
+    outcome: Outcome,
+    horizon: float,
+    bins: int,
 ) -> dict[str, Any]:
     status = outcome.status
     ok = status == OK
     latency = outcome.end_s[ok] - arrival[ok]
-    bins = outcome.busy_s.shape[1] - 2
-    which = np.minimum((outcome.end_s[ok] // outcome.bin_s).astype(np.int64), bins - 1) if bins > 0 else None
-    per_bin = np.bincount(which, minlength=bins) if which is not None else np.zeros(0)
-    p99_by_bin = _p99_by_bin(which, latency, bins) if which is not None else []
+    # answers after the horizon count in its last bin
+    which = np.minimum((outcome.end_s[ok] // outcome.bin_s).astype(np.int64), bins - 1)
+    per_bin = np.bincount(which, minlength=bins)
+    p99_by_bin = _p99_by_bin(which, latency, bins)
     counts = {
         "answered": int(ok.sum()),
         "shed_429": int((status == SHED).sum()),
@@ -225,11 +230,11 @@ def _devices(
     profiles: dict[str, DeviceProfile],
     bin_s: float,
     horizon: float,
+    bins: int,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows = []
     energy_total = 0.0
     unknown: list[str] = []
-    bins = int(np.ceil(horizon / bin_s))
     widths = np.full(bins, bin_s)
     if bins:
         widths[-1] = horizon - bin_s * (bins - 1)

@@ -57,14 +57,13 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 OK, SHED, NO_REPLICA, TIMED_OUT, FAILED = 200, 429, 503, 504, 502
 STATUSES = (OK, SHED, NO_REPLICA, TIMED_OUT, FAILED)
 
-_ARRIVAL, _DONE, _TIMER, _DOWN, _UP = 0, 1, 2, 3, 4
-# A replica's state in the compiled loop, as columns of one integer and one float array:
-# its queue (a chain through `nxt` from HEAD to TAIL), what waits and computes, the version that
-# invalidates its pending events when it fails, and what it computed.
+_DONE, _TIMER, _DOWN, _UP = range(4)  # event kinds (arrivals come from their own array)
+# A replica's state in the compiled loop, as columns of one integer array: its queue (a chain
+# through `nxt` from HEAD to TAIL), what waits and computes, the version that invalidates its
+# pending events when it fails, and what it computed. Beside it, `timer_at`: when its batch-delay
+# timer fires.
 HEAD, TAIL, QCOUNT, QROWS, FLIGHT_ROWS, FLIGHT_BATCHES, VERSION, BATCHES, DONE_ROWS = range(9)
 _INT_COLUMNS = 9
-TIMER_AT = 0  # when its batch-delay timer fires
-_FLOAT_COLUMNS = 1
 
 
 @dataclass(frozen=True)
@@ -290,8 +289,7 @@ def _run(arrival, ready, rows, table, batch_rows, drain, device_of, lane_free, u
     rep = np.zeros((nrep, _INT_COLUMNS), np.int64)
     rep[:, HEAD] = -1
     rep[:, TAIL] = -1
-    clock = np.zeros((nrep, _FLOAT_COLUMNS))
-    clock[:, TIMER_AT] = np.inf
+    timer_at = np.full(nrep, np.inf)
     flight_head = np.full((nrep, depth), -1, np.int64)  # in-flight batches (chains), by slot
     alive = np.zeros(nrep, np.bool_)
     turn = 0
@@ -331,7 +329,7 @@ def _run(arrival, ready, rows, table, batch_rows, drain, device_of, lane_free, u
             elif kind == _DOWN:
                 alive[r] = False
                 rep[r, VERSION] += 1
-                clock[r, TIMER_AT] = np.inf
+                timer_at[r] = np.inf
                 # what it held is retried once elsewhere: its in-flight batches, then its queue
                 for slot in range(depth):
                     i = flight_head[r, slot]
@@ -360,9 +358,9 @@ def _run(arrival, ready, rows, table, batch_rows, drain, device_of, lane_free, u
                     else:
                         retried[i] = True
             elif kind == _TIMER:
-                if ver != rep[r, VERSION] or clock[r, TIMER_AT] != now:
+                if ver != rep[r, VERSION] or timer_at[r] != now:
                     continue
-                clock[r, TIMER_AT] = np.inf
+                timer_at[r] = np.inf
             elif kind == _DONE:
                 if ver != rep[r, VERSION]:
                     continue
@@ -378,7 +376,7 @@ def _run(arrival, ready, rows, table, batch_rows, drain, device_of, lane_free, u
                 rep[r, FLIGHT_BATCHES] -= 1
             if kind in (_TIMER, _DONE):
                 _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, delay, depth,
-                          deadline, bin_s, nxt, enq, status, end, rep, clock, flight_head, busy, heap)
+                          deadline, bin_s, nxt, enq, status, end, rep, timer_at, flight_head, busy, heap)
             _set_load(tree, size, r, rep[r, QROWS] + rep[r, FLIGHT_ROWS] if alive[r] else np.inf)
 
         # route what arrived (or must be retried) now
@@ -424,22 +422,22 @@ def _run(arrival, ready, rows, table, batch_rows, drain, device_of, lane_free, u
             rep[r, QCOUNT] += 1
             rep[r, QROWS] += rows[i]
             _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, delay, depth,
-                      deadline, bin_s, nxt, enq, status, end, rep, clock, flight_head, busy, heap)
+                      deadline, bin_s, nxt, enq, status, end, rep, timer_at, flight_head, busy, heap)
             _set_load(tree, size, r, rep[r, QROWS] + rep[r, FLIGHT_ROWS])
     return status, end, served, busy, rep[:, BATCHES].copy(), rep[:, DONE_ROWS].copy()
 
 
 @_njit(cache=True)
 def _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, delay, depth, deadline,
-              bin_s, nxt, enq, status, end, rep, clock, flight_head, busy, heap):  # pragma: no cover
+              bin_s, nxt, enq, status, end, rep, timer_at, flight_head, busy, heap):  # pragma: no cover
     """Send formed batches to replica `r`'s worker while it takes more; else set the delay timer."""
     limit = batch_rows[r]
     while rep[r, FLIGHT_BATCHES] < depth and rep[r, QCOUNT] > 0:
         formed = limit == 0 or rep[r, QROWS] >= limit or now >= enq[rep[r, HEAD]] + delay
         if not formed:
             due = enq[rep[r, HEAD]] + delay
-            if clock[r, TIMER_AT] != due:
-                clock[r, TIMER_AT] = due
+            if timer_at[r] != due:
+                timer_at[r] = due
                 heapq.heappush(heap, (due, _TIMER, r, 0, rep[r, VERSION]))
             return
         # take whole requests in arrival order up to the row limit; drop those past their deadline

@@ -113,3 +113,11 @@ def test_an_offline_load_sends_every_sample_at_the_start() -> None:
     assert (times == 0).all() and len(times) == 500 and (rows == 2).all()
     with pytest.raises(ValidationError, match="needs samples"):
         Load(kind="offline")
+
+
+def test_a_burst_slower_than_the_base_rate_is_a_lull() -> None:
+    load = Load(kind="bursty", rate=1000, burst_rate=100, burst_s=5, period_s=10)
+    times, _ = arrivals(load, 100.0, rng())
+    in_burst = np.mod(times, 10) < 5
+    assert in_burst.sum() / 10 == pytest.approx(100 * 5, rel=0.1)
+    assert (~in_burst).sum() / 10 == pytest.approx(1000 * 5, rel=0.1)

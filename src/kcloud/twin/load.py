@@ -108,7 +108,8 @@ def arrivals(load: Load, duration_s: float, rng: np.random.Generator) -> tuple[n
     elif load.kind == "poisson":
         times = _poisson(load.rate, duration_s, rng)  # type: ignore[arg-type]
     elif load.kind == "bursty":
-        times = _thinned(load.burst_rate, duration_s, rng, lambda t: _bursty_rate(load, t))  # type: ignore[arg-type]
+        peak = max(load.burst_rate, load.rate)  # type: ignore[type-var]  # a "burst" may be a lull
+        times = _thinned(peak, duration_s, rng, lambda t: _bursty_rate(load, t))  # type: ignore[arg-type]
     else:
         times = _thinned(load.peak_rate, duration_s, rng, lambda t: _diurnal_rate(load, t))  # type: ignore[arg-type]
     return times, np.full(len(times), load.rows, np.int64)
@@ -129,7 +130,7 @@ def _thinned(peak: float, duration_s: float, rng: np.random.Generator, rate_at) 
 
 def _bursty_rate(load: Load, t: np.ndarray) -> np.ndarray:
     in_burst = np.mod(t, load.period_s) < load.burst_s  # type: ignore[operator]
-    return np.where(in_burst, max(load.burst_rate, load.rate), load.rate)  # type: ignore[type-var]
+    return np.where(in_burst, load.burst_rate, load.rate)
 
 
 def _diurnal_rate(load: Load, t: np.ndarray) -> np.ndarray:

@@ -17,7 +17,10 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from kcloud.app.options import ServeOptions
+from kcloud.bench.runner import default_out_dir
 from kcloud.cluster.head import ClusterHead
+from kcloud.console import Console
+from kcloud.console import attach as attach_console
 from kcloud.devices.device import Device
 from kcloud.devices.inventory import Inventory
 from kcloud.farm.controlplane import ControlPlane
@@ -62,9 +65,13 @@ class Stack:
     cluster: ClusterHead | None = None
     #: Whether the control plane's admin API (`/api/v1`) is on the app.
     admin_api: bool = False
+    #: The web console at /ui, when it is on the app.
+    console: Console | None = None
 
     async def close(self) -> None:
         """Write the usage still in memory, stop reconciling, drain the replicas, close the devices."""
+        if self.console is not None:
+            await self.console.close()
         if self.tenancy is not None:  # while the database is still open
             await asyncio.to_thread(self.tenancy.close)
         await self.control_plane.close()  # stops reconciling before the replicas stop
@@ -195,6 +202,9 @@ async def build_stack(
             db = control_plane.db if options.control_plane else options.db_url
             stack.tenancy = attach_tenancy(app, db, inventory=inventory, insecure=options.insecure_no_auth,
                                            announce=announce)
+        if options.control_plane and options.console:
+            stack.console = attach_console(app, control_plane, metrics, caller=current_principal,
+                                           bench_root=options.bench_results or default_out_dir())
     except BaseException:
         await stack.close()
         raise

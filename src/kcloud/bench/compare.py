@@ -9,6 +9,7 @@ marked on the row, so a modelled joule is never read against a measured one unaw
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -65,19 +66,33 @@ def compare_runs(console: Console, a_path: Path, b_path: Path) -> None:
         table.add_row(label, escape(get(a)), escape(get(b)), "")
     table.add_row("LoadGen validity", validity_text(a), validity_text(b), "")
     table.add_row("MLPerf rules", rules_markup(a), rules_markup(b), "")
-    rows_a, rows_b = dict(rows(a)), dict(rows(b))
-    for label in dict.fromkeys([*rows_a, *rows_b]):
-        va, vb = rows_a.get(label), rows_b.get(label)
-        table.add_row(escape(label), fmt(va), fmt(vb), _delta(va, vb, _lower_is_better(label, a)))
+    for row in figure_rows(a, b):
+        va, vb = row["a"], row["b"]
+        table.add_row(escape(row["label"]), fmt(va), fmt(vb), _delta(va, vb, row["lower_is_better"]))
     console.print(table)
+    for note in compare_notes(a, b):
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def figure_rows(a: BenchResult, b: BenchResult) -> list[dict[str, Any]]:
+    """Each figure of either run: label, A's value, B's value and which way is better."""
+    rows_a, rows_b = dict(rows(a)), dict(rows(b))
+    return [
+        {"label": label, "a": rows_a.get(label), "b": rows_b.get(label),
+         "lower_is_better": _lower_is_better(label, a)}
+        for label in dict.fromkeys([*rows_a, *rows_b])
+    ]
+
+
+def compare_notes(a: BenchResult, b: BenchResult) -> list[str]:
+    """What a reader must know before reading B against A."""
+    notes = []
     if (a.scenario, a.mode) != (b.scenario, b.mode):
-        console.print(
-            f"[yellow]note:[/] different scenarios or modes ({a.scenario}/{a.mode} vs "
-            f"{b.scenario}/{b.mode}): their metrics are not the same measure",
-            highlight=False,
-        )
+        notes.append(f"different scenarios or modes ({a.scenario}/{a.mode} vs {b.scenario}/{b.mode}): "
+                     "their metrics are not the same measure")
     if a.model.sha256 and b.model.sha256 and a.model.sha256 != b.model.sha256:
-        console.print("[yellow]note:[/] the two runs used different model files (sha256 differs)")
+        notes.append("the two runs used different model files (sha256 differs)")
     for side, result in (("A", a), ("B", b)):
         if not result.complete:
-            console.print(f"[yellow]note:[/] run {side} is incomplete (interrupted); its figures are partial")
+            notes.append(f"run {side} is incomplete (interrupted); its figures are partial")
+    return notes

@@ -337,6 +337,23 @@ def _performance_figures(
     return figures, notes
 
 
+def scenario_figures(scenario: str, runs: list[BenchResult]) -> tuple[list[go.Figure], list[str]]:
+    """The report's plots of one scenario's runs, and why a plot is missing. One set per model: a
+    metric is only comparable across devices for one model. The console draws the same figures."""
+    figures: list[go.Figure] = []
+    notes: list[str] = []
+    for model in sorted({r.model.name for r in runs}):
+        mine = [r for r in runs if r.model.name == model]
+        heading = f"{scenario} · {model}"
+        latency = _latency_figure(scenario, heading, [r for r in mine if r.mode == "performance"])
+        more, why = _performance_figures(scenario, heading, mine)
+        figures += ([latency] if latency is not None else []) + more
+        notes += why
+    for fig in figures:
+        fig.update_layout(template="plotly_white")
+    return figures, notes
+
+
 def build_report(results: list[BenchResult]) -> str:
     by_scenario: dict[str, list[BenchResult]] = defaultdict(list)
     for r in results:
@@ -356,19 +373,9 @@ def build_report(results: list[BenchResult]) -> str:
         runs = sorted(by_scenario[scenario], key=lambda r: (r.mode, r.system, r.device_label))
         parts.append(f"<h2>{html.escape(scenario)}</h2>")
         parts.append("<div class='scroll'>" + _table(runs) + _token_table(runs) + "</div>")
-        figures: list[go.Figure] = []
-        notes: list[str] = []
-        # one set of plots per model: a metric is only comparable across devices for one model
-        for model in sorted({r.model.name for r in runs}):
-            mine = [r for r in runs if r.model.name == model]
-            heading = f"{scenario} · {model}"
-            latency = _latency_figure(scenario, heading, [r for r in mine if r.mode == "performance"])
-            more, why = _performance_figures(scenario, heading, mine)
-            figures += ([latency] if latency is not None else []) + more
-            notes += why
+        figures, notes = scenario_figures(scenario, runs)
         for fig in figures:
             figure_count += 1
-            fig.update_layout(template="plotly_white")
             parts.append(
                 "<div class='plot'>"
                 + pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=f"plot-{figure_count}")

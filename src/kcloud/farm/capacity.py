@@ -20,6 +20,9 @@ from pydantic import BaseModel, Field, computed_field
 from kcloud.devices.device import Device
 from kcloud.devices.spec import ChipSpec
 
+#: The group of devices whose node names no sector or cloud.
+UNSPECIFIED = "unspecified"
+
 FigureName = Literal["fp16_bf16_pflops", "int8_pops", "tdp_watts"]
 
 
@@ -79,7 +82,7 @@ def _totals() -> dict[FigureName, Total]:
 
 
 class Group(BaseModel):
-    """Totals for the devices sharing one vendor, chip or node."""
+    """Totals for the devices sharing one vendor, chip, node, sector, cloud or origin."""
 
     devices: int = 0
     emulated: int = 0
@@ -93,7 +96,9 @@ class UnknownDevice(BaseModel):
 
 
 class CapacityReport(BaseModel):
-    """Farm totals, broken down by vendor, chip and node. `model_dump(mode="json")` for JSON."""
+    """Farm totals, broken down by vendor, chip, node, sector, cloud and origin.
+
+    `model_dump(mode="json")` for JSON."""
 
     devices: int = 0
     emulated: int = 0
@@ -101,6 +106,11 @@ class CapacityReport(BaseModel):
     by_vendor: dict[str, Group] = Field(default_factory=dict)
     by_chip: dict[str, Group] = Field(default_factory=dict)
     by_node: dict[str, Group] = Field(default_factory=dict)
+    #: By the node's sector and cloud (farm files' `sector`, `cloud`; `unspecified` where none is given).
+    by_sector: dict[str, Group] = Field(default_factory=dict)
+    by_cloud: dict[str, Group] = Field(default_factory=dict)
+    #: Real devices against emulated ones (`real`, `emulated`).
+    by_origin: dict[str, Group] = Field(default_factory=dict)
     #: For each figure, the devices counted as unknown and why (the catalog's note).
     unknown: dict[FigureName, list[UnknownDevice]] = Field(
         default_factory=lambda: {name: [] for name in FIGURES}
@@ -123,6 +133,9 @@ def capacity_report(devices: Iterable[Device]) -> CapacityReport:
             report.by_vendor.setdefault(device.vendor, Group()),
             report.by_chip.setdefault(device.spec.key, Group()),
             report.by_node.setdefault(device.node, Group()),
+            report.by_sector.setdefault(device.attributes.get("sector") or UNSPECIFIED, Group()),
+            report.by_cloud.setdefault(device.attributes.get("cloud") or UNSPECIFIED, Group()),
+            report.by_origin.setdefault("emulated" if device.emulated else "real", Group()),
         ]
         for holder in (report, *groups):
             holder.devices += 1

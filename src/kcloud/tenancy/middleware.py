@@ -3,7 +3,8 @@
 Pure ASGI (not `BaseHTTPMiddleware`): it costs one function call per request and lets the
 response stream untouched. In order, for each HTTP request:
 
-1. `/v2/health/live` and `/v2/health/ready` pass without a key (probes carry none).
+1. `/v2/health/live` and `/v2/health/ready` pass without a key (probes carry none), and so do
+   reads of the console's static files under `/ui` (`PUBLIC_PREFIX`).
 2. The bearer key is checked (`Authenticator`); no usable key -> 401 with `WWW-Authenticate`.
    With `--insecure-no-auth` every request acts as an admin instead, and every response carries
    `X-Kcloud-Insecure: auth-disabled`.
@@ -49,6 +50,9 @@ from kcloud.tenancy.roles import INSECURE, Role
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+#: The web console's static files (`kcloud.console`): pages and scripts that hold no data. The data
+#: they show comes from the API, with the key the user gives the login form.
+PUBLIC_PREFIX = "/ui"
 #: Routes whose answer covers every tenant (Prometheus metrics are labelled with every model).
 FARM_WIDE_PATHS = frozenset({"/metrics"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -70,6 +74,10 @@ MAX_TRACKED = 16_384
 _MAX_STRIKES = 20
 #: Retry-After (and hold-back) for a refusal by the concurrency cap: requests in flight end in ms to s.
 CONCURRENCY_RETRY_S = 0.1
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
 
 
 class Tenancy(Protocol):
@@ -110,7 +118,7 @@ class TenancyMiddleware:
         method: str = scope["method"]
         if tenancy.insecure:
             send = _insecure_send(send)
-        if path in PUBLIC_PATHS:
+        if path in PUBLIC_PATHS or (_under(path, PUBLIC_PREFIX) and method in SAFE_METHODS):
             await self.app(scope, receive, send)
             return
 

@@ -1,0 +1,125 @@
+"""The console's own reads under `/api/v1/console`: what the pages need that the admin API lacks.
+
+Everything a page changes (drain, deployments, keys) goes through the admin API itself, so its
+role checks and its audit apply unchanged; these routes only read. Who sees what:
+
+- devices and the farm's capacity: every key (the admin API's `/devices` shows them to all);
+- deployments' live figures: the caller's own deployments (another tenant's answer 404);
+- benchmark results: farm-wide keys only (admins, farm-wide read-only keys). A result is the
+  operator's record of a device or a deployment, not a tenant's object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from kcloud.console.bench_runs import BenchRuns
+from kcloud.console.live import LiveFigures
+from kcloud.errors import ForbiddenError, NotFoundError
+from kcloud.farm.capacity import capacity_report
+from kcloud.farm.service import ControlPlaneService
+from kcloud.farm.spec import DeploymentView
+from kcloud.tenancy.roles import Principal
+
+PREFIX = "/api/v1/console"
+
+
+def console_api(
+    service: ControlPlaneService,
+    live: LiveFigures,
+    bench: BenchRuns,
+    caller: Callable[[], Principal | None],
+) -> APIRouter:
+    api = APIRouter(prefix=PREFIX, tags=["console"])
+
+    def deployments() -> list[DeploymentView]:
+        """The deployments the caller may see (all of them without tenancy or for farm-wide keys)."""
+        principal = caller()
+        if principal is None or principal.farm_wide:
+            return service.list_deployments()
+        return service.list_deployments(principal.tenant_name, all_tenants=False)
+
+    def farm_wide_only(what: str) -> None:
+        principal = caller()
+        if principal is not None and not principal.farm_wide:
+            raise ForbiddenError(f"{what} are farm-wide records: "
+                                 "an admin or a farm-wide read-only key reads them")
+
+    @api.get("/overview", summary="Capacity by sector, cloud, vendor and chip; device, deployment and "
+                                  "traffic counts now")
+    async def overview() -> dict[str, Any]:
+        mine = await anyio.to_thread.run_sync(deployments)
+        devices = list(service.devices)
+        states = {"healthy": 0, "draining": 0, "failed": 0}
+        for view in await anyio.to_thread.run_sync(service.list_devices):
+            if not view.healthy or not view.present:
+                states["failed"] += 1
+            else:
+                states["draining" if view.drained else "healthy"] += 1
+        statuses: dict[str, int] = {}
+        for d in mine:
+            statuses[d.status] = statuses.get(d.status, 0) + 1
+        return {
+            "capacity": capacity_report(devices).model_dump(mode="json"),
+            "devices": {"total": len(devices), "emulated": sum(d.emulated for d in devices), **states},
+            "deployments": {
+                "total": len(mine),
+                "by_status": statuses,
+                "replicas_desired": sum(d.replicas for d in mine),
+                "replicas_running": sum(d.running for d in mine),
+            },
+            "traffic": live.now([d.name for d in mine]),
+        }
+
+    @api.get("/devices", summary="Every device with its newest reading (one table, made once per tick)")
+    async def devices() -> Response:
+        return Response(live.devices_json, media_type="application/json")
+
+    @api.get("/devices/{uid:path}/history", summary="A device's recent readings and the replicas on it")
+    async def device_history(uid: str) -> dict[str, Any]:
+        history = live.history.get(uid)
+        if history is None:
+            raise NotFoundError(f"no device {uid!r}")
+        replicas = [
+            {"deployment": d.name, "id": r.id, "state": r.state}
+            for d in await anyio.to_thread.run_sync(deployments)
+            for r in d.replica_list
+            if r.device == uid or uid in (r.stage_devices or [])
+        ]
+        return {"uid": uid, "tick_s": live.tick_s, **history.as_json(), "replicas": replicas}
+
+    @api.get("/deployments/{name}/live", summary="A deployment's request rate, errors, latency and batch "
+                                                 "size per tick")
+    async def deployment_live(name: str) -> dict[str, Any]:
+        names = {d.name for d in await anyio.to_thread.run_sync(deployments)}
+        if name not in names:
+            raise NotFoundError(f"deployment {name!r} not found")
+        series = live.series.get(name)
+        return {
+            "deployment": name,
+            "tick_s": live.tick_s,
+            "latency_note": "p50 and p99 are estimated from the gateway's latency histogram buckets",
+            **(series.as_json() if series is not None else {"t": []}),
+        }
+
+    @api.get("/bench", summary="Benchmark results, newest first")
+    async def bench_list() -> list[dict[str, Any]]:
+        farm_wide_only("benchmark results")
+        return await anyio.to_thread.run_sync(bench.list)
+
+    @api.get("/bench/compare", summary="Two benchmark runs side by side")
+    async def bench_compare(a: str = Query(...), b: str = Query(...)) -> dict[str, Any]:
+        farm_wide_only("benchmark results")
+        return await anyio.to_thread.run_sync(bench.compare, a, b)
+
+    @api.get("/bench/run/{run_id:path}", summary="One benchmark run: its figures and plots")
+    async def bench_show(run_id: str) -> dict[str, Any]:
+        farm_wide_only("benchmark results")
+        return await anyio.to_thread.run_sync(bench.show, run_id)
+
+    return api

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from kcloud.console.bench_runs import BenchRuns
-from kcloud.console.live import LiveFigures
+from kcloud.console.live import LiveFigures, device_state
 from kcloud.errors import ForbiddenError, NotFoundError
 from kcloud.farm.capacity import capacity_report
 from kcloud.farm.service import ControlPlaneService
@@ -57,10 +57,7 @@ def console_api(
         devices = list(service.devices)
         states = {"healthy": 0, "draining": 0, "failed": 0}
         for view in await anyio.to_thread.run_sync(service.list_devices):
-            if not view.healthy or not view.present:
-                states["failed"] += 1
-            else:
-                states["draining" if view.drained else "healthy"] += 1
+            states[device_state(view)] += 1
         statuses: dict[str, int] = {}
         for d in mine:
             statuses[d.status] = statuses.get(d.status, 0) + 1
@@ -77,13 +74,20 @@ def console_api(
         }
 
     @api.get("/devices", summary="Every device with its newest reading (one table, made once per tick)")
-    async def devices() -> Response:
-        return Response(live.devices_json, media_type="application/json")
+    async def devices(request: Request) -> Response:
+        if "gzip" not in request.headers.get("accept-encoding", ""):
+            return Response(live.devices_json, media_type="application/json")
+        return Response(
+            live.devices_gzip(),
+            media_type="application/json",
+            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+        )
 
     @api.get("/devices/{uid:path}/history", summary="A device's recent readings and the replicas on it")
     async def device_history(uid: str) -> dict[str, Any]:
         history = live.history.get(uid)
-        if history is None:
+        view = next((v for v in await anyio.to_thread.run_sync(service.list_devices) if v.uid == uid), None)
+        if history is None or view is None:
             raise NotFoundError(f"no device {uid!r}")
         replicas = [
             {"deployment": d.name, "id": r.id, "state": r.state}
@@ -91,7 +95,15 @@ def console_api(
             for r in d.replica_list
             if r.device == uid or uid in (r.stage_devices or [])
         ]
-        return {"uid": uid, "tick_s": live.tick_s, **history.as_json(), "replicas": replicas}
+        # The placement state is read now, not from the last tick: a drain shows at once.
+        return {
+            **view.model_dump(include={"uid", "node", "name", "chip", "vendor", "emulated", "health_reason",
+                                       "drain_reason"}),
+            "state": device_state(view),
+            "tick_s": live.tick_s,
+            **history.as_json(),
+            "replicas": replicas,
+        }
 
     @api.get("/deployments/{name}/live", summary="A deployment's request rate, errors, latency and batch "
                                                  "size per tick")

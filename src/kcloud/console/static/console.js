@@ -33,12 +33,15 @@ function el(tag, attrs = {}, ...children) {
 const $ = (id) => document.getElementById(id);
 const main = () => $("main");
 
+// One formatter per precision: toLocaleString builds a new one per call, and a table has thousands of cells.
+const FORMATS = new Map();
 function fmt(value, digits = 3) {
   if (value === null || value === undefined) return "";
   if (typeof value === "boolean") return value ? "yes" : "no";
   if (typeof value !== "number") return String(value);
   if (value !== 0 && (Math.abs(value) < 1e-3 || Math.abs(value) >= 1e7)) return value.toExponential(2);
-  return value.toLocaleString("en-US", { maximumFractionDigits: digits });
+  if (!FORMATS.has(digits)) FORMATS.set(digits, new Intl.NumberFormat("en-US", { maximumFractionDigits: digits }));
+  return FORMATS.get(digits).format(value);
 }
 function bytes(n) {
   if (n === null || n === undefined) return "";
@@ -263,15 +266,32 @@ function deviceRow(d) {
   return el("tr", { "data-uid": d.uid }, cells);
 }
 
+// Rows drawn at first and added per "show more": a 1,000-device farm's table is sorted and filtered
+// whole, but only what a screen can show is built, so the page is ready in well under a second.
+const DEVICE_PAGE_ROWS = 200;
+
 async function devicesPage(page, _arg, current) {
   let rows = await api("/api/v1/console/devices");
+  let limit = DEVICE_PAGE_ROWS;
   const sort = { key: "uid", dir: 1 };
   const filters = { node: "", vendor: "", chip: "", state: "", text: "" };
+  const drawn = new Map();   // uid -> [the row's JSON, its <tr>]: a live update rebuilds changed rows only
   const body = el("tbody");
   const count = el("span", { class: "note", id: "device-count" });
-  const options = (key) => [...new Set(rows.map((r) => r[key] ?? ""))].sort();
-  const select = (key) => el("select", { id: `filter-${key}`, onchange: (e) => { filters[key] = e.target.value; draw(); } },
-    el("option", { value: "" }, `every ${key}`), options(key).map((v) => el("option", { value: v }, v)));
+  const more = el("span", { class: "filters" });
+  const selects = Object.fromEntries(["node", "vendor", "chip", "state"].map((key) => [key,
+    el("select", { id: `filter-${key}`, onchange: (e) => { filters[key] = e.target.value; limit = DEVICE_PAGE_ROWS; draw(); } })]));
+  let optionsSeen = "";
+  function drawOptions() {   // the choices follow the farm: a node that joins appears without a reload
+    const choices = Object.fromEntries(Object.keys(selects).map((key) => [key, [...new Set(rows.map((r) => r[key] ?? ""))].sort()]));
+    const seen = JSON.stringify(choices);
+    if (seen === optionsSeen) return;
+    optionsSeen = seen;
+    for (const [key, select] of Object.entries(selects)) {
+      select.replaceChildren(el("option", { value: "" }, `every ${key}`), ...choices[key].map((v) => el("option", { value: v }, v)));
+      select.value = filters[key];
+    }
+  }
   const head = el("tr", {}, DEVICE_COLUMNS.map((col) => el("th", {
     class: `sortable${col.num ? " num" : ""}`, "data-key": col.key,
     onclick: () => { sort.dir = sort.key === col.key ? -sort.dir : 1; sort.key = col.key; draw(); },
@@ -283,36 +303,57 @@ async function devicesPage(page, _arg, current) {
     if (y === null || y === undefined) return -1;
     return (x < y ? -1 : 1) * sort.dir;
   }
+  function rowFor(d) {
+    const json = JSON.stringify(d);
+    const known = drawn.get(d.uid);
+    if (known && known[0] === json) return known[1];
+    const tr = deviceRow(d);
+    drawn.set(d.uid, [json, tr]);
+    return tr;
+  }
   function draw() {
     const text = filters.text.toLowerCase();
     const shown = rows.filter((r) => ["node", "vendor", "chip", "state"].every((k) => !filters[k] || r[k] === filters[k]) &&
       (!text || r.uid.toLowerCase().includes(text) || (r.name || "").toLowerCase().includes(text))).sort(compare);
-    body.replaceChildren(...shown.map(deviceRow));
+    const visible = shown.slice(0, limit);
+    body.replaceChildren(...visible.map(rowFor));
     for (const th of head.children) {
       th.classList.toggle("sorted-asc", th.dataset.key === sort.key && sort.dir === 1);
       th.classList.toggle("sorted-desc", th.dataset.key === sort.key && sort.dir === -1);
     }
-    count.textContent = `${shown.length} of ${rows.length} devices`;
+    count.textContent = `${shown.length} of ${rows.length} devices` +
+      (visible.length < shown.length ? `, the first ${visible.length} shown` : "");
+    count.dataset.total = rows.length;
+    const rest = shown.length - visible.length;
+    more.replaceChildren(...(rest > 0 ? [
+      el("button", { class: "plain", id: "devices-more", onclick: () => { limit += DEVICE_PAGE_ROWS; draw(); } },
+        `Show ${Math.min(rest, DEVICE_PAGE_ROWS)} more`),
+      el("button", { class: "plain", id: "devices-all", onclick: () => { limit = Infinity; draw(); } }, `Show all ${shown.length}`),
+    ] : []));
   }
   page.append(el("h1", {}, "Devices"),
-    el("div", { class: "filters" }, select("node"), select("vendor"), select("chip"), select("state"),
-      el("input", { id: "filter-text", type: "search", placeholder: "device or name", oninput: (e) => { filters.text = e.target.value; draw(); } }),
+    el("div", { class: "filters" }, Object.values(selects),
+      el("input", { id: "filter-text", type: "search", placeholder: "device or name",
+        oninput: (e) => { filters.text = e.target.value; limit = DEVICE_PAGE_ROWS; draw(); } }),
       count),
     el("p", { class: "note" }, "Live, every few seconds. Italic figures marked M are modelled (emulated devices, from the " +
       "catalog), not measured. A blank cell has no sensor: hover it for why."),
-    el("div", { class: "scroll" }, el("table", { id: "devices" }, el("thead", {}, head), body)));
+    el("div", { class: "scroll" }, el("table", { id: "devices" }, el("thead", {}, head), body)), more);
+  drawOptions();
   draw();
   live(async () => {
     const fresh = await api("/api/v1/console/devices");
-    if (current()) { rows = fresh; draw(); }
+    if (!current()) return;
+    rows = fresh;
+    drawOptions();
+    draw();
   }, LIVE_MS.devices);
 }
 
 async function devicePage(page, [uid], current) {
   const path = `/api/v1/console/devices/${encodeURIComponent(uid)}/history`;
   let history = await api(path);
-  const devices = await api("/api/v1/console/devices");
-  const device = devices.find((d) => d.uid === uid) || {};
+  const device = history;  // its placement state as of now; its readings as of the last tick
   const state = el("p", { id: "device-state", class: `state-${device.state}` }, device.state,
     device.health_reason ? ` — ${device.health_reason}` : "", device.drain_reason ? ` — drained: ${device.drain_reason}` : "");
   const actions = el("div", { class: "filters" });
@@ -414,9 +455,20 @@ async function deploymentPage(page, [name], current) {
   const enc = encodeURIComponent(name);
   const [d, explain, events] = await Promise.all([api(`/api/v1/deployments/${enc}`),
     api(`/api/v1/deployments/${enc}/placement`), api(`/api/v1/events?deployment=${enc}&limit=200`)]);
-  page.append(el("h1", {}, `Deployment ${d.name}`),
-    el("p", { id: "deployment-status" }, `${d.model} v${d.version} · ${d.status}`, d.tenant ? ` · tenant ${d.tenant}` : "",
-      ` · ${d.reason || `${d.running} of ${d.replicas} replicas running`}`));
+  const status = el("p", { id: "deployment-status" });
+  const replicas = el("div");
+  function drawState(d) {  // the status line and the replicas table, redrawn with the live figures
+    status.replaceChildren(`${d.model} v${d.version} · ${d.status}`, d.tenant ? ` · tenant ${d.tenant}` : "",
+      ` · ${d.running} of ${d.replicas} replicas running`, d.reason ? ` · ${d.reason}` : "");
+    replicas.replaceChildren(table(["replica", "device", "node", "state", "serves", "started", "last error"],
+      d.replica_list.map((r) => el("tr", {}, el("td", {}, r.id),
+        el("td", {}, el("a", { href: `#/device/${encodeURIComponent(r.device)}` }, r.device), r.emulated ? " (emulated)" : "",
+          r.stage_devices ? ` + ${r.stage_devices.slice(1).join(", ")}` : ""),
+        el("td", {}, r.node), el("td", {}, r.state), el("td", {}, r.serves ?? ""), el("td", {}, when(r.started_at)),
+        el("td", {}, r.last_error ?? ""))), { id: "replicas" }));
+  }
+  drawState(d);
+  page.append(el("h1", {}, `Deployment ${d.name}`), status);
   if (canChange()) {
     const message = el("div");
     const scale = el("form", { class: "inline", id: "scale" },
@@ -442,8 +494,9 @@ async function deploymentPage(page, [name], current) {
   const note = el("p", { class: "note" });
   page.append(note);
   async function drawLive() {
-    const s = await api(`/api/v1/console/deployments/${enc}/live`);
+    const [s, now] = await Promise.all([api(`/api/v1/console/deployments/${enc}/live`), api(`/api/v1/deployments/${enc}`)]);
     if (!current()) return;
+    drawState(now);
     note.textContent = `One point per ${s.tick_s} s. ${s.latency_note}.`;
     const x = s.t.map((t) => new Date(t * 1000));
     await plot(charts.rate, [{ x, y: s.requests_per_s || [], name: "requests/s", mode: "lines" },
@@ -453,12 +506,7 @@ async function deploymentPage(page, [name], current) {
     await plot(charts.batch, [{ x, y: s.mean_batch_rows || [], name: "rows per batch", mode: "lines" }],
       { title: { text: "mean batch size (rows)", font: { size: 13 } } });
   }
-  page.append(el("h2", {}, "Replicas"), table(["replica", "device", "node", "state", "serves", "started", "last error"],
-    d.replica_list.map((r) => el("tr", {}, el("td", {}, r.id),
-      el("td", {}, el("a", { href: `#/device/${encodeURIComponent(r.device)}` }, r.device), r.emulated ? " (emulated)" : "",
-        r.stage_devices ? ` + ${r.stage_devices.slice(1).join(", ")}` : ""),
-      el("td", {}, r.node), el("td", {}, r.state), el("td", {}, r.serves ?? ""), el("td", {}, when(r.started_at)),
-      el("td", {}, r.last_error ?? ""))), { id: "replicas" }));
+  page.append(el("h2", {}, "Replicas"), replicas);
   if (explain.pipeline) {
     page.append(el("h2", {}, `Pipeline: ${explain.pipeline.stages.length} stages, balance ${fmt(explain.pipeline.balance)}`),
       table(["stage", { label: "cost share", num: 1 }, { label: "memory (modelled)", num: 1 }],

@@ -1,0 +1,130 @@
+"""Fixtures for the console tests: one real gateway on loopback (control plane, tenancy, the console)
+over the K-Cloud phase-1 farm file, with real benchmark results, tenants and keys; and Debian's
+Chromium driven by Playwright. Both are started once for the package: a gateway takes seconds."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from kcloud.app.background import BackgroundGateway
+from kcloud.app.options import ServeOptions
+from kcloud.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+PHASE1 = ROOT / "examples" / "k-cloud-phase1.toml"
+#: A name that is markup: wherever it is shown, the page must show these characters, never run them.
+MARKUP = '<script>window.__kcPwned = 1</script><img src=x onerror="window.__kcPwned = 2">'
+#: The deployments, by served name (a tenant's are TENANT:NAME): name -> (model, owning tenant or None).
+DEPLOYMENTS = {"web-digits": ("digits-cnn", None), "alpha:mini": ("all-MiniLM-L6-v2", "alpha"),
+               "beta:digits": ("digits-cnn", "beta")}
+
+
+@dataclass
+class ConsoleFarm:
+    """The running gateway and who can use it."""
+
+    url: str
+    bench_root: Path
+    #: role -> API key: admin, alpha (member), alpha-readonly, beta (member).
+    keys: dict[str, str] = field(default_factory=dict)
+    #: The ids of the benchmark runs under `bench_root`, as the console names them.
+    runs: list[str] = field(default_factory=list)
+
+    def client(self, who: str | None = None, **kwargs) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.keys[who]}"} if who else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+
+def _bench_runs(root: Path) -> list[str]:
+    """Two real quick runs of `kcloud bench run` (digits-cnn on this machine's CPU, in process)."""
+    runner = CliRunner()
+    for scenario in ("Offline", "SingleStream"):
+        out = root / scenario.lower()
+        result = runner.invoke(app, ["bench", "run", "-m", "digits-cnn", "-s", scenario, "--quick",
+                                     "--out", str(out)], env={"COLUMNS": "160"})
+        assert result.exit_code == 0, result.output
+    return sorted(str(p.parent.relative_to(root)) for p in root.rglob("result.json"))
+
+
+@pytest.fixture(scope="session")
+def console_farm(builtin_repository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFarm]:
+    base = tmp_path_factory.mktemp("console")
+    bench_root = base / "bench"
+    runs = _bench_runs(bench_root)
+    announced: list[str] = []
+    gateway = BackgroundGateway(
+        ServeOptions(port=0, replicas=1, models=["noop"], isolation="thread", control_plane=True,
+                     tenancy=True, db_url=f"sqlite:///{base / 'kcloud.db'}", farm_files=[PHASE1],
+                     bench_results=bench_root),
+        repository=builtin_repository, announce=announced.append,
+    ).start()
+    try:
+        key = re.search(r"export KCLOUD_API_KEY=(kc_\S+)", "\n".join(announced))
+        assert key, announced
+        farm = ConsoleFarm(gateway.url, bench_root, {"admin": key.group(1)}, runs)
+        with farm.client("admin") as admin:
+            for tenant in ("alpha", "beta"):
+                body = {"name": tenant, "description": f"{tenant} {MARKUP}"}
+                made = admin.post("/api/v1/tenants", json=body)
+                assert made.status_code == 201, made.text
+            for who, body in {
+                "alpha": {"tenant": "alpha", "name": f"alpha app {MARKUP}"},
+                "alpha-readonly": {"tenant": "alpha", "name": "alpha viewer", "role": "readonly"},
+                "beta": {"tenant": "beta", "name": "beta app"},
+            }.items():
+                made = admin.post("/api/v1/keys", json=body)
+                assert made.status_code == 201, made.text
+                farm.keys[who] = made.json()["key"]
+            for name, (model, tenant) in DEPLOYMENTS.items():
+                body = {"model": model, "name": name, "replicas": 1, "tenant": tenant}
+                made = admin.post("/api/v1/deployments", json=body)
+                assert made.status_code == 201 and made.json()["name"] == name, made.text
+        yield farm
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium_browser() -> Iterator[object]:
+    """Debian's Chromium (`make test` installs it), headless, driven by Playwright; no download."""
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is needed for the console tests (`make test` installs it)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(chromium_browser, console_farm: ConsoleFarm):
+    """`open_page(who, route)` -> a Playwright page of the console at `#/route`, signed in as `who`
+    (its key already in the tab's session storage, as after a sign-in), drawn (`data-ready`)."""
+    contexts = []
+
+    def open_(who: str | None, route: str = "overview", ready: str | None = None):
+        context = chromium_browser.new_context(viewport={"width": 1400, "height": 900})
+        contexts.append(context)
+        if who is not None:
+            key = json.dumps(console_farm.keys[who])
+            context.add_init_script(f"sessionStorage.setItem('kcloud.key', {key});")
+        page = context.new_page()
+        page.goto(f"{console_farm.url}/ui/#/{route}")
+        if who is not None:
+            name = ready or route.split("/")[0]
+            page.wait_for_selector(f"#page-{name}[data-ready]", state="attached", timeout=30_000)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()

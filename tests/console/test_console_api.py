@@ -7,8 +7,8 @@ import math
 
 import orjson
 import pytest
+from console_support import DEPLOYMENTS, ConsoleFarm
 
-from conftest import DEPLOYMENTS, ConsoleFarm
 from kcloud.console.bench_runs import BenchRuns
 from kcloud.console.live import histogram_quantile
 from kcloud.errors import NotFoundError, UnprocessableError

@@ -8,8 +8,7 @@ import io
 from urllib.parse import quote
 
 import pytest
-
-from conftest import MARKUP, ConsoleFarm
+from console_support import MARKUP, ConsoleFarm
 
 pytestmark = pytest.mark.slow
 

@@ -80,6 +80,9 @@ def test_first_start_prints_the_admin_key_once_and_every_route_needs_a_key(home)
         assert len(keys) == 1, first.output
         key = keys[0]
         assert 'curl -s -H "Authorization: Bearer $KCLOUD_API_KEY"' in first.output
+        assert f"Web console                 {first.url}/ui/  (sign in with an API key)" in first.output
+        console_page = httpx.get(f"{first.url}/ui/")
+        assert console_page.status_code == 200 and "kcloud console" in console_page.text
         assert httpx.get(f"{first.url}/v2/health/ready").status_code == 200
         assert httpx.get(f"{first.url}/v1/models").status_code == 401
         listed = httpx.get(f"{first.url}/v1/models", headers={"Authorization": f"Bearer {key}"})
@@ -101,6 +104,7 @@ def test_insecure_no_auth_is_loud(home):
         assert "INSECURE" in up.output  # the banner's title
         assert "WARNING kcloud.tenancy.service: AUTHENTICATION IS OFF" in up.output  # and the log
         assert "kc_" not in up.output
+        assert f"Web console                 {up.url}/ui/\n" in up.output  # no key to sign in with
         response = httpx.get(f"{up.url}/v1/models")
         assert response.status_code == 200 and response.headers["x-kcloud-insecure"] == "auth-disabled"
     finally:

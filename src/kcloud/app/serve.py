@@ -84,13 +84,16 @@ def print_banner(console: Console, url: str, stack: Stack) -> None:
     console.print(f"  API docs                    {url}/docs")
     if stack.admin_api:
         console.print(f"  Admin API (deployments)     {url}/api/v1   (kcloud deploy --help)")
-    if stack.tenancy is not None and not stack.tenancy.insecure:
+    keyed = stack.tenancy is not None and not stack.tenancy.insecure  # every route needs a key
+    if keyed:
         console.print("  API keys                    every route: Authorization: Bearer <key> (kcloud keys)")
+    if stack.console is not None:
+        sign_in = "  (sign in with an API key)" if keyed else ""
+        console.print(f"  Web console                 {url}/ui/{sign_in}")
     console.print(f"Models on {stack.device.uid} ({stack.device.name}):")
     for entry in stack.entries:
         count = stack.replicas.get(entry.name, 0)
         console.print(f"  {entry.name} v{entry.version}  {count} replica{'s' if count != 1 else ''}")
-    keyed = stack.tenancy is not None and not stack.tenancy.insecure  # every route needs a key
     example = curl_example(url, stack.entries)
     if example and keyed:
         example = example.replace("curl -s ", 'curl -s -H "Authorization: Bearer $KCLOUD_API_KEY" ', 1)

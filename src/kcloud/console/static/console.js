@@ -459,7 +459,7 @@ async function deploymentPage(page, [name], current) {
   const replicas = el("div");
   function drawState(d) {  // the status line and the replicas table, redrawn with the live figures
     status.replaceChildren(`${d.model} v${d.version} · ${d.status}`, d.tenant ? ` · tenant ${d.tenant}` : "",
-      ` · ${d.running} of ${d.replicas} replicas running`, d.reason ? ` · ${d.reason}` : "");
+      ` · ${d.running} of ${d.replicas} replicas running`, d.status !== "ready" && d.reason ? ` · ${d.reason}` : "");
     replicas.replaceChildren(table(["replica", "device", "node", "state", "serves", "started", "last error"],
       d.replica_list.map((r) => el("tr", {}, el("td", {}, r.id),
         el("td", {}, el("a", { href: `#/device/${encodeURIComponent(r.device)}` }, r.device), r.emulated ? " (emulated)" : "",

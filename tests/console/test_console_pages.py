@@ -200,3 +200,27 @@ def test_an_admin_creates_a_key_shown_once_and_exports_usage(open_page, console_
         page.click("#usage-csv")
     rows = list(csv.reader(io.StringIO(download.value.path().read_text())))
     assert rows[0][:4] == ["day", "tenant", "key", "deployment"]
+
+
+@pytest.mark.parametrize("who", ["alpha", "alpha-readonly"])
+def test_every_page_a_tenant_may_open(open_page, console_farm: ConsoleFarm, who: str) -> None:
+    """A tenant's member and read-only keys: every page draws, with the tenant's own records only."""
+    with console_farm.client("admin") as admin:
+        device = next(d["uid"] for d in admin.get("/api/v1/console/devices").json() if d["emulated"])
+    page = open_page(who)
+    assert nav(page) == ["overview", "devices", "nodes", "deployments", "usage", "keys", "audit"]
+    assert page.inner_text("#who").endswith("tenant alpha")
+    for route in ("overview", "devices", f"device/{part(device)}", "nodes", "deployments",
+                  f"deployment/{part('alpha:mini')}", "usage", "keys", "audit"):
+        page.goto(f"{console_farm.url}/ui/#/{route}")
+        page.wait_for_selector(f"#page-{route.split('/')[0]}[data-ready]", state="attached")
+        no_error_and_no_script_ran(page)
+        if route == "usage":
+            assert "Usage of tenant alpha." in page.inner_text("#page-usage")
+            assert page.locator("#tenants").count() == 0  # the tenant list is the operator's
+        if route == "keys":
+            tenants = page.eval_on_selector_all("#keys tbody td:nth-child(4)", TEXTS)
+            assert tenants and set(tenants) == {"alpha"}
+        if route == "audit":
+            tenants = page.eval_on_selector_all("#audit tbody td:nth-child(4)", TEXTS)
+            assert set(tenants) <= {"alpha"}

@@ -25,11 +25,14 @@ PAGES = {
     "devices": "devices",
     "device": "device/{device}",
     "nodes": "nodes",
+    "deployments": "deployments",
     "deployment": "deployment/web-digits",
     "bench": "bench",
+    "run": "run/{a}",
     "compare": "compare/{a}/{b}",
     "usage": "usage",
     "keys": "keys",
+    "audit": "audit",
 }
 
 
@@ -61,7 +64,7 @@ def test_every_page_as_a_picture(open_page, console_farm: ConsoleFarm, tmp_path:
         time.sleep(7)  # three sampler ticks with traffic: the live charts have lines
         for name, route in PAGES.items():
             page = open_page("admin", route.format(device=quote(device, safe=""), a=a, b=b))
-            if name in ("device", "deployment", "compare", "usage", "bench"):
+            if name in ("device", "deployment", "run", "compare", "usage"):
                 page.wait_for_function("() => !document.querySelector('.plot:empty')", timeout=30_000)
             page.wait_for_timeout(500)  # charts settle
             page.screenshot(path=str(out / f"{name}.png"), full_page=name not in ("devices", "deployment"))

@@ -68,9 +68,12 @@ def console_farm(builtin_repository, tmp_path_factory: pytest.TempPathFactory) -
         gateway.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_browser() -> Iterator[object]:
-    """Debian's Chromium (`make test` installs it), headless, driven by Playwright; no download."""
+    """Debian's Chromium (`make test` installs it), headless, driven by Playwright; no download.
+
+    Per module, not per session: Playwright's sync API keeps an event loop running in this thread
+    while it is open, and every later test that calls `asyncio.run` would fail."""
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium")

@@ -127,6 +127,18 @@ def test_a_failed_device_moves_its_replica_and_no_request_is_lost(result: dict) 
     assert emb["failed_502"] == 0 and emb["no_replica_503"] == 0  # the other replica took the traffic
 
 
+def test_a_failure_after_the_run_ends_is_not_simulated(place: Path, tmp_path: Path) -> None:
+    # the last --out wins: the module's result in place/out stays as it is
+    done = twin(place, scenario_failing("a/rngd0"), "--duration", "4", "--out", str(tmp_path),
+                name="short.toml")
+    assert done.exit_code == 0, done.output
+    result = json.loads((tmp_path / "twin-result.json").read_text())
+    (emb,) = result["deployments"]
+    assert len(emb["replicas"]) == 2 and all(r["serves_until_s"] is None for r in emb["replicas"])
+    assert "5 s: a/rngd0's failure is not simulated: the run ends at 4 s" in result["events"]
+    assert not any("a/rngd0 failed" in e for e in result["events"])
+
+
 def test_devices_report_utilisation_and_energy_with_unknowns_left_out(result: dict) -> None:
     devices = {d["uid"]: d for d in result["devices"]}
     rngd = devices["b/rngd0"] if devices["b/rngd0"]["replicas"] else devices["a/rngd1"]

@@ -218,6 +218,10 @@ def place(scenario: ScenarioFile, repository: ModelRepository, profiles: Profile
         placed.append(deployment)
     farm = PlacedFarm(scenario, devices, placed, farm_name, events)
     for failure in sorted(scenario.failures, key=lambda f: f.at_s):
+        if failure.at_s >= scenario.twin.duration_s:  # e.g. a shorter --duration than the scenario's
+            events.append(f"{failure.at_s:g} s: {failure.device}'s failure is not simulated: the run "
+                          f"ends at {scenario.twin.duration_s:g} s")
+            continue
         _fail(farm, view, engine, failure)
     for deployment in placed:
         modelled = sorted({r.device.spec.key for r in deployment.replicas if r.profile.modelled})

@@ -9,11 +9,14 @@
 - `free_port`: a TCP port on 127.0.0.1 that was free a moment ago.
 - `start_gateway` (module): starts the real gateway (uvicorn, replicas in worker processes)
   in a background thread on a free loopback port; stopped at the end of the module.
+- `chromium_browser` (module): Debian's Chromium, headless, driven by Playwright (the console's
+  pages).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,3 +86,19 @@ def start_gateway(builtin_repository) -> Iterator[Callable[..., object]]:
     yield start
     for gateway in reversed(started):
         gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium_browser() -> Iterator[object]:
+    """Debian's Chromium (`make test` installs it), headless, driven by Playwright; no download.
+
+    Per module, not per session: Playwright's sync API keeps an event loop running in this thread
+    while it is open, and every later test that calls `asyncio.run` would fail."""
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is needed for the console tests (`make test` installs it)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()

@@ -1,17 +1,17 @@
 """Fixtures for the console tests: one real gateway on loopback (control plane, tenancy, the console)
-over the K-Cloud phase-1 farm file, with real benchmark results, tenants and keys; and Debian's
-Chromium driven by Playwright. Both are started once for the package: a gateway takes seconds."""
+over the K-Cloud phase-1 farm file, with real benchmark results, a real twin run, tenants and keys,
+started once for the package (a gateway takes seconds); and pages of it in Debian's Chromium
+(`chromium_browser` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from console_support import DEPLOYMENTS, MARKUP, PHASE1, ConsoleFarm
+from console_support import DEPLOYMENTS, MARKUP, PHASE1, TWIN_PHASE1, ConsoleFarm
 from typer.testing import CliRunner
 
 from kcloud.app.background import BackgroundGateway
@@ -30,22 +30,32 @@ def _bench_runs(root: Path) -> list[str]:
     return sorted(str(p.parent.relative_to(root)) for p in root.rglob("result.json"))
 
 
+def _twin_run(root: Path) -> str:
+    """One real `kcloud twin run` of the example phase-1 scenario (a minute of it simulated), written
+    where the console reads twin runs."""
+    result = CliRunner().invoke(app, ["twin", "run", str(TWIN_PHASE1), "--duration", "60", "--out",
+                                      str(root / "phase1")], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    return "phase1"
+
+
 @pytest.fixture(scope="session")
 def console_farm(builtin_repository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFarm]:
     base = tmp_path_factory.mktemp("console")
     bench_root = base / "bench"
     runs = _bench_runs(bench_root)
+    twin_run = _twin_run(base / "twin")
     announced: list[str] = []
     gateway = BackgroundGateway(
         ServeOptions(port=0, replicas=1, models=["noop"], isolation="thread", control_plane=True,
                      tenancy=True, db_url=f"sqlite:///{base / 'kcloud.db'}", farm_files=[PHASE1],
-                     bench_results=bench_root),
+                     bench_results=bench_root, twin_results=base / "twin"),
         repository=builtin_repository, announce=announced.append,
     ).start()
     try:
         key = re.search(r"export KCLOUD_API_KEY=(kc_\S+)", "\n".join(announced))
         assert key, announced
-        farm = ConsoleFarm(gateway.url, bench_root, {"admin": key.group(1)}, runs)
+        farm = ConsoleFarm(gateway.url, bench_root, {"admin": key.group(1)}, runs, twin_run)
         with farm.client("admin") as admin:
             for tenant in ("alpha", "beta"):
                 body = {"name": tenant, "description": f"{tenant} {MARKUP}"}
@@ -66,22 +76,6 @@ def console_farm(builtin_repository, tmp_path_factory: pytest.TempPathFactory) -
         yield farm
     finally:
         gateway.stop()
-
-
-@pytest.fixture(scope="module")
-def chromium_browser() -> Iterator[object]:
-    """Debian's Chromium (`make test` installs it), headless, driven by Playwright; no download.
-
-    Per module, not per session: Playwright's sync API keeps an event loop running in this thread
-    while it is open, and every later test that calls `asyncio.run` would fail."""
-    from playwright.sync_api import sync_playwright
-
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is needed for the console tests (`make test` installs it)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

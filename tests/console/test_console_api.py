@@ -11,6 +11,7 @@ from console_support import DEPLOYMENTS, ConsoleFarm
 
 from kcloud.console.bench_runs import BenchRuns
 from kcloud.console.live import histogram_quantile
+from kcloud.console.twin_runs import TwinRuns
 from kcloud.errors import NotFoundError, UnprocessableError
 
 pytestmark = pytest.mark.slow
@@ -78,6 +79,8 @@ def test_a_tenant_sees_its_own_and_no_farm_wide_results(console_farm: ConsoleFar
             assert alpha.get("/api/v1/console/deployments/alpha:mini/live").status_code == 200
             assert alpha.get("/api/v1/console/deployments/beta:digits/live").status_code == 404
             assert alpha.get("/api/v1/console/bench").status_code == 403
+            assert alpha.get("/api/v1/console/twin").status_code == 403
+            assert alpha.get(f"/api/v1/console/twin/run/{console_farm.twin_run}").status_code == 403
             assert alpha.get("/api/v1/console/devices").status_code == 200
     with console_farm.client("admin") as admin:
         assert admin.get("/api/v1/console/deployments/beta:digits/live").status_code == 200
@@ -140,6 +143,49 @@ def test_bench_runs_refuse_bad_names_and_corrupt_results(tmp_path) -> None:
     for name in ("..", "../" + tmp_path.name + "/broken/..", "/etc", "broken/../../x", "nope", ""):
         with pytest.raises(NotFoundError):
             runs.show(name)
+
+
+def test_twin_runs_list_and_show(console_farm: ConsoleFarm) -> None:
+    with console_farm.client("admin") as admin:
+        [listed] = admin.get("/api/v1/console/twin").json()
+        assert listed["id"] == console_farm.twin_run and listed["modelled"] is True
+        assert listed["farm"] == "k-cloud-phase1" and listed["duration_s"] == 60
+        assert listed["deployments"] == 2 and listed["throughput_rps"] > 0
+        run = admin.get(f"/api/v1/console/twin/run/{console_farm.twin_run}").json()
+    assert [d["name"] for d in run["deployments"]] == ["minilm", "digits"]
+    assert all("timeline" not in d for d in run["deployments"])  # drawn as figures instead
+    assert len(run["figures"]) == 3 and all(f["data"] for f in run["figures"])  # 2 deployments + utilisation
+    assert run["devices_total"] >= len(run["devices"]) > 0
+    assert run["devices"][0]["utilisation"] > 0  # devices with replicas come first
+    assert any(e.startswith("minilm: placed 8 replica(s)") for e in run["events"])
+
+
+def test_twin_runs_refuse_bad_names_and_corrupt_results(tmp_path) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "twin-result.json").write_text("{not json")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "twin-result.json").write_text('{"kind": "something else"}')
+    runs = TwinRuns(tmp_path)
+    listed = {r["id"]: r for r in runs.list()}  # listed with why, not dropped and not a failed page
+    assert set(listed) == {"broken", "other"} and all(r["error"] for r in listed.values())
+    assert "something else" in listed["other"]["error"]
+    for name in ("broken", "other"):
+        with pytest.raises(UnprocessableError, match=name):
+            runs.show(name)
+    for name in ("..", "/etc", "broken/../../x", "nope", ""):
+        with pytest.raises(NotFoundError):
+            runs.show(name)
+    assert TwinRuns(tmp_path / "none").list() == []
+
+
+def test_chat_lists_only_generative_deployments(console_farm: ConsoleFarm) -> None:
+    """The console farm serves ONNX models only: no chat models (tests/llm opens the page with a
+    real engine)."""
+    with console_farm.client("admin") as admin:
+        chat = admin.get("/api/v1/console/chat").json()
+        assert chat["deployments"] == [] and chat["tick_s"] > 0
+        live = admin.get("/api/v1/console/deployments/web-digits/live").json()
+        assert live["engine"] is None
 
 
 @pytest.mark.parametrize(

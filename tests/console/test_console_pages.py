@@ -12,8 +12,8 @@ from console_support import MARKUP, ConsoleFarm
 
 pytestmark = pytest.mark.slow
 
-EVERY_ROUTE = ("overview", "devices", "nodes", "deployments", "deployment/web-digits", "bench", "usage",
-               "keys", "audit")
+EVERY_ROUTE = ("overview", "devices", "nodes", "deployments", "deployment/web-digits", "chat", "bench",
+               "twin", "usage", "keys", "audit")
 TEXTS = "tds => tds.map(t => t.textContent)"
 
 
@@ -42,11 +42,13 @@ def test_sign_in_then_every_page_as_admin(open_page, console_farm: ConsoleFarm) 
     page.click("#login-form button[type=submit]")
     page.wait_for_selector("#page-overview[data-ready]", state="attached")
     assert "admin" in page.inner_text("#who")
-    assert nav(page) == ["overview", "devices", "nodes", "deployments", "bench", "usage", "keys", "audit"]
+    assert nav(page) == ["overview", "devices", "nodes", "deployments", "chat", "bench", "twin", "usage",
+                         "keys", "audit"]
     a, b = console_farm.runs
     with console_farm.client("admin") as admin:
         device = next(d["uid"] for d in admin.get("/api/v1/console/devices").json() if d["emulated"])
-    for route in (*EVERY_ROUTE, f"device/{part(device)}", f"run/{part(a)}", f"compare/{part(a)}/{part(b)}"):
+    for route in (*EVERY_ROUTE, f"device/{part(device)}", f"twin-run/{part(console_farm.twin_run)}",
+                  f"run/{part(a)}", f"compare/{part(a)}/{part(b)}"):
         page.goto(f"{console_farm.url}/ui/#/{route}")
         name = route.split("/")[0]
         page.wait_for_selector(f"#page-{name}[data-ready]", state="attached")
@@ -78,9 +80,29 @@ def test_devices_table_filters_and_sorts(open_page) -> None:
     assert modelled > 0 and blank > 0  # emulated readings marked; temperature has no sensor: blank
 
 
+def test_a_twin_run_shows_its_modelled_figures_and_plots(open_page, console_farm: ConsoleFarm) -> None:
+    page = open_page("admin", "twin")
+    assert page.locator("#twin-runs tbody tr").count() == 1
+    assert page.locator("#twin-runs td.modelled").count() >= 3  # offered, answered and refused: modelled
+    page.click("#twin-runs tbody a")
+    page.wait_for_selector("#page-twin-run[data-ready]", state="attached")
+    assert "MODELLED" in page.inner_text("#page-twin-run")
+    names = page.eval_on_selector_all("#twin-deployments tbody tr td:first-child", TEXTS)
+    assert names == ["minilm", "digits"]
+    assert page.locator("#twin-plots .main-svg").count() >= 3  # plotly drew each figure
+    assert page.locator("#twin-devices tbody tr").count() > 0
+    no_error_and_no_script_ran(page)
+
+
+def test_chat_models_page_says_when_there_are_none(open_page) -> None:
+    page = open_page("admin", "chat")
+    assert "No chat models are deployed." in page.inner_text("#chat-models")
+    no_error_and_no_script_ran(page)
+
+
 def test_a_tenant_member_sees_its_own_and_no_admin_action(open_page, console_farm: ConsoleFarm) -> None:
     page = open_page("alpha", "deployments")
-    assert "bench" not in nav(page)
+    assert "bench" not in nav(page) and "twin" not in nav(page)
     names = page.eval_on_selector_all("#deployments tbody tr td:first-child", TEXTS)
     assert names == ["alpha:mini"]
     assert page.locator("#create-deployment").count() == 1
@@ -208,10 +230,10 @@ def test_every_page_a_tenant_may_open(open_page, console_farm: ConsoleFarm, who:
     with console_farm.client("admin") as admin:
         device = next(d["uid"] for d in admin.get("/api/v1/console/devices").json() if d["emulated"])
     page = open_page(who)
-    assert nav(page) == ["overview", "devices", "nodes", "deployments", "usage", "keys", "audit"]
+    assert nav(page) == ["overview", "devices", "nodes", "deployments", "chat", "usage", "keys", "audit"]
     assert page.inner_text("#who").endswith("tenant alpha")
     for route in ("overview", "devices", f"device/{part(device)}", "nodes", "deployments",
-                  f"deployment/{part('alpha:mini')}", "usage", "keys", "audit"):
+                  f"deployment/{part('alpha:mini')}", "chat", "usage", "keys", "audit"):
         page.goto(f"{console_farm.url}/ui/#/{route}")
         page.wait_for_selector(f"#page-{route.split('/')[0]}[data-ready]", state="attached")
         no_error_and_no_script_ran(page)

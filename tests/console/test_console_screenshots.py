@@ -2,7 +2,10 @@
 PNG files: in a temporary directory, or into `docs/console/` (the pictures docs/console.md shows)
 when `KCLOUD_UPDATE_SCREENSHOTS=1`:
 
-    KCLOUD_UPDATE_SCREENSHOTS=1 .venv/bin/pytest tests/console/test_console_screenshots.py
+    KCLOUD_UPDATE_SCREENSHOTS=1 .venv/bin/pytest tests/console/test_console_screenshots.py \
+        tests/llm/test_chat_console.py
+
+(The chat models page needs a real LLM engine: tests/llm/test_chat_console.py draws that one.)
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ PAGES = {
     "bench": "bench",
     "run": "run/{a}",
     "compare": "compare/{a}/{b}",
+    "twin": "twin",
+    "twin-run": "twin-run/{twin}",
     "usage": "usage",
     "keys": "keys",
     "audit": "audit",
@@ -63,8 +68,9 @@ def test_every_page_as_a_picture(open_page, console_farm: ConsoleFarm, tmp_path:
     try:
         time.sleep(7)  # three sampler ticks with traffic: the live charts have lines
         for name, route in PAGES.items():
-            page = open_page("admin", route.format(device=quote(device, safe=""), a=a, b=b))
-            if name in ("device", "deployment", "run", "compare", "usage"):
+            page = open_page("admin", route.format(device=quote(device, safe=""), a=a, b=b,
+                                                   twin=quote(console_farm.twin_run, safe="")))
+            if name in ("device", "deployment", "run", "compare", "usage", "twin-run"):
                 page.wait_for_function("() => !document.querySelector('.plot:empty')", timeout=30_000)
             page.wait_for_timeout(500)  # charts settle
             page.screenshot(path=str(out / f"{name}.png"), full_page=name not in ("devices", "deployment"))

@@ -49,9 +49,11 @@ class ServeOptions:
     #: With tenancy: switch authentication off (`--insecure-no-auth`), announced loudly.
     insecure_no_auth: bool = False
     #: With the control plane: the web console at /ui (`kcloud.console`), reading benchmark results
-    #: under `bench_results` (None: $KCLOUD_HOME/bench, where `kcloud bench run` writes them).
+    #: under `bench_results` (None: $KCLOUD_HOME/bench, where `kcloud bench run` writes them) and
+    #: twin runs under `twin_results` (None: $KCLOUD_HOME/twin, where `kcloud twin run` writes them).
     console: bool = True
     bench_results: Path | None = None
+    twin_results: Path | None = None
     #: Be the head of a cluster: start a Ray head on this port, whose nodes host the replicas
     #: (`kcloud cluster start`); None: replicas on this machine only (`kcloud up`).
     ray_port: int | None = None

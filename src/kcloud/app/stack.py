@@ -40,6 +40,7 @@ from kcloud.tenancy.context import audit_current, current_principal
 from kcloud.tenancy.holdings import enforce_deployment_quota
 from kcloud.tenancy.service import Tenancy
 from kcloud.tenancy.service import attach as attach_tenancy
+from kcloud.twin.results import default_twin_dir
 
 
 class NoLocalCpuError(RuntimeError):
@@ -203,8 +204,10 @@ async def build_stack(
             stack.tenancy = attach_tenancy(app, db, inventory=inventory, insecure=options.insecure_no_auth,
                                            announce=announce)
         if options.control_plane and options.console:
-            stack.console = attach_console(app, control_plane, metrics, caller=current_principal,
-                                           bench_root=options.bench_results or default_out_dir())
+            stack.console = attach_console(app, control_plane, metrics, engines=router.engine_metrics,
+                                           caller=current_principal,
+                                           bench_root=options.bench_results or default_out_dir(),
+                                           twin_root=options.twin_results or default_twin_dir())
     except BaseException:
         await stack.close()
         raise

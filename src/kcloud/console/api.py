@@ -5,8 +5,10 @@ role checks and its audit apply unchanged; these routes only read. Who sees what
 
 - devices and the farm's capacity: every key (the admin API's `/devices` shows them to all);
 - deployments' live figures: the caller's own deployments (another tenant's answer 404);
-- benchmark results: farm-wide keys only (admins, farm-wide read-only keys). A result is the
-  operator's record of a device or a deployment, not a tenant's object.
+- chat models' engine figures: the caller's own chat deployments;
+- benchmark results and twin runs: farm-wide keys only (admins, farm-wide read-only keys). A
+  result is the operator's record of a device, a deployment or a planned farm, not a tenant's
+  object.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.responses import Response
 
 from kcloud.console.bench_runs import BenchRuns
 from kcloud.console.live import LiveFigures, device_state
+from kcloud.console.twin_runs import TwinRuns
 from kcloud.errors import ForbiddenError, NotFoundError
 from kcloud.farm.capacity import capacity_report
 from kcloud.farm.service import ControlPlaneService
@@ -33,6 +36,7 @@ def console_api(
     service: ControlPlaneService,
     live: LiveFigures,
     bench: BenchRuns,
+    twin: TwinRuns,
     caller: Callable[[], Principal | None],
 ) -> APIRouter:
     api = APIRouter(prefix=PREFIX, tags=["console"])
@@ -43,6 +47,12 @@ def console_api(
         if principal is None or principal.farm_wide:
             return service.list_deployments()
         return service.list_deployments(principal.tenant_name, all_tenants=False)
+
+    def generative(view: DeploymentView) -> bool:
+        try:
+            return service.repository.get(view.model, view.version).config.generative
+        except (LookupError, ValueError):  # its model left the repository or broke: not servable now
+            return False
 
     def farm_wide_only(what: str) -> None:
         principal = caller()
@@ -112,11 +122,35 @@ def console_api(
         if name not in names:
             raise NotFoundError(f"deployment {name!r} not found")
         series = live.series.get(name)
+        engine = live.engine_series.get(name)
         return {
             "deployment": name,
             "tick_s": live.tick_s,
             "latency_note": "p50 and p99 are estimated from the gateway's latency histogram buckets",
             **(series.as_json() if series is not None else {"t": []}),
+            # A chat model's engine figures (TTFT, tokens/s, ...), as its engines measured them.
+            "engine": engine.as_json() if engine is not None else None,
+        }
+
+    @api.get("/chat", summary="Chat models: each generative deployment with its engines' newest figures")
+    async def chat() -> dict[str, Any]:
+        rows = []
+        for d in await anyio.to_thread.run_sync(deployments):
+            if not generative(d):
+                continue
+            series = live.engine_series.get(d.name)
+            rows.append({
+                "deployment": d.name, "model": d.model, "version": d.version, "tenant": d.tenant,
+                "status": d.status, "replicas": d.replicas, "running": d.running,
+                "engine": live.engine_names.get(d.name),
+                # null until its engines have been scraped twice (a rate needs two readings)
+                "now": series.points[-1] if series is not None and series.points else None,
+            })
+        return {
+            "tick_s": live.tick_s,
+            "note": "Figures are the engines' own (vLLM, furiosa-llm), over each engine's last scrape "
+                    "interval; percentiles are estimated from their histogram buckets",
+            "deployments": rows,
         }
 
     @api.get("/bench", summary="Benchmark results, newest first")
@@ -133,5 +167,15 @@ def console_api(
     async def bench_show(run_id: str) -> dict[str, Any]:
         farm_wide_only("benchmark results")
         return await anyio.to_thread.run_sync(bench.show, run_id)
+
+    @api.get("/twin", summary="Digital-twin runs (`kcloud twin run`), newest first; every figure modelled")
+    async def twin_list() -> list[dict[str, Any]]:
+        farm_wide_only("twin runs")
+        return await anyio.to_thread.run_sync(twin.list)
+
+    @api.get("/twin/run/{run_id:path}", summary="One twin run: deployments, devices, events and plots")
+    async def twin_show(run_id: str) -> dict[str, Any]:
+        farm_wide_only("twin runs")
+        return await anyio.to_thread.run_sync(twin.show, run_id)
 
     return api

@@ -17,7 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kcloud.console.api import console_api
 from kcloud.console.bench_runs import BenchRuns
 from kcloud.console.live import DEFAULT_TICK_S, LiveFigures
+from kcloud.console.twin_runs import TwinRuns
 from kcloud.farm.controlplane import ControlPlane
+from kcloud.serving.engine_metrics import EngineMetrics
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.tenancy.roles import Principal
 
@@ -65,7 +67,9 @@ def attach(
     control_plane: ControlPlane,
     metrics: ServingMetrics | None,
     *,
+    engines: EngineMetrics | None = None,
     bench_root: Path,
+    twin_root: Path,
     caller: Callable[[], Principal | None],
     tick_s: float = DEFAULT_TICK_S,
 ) -> Console:
@@ -78,9 +82,10 @@ def attach(
         sample=sample,
         device_views=service.list_devices,
         metrics=metrics,
+        engines=engines,
         tick_s=tick_s,
     )
-    app.include_router(console_api(service, live, BenchRuns(bench_root), caller))
+    app.include_router(console_api(service, live, BenchRuns(bench_root), TwinRuns(twin_root), caller))
 
     @app.get(PATH, include_in_schema=False)
     async def console_root() -> RedirectResponse:

@@ -1,13 +1,12 @@
 """Benchmark results for the console: the runs under a results root, one run, two runs side by side.
 
-A run is named by its directory relative to the root (`kcloud bench run --out`'s tree), so a name
-can never reach outside it. Figures are the bench report's own (`kcloud.bench.report.scenario_figures`)
-as Plotly JSON, drawn by the page: the page runs no script it did not ship.
+Runs are found and named as `run_tree.RunTree` says. Figures are the bench report's own
+(`kcloud.bench.report.scenario_figures`) as Plotly JSON, drawn by the page: the page runs no
+script it did not ship.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,14 @@ from kcloud.bench.errors import BenchError
 from kcloud.bench.report import scenario_figures
 from kcloud.bench.result import RESULT_FILE, BenchResult, load_result
 from kcloud.bench.rules import rules_text
-from kcloud.errors import NotFoundError, UnprocessableError
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+from kcloud.console.run_tree import RunTree, UnreadableRun, iso
 
 
 def _summary(run_id: str, result: BenchResult, written: float) -> dict[str, Any]:
     metric = result.metric or {}
     return {
         "id": run_id,
-        "written_at": _iso(written),
+        "written_at": iso(written),
         "system": result.system,
         "model": result.model.name,
         "model_version": result.model.version,
@@ -48,45 +43,31 @@ def _summary(run_id: str, result: BenchResult, written: float) -> dict[str, Any]
     }
 
 
-class BenchRuns:
-    """The runs under `root`, newest first; unreadable results are listed with why, not dropped."""
+class BenchRuns(RunTree[BenchResult]):
+    """`kcloud bench run` results under a root (`$KCLOUD_HOME/bench` by default)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    result_file = RESULT_FILE
+    noun = "benchmark run"
 
-    def list(self) -> list[dict[str, Any]]:
-        if not self.root.is_dir():
-            return []
-        runs = []
-        for path in self.root.rglob(RESULT_FILE):
-            run_id = path.parent.relative_to(self.root).as_posix()
-            written = path.stat().st_mtime
-            try:
-                runs.append(_summary(run_id, load_result(path), written))
-            except BenchError as exc:
-                runs.append({"id": run_id, "error": str(exc), "written_at": _iso(written)})
-        return sorted(runs, key=lambda r: (r["written_at"], r["id"]), reverse=True)
-
-    def _load(self, run_id: str) -> tuple[BenchResult, float]:
-        root = self.root.resolve()
-        path = (root / run_id).resolve()
-        if not path.is_relative_to(root) or not (path / RESULT_FILE).is_file():
-            raise NotFoundError(f"no benchmark run {run_id!r}")
+    def load(self, path: Path) -> BenchResult:
         try:
-            return load_result(path / RESULT_FILE), (path / RESULT_FILE).stat().st_mtime
-        except BenchError as exc:  # a result that is not one: the run exists, its file cannot be read
-            raise UnprocessableError(f"benchmark run {run_id!r}: {exc}") from None
+            return load_result(path)
+        except BenchError as exc:
+            raise UnreadableRun(str(exc)) from None
+
+    def summary(self, run_id: str, result: BenchResult, written: float) -> dict[str, Any]:
+        return _summary(run_id, result, written)
 
     def show(self, run_id: str) -> dict[str, Any]:
         """One run: its summary, its figures as rows, its plots and notes."""
-        result, written = self._load(run_id)
+        result, written = self.open(run_id)
         rows = [{"label": r["label"], "value": r["a"]} for r in figure_rows(result, result)]
         return {**_summary(run_id, result, written), "rows": rows, "notes": list(result.notes),
                 **_plots([result])}
 
     def compare(self, a_id: str, b_id: str) -> dict[str, Any]:
         """Two runs side by side: each figure of both with which way is better, and their plots together."""
-        (a, a_written), (b, b_written) = self._load(a_id), self._load(b_id)
+        (a, a_written), (b, b_written) = self.open(a_id), self.open(b_id)
         return {
             "a": _summary(a_id, a, a_written),
             "b": _summary(b_id, b, b_written),

@@ -344,14 +344,24 @@ class EngineMetrics(Collector):
         for family in (*FAMILIES, UP):
             yield Metric(family.name, family.doc, family.kind)
 
-    def collect(self) -> Iterator[Metric]:
-        """The last scrape of every watched replica, as families (only those with samples), in
-        the order the replicas were watched: scrapes finish in any order, the exposition should
-        not follow them."""
+    def _fresh(self) -> list[tuple[str, _Scrape]]:
+        """(replica id, its last scrape) of every watched replica whose scrape is fresh, in the
+        order the replicas were watched: scrapes finish in any order, readers should not follow them."""
         with self._lock:
-            scrapes = [self._scrapes[rid] for rid in self._watches if rid in self._scrapes]
+            scrapes = [(rid, self._scrapes[rid]) for rid in self._watches if rid in self._scrapes]
         oldest = time.monotonic() - self._max_age_s
-        scrapes = [scrape for scrape in scrapes if scrape.at >= oldest]
+        return [(rid, scrape) for rid, scrape in scrapes if scrape.at >= oldest]
+
+    def scrapes(self) -> list[tuple[str, float, list[Sample]]]:
+        """Every fresh scrape as (replica id, when it landed on `time.monotonic()`, its samples).
+        For rates over the engines' own scrape intervals (the console's): two reads of one scrape
+        are one reading, which only the time tells."""
+        return [(rid, scrape.at, [s for samples in scrape.samples.values() for s in samples])
+                for rid, scrape in self._fresh()]
+
+    def collect(self) -> Iterator[Metric]:
+        """The last scrape of every watched replica, as families (only those with samples)."""
+        scrapes = [scrape for _, scrape in self._fresh()]
         for family in (*FAMILIES, UP):
             metric = Metric(family.name, family.doc, family.kind)
             for scrape in scrapes:

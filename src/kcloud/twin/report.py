@@ -52,7 +52,8 @@ def _plot(figure: go.Figure) -> str:
     return '<div class="plot">' + pio.to_html(figure, include_plotlyjs=False, full_html=False) + "</div>"
 
 
-def _deployment_plot(result: dict[str, Any], deployment: dict[str, Any]) -> str:
+def deployment_figure(result: dict[str, Any], deployment: dict[str, Any]) -> go.Figure:
+    """A deployment's answers per second and p99 over simulated time (the console draws it too)."""
     t = result["timeline_s"]
     timeline = deployment["timeline"]
     figure = go.Figure()
@@ -70,13 +71,14 @@ def _deployment_plot(result: dict[str, Any], deployment: dict[str, Any]) -> str:
         yaxis={"title": "answered/s"},
         yaxis2={"title": "p99 (ms)", "overlaying": "y", "side": "right"},
     )
-    return _plot(figure)
+    return figure
 
 
-def _utilisation_plot(result: dict[str, Any]) -> str:
+def utilisation_figure(result: dict[str, Any]) -> go.Figure | None:
+    """Utilisation over simulated time of the devices with replicas (the first 40); None if none."""
     used = [d for d in result["devices"] if d["utilisation_timeline"] is not None]
     if not used:
-        return ""
+        return None
     figure = go.Figure()
     for device in used[:40]:  # a readable chart; the table lists every device
         figure.add_trace(
@@ -87,7 +89,7 @@ def _utilisation_plot(result: dict[str, Any]) -> str:
         xaxis={"title": "simulated time (s)"},
         yaxis={"title": "utilisation", "range": [0, 1.05]},
     )
-    return _plot(figure)
+    return figure
 
 
 def render(result: dict[str, Any]) -> str:
@@ -147,7 +149,7 @@ def render(result: dict[str, Any]) -> str:
     for d in result["deployments"]:
         parts.append(f"<h3>{html.escape(d['name'])}</h3>")
         parts.append(f'<p class="note">{html.escape(d["placement"])}</p>')
-        parts.append(_deployment_plot(result, d))
+        parts.append(_plot(deployment_figure(result, d)))
         parts.append(
             _table(
                 [
@@ -185,7 +187,8 @@ def render(result: dict[str, Any]) -> str:
         f"{_fmt(energy['joules_per_answered_request'])} J per answered request "
         f'<span class="modelled">modelled</span>. {html.escape(energy["note"] or "")}</p>'
     )
-    parts.append(_utilisation_plot(result))
+    if (utilisation := utilisation_figure(result)) is not None:
+        parts.append(_plot(utilisation))
     parts.append(
         _table(
             ["device", "chip", "emulated", "utilisation", "mean W", "energy J", "power"],

@@ -13,17 +13,15 @@ from rich.table import Table
 
 from kcloud.cli_errors import BAD_INPUT, fail
 from kcloud.farm.profiles import ProfileBook, profiles_dir
-from kcloud.home import kcloud_home
 from kcloud.models.repository import ModelRepository, default_repository_path
 from kcloud.twin import report
 from kcloud.twin.load import LoadError
+from kcloud.twin.results import REPORT_FILE, RESULT_FILE, default_twin_dir
 from kcloud.twin.run import run
 from kcloud.twin.scenario import ScenarioError, load_scenario, place
 from kcloud.twin.sim import COMPILED
 
 console = Console()
-RESULT_FILE = "twin-result.json"
-REPORT_FILE = "twin-report.html"
 
 
 def _run(
@@ -63,7 +61,7 @@ def _run(
             result = run(farm)
     except (ScenarioError, LoadError) as exc:
         raise fail(f"{scenario}: {exc}", BAD_INPUT) from None
-    target = out or kcloud_home() / "twin" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = out or default_twin_dir() / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target.mkdir(parents=True, exist_ok=True)
     (target / RESULT_FILE).write_text(json.dumps(result, indent=1), "utf-8")
     (target / REPORT_FILE).write_text(report.render(result), "utf-8")

@@ -9,7 +9,7 @@
 // - Actions a role may not take are not drawn; the API refuses them anyway.
 
 const KEY = "kcloud.key";
-const LIVE_MS = { overview: 2000, devices: 5000, device: 2000, deployment: 2000 };
+const LIVE_MS = { overview: 2000, devices: 5000, device: 2000, deployment: 2000, chat: 2000 };
 
 let me = null;          // whoami: {actor, role, tenant, insecure}
 let timer = null;       // the current page's live refresh
@@ -155,7 +155,9 @@ const PAGES = [
   ["devices", "Devices", () => true],
   ["nodes", "Nodes", () => true],
   ["deployments", "Deployments", () => true],
+  ["chat", "Chat models", () => true],
   ["bench", "Benchmarks", () => farmWide()],
+  ["twin", "Twin", () => farmWide()],
   ["usage", "Usage", () => true],
   ["keys", "Keys", () => true],
   ["audit", "Audit", () => true],
@@ -187,7 +189,8 @@ async function route() {
   const draw = {
     overview: overviewPage, devices: devicesPage, device: devicePage, nodes: nodesPage,
     deployments: deploymentsPage, deployment: deploymentPage, bench: benchPage, run: runPage,
-    compare: comparePage, usage: usagePage, keys: keysPage, audit: auditPage,
+    compare: comparePage, usage: usagePage, keys: keysPage, audit: auditPage, chat: chatPage,
+    twin: twinPage, "twin-run": twinRunPage,
   }[name];
   const page_ = el("div", { id: `page-${name}` });
   main().replaceChildren(page_);
@@ -505,6 +508,22 @@ async function deploymentPage(page, [name], current) {
       { title: { text: "latency at the gateway (ms)", font: { size: 13 } } });
     await plot(charts.batch, [{ x, y: s.mean_batch_rows || [], name: "rows per batch", mode: "lines" }],
       { title: { text: "mean batch size (rows)", font: { size: 13 } } });
+    if (s.engine) await drawEngine(s.engine);
+  }
+  const engineCharts = {};
+  async function drawEngine(e) {  // a chat model: what its engines measure, one point per tick
+    if (!engineCharts.ttft) {
+      for (const id of ["ttft", "tokens", "queue"]) engineCharts[id] = el("div", { class: "plot", id: `chart-${id}` });
+      page.insertBefore(el("div", { class: "plots", id: "engine-plots" }, Object.values(engineCharts)), note);
+    }
+    const x = e.t.map((t) => new Date(t * 1000));
+    const line = (y, name) => ({ x, y: y || [], name, mode: "lines" });
+    await plot(engineCharts.ttft, [line(e.ttft_p50_ms, "TTFT p50"), line(e.ttft_p99_ms, "TTFT p99"),
+      line(e.inter_token_p50_ms, "inter-token p50")], { title: { text: "engine: time to first token and between tokens (ms)", font: { size: 13 } } });
+    await plot(engineCharts.tokens, [line(e.output_tokens_per_s, "output tokens/s"), line(e.prompt_tokens_per_s, "prompt tokens/s")],
+      { title: { text: "engine: tokens per second", font: { size: 13 } } });
+    await plot(engineCharts.queue, [line(e.running, "running"), line(e.waiting, "waiting")],
+      { title: { text: "engine: requests running and waiting", font: { size: 13 } } });
   }
   page.append(el("h2", {}, "Replicas"), replicas);
   if (explain.pipeline) {
@@ -558,9 +577,9 @@ async function benchPage(page) {
       : el("p", { class: "note" }, "No results yet: kcloud bench run writes them."));
 }
 
-async function drawFigures(page, data) {
-  const plots = el("div", { class: "plots", id: "bench-plots" });
-  page.append(el("h2", {}, "Plots"), plots, ...data.figure_notes.map((n) => el("p", { class: "note" }, n)));
+async function drawFigures(page, data, id = "bench-plots") {
+  const plots = el("div", { class: "plots", id });
+  page.append(el("h2", {}, "Plots"), plots, ...(data.figure_notes || []).map((n) => el("p", { class: "note" }, n)));
   for (const f of data.figures) {
     const node = el("div", { class: "plot" });
     plots.append(node);
@@ -597,6 +616,87 @@ async function comparePage(page, [a, b]) {
       .concat(data.rows.map((r) => el("tr", {}, el("td", {}, r.label), figure(r.a), figure(r.b), delta(r)))), { id: "compare-table" }),
     ...data.notes.map((n) => el("p", { class: "warn" }, n)));
   await drawFigures(page, data);
+}
+
+// ---------------------------------------------------------------- chat models
+const CHAT_COLUMNS = [
+  ["output_tokens_per_s", "output tokens/s", 1], ["prompt_tokens_per_s", "prompt tokens/s", 1],
+  ["ttft_p50_ms", "TTFT p50 ms", 1], ["ttft_p99_ms", "TTFT p99 ms", 1], ["inter_token_p50_ms", "inter-token p50 ms", 1],
+  ["finished_per_s", "finished/s", 2], ["running", "running", 0], ["waiting", "waiting", 0], ["kv_cache_usage", "KV cache", 3],
+];
+
+async function chatPage(page, _arg, current) {
+  const body = el("tbody");
+  const note = el("p", { class: "note" });
+  page.append(el("h1", {}, "Chat models"), note,
+    el("div", { class: "scroll" }, el("table", { id: "chat-models" },
+      el("thead", {}, el("tr", {}, ["deployment", "model", "tenant", "status", "engine", { label: "replicas", num: 1 },
+        ...CHAT_COLUMNS.map(([, label]) => ({ label, num: 1 }))].map((h) => el("th", { class: h.num ? "num" : null }, h.label ?? h)))),
+      body)));
+  async function draw() {
+    const data = await api("/api/v1/console/chat");
+    if (!current()) return;
+    note.textContent = `Generative deployments served by an LLM engine. ${data.note}; one point per ${data.tick_s} s. ` +
+      "Blank: no figure yet (an engine's rates need two scrapes) or one the engine does not report.";
+    body.replaceChildren(...data.deployments.map((d) => el("tr", { "data-deployment": d.deployment },
+      el("td", {}, el("a", { href: `#/deployment/${encodeURIComponent(d.deployment)}` }, d.deployment)),
+      el("td", {}, `${d.model} v${d.version}`), el("td", {}, d.tenant ?? ""), el("td", {}, d.status), el("td", {}, d.engine ?? ""),
+      el("td", { class: "num" }, `${d.running} / ${d.replicas}`),
+      ...CHAT_COLUMNS.map(([key, , digits]) => figure(d.now ? d.now[key] : null,
+        { reason: d.now ? "the engine does not report it, or nothing happened this tick" : "no engine figures yet",
+          show: (v) => fmt(v, digits) })))));
+    if (!data.deployments.length) body.append(el("tr", {}, el("td", { colspan: 6 + CHAT_COLUMNS.length, class: "note" },
+      "No chat models are deployed.")));
+  }
+  await draw();
+  live(draw, LIVE_MS.chat);
+}
+
+// ---------------------------------------------------------------- twin runs
+const runPath = (id) => id.split("/").map(encodeURIComponent).join("/");
+
+async function twinPage(page) {
+  const runs = await api("/api/v1/console/twin");
+  page.append(el("h1", {}, "Digital-twin runs"),
+    el("p", { class: "note" }, "kcloud twin run results on this server's machine. Every figure is modelled by the twin, " +
+      "not measured (docs/twin.md says how close it comes to measured runs)."),
+    runs.length ? table(["written", "farm", { label: "simulated s", num: 1 }, { label: "deployments", num: 1 },
+      { label: "offered req/s", num: 1 }, { label: "answered req/s", num: 1 }, { label: "refused", num: 1 },
+      { label: "mean W", num: 1 }, { label: "warnings", num: 1 }],
+    runs.map((r) => el("tr", {},
+      el("td", {}, el("a", { href: `#/twin-run/${runPath(r.id)}` }, when(r.written_at))),
+      ...(r.error ? [el("td", { colspan: 8, class: "bad" }, r.error)] : [
+        el("td", {}, r.farm), figure(r.duration_s), figure(r.deployments), figure(r.offered_rps, { modelled: true }),
+        figure(r.throughput_rps, { modelled: true }), figure(r.refused, { modelled: true }),
+        figure(r.mean_power_w, { modelled: true, reason: "no device with a known TDP" }), figure(r.warnings)]))), { id: "twin-runs" })
+      : el("p", { class: "note" }, "No twin runs yet: kcloud twin run writes them."));
+}
+
+async function twinRunPage(page, rest) {
+  const run = await api(`/api/v1/console/twin/run/${runPath(rest.join("/"))}`);
+  const energy = run.energy;
+  page.append(el("h1", {}, `Twin run ${run.id}`),
+    el("p", {}, el("span", { class: "modelled-tag" }, "MODELLED"), ` ${run.farm} · ${fmt(run.duration_s)} s simulated · ` +
+      `seed ${run.seed} · ${fmt(run.requests, 0)} requests · ${run.basis}`),
+    el("h2", {}, "Deployments"),
+    table(["deployment", "model", { label: "replicas", num: 1 }, { label: "offered req/s", num: 1 }, { label: "answered req/s", num: 1 },
+      { label: "p50 ms", num: 1 }, { label: "p99 ms", num: 1 }, { label: "p99.9 ms", num: 1 }, { label: "429", num: 1 },
+      { label: "504", num: 1 }, { label: "503", num: 1 }, { label: "502", num: 1 }, "placement"],
+    run.deployments.map((d) => el("tr", {}, el("td", {}, d.name), el("td", {}, d.model), figure(d.replicas.length),
+      ...[d.offered_rps, d.throughput_rps, d.latency_ms.p50, d.latency_ms.p99, d.latency_ms["p99.9"]].map((v) => figure(v, { modelled: true })),
+      ...[d.shed_429, d.timed_out_504, d.no_replica_503, d.failed_502].map((v) => figure(v, { modelled: true })),
+      el("td", {}, d.placement))), { id: "twin-deployments" }),
+    el("h2", {}, "Energy"),
+    el("p", {}, `Farm energy ${fmt(energy.energy_j)} J, mean power ${fmt(energy.mean_power_w)} W, ` +
+      `${fmt(energy.joules_per_answered_request)} J per answered request (modelled). ${energy.note ?? ""}`));
+  await drawFigures(page, run, "twin-plots");
+  page.append(el("h2", {}, `Devices (${run.devices.length} of ${run.devices_total}, those with replicas first)`),
+    table(["device", "chip", "emulated", { label: "utilisation", num: 1 }, { label: "mean W", num: 1 }, { label: "energy J", num: 1 }, "power"],
+      run.devices.map((d) => el("tr", {}, el("td", {}, d.uid), el("td", {}, d.chip), el("td", {}, d.emulated ? "yes" : "no"),
+        figure(d.utilisation, { modelled: true }), figure(d.mean_power_w, { modelled: true, reason: "TDP unknown" }),
+        figure(d.energy_j, { modelled: true, reason: "TDP unknown" }), el("td", {}, d.power_basis ?? ""))), { id: "twin-devices" }),
+    el("h2", {}, "Placement and events"), el("ul", { id: "twin-events" }, run.events.map((e) => el("li", {}, e))));
+  if (run.warning_list.length) page.append(el("h2", {}, "Warnings"), el("ul", {}, run.warning_list.map((w) => el("li", { class: "warn" }, w))));
 }
 
 // ---------------------------------------------------------------- usage, keys, audit

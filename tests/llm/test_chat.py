@@ -379,6 +379,35 @@ def test_engine_metrics_are_reexported_under_kcloud_names(chat_farm: ChatFarm) -
     assert f'kcloud_llm_routed_total{{model="{SMOLLM}",policy="least-tokens",replica="{engine.id}"}}' in text
 
 
+def test_the_gateway_measures_its_own_part_of_each_streams_first_token(chat_farm: ChatFarm) -> None:
+    """`kcloud_llm_gateway_first_token_seconds`: arrival to sending, plus the first event's relay;
+    part of what the client waits for its first token, never all of it (the engine works too)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def sensor() -> tuple[float, float]:
+        with chat_farm.client() as admin:
+            text = admin.get("/metrics").text
+        [family] = [f for f in text_string_to_metric_families(text)
+                    if f.name == "kcloud_llm_gateway_first_token_seconds"]
+        values = {s.name: s.value for s in family.samples if s.labels.get("model") == SMOLLM
+                  and not s.name.endswith("_bucket")}
+        return values.get(family.name + "_sum", 0.0), values.get(family.name + "_count", 0.0)
+
+    before = sensor()
+    started = time.perf_counter()
+    stream = openai_client(chat_farm).chat.completions.create(
+        model=SMOLLM, messages=QUESTION, max_tokens=8, stream=True)
+    client_ttft = None
+    for chunk in stream:
+        if client_ttft is None and chunk.choices:
+            client_ttft = time.perf_counter() - started
+    # not a stream: no first token to measure
+    openai_client(chat_farm).chat.completions.create(model=SMOLLM, messages=QUESTION, max_tokens=2)
+    total, count = sensor()
+    assert count - before[1] == 1  # the stream only
+    assert client_ttft is not None and 0 < total - before[0] < client_ttft
+
+
 def test_placement_explain_shows_which_routing_policy_chose_each_replica(chat_farm: ChatFarm) -> None:
     openai_client(chat_farm).chat.completions.create(model=SMOLLM, messages=QUESTION, max_tokens=2)
     with chat_farm.client() as admin:

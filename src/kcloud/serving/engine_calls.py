@@ -15,6 +15,7 @@ death and the reconciler replaces the engine.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -55,6 +56,9 @@ class StreamAnswer:
         self.chunks = 0
         #: Called once when the stream is closed (the router's load meter counts it answered then).
         self.on_close: list[Callable[[], None]] = []
+        #: Called once with the gateway's own part of the first token, in seconds: from the request's
+        #: arrival to its sending, plus from the engine's first event to its relay to the client.
+        self.on_first_token: list[Callable[[float], None]] = []
 
     async def close(self) -> None:
         """End the engine request (once). A stream that ended without the engine's usage chunk (the
@@ -73,8 +77,10 @@ class StreamAnswer:
 
     async def events(self) -> AsyncIterator[bytes]:
         pending = b""
+        first = True
         try:
             async for piece in self.response.aiter_raw():
+                received = time.perf_counter()
                 pending += piece
                 cut = pending.rfind(b"\n\n")
                 if cut < 0:
@@ -85,7 +91,10 @@ class StreamAnswer:
                     if not ready:
                         continue
                 self.chunks += ready.count(b'"choices":[{')
-                yield ready
+                yield ready  # resumes once the server has handed the bytes to the client's connection
+                if first:
+                    first = False
+                    self._first_token_relayed(received)
             if pending.strip():
                 yield pending
         except httpx.TransportError as exc:
@@ -95,6 +104,15 @@ class StreamAnswer:
             yield _DONE
         finally:
             await self.close()
+
+
+    def _first_token_relayed(self, received: float) -> None:
+        call = self.call
+        if call.arrived_at is None or call.sent_at is None:
+            return
+        added = (call.sent_at - call.arrived_at) + (time.perf_counter() - received)
+        for report in self.on_first_token:
+            report(added)
 
 
 def _usage_of(payload: bytes) -> tuple[int, int] | None:
@@ -117,6 +135,7 @@ async def send(replica: EngineReplica, call: GenerationCall) -> Answer | StreamA
     engine cannot be reached at all (the router then tries another)."""
     replica.begin(call.tokens)
     request = replica.client.build_request("POST", call.path, content=orjson.dumps(call.body), headers=_JSON)
+    call.sent_at = time.perf_counter()
     try:
         response = await replica.client.send(request, stream=call.stream)
     except httpx.TransportError as exc:

@@ -69,6 +69,9 @@ class GenerationCall:
     usage_seen: tuple[int, int] | None = None
     #: The request fields the chosen engine takes on this route.
     accepted: frozenset[str] = frozenset()
+    #: `time.perf_counter()` when the request reached the gateway, and when it was sent to an engine.
+    arrived_at: float | None = None
+    sent_at: float | None = None
 
     def isolate_prefix_cache(self, salt: str) -> None:
         """Salt the engine's prefix cache with `salt` (one per tenant), where the engine takes a

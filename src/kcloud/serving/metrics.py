@@ -19,6 +19,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: The gateway's own share of a stream's first token is sub-millisecond to a few ms.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
+                    0.02, 0.05, 0.1, 0.25, 1.0)
 
 
 class ServingMetrics:
@@ -51,6 +54,12 @@ class ServingMetrics:
             "kcloud_llm_routed", "Generations sent to an engine replica, by the routing policy that chose it "
             "(prefix: a replica that had seen the prompt's prefix; least-tokens; round-robin)",
             ["model", "replica", "policy"], registry=registry)
+        self.llm_first_token_added_seconds = Histogram(
+            "kcloud_llm_gateway_first_token_seconds",
+            "The gateway's own part of a stream's time to first token: from the request reaching the "
+            "gateway to its sending to the engine, plus from the engine's first event arriving to its "
+            "relay to the client (the engine's own time is not in it)",
+            ["model"], buckets=OVERHEAD_BUCKETS, registry=registry)
         self.modelled_device_seconds = Histogram(
             "kcloud_modelled_device_seconds",
             "MODELLED time one batch would take on the emulated device's catalog chip (not measured)",

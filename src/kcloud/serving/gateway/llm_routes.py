@@ -35,6 +35,7 @@ from kcloud.serving.engine_calls import Answer, StreamAnswer
 from kcloud.serving.errors import ModelNotReadyError
 from kcloud.serving.gateway.errors import as_kcloud_error, error_response
 from kcloud.serving.gateway.openai_schemas import OpenAIError
+from kcloud.serving.gateway.request_line import ARRIVED
 from kcloud.serving.gateway.state import GatewayState, gateway_state
 from kcloud.serving.generation import Route, heavy, loaded_tokenizer, prepare_call, tokenizer_for
 
@@ -90,10 +91,12 @@ def _parse(raw: bytes) -> dict:
     return body
 
 
-async def _send(state: GatewayState, route: Route, body: dict, version: int | None = None
-                ) -> tuple[ModelEntry, EngineReplica, Answer | StreamAnswer]:
+async def _send(state: GatewayState, route: Route, body: dict, arrived: float | None,
+                version: int | None = None) -> tuple[ModelEntry, EngineReplica, Answer | StreamAnswer]:
     """Check `body` for its model's engine and send it; the entry, the engine asked what it
-    accepts, and the answer. Raises the refusals (`KcloudError`)."""
+    accepts, and the answer. Raises the refusals (`KcloudError`). `arrived`: when the request
+    reached the gateway (`request_line.ARRIVED`); a stream reports the gateway's own part of its
+    first token to `kcloud_llm_gateway_first_token_seconds`."""
     entry = state.router.entry(body["model"], version)  # 404 for a model the caller cannot see
     if not entry.config.generative:
         raise InvalidRequestError(
@@ -108,7 +111,11 @@ async def _send(state: GatewayState, route: Route, body: dict, version: int | No
                                        tokenizer)
     else:
         call = prepare_call(route, body, entry, accepted, engine.runtime.name, tokenizer)
-    return entry, engine, await state.router.generate(call)
+    call.arrived_at = arrived
+    answer = await state.router.generate(call)
+    if isinstance(answer, StreamAnswer):
+        answer.on_first_token.append(state.metrics.llm_first_token_added_seconds.labels(entry.name).observe)
+    return entry, engine, answer
 
 
 async def _openai(request: Request, route: Route) -> Response:
@@ -118,7 +125,7 @@ async def _openai(request: Request, route: Route) -> Response:
     try:
         body = _parse(await request.body())
         name = body["model"]
-        entry, engine, answer = await _send(state, route, body)
+        entry, engine, answer = await _send(state, route, body, request.scope.get(ARRIVED))
     except Exception as exc:
         error = as_kcloud_error(request.url.path, exc)
         state.observer.failed(name, error.status, protocol="openai")
@@ -180,7 +187,7 @@ async def _oip_generate(request: Request, name: str, version: int | None, stream
     started = time.perf_counter()
     try:
         body = _generate_body(await request.body(), name, stream)
-        entry, engine, answer = await _send(state, "completions", body, version)
+        entry, engine, answer = await _send(state, "completions", body, request.scope.get(ARRIVED), version)
     except Exception as exc:
         error = as_kcloud_error(request.url.path, exc)
         state.observer.failed(name, error.status)

@@ -9,12 +9,17 @@ outermost layer, nothing (authentication, the audit log) ever sees such a path.
 
 from __future__ import annotations
 
+import time
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kcloud.errors import InvalidRequestError
 from kcloud.serving.gateway.errors import send_error
 
 _NUL_ESCAPED = b"%00"
+#: Scope key of `time.perf_counter()` when the request reached the gateway's application, before
+#: any middleware (the LLM routes measure the gateway's own part of a first token from it).
+ARRIVED = "kcloud.arrived"
 
 
 def request_line_problem(scope: Scope) -> str | None:
@@ -28,13 +33,15 @@ def request_line_problem(scope: Scope) -> str | None:
 
 
 class RequestLineGuard:
-    """Answers 400 to a request whose path or query string holds NUL; passes the rest on."""
+    """Answers 400 to a request whose path or query string holds NUL; passes the rest on, stamped
+    with the time it arrived (`ARRIVED`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            scope[ARRIVED] = time.perf_counter()
             problem = request_line_problem(scope)
             if problem is not None:
                 await send_error(send, scope["path"], InvalidRequestError(problem))

@@ -9,9 +9,9 @@ fixed tick (`DEFAULT_TICK_S`) and keeps:
 - the devices table, serialised once per tick: a poll is answered with bytes already made;
 - each served model's request rate, error rate, latency percentiles and mean batch size over the
   last tick, from the serving path's own Prometheus metrics (`kcloud.serving.metrics`);
-- each chat model's engine figures over the last tick (time to first token, inter-token latency,
-  tokens per second in and out, requests running and waiting, KV-cache use), from the engines'
-  own metrics as the gateway re-exports them (`kcloud.serving.engine_metrics`).
+- each chat model's engine figures (time to first token, inter-token latency, tokens per second in
+  and out, requests running and waiting, KV-cache use) over each engine's last scrape interval,
+  from the engines' own metrics as the gateway scrapes them (`kcloud.serving.engine_metrics`).
 
 Figures keep their kind: a reading of an emulated device is `modelled`, a sensor that is absent is
 `null` with the reason, never 0. Latency percentiles are estimated from histogram buckets (linear
@@ -218,7 +218,7 @@ def _read_engine_totals(engines: EngineMetrics) -> dict[str, _EngineTotals]:
 
 
 #: (the scrape before, the latest scrape) of one engine replica; no earlier one after its first.
-ScrapePair = tuple["_EngineTotals | None", _EngineTotals]
+ScrapePair = tuple[_EngineTotals | None, _EngineTotals]
 
 
 def _engine_rates(pairs: list[ScrapePair]) -> dict[str, Any]:
@@ -243,8 +243,10 @@ def _engine_rates(pairs: list[ScrapePair]) -> dict[str, Any]:
         seconds = latest.at - earlier.at
         for name in deltas:
             deltas[name] += (getattr(latest, name) - getattr(earlier, name)) / seconds
-        add("ttft_before", earlier.ttft), add("ttft_now", latest.ttft)
-        add("itl_before", earlier.inter_token), add("itl_now", latest.inter_token)
+        add("ttft_before", earlier.ttft)
+        add("ttft_now", latest.ttft)
+        add("itl_before", earlier.inter_token)
+        add("itl_now", latest.inter_token)
         rated += 1
 
     def rate(name: str) -> float | None:

@@ -105,7 +105,6 @@ class StreamAnswer:
         finally:
             await self.close()
 
-
     def _first_token_relayed(self, received: float) -> None:
         call = self.call
         if call.arrived_at is None or call.sent_at is None:

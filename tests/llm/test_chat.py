@@ -278,6 +278,12 @@ def test_an_engine_that_dies_mid_stream_ends_the_stream_with_an_error_and_is_rep
             "/v1/chat/completions", json={"model": SMOLLM, "messages": QUESTION, "max_tokens": 4}
         )
     assert answer.status_code in (200, 503) and time.monotonic() - started < 30
+    # The killed engine's exit is noticed (its process reaped) a moment after the stream broke;
+    # until then it still counts as alive, and waiting for a live engine would find it.
+    deadline = time.monotonic() + 30
+    while any(e.pid == old_pid and e.alive for e in chat_farm.engines()):
+        assert time.monotonic() < deadline, "the killed engine's exit was not noticed in 30 s"
+        time.sleep(0.1)
     chat_farm.wait_ready()
     [replacement] = chat_farm.engines()
     assert replacement.pid != old_pid

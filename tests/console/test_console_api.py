@@ -165,11 +165,16 @@ def test_twin_runs_refuse_bad_names_and_corrupt_results(tmp_path) -> None:
     (tmp_path / "broken" / "twin-result.json").write_text("{not json")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "twin-result.json").write_text('{"kind": "something else"}')
+    (tmp_path / "older").mkdir()  # every key a result has, but a deployment without its figures
+    (tmp_path / "older" / "twin-result.json").write_text(orjson.dumps({
+        "kind": "kcloud-twin-run", "farm": "f", "basis": "b", "duration_s": 1, "created": "now",
+        "deployments": [{"name": "d"}], "devices": [], "energy": {}, "simulation": {}}).decode())
     runs = TwinRuns(tmp_path)
     listed = {r["id"]: r for r in runs.list()}  # listed with why, not dropped and not a failed page
-    assert set(listed) == {"broken", "other"} and all(r["error"] for r in listed.values())
+    assert set(listed) == {"broken", "other", "older"} and all(r["error"] for r in listed.values())
     assert "something else" in listed["other"]["error"]
-    for name in ("broken", "other"):
+    assert "not a twin result of this kcloud version" in listed["older"]["error"]
+    for name in ("broken", "other", "older"):
         with pytest.raises(UnprocessableError, match=name):
             runs.show(name)
     for name in ("..", "/etc", "broken/../../x", "nope", ""):

@@ -96,7 +96,7 @@ def console_api(
     @api.get("/devices/{uid:path}/history", summary="A device's recent readings and the replicas on it")
     async def device_history(uid: str) -> dict[str, Any]:
         history = live.history.get(uid)
-        view = next((v for v in await anyio.to_thread.run_sync(service.list_devices) if v.uid == uid), None)
+        view = await anyio.to_thread.run_sync(service.device_view, uid)
         if history is None or view is None:
             raise NotFoundError(f"no device {uid!r}")
         replicas = [

@@ -55,21 +55,24 @@ class TwinRuns(RunTree[dict[str, Any]]):
 
     def load(self, path: Path) -> dict[str, Any]:
         try:
-            result = load_twin_result(path)
-            _summary("", result, 0.0)  # every figure a page reads is there
+            return load_twin_result(path)
         except TwinResultError as exc:
             raise UnreadableRun(str(exc)) from None
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise UnreadableRun(f"{path}: not a twin result of this kcloud version "
-                                f"({type(exc).__name__}: {exc})") from None
-        return result
 
     def summary(self, run_id: str, result: dict[str, Any], written: float) -> dict[str, Any]:
-        return _summary(run_id, result, written)
+        try:
+            return _summary(run_id, result, written)
+        except (KeyError, TypeError, AttributeError) as exc:  # a figure the page reads is missing
+            raise UnreadableRun(
+                f"not a twin result of this kcloud version ({type(exc).__name__}: {exc})") from None
 
     def show(self, run_id: str) -> dict[str, Any]:
         """One run: its summary, deployments, devices, events, warnings and plots."""
         result, written = self.open(run_id)
+        try:
+            summary = self.summary(run_id, result, written)
+        except UnreadableRun as exc:
+            raise UnprocessableError(f"twin run {run_id!r}: {exc}") from None
         try:
             figures = [deployment_figure(result, d) for d in result["deployments"]]
             utilisation = utilisation_figure(result)
@@ -78,7 +81,7 @@ class TwinRuns(RunTree[dict[str, Any]]):
                                      f"({type(exc).__name__}: {exc})") from None
         devices = sorted(result["devices"], key=lambda d: d.get("utilisation_timeline") is None)
         return {
-            **_summary(run_id, result, written),
+            **summary,
             "gateway_ms": result.get("gateway_ms"),
             "seed": result.get("seed"),
             "simulation": result["simulation"],

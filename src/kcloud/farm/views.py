@@ -103,6 +103,12 @@ class ReadViews(Ledger):
         with self.db.session() as session:
             return self._device_views(session, None)
 
+    def device_view(self, uid: str) -> DeviceView | None:
+        """One device's view; None when the control plane does not know it."""
+        with self.db.session() as session:
+            found = self._device_views(session, [uid])
+        return found[0] if found else None
+
     def events(
         self,
         *,

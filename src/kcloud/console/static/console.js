@@ -51,6 +51,8 @@ function bytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 function when(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
+// A run's id (a relative path) as URL path segments.
+const runPath = (id) => id.split("/").map(encodeURIComponent).join("/");
 
 // A figure cell: blank with the reason for unknowns, marked when modelled.
 function figure(value, { reason = null, modelled = false, show = fmt } = {}) {
@@ -589,7 +591,7 @@ async function drawFigures(page, data, id = "bench-plots") {
 }
 
 async function runPage(page, [id]) {
-  const run = await api(`/api/v1/console/bench/run/${id.split("/").map(encodeURIComponent).join("/")}`);
+  const run = await api(`/api/v1/console/bench/run/${runPath(id)}`);
   page.append(el("h1", {}, `Run ${run.id}`),
     el("p", {}, `${run.model} v${run.model_version ?? "?"} · ${run.scenario} / ${run.mode} · ${run.device} · `, validity(run),
       ` · MLPerf rules: ${run.mlperf_rules}`),
@@ -653,8 +655,6 @@ async function chatPage(page, _arg, current) {
 }
 
 // ---------------------------------------------------------------- twin runs
-const runPath = (id) => id.split("/").map(encodeURIComponent).join("/");
-
 async function twinPage(page) {
   const runs = await api("/api/v1/console/twin");
   page.append(el("h1", {}, "Digital-twin runs"),

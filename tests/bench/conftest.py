@@ -62,7 +62,9 @@ def gateway(bench_models) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [KCLOUD, "up", "--port", str(port), "--replicas", "1"],
+        # the models the bench tests run; the chat model's engine would add ~40 s and serve nothing here
+        [KCLOUD, "up", "--port", str(port), "--replicas", "1", "--model", "digits-cnn",
+         "--model", "all-MiniLM-L6-v2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

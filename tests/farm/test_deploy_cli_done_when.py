@@ -48,7 +48,8 @@ class Server:
 
     def __init__(self, port: int, db_url: str) -> None:
         self.process = subprocess.Popen(
-            [KCLOUD, "up", "--port", str(port), "--farm", str(FARM), "--db", db_url, "--replicas", "1"],
+            [KCLOUD, "up", "--port", str(port), "--farm", str(FARM), "--db", db_url, "--replicas", "1",
+             "--model", MODEL],  # not the chat model: its engine would add ~40 s to each start
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

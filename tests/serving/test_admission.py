@@ -61,7 +61,7 @@ def server_url(builtin_repository, tmp_path_factory) -> Iterator[str]:
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [KCLOUD, "up", "--port", str(port), "--replicas", "1", "--insecure-no-auth"],
+        [KCLOUD, "up", "--port", str(port), "--replicas", "1", "--insecure-no-auth", "--model", MINILM],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "KCLOUD_HOME": str(home)},
     )

@@ -146,6 +146,15 @@ def test_an_unknown_model_is_refused_before_anything_starts(builtin_repository, 
     assert "Traceback" not in done.stdout + done.stderr
 
 
+def test_serving_named_models_builds_only_those_bundled_models(tmp_path):
+    """`kcloud up --model noop` builds the no-op model and nothing else (no chat model conversion)."""
+    from kcloud.app.stack import prepare_repository
+
+    repository = prepare_repository(progress=False, root=tmp_path / "models", models=["noop", "not-bundled"])
+    assert [entry.name for entry in repository.list()] == ["noop"]
+    assert prepare_repository(progress=False, root=tmp_path / "empty", models=[]).list() == []
+
+
 def test_replica_layout_follows_the_runtime_or_the_option(builtin_repository):
     from kcloud.app.stack import local_cpu, replica_layout
     from kcloud.devices.inventory import Inventory

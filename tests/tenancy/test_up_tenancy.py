@@ -19,6 +19,8 @@ pytestmark = pytest.mark.slow
 
 KCLOUD = str(Path(sys.executable).with_name("kcloud"))
 KEY_LINE = re.compile(r"export KCLOUD_API_KEY=(kc_\S+)")
+#: The ONNX models only: the chat model's engine would add ~40 s to each start and test nothing here.
+SMALL_MODELS = ("--model", "all-MiniLM-L6-v2", "--model", "digits-cnn", "--model", "noop")
 
 
 def _free_port() -> int:
@@ -45,7 +47,7 @@ class Up:
         env = {"PATH": str(Path(sys.executable).parent), "KCLOUD_HOME": str(home), "COLUMNS": "200"}
         self.process = subprocess.Popen(
             [KCLOUD, "up", "--port", self.url.rsplit(":", 1)[1], "--replicas", "1", "--isolation", "thread",
-             *args],
+             *SMALL_MODELS, *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )
         self.lines: list[str] = []

@@ -133,7 +133,7 @@ def serve(options: ServeOptions, *, console: Console | None = None) -> None:
             load_server_secret(kcloud_home())
             check_usage_settings()
         inventory = build_inventory(options.farm_files)
-        repository = prepare_repository(progress=True)
+        repository = prepare_repository(progress=True, models=options.models)
         served_entries(repository, options.models)  # an unknown --model fails here, before anything starts
         cluster = None
         if options.ray_port is not None:

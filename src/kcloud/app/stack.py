@@ -27,7 +27,7 @@ from kcloud.farm.controlplane import ControlPlane
 from kcloud.farm.controlplane import attach as attach_control_plane
 from kcloud.farm.reconciler import PassReport
 from kcloud.farm.service import BundledModel
-from kcloud.models.builtin import builtin_names, ensure_builtin_models
+from kcloud.models.builtin import BUILTINS, builtin_names, ensure_builtin_models
 from kcloud.models.repository import ModelEntry, ModelRepository, default_repository_path
 from kcloud.runtimes.layout import default_layout, host_cores
 from kcloud.serving.engine_metrics import EngineMetrics
@@ -89,14 +89,19 @@ def build_inventory(farm_files: Sequence[Path]) -> Inventory:
     return Inventory.build(list(farm_files), include_local=True)
 
 
-def prepare_repository(*, progress: bool = True, root: Path | None = None) -> ModelRepository:
-    """The repository (default: under KCLOUD_HOME), with every bundled model built into it.
+def prepare_repository(
+    *, progress: bool = True, root: Path | None = None, models: Sequence[str] | None = None
+) -> ModelRepository:
+    """The repository (default: under KCLOUD_HOME), with the bundled models built into it.
 
-    The no-op model is bundled too: it is how a user (and the benchmark) sees what the gateway
-    costs by itself.
+    `models` (`kcloud up --model`) limits the build to the built-ins among them: serving only
+    MiniLM should not wait half a minute for the chat model's conversion. A named built-in this
+    installation cannot build fails here, with what to install. The no-op model is bundled too:
+    it is how a user (and the benchmark) sees what the gateway costs by itself.
     """
     repository = ModelRepository(root or default_repository_path())
-    ensure_builtin_models(repository, include=builtin_names(), progress=progress)
+    include = builtin_names() if models is None else [name for name in models if name in BUILTINS]
+    ensure_builtin_models(repository, include=include, progress=progress)
     return repository
 
 

@@ -223,9 +223,12 @@ async def drive(port: int, requests: list[bytes], clients: int, warmup_s: float,
 
 # ---------------------------------------------------------------------------- the server
 def start_up(port: int, home: Path, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`kcloud up` on 127.0.0.1:`port`, one replica per bundled model, in its own process group."""
+    """`kcloud up` on 127.0.0.1:`port`, one replica per bundled ONNX model, in its own process group.
+
+    Not the chat model: its engine would hold threads on the cores the load is measured on."""
     command = [str(Path(sys.executable).with_name("kcloud")), "up", "--host", "127.0.0.1",
-               "--port", str(port), "--replicas", "1"]
+               "--port", str(port), "--replicas", "1", "--model", MINILM, "--model", "digits-cnn",
+               "--model", "noop"]
     log = log_path.open("w")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "KCLOUD_HOME": str(home), **(env or {})})

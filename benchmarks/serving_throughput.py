@@ -424,11 +424,14 @@ def admin_key(home: Path) -> str:
 
 def start_server(port: int, log_path: Path, home: Path, replicas: int | None, isolation: str,
                  auth: bool, server: str = "up") -> subprocess.Popen:
+    # The two models measured, and not the chat model: its engine would hold threads on the cores
+    # the limit and the served throughput are measured on.
+    models = ["--model", MINILM, "--model", NOOP]
     if server == "cluster":  # the head of a one-node Ray cluster: replicas are Ray actors
         command = [str(KCLOUD), "cluster", "start", "--port", str(port), "--ray-port", str(free_port()),
-                   "--model", MINILM, "--model", NOOP]
+                   *models]
     else:
-        command = [str(KCLOUD), "up", "--port", str(port), "--isolation", isolation]
+        command = [str(KCLOUD), "up", "--port", str(port), "--isolation", isolation, *models]
     if replicas:
         command += ["--replicas", str(replicas)]
     if not auth:

@@ -138,6 +138,26 @@ def test_bad_options_are_refused_without_a_traceback(free_port, args, words):
     assert "Traceback" not in done.stdout + done.stderr
 
 
+def test_an_address_not_on_this_machine_is_one_clear_line(builtin_repository, free_port):
+    done = subprocess.run([KCLOUD, "up", "--port", str(free_port), "--host", "192.0.2.1", "--model", "noop"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"cannot listen on 192.0.2.1:{free_port}:" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_broken_model_directory_is_named_not_blamed_on_the_port(tmp_path, free_port):
+    """A dangling symlink where a bundled model goes: the error names the file, not the listen address."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "noop").symlink_to(tmp_path / "gone")
+    done = subprocess.run([KCLOUD, "up", "--port", str(free_port), "--model", "noop"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "KCLOUD_HOME": str(tmp_path)})
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "kcloud could not start: Not a directory:" in said and str(tmp_path / "models" / "noop") in said
+    assert "listen" not in said and "Traceback" not in said
+
+
 def test_an_unknown_model_is_refused_before_anything_starts(builtin_repository, free_port):
     done = subprocess.run([KCLOUD, "up", "--port", str(free_port), "--model", "nope"], capture_output=True,
                           text=True, timeout=120)

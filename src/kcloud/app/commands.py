@@ -125,7 +125,7 @@ def _serve(options: ServeOptions) -> None:
     from kcloud.cluster.ray_node import ClusterError
     from kcloud.devices.inventory import FarmFileError
     from kcloud.models.errors import BuildError, ModelFileError, ModelNotFoundError
-    from kcloud.serving.http_server import PortInUseError
+    from kcloud.serving.http_server import ListenError
     from kcloud.serving.trace import TraceFileError
     from kcloud.store.db import DatabaseError
     from kcloud.tenancy.keys import ServerSecretError
@@ -133,7 +133,7 @@ def _serve(options: ServeOptions) -> None:
 
     try:
         serve(options)
-    except PortInUseError as exc:
+    except ListenError as exc:  # the port is taken, or the address is not this machine's
         raise fail(exc.strerror or str(exc), 2) from None
     except (FarmFileError, DatabaseError, ServerSecretError, UsageSettingsError, ClusterError,
             TraceFileError) as exc:
@@ -142,8 +142,10 @@ def _serve(options: ServeOptions) -> None:
         raise fail(str(exc).strip("'\""), 2) from None
     except (BuildError, ModelFileError, NoLocalCpuError) as exc:
         raise fail(str(exc).strip("'\""), 1) from None
-    except OSError as exc:  # e.g. cannot bind a non-local address
-        raise fail(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}", 2) from None
+    except OSError as exc:  # a file kcloud needs (a model directory, its home) cannot be used
+        names = ((": ", exc.filename), (" -> ", exc.filename2))
+        where = "".join(f"{sep}{name}" for sep, name in names if name)
+        raise fail(f"kcloud could not start: {exc.strerror or exc}{where}", 1) from None
     except KeyboardInterrupt:  # Ctrl-C while models or replicas were still starting
         Console(stderr=True).print("interrupted; stopped.")
         raise typer.Exit(130) from None

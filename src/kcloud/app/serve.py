@@ -120,7 +120,7 @@ def print_banner(console: Console, url: str, stack: Stack) -> None:
 def serve(options: ServeOptions, *, console: Console | None = None) -> None:
     """`kcloud up`: the embedded default, in the foreground until Ctrl-C or SIGTERM.
 
-    Raises `PortInUseError` before loading anything when the port is taken; a database or key
+    Raises `ListenError` (`PortInUseError`) before loading anything when it cannot listen; a database or key
     secret that cannot be used fails before anything starts, too.
     """
     console = console or Console()

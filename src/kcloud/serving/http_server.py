@@ -28,12 +28,17 @@ GRACEFUL_SHUTDOWN_S = 10.0
 GC_YOUNG_THRESHOLD = 10_000
 
 
-class PortInUseError(OSError):
+class ListenError(OSError):
+    """The gateway cannot listen where it was asked (`strerror` says where and why)."""
+
+
+class PortInUseError(ListenError):
     """The address is taken (another `kcloud up`, or any other server)."""
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on (host, port); `PortInUseError` when it is taken.
+    """A listening socket on (host, port); `PortInUseError` when it is taken, `ListenError` when
+    it cannot be had for another reason (an address not on this machine, a port below 1024).
 
     Bound first, before any model loads, so that a port in use fails at once.
     """
@@ -47,7 +52,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise PortInUseError(exc.errno, f"port {port} on {host} is already in use; "
                                             f"stop what uses it or choose another with --port") from None
-        raise
+        raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -80,6 +80,19 @@ def test_reference_figures() -> None:
     assert CATALOG.get("nvidia-h100-sxm").tdp_watts.value == 700
 
 
+def test_mlperf_results_are_on_the_rows_they_were_measured_on() -> None:
+    """chips.md's MLPerf Inference closed ResNet-50 Offline results, each an official submission."""
+    expected = {"rebellions-atom-ca02": 7245.87, "rebellions-atom-ca12": 7245.87,
+                "rebellions-atom-ca22": 7245.87, "furiosa-warboy": 2758.44, "sapeon-x220-enterprise": 13100.9}
+    for spec in CATALOG:
+        figure = spec.mlperf_resnet50_offline_sps
+        assert figure.value == expected.get(spec.key), spec.key
+        if figure.known:
+            assert figure.confidence == "vendor" and "mlperf_log_summary.txt" in figure.source
+    # the ATOM-Max card carries several ATOM dies: the one-chip result is not the card's, and says so
+    assert "one ATOM chip" in CATALOG.get("rebellions-atom-ca25").mlperf_resnet50_offline_sps.note
+
+
 def test_unknown_key_is_a_keyerror_with_suggestions() -> None:
     with pytest.raises(KeyError) as info:
         CATALOG.get("furiosa-rngdd")

@@ -177,14 +177,17 @@ def test_constraints_and_slo_filters_name_what_was_asked():
     fp32 = engine.place(request(precision="fp32"), commit=False)
     assert fp32.device_uids == ["n3/cpu"]
     assert reasons(fp32)["n1/rngd"] == "rejected: FP32 runs on CPUs and GPUs; this is a npu"
-    # An RNGD is modelled at ~28 µs for 2.9 GFLOP, an ATOM at ~0.23 ms: a 0.1 ms p99 keeps only the RNGD.
-    fast = engine.place(request(slo_p99_ms=0.1), commit=False)
+    # At batch 1 both NPUs are memory bound, reading 1 GiB of FP32 weights as 0.54 GB of 16-bit ones:
+    # an RNGD at 1,500 GB/s × 0.4 takes 0.895 ms, an ATOM at 256 GB/s × 0.46 (its MLPerf factor)
+    # 4.52 ms. A 1 ms p99 keeps only the RNGD.
+    fast = engine.place(request(slo_p99_ms=1.0), commit=False)
     assert fast.device_uids == ["n1/rngd"]
-    assert "batch-1 latency 0.227 ms (modelled) > p99 target 0.1 ms" in reasons(fast)["n2/atom"]
-    # 10,000 rps on one replica is more than an ATOM's modelled 4,414 samples/s.
+    assert "batch-1 latency 4.52 ms (modelled) > p99 target 1 ms" in reasons(fast)["n2/atom"]
+    # 10,000 rps on one replica is more than an ATOM's modelled 5,122 samples/s: at 32 rows it is
+    # compute bound, 2.9 GFLOP over 32 FP16 TFLOPS × 0.46 a row.
     busy = engine.place(request(vendor="rebellions", slo_throughput_rps=10_000), commit=False)
     assert busy.outcome == "pending"
-    assert "needs 226.6% of its 4414 samples/s (modelled)" in reasons(busy)["n2/atom"]
+    assert "needs 195.2% of its 5122 samples/s (modelled)" in reasons(busy)["n2/atom"]
 
 
 def test_spread_keeps_replicas_apart_and_binpack_fills_one_device():

@@ -136,7 +136,13 @@ def test_the_comparison_needs_both_sides_and_states_its_assumptions() -> None:
     comparison = report.comparison
     assert comparison.verdict in {"reproduced", "not reproduced", "refuted"}
     assert comparison.npu == "aws-inf2.xlarge" and comparison.saving is not None
-    assert any("efficiency factor 0.4" in line for line in comparison.assumptions)
+    # both modelled, and both chips without an MLPerf result: each side names the default factor
+    assert any(
+        "both sides modelled with the same factor" in line
+        and "NPU aws-inferentia2 with efficiency factor 0.4 (default 0.4" in line
+        and "GPU nvidia-l4 with efficiency factor 0.4 (default 0.4" in line
+        for line in comparison.assumptions
+    )
     assert any("100% utilisation" in line for line in comparison.assumptions)
     half = cost_report(
         load_price_table(), model=MODEL, flops_per_sample=FLOPS, book=ProfileBook(), utilisation=0.5
@@ -145,6 +151,44 @@ def test_the_comparison_needs_both_sides_and_states_its_assumptions() -> None:
     assert by_key["aws-g6.xlarge"].usd_per_million == pytest.approx(
         2 * {r.key: r for r in report.rows}["aws-g6.xlarge"].usd_per_million
     )
+
+
+def test_each_side_is_modelled_with_its_chips_own_factor_and_says_where_it_came_from() -> None:
+    atom_row = GOOD_ROW.replace('"box"', '"npu-box"').replace('"nvidia-l4"', '"rebellions-atom-ca22"')
+    report = cost_report(parse_price_table(atom_row + GOOD_ROW), model=MODEL, flops_per_sample=FLOPS)
+    npu = {r.key: r for r in report.rows}["npu-box"]
+    assert npu.label == "modelled" and npu.efficiency == pytest.approx(0.464, abs=0.001)
+    assert npu.efficiency_basis.startswith("MLPerf v3.0 ResNet-50 Offline 7,245.87 samples/s")
+    assert "efficiency 0.46 (MLPerf v3.0" in npu.basis
+    assert report.efficiency is None  # no what-if: every chip its own
+    assert any(
+        "each with its chip's own factor" in line
+        and "NPU rebellions-atom-ca22 with efficiency factor 0.46 (MLPerf v3.0 ResNet-50 Offline" in line
+        and "GPU nvidia-l4 with efficiency factor 0.4 (default 0.4" in line
+        for line in report.comparison.assumptions
+    )
+
+
+def test_a_what_if_efficiency_applies_to_every_chip_and_a_bad_one_is_refused() -> None:
+    table = parse_price_table(GOOD_ROW)
+    own = cost_report(table, model=MODEL, flops_per_sample=FLOPS).rows[0]
+    half = cost_report(table, model=MODEL, flops_per_sample=FLOPS, efficiency=0.2).rows[0]
+    assert half.samples_per_second == pytest.approx(own.samples_per_second / 2)  # 0.2 against L4's 0.4
+    assert half.efficiency == 0.2 and "what-if" in half.efficiency_basis and "what-if" in half.basis
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="efficiency must be in"):
+            cost_report(table, model=MODEL, flops_per_sample=FLOPS, efficiency=bad)
+
+
+def test_the_models_weights_make_a_small_batch_memory_bound() -> None:
+    table = parse_price_table(GOOD_ROW)  # L4: 300 GB/s
+    compute_only = cost_report(table, model=MODEL, flops_per_sample=FLOPS, max_batch=1).rows[0]
+    heavy = cost_report(
+        table, model=MODEL, flops_per_sample=FLOPS, max_batch=1, weight_bytes=4 * 10**9
+    ).rows[0]
+    assert heavy.samples_per_second == pytest.approx(300e9 * 0.4 / 2e9)  # 2 GB of FP16 weights a batch
+    assert heavy.samples_per_second < compute_only.samples_per_second
+    assert "memory bound at every batch up to 1" in heavy.basis
 
 
 # ------------------------------------------------------------------------------------- the CLI
@@ -169,6 +213,18 @@ def test_cli_unknown_model_is_a_clear_error_listing_the_known_ones(home: Path) -
     assert result.exit_code == 2
     assert "'nope' not found" in result.output and MODEL in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_efficiency_is_a_what_if_and_a_bad_one_is_a_clear_error(home: Path) -> None:
+    result = CliRunner().invoke(app, ["twin", "cost", "--model", MODEL, "--json", "--efficiency", "0.25"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["efficiency"] == 0.25
+    assert all(row["efficiency"] == 0.25 for row in data["rows"] if row["label"] == "modelled")
+    own = json.loads(CliRunner().invoke(app, ["twin", "cost", "--model", MODEL, "--json"]).output)
+    assert own["efficiency"] is None
+    bad = CliRunner().invoke(app, ["twin", "cost", "--model", MODEL, "--efficiency", "1.5"])
+    assert bad.exit_code == 2 and "--efficiency must be in (0, 1], got 1.5" in bad.output
 
 
 def test_cli_refuses_a_bad_user_price_table(home: Path, tmp_path: Path) -> None:

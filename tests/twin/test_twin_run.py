@@ -11,8 +11,11 @@ from typer.testing import CliRunner
 
 from chromium import rendered_dom
 from kcloud.cli import app
-from kcloud.farm.profiles import MeasuredProfileFile, save_measured_profile
+from kcloud.farm.profiles import MeasuredProfileFile, ProfileBook, save_measured_profile
 from kcloud.models.repository import ModelRepository
+from kcloud.runtimes.modelled import roofline
+from kcloud.twin.scenario import load_scenario
+from kcloud.twin.scenario import place as scenario_place
 from tiny_models import build_model
 
 FARM = """
@@ -158,6 +161,19 @@ def test_devices_report_utilisation_and_energy_with_unknowns_left_out(result: di
     assert result["energy"]["energy_j"] == pytest.approx(
         sum(d["energy_j"] for d in result["devices"] if d["energy_j"] is not None), rel=1e-6
     )
+
+
+def test_modelled_service_times_follow_the_chips_roofline_at_every_batch(place: Path) -> None:
+    # tiny: 2 GFLOP a row, 100 MiB of FP32 weights (read as BF16 on an RNGD), batches up to 16
+    path = place / "roofline.toml"
+    path.write_text(SCENARIO.split("[[failures]]")[0])
+    placed = scenario_place(load_scenario(path), ModelRepository(place / "models"), ProfileBook())
+    replica = placed.deployments[0].replicas[0]
+    line = roofline(replica.device.spec, 2e9, weight_bytes=100 * 2**20)
+    assert 1 < line.knee_rows < 16  # memory bound at small batches, compute bound at large ones
+    assert list(replica.times.service_s[1:]) == pytest.approx([line.seconds(b) for b in range(1, 17)])
+    basis = replica.profile.basis
+    assert "memory bound below" in basis and "efficiency 0.4 (default 0.4: no MLPerf" in basis
 
 
 def test_a_measured_profile_replaces_the_modelled_one(place: Path, tmp_path: Path) -> None:

@@ -7,9 +7,10 @@ device. So a run on an emulated device reports two separate things:
 
 - the host's measurements, as LoadGen gave them (`metric`, `latency_ns`), labelled as the host's;
 - the chip's own figures for this model (`device_model`), all modelled from its catalog profile
-  (`kcloud.farm.profiles.modelled_profile`: the model's FLOPs over the chip's sourced peak ×
-  efficiency, its TDP at full load): service time per batch, throughput at full load, power,
-  and MLPerf Power's figure from those alone. Queueing under the run's load is not modelled here.
+  (`kcloud.farm.profiles.modelled_profile`: the roofline of the model's FLOPs over the chip's
+  sourced peak and its weights over the chip's memory bandwidth, × the chip's efficiency factor;
+  its TDP at full load): service time per batch, throughput at full load, power, and MLPerf
+  Power's figure from those alone. Queueing under the run's load is not modelled here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def device_model(entry: ModelEntry, device: Device, scenario: str, samples_per_q
     """The chip's modelled figures for `entry` in `scenario` (unknowns None, with the reason)."""
     batching = entry.config.batching
     largest = max(1, batching.batch_rows(device.spec.kind) or batching.max_batch_size or 1)
-    profile = modelled_profile(device.spec, entry.name, entry.config.flops_per_sample, max_batch=largest)
+    profile = modelled_profile(device.spec, entry.name, entry.config.flops_per_sample, max_batch=largest,
+                               weight_bytes=entry.config.memory_bytes)
     block: dict[str, Any] = {
         "modelled": True,
         "chip": device.spec.key,
@@ -60,7 +62,8 @@ def device_model(entry: ModelEntry, device: Device, scenario: str, samples_per_q
 def chat_device_model(entry: ModelEntry, device: Device) -> dict[str, Any]:
     """A generative model's tokens on the emulated chip, modelled from its catalog profile alone:
     each token's compute (`generation.flops_per_token`) over the chip's peak × efficiency, at TDP.
-    Compute-bound by construction: decoding's memory-bandwidth limit is not modelled."""
+    Compute-bound by construction: decoding's memory-bandwidth limit is not modelled (the config's
+    `memory_bytes` counts the KV cache with the weights, at the engine's own dtype)."""
     generation = entry.config.generation
     flops = generation.flops_per_token if generation is not None else None
     profile = modelled_profile(device.spec, entry.name, flops, max_batch=1)

@@ -30,6 +30,7 @@ FIGURE_FIELDS: tuple[str, ...] = (
     "memory_gib",
     "memory_bandwidth_gbps",
     "tdp_watts",
+    "mlperf_resnet50_offline_sps",
 )
 _ROW_FIELDS = {"key", "vendor", "chip", "card", "kind", "host_link", "host_link_source", "notes", "match"}
 _FIGURE_KEYS = {"value", "source", "confidence", "note"}

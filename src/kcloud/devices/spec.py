@@ -43,6 +43,10 @@ class ChipSpec(BaseModel):
 
     `key` is the catalog id used in farm files and APIs (e.g. `rebellions-atom-ca22`).
     Units are fixed by the field names: TOPS and TFLOPS are dense, per card.
+    `mlperf_resnet50_offline_sps` is a measurement, not a peak: the samples/s of the chip's
+    MLPerf Inference closed-division ResNet-50 Offline result. It is what the emulated devices'
+    efficiency factor comes from (`kcloud.runtimes.modelled.chip_efficiency`): a fraction of
+    peak that a real network reached, rather than a guess.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -59,6 +63,7 @@ class ChipSpec(BaseModel):
     memory_gib: Figure = UNKNOWN
     memory_bandwidth_gbps: Figure = UNKNOWN
     tdp_watts: Figure = UNKNOWN
+    mlperf_resnet50_offline_sps: Figure = UNKNOWN
     host_link: str | None = None
     host_link_source: str | None = None
     notes: str | None = None

@@ -46,7 +46,8 @@ import numpy as np
 
 from kcloud.devices.device import Device
 from kcloud.devices.spec import ChipSpec
-from kcloud.farm.profiles import FP32_KINDS, PRECISION_FIGURES, PRECISIONS, DeviceProfile, ProfileBook
+from kcloud.farm.profiles import FP32_KINDS, PRECISIONS, DeviceProfile, ProfileBook
+from kcloud.runtimes.modelled import PRECISION_FIGURES
 from kcloud.runtimes.plugin import (
     Runtime,
     UnsupportedDeviceError,
@@ -139,6 +140,8 @@ class PlacementRequest:
     total: int | None = None
     memory_bytes: int | None = None
     flops_per_sample: float | None = None
+    #: Rows of the model's largest batch: how far a modelled latency curve goes (None: 32).
+    max_batch: int | None = None
     device_kinds: tuple[str, ...] = ("cpu", "gpu", "npu")
     platform: str = "onnxruntime"
     vendor: str | None = None
@@ -281,7 +284,7 @@ class FarmView:
         self.memory_known = ~np.isnan(self.memory_total)
         with np.errstate(divide="ignore"):
             self.inv_memory = np.where(self.memory_total > 0, 1.0 / self.memory_total, 0.0)
-        self._figures: dict[tuple[str, float | None, str | None], _ClassFigures] = {}
+        self._figures: dict[tuple[str, float | None, str | None, int | None, int | None], _ClassFigures] = {}
         #: Devices with their own measured profile (they override their class's figures).
         self.measured_devices = sorted(
             self.index[p.device_uid] for p in self.profiles.measured if p.device_uid in self.index
@@ -377,13 +380,25 @@ class FarmView:
             self._precision[key] = answer
         return self._precision[key]
 
-    def figures(self, model: str, flops: float | None, precision: str | None) -> _ClassFigures:
-        """Per-class profile figures for a model, computed once per (model, FLOPs, precision)."""
-        key = (model, flops, precision)
+    def figures(
+        self,
+        model: str,
+        flops: float | None,
+        precision: str | None,
+        *,
+        weight_bytes: int | None = None,
+        max_batch: int | None = None,
+    ) -> _ClassFigures:
+        """Per-class profile figures for a model, computed once per (model, FLOPs, precision,
+        weights, largest batch): the last two shape a modelled profile's roofline."""
+        key = (model, flops, precision, weight_bytes, max_batch)
         figures = self._figures.get(key)
         if figures is None:
             profiles = [
-                self.profiles.for_device(_SpecDevice(d.spec), model, flops, precision)  # type: ignore[arg-type]
+                self.profiles.for_device(
+                    _SpecDevice(d.spec),  # type: ignore[arg-type]
+                    model, flops, precision, weight_bytes=weight_bytes, max_batch=max_batch,
+                )
                 for d in self.class_devices
             ]
             figures = _ClassFigures(
@@ -396,9 +411,19 @@ class FarmView:
             self._figures[key] = figures
         return figures
 
-    def profile(self, i: int, model: str, flops: float | None, precision: str | None) -> DeviceProfile:
+    def profile(
+        self,
+        i: int,
+        model: str,
+        flops: float | None,
+        precision: str | None,
+        *,
+        weight_bytes: int | None = None,
+        max_batch: int | None = None,
+    ) -> DeviceProfile:
         """Device `i`'s profile: its own measurement, else its class's."""
-        return self.profiles.for_device(self.devices[i], model, flops, precision)
+        return self.profiles.for_device(self.devices[i], model, flops, precision, weight_bytes=weight_bytes,
+                                        max_batch=max_batch)
 
 
 def _supports(spec: ChipSpec, precision: str) -> bool:
@@ -672,7 +697,8 @@ class PlacementEngine:
         """Choose devices for `request.count` replicas. With `commit=False` the view is untouched."""
         view = self.view
         n = len(view)
-        figures = view.figures(request.model, request.flops_per_sample, request.precision)
+        figures = view.figures(request.model, request.flops_per_sample, request.precision,
+                               weight_bytes=request.memory_bytes, max_batch=request.max_batch)
         class_verdict = np.array(
             [_class_verdict(view, c, request, figures.latency_ms[c]) for c in range(len(view.class_devices))],
             np.int8,
@@ -686,7 +712,8 @@ class PlacementEngine:
         sps = figures.sps[cc] if request.rps_per_replica is not None else None
         overrides: dict[int, tuple[float, float, float, bool]] = {}
         for i in view.measured_devices:  # a device's own measurement overrides its class's figures
-            p = view.profile(i, request.model, request.flops_per_sample, request.precision)
+            p = view.profile(i, request.model, request.flops_per_sample, request.precision,
+                             weight_bytes=request.memory_bytes, max_batch=request.max_batch)
             lat = p.latency_s(1)
             fig = (
                 np.nan if p.perf_per_watt is None else p.perf_per_watt,
@@ -791,7 +818,8 @@ class PlacementEngine:
         take that class); 0 when none can, or its perf/watt is unknown everywhere.
         """
         view = self.view
-        figures = view.figures(request.model, request.flops_per_sample, request.precision)
+        figures = view.figures(request.model, request.flops_per_sample, request.precision,
+                               weight_bytes=request.memory_bytes, max_batch=request.max_batch)
         ppws = sorted(
             (
                 float(figures.ppw[c])

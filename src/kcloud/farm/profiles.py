@@ -2,9 +2,13 @@
 
 Placement ranks devices by performance per watt (samples per joule). Where bench has measured
 a device (or its chip) serving a model, that measurement is the profile. Otherwise the profile
-is modelled from the catalog, with the same model the emulated devices use
-(`kcloud.runtimes.modelled`: the model's FLOPs over the chip's sourced peak × efficiency, and
-the chip's TDP as its power at full load), and it says `modelled=True` everywhere it goes.
+is modelled from the catalog, with the same roofline the emulated devices use
+(`kcloud.runtimes.modelled.roofline`: the larger of the model's FLOPs over the chip's sourced
+peak and its weights over the chip's memory bandwidth, both × the chip's own efficiency factor;
+the chip's TDP as its power at full load), and it says `modelled=True` everywhere it goes. A
+roofline has a knee (memory bound below it, compute bound above), so a modelled latency curve
+has points at 1, 2, 4, … rows up to the largest batch, and on both sides of the knee: the
+linear interpolation between them (`DeviceProfile.latency_s`) is then exact at whole batches.
 A figure that cannot be known (no FLOPs for the model, no peak or TDP in the catalog) stays
 `None`; placement then ranks that device as "performance per watt unknown", never as zero.
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -32,17 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kcloud.devices.device import Device
 from kcloud.devices.spec import ChipSpec
 from kcloud.home import kcloud_home
-from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, peak_ops_per_second
+from kcloud.runtimes.modelled import NotModellable, check_efficiency, roofline
 
 log = logging.getLogger(__name__)
 
-#: Catalog figure that gives a chip's peak for each precision a deployment can ask for.
-PRECISION_FIGURES: dict[str, str] = {
-    "fp16": "fp16_tflops",
-    "bf16": "bf16_tflops",
-    "int8": "int8_tops",
-    "fp8": "fp8_tflops",
-}
+#: Rows of the largest batch a modelled profile covers when the caller knows no batching.
+MODELLED_MAX_BATCH = 32
 #: Precisions a deployment may constrain to. FP32 has no catalog figure: CPUs and GPUs run it.
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
 FP32_KINDS = ("cpu", "gpu")
@@ -120,48 +120,39 @@ class DeviceProfile:
         return sps / watts
 
 
-def peak_for_precision(spec: ChipSpec, precision: str | None) -> tuple[float, str] | None:
-    """The chip's peak (ops/s) for a precision, and which figure it is; `None` when unknown.
-
-    Without a precision this is the figure the emulated devices use (FP16, then BF16, then INT8).
-    """
-    if precision is None or precision == "fp32":
-        return peak_ops_per_second(spec)
-    figure = getattr(spec, PRECISION_FIGURES[precision])
-    if figure.known and figure.value > 0:
-        return figure.value * 1e12, f"{PRECISION_FIGURES[precision]}={figure.value:g}"
-    return None
-
-
 def modelled_profile(
     spec: ChipSpec,
     model: str | None,
     flops_per_sample: float | None,
     precision: str | None = None,
     *,
-    max_batch: int = 32,
-    efficiency: float = DEFAULT_EFFICIENCY,
+    max_batch: int | None = None,
+    efficiency: float | None = None,
+    weight_bytes: int | None = None,
 ) -> DeviceProfile:
-    """A profile from catalog figures alone, marked modelled; unknown parts stay empty."""
+    """A profile from catalog figures alone, marked modelled; unknown parts stay empty.
+
+    `max_batch`: the model's largest batch, where the latency curve ends (`None`: 32).
+    `weight_bytes`: the model's FP32 weight bytes (`ModelConfig.memory_bytes`), `None` for the
+    compute term alone. `efficiency`: `None` for the chip's own factor, else a what-if.
+    """
+    check_efficiency(efficiency)
     reasons = []
     latency: tuple[tuple[int, float], ...] = ()
     basis = []
-    peak = peak_for_precision(spec, precision)
     if flops_per_sample is None or flops_per_sample <= 0:
         reasons.append("the model config has no flops_per_sample")
-    elif peak is None:
-        what = (
-            f"{precision.upper()} figure"
-            if precision and precision != "fp32"
-            else "FP16/BF16 TFLOPS or INT8 TOPS"
-        )
-        reasons.append(f"catalog entry {spec.key} has no {what}")
     else:
-        ops, figure = peak
-        per_row = flops_per_sample / (ops * efficiency)
-        batches = sorted({1, max(1, max_batch)})
-        latency = tuple((b, per_row * b) for b in batches)
-        basis.append(f"{figure} × efficiency {efficiency:g}, {flops_per_sample:.3g} FLOPs/sample")
+        try:
+            line = roofline(spec, flops_per_sample, weight_bytes=weight_bytes, precision=precision,
+                            efficiency=efficiency)
+        except NotModellable as exc:
+            reasons.append(str(exc))
+        else:
+            largest = max(1, MODELLED_MAX_BATCH if max_batch is None else max_batch)
+            latency = tuple((b, line.seconds(b)) for b in _batch_points(largest, line.knee_rows))
+            bounds = _bounds(line.knee_rows, largest)
+            basis.append(f"{line.basis}, {flops_per_sample:.3g} FLOPs/sample; {bounds}")
     power: tuple[tuple[float, float], ...] = ()
     if spec.tdp_watts.known and spec.tdp_watts.value > 0:
         power = ((1.0, float(spec.tdp_watts.value)),)
@@ -178,6 +169,22 @@ def modelled_profile(
         basis="modelled from the catalog: " + ("; ".join(basis) or "no figures"),
         unknown_reason="; ".join(reasons) or None,
     )
+
+
+def _batch_points(largest: int, knee: float | None) -> list[int]:
+    """1, 2, 4, … up to `largest`, and the whole batches either side of the roofline's knee."""
+    points = {1, largest} | {1 << k for k in range(largest.bit_length()) if 1 << k <= largest}
+    if knee is not None and 1 < knee < largest:
+        points |= {math.floor(knee), math.ceil(knee)}
+    return sorted(points)
+
+
+def _bounds(knee: float | None, largest: int) -> str:
+    if knee is None or knee <= 1:
+        return "compute bound at every batch"
+    if knee >= largest:
+        return f"memory bound at every batch up to {largest}"
+    return f"memory bound below {knee:.3g} rows, compute bound above"
 
 
 class MeasuredProfileFile(BaseModel):
@@ -277,13 +284,22 @@ class ProfileBook:
         return list({id(p): p for p in (*self._by_device.values(), *self._by_chip.values())}.values())
 
     def for_device(
-        self, device: Device, model: str | None, flops_per_sample: float | None, precision: str | None = None
+        self,
+        device: Device,
+        model: str | None,
+        flops_per_sample: float | None,
+        precision: str | None = None,
+        *,
+        weight_bytes: int | None = None,
+        max_batch: int | None = None,
     ) -> DeviceProfile:
-        """The device's own measurement, else its chip's, else the catalog model."""
+        """The device's own measurement, else its chip's, else the catalog model (for which
+        `weight_bytes` and `max_batch` are the model's FP32 weights and largest batch)."""
         for precision_key in (precision, None) if precision else (None,):
             hit = self._by_device.get((device.uid, model, precision_key)) or self._by_chip.get(
                 (device.spec.key, model, precision_key)
             )
             if hit is not None:
                 return hit
-        return modelled_profile(device.spec, model, flops_per_sample, precision)
+        return modelled_profile(device.spec, model, flops_per_sample, precision, weight_bytes=weight_bytes,
+                                max_batch=max_batch)

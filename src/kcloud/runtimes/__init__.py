@@ -4,7 +4,12 @@ sessions built through them, their layout per device, and modelled time for emul
 
 from kcloud.runtimes.engine import TRANSFORMERS, EngineLaunch, EngineModel, EngineModelError, EngineRuntime
 from kcloud.runtimes.layout import default_layout, host_cores
-from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
+from kcloud.runtimes.modelled import (
+    DEFAULT_EFFICIENCY,
+    ModelledTime,
+    chip_efficiency,
+    modelled_device_seconds,
+)
 from kcloud.runtimes.ort import ONNX_PLATFORM, cuda_available
 from kcloud.runtimes.plugin import (
     ExecutionPlan,
@@ -30,6 +35,7 @@ __all__ = [
     "Runtime",
     "SessionRuntime",
     "UnsupportedDeviceError",
+    "chip_efficiency",
     "create_session",
     "cuda_available",
     "default_layout",

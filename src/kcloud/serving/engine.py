@@ -37,7 +37,7 @@ import httpx
 from kcloud.devices.device import Device
 from kcloud.home import kcloud_home
 from kcloud.runtimes.engine import EngineLaunch, EngineModel, EngineRuntime, die_with_parent
-from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, modelled_device_seconds
+from kcloud.runtimes.modelled import check_efficiency, modelled_device_seconds
 from kcloud.runtimes.plugin import runtime_for
 from kcloud.serving.generation import warm_tokenizer
 from kcloud.serving.worker import WorkerStartError
@@ -180,7 +180,7 @@ class EngineReplica:
         *,
         threads: int | None = None,
         emulation: WorkRecorder | None = None,
-        efficiency: float = DEFAULT_EFFICIENCY,
+        efficiency: float | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         process: EngineProcessFactory | None = None,
     ) -> None:
@@ -193,6 +193,8 @@ class EngineReplica:
         self.runtime = runtime
         self.threads = threads
         self.emulation = emulation
+        check_efficiency(efficiency)
+        #: A what-if fraction of peak for the modelled time; `None`: the chip's own factor.
         self.efficiency = efficiency
         self.start_timeout_s = start_timeout_s
         self.model = EngineModel(
@@ -338,7 +340,10 @@ class EngineReplica:
 
     def end(self, tokens: int, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """That request finished; `prompt_tokens`/`completion_tokens` as the engine counted them
-        (0 when unknown) give an emulated device its modelled work."""
+        (0 when unknown) give an emulated device its modelled work.
+
+        Compute term only: the engine batches requests continuously, so the weights it reads per
+        step are shared by requests this replica cannot see; none is charged to one request."""
         self.in_flight -= 1
         self.outstanding_tokens -= tokens
         if self.in_flight == 0:
@@ -358,7 +363,7 @@ def create_engine_replica(
     threads: int | None = None,
     emulation: WorkRecorder | None = None,
     replica_id: str | None = None,
-    efficiency: float = DEFAULT_EFFICIENCY,
+    efficiency: float | None = None,
     process: EngineProcessFactory | None = None,
 ) -> EngineReplica:
     """An engine replica of the generative `entry` on `device`, not yet started (its process on

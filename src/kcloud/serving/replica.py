@@ -25,7 +25,7 @@ from kcloud.devices.device import Device
 from kcloud.models.partition import Partition, Stage
 from kcloud.models.pipeline import Pipeline, Prepared
 from kcloud.runtimes.layout import default_layout, host_cores
-from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY, ModelledTime, modelled_device_seconds
+from kcloud.runtimes.modelled import ModelledTime, check_efficiency, modelled_device_seconds
 from kcloud.runtimes.session import UnsupportedDeviceError, plan_for
 from kcloud.serving.batcher import Batcher, Finish, Pending
 from kcloud.serving.engine import EngineProcessFactory, EngineReplica, create_engine_replica
@@ -93,7 +93,7 @@ class Replica:
         *,
         metrics: ServingMetrics | None = None,
         emulation: WorkRecorder | None = None,
-        efficiency: float = DEFAULT_EFFICIENCY,
+        efficiency: float | None = None,
         stage_devices: Sequence[tuple[Device, float]] = (),
     ) -> None:
         self.id = replica_id
@@ -103,6 +103,8 @@ class Replica:
         self.worker = worker
         self.metrics = metrics
         self.emulation = emulation
+        check_efficiency(efficiency)
+        #: A what-if fraction of peak for the modelled time; `None`: each chip's own factor.
         self.efficiency = efficiency
         #: A pipeline replica's devices with each stage's share of the work (`device` is the
         #: first); a replica on one device has just that device, all of the work.
@@ -241,11 +243,14 @@ class Replica:
         return finish
 
     def _model_device_time(self, rows: int) -> ModelledTime:
-        """The catalog chip's modelled time for the batch, recorded as work on the emulated
-        device; a pipeline's stages each model and record their share of the work, in turn."""
-        flops = self.entry.config.flops_per_sample
+        """The catalog chip's modelled time for the batch (the roofline of the model's FLOPs and
+        weights), recorded as work on the emulated device; a pipeline's stages each model and
+        record their share of the work, in turn. A stage's share of the work stands in for its
+        share of the weights."""
+        flops, weights = self.entry.config.flops_per_sample, self.entry.config.memory_bytes
         parts = [
             (device, modelled_device_seconds(None if flops is None else flops * share, rows, device.spec,
+                                             weight_bytes=None if weights is None else round(weights * share),
                                              efficiency=self.efficiency))
             for device, share in self.stage_devices
         ]
@@ -315,7 +320,7 @@ def create_replica(
     metrics: ServingMetrics | None = None,
     pipeline: Pipeline | None = None,
     replica_id: str | None = None,
-    efficiency: float = DEFAULT_EFFICIENCY,
+    efficiency: float | None = None,
     worker_factory: WorkerFactory | None = None,
     stages: Partition | None = None,
     stage_devices: Sequence[Device] = (),

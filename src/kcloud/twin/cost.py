@@ -2,8 +2,9 @@
 
 For one model, each priced instance gets its accelerator's throughput from a measured device
 profile where bench measured that chip serving the model, else from the catalog model
-(`modelled_profile`: the model's FLOPs over the chip's sourced peak × an efficiency factor),
-and the figures say which. Then:
+(`modelled_profile`: a roofline of the model's FLOPs over the chip's sourced peak and its weights
+over the chip's memory bandwidth, × the chip's own efficiency factor or a what-if one, at the
+model's largest batch), and the figures say which, and which factor from where. Then:
 
     $ per million inferences = $/h ÷ (count × samples/s × utilisation × 3600) × 10⁶
     J per inference          = busy watts ÷ samples/s          (energy while serving)
@@ -25,7 +26,7 @@ from typing import Any, Literal
 
 from kcloud.devices.catalog import Catalog, load_catalog
 from kcloud.farm.profiles import DeviceProfile, ProfileBook, modelled_profile
-from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY
+from kcloud.runtimes.modelled import check_efficiency, efficiency_for
 from kcloud.twin.prices import EnergyPrice, InstancePrice, PriceTable
 
 #: The seeds' claim (MISSION.md): AWS's own chips, "compute up to 70 % cheaper than GPUs".
@@ -58,6 +59,9 @@ class InstanceCost:
     price_as_of: str
     unknown: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The fraction of peak a modelled row's chip is modelled with, and where it came from.
+    efficiency: float | None = None
+    efficiency_basis: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +88,8 @@ class CostReport:
     flops_per_sample: float | None
     precision: str | None
     utilisation: float
-    efficiency: float
+    #: The what-if factor for every modelled chip; `None`: each chip's own (see the rows).
+    efficiency: float | None
     energy: EnergyPrice | None
     prices_origin: str
     rows: list[InstanceCost]
@@ -134,9 +139,15 @@ def instance_cost(
     catalog: Catalog,
     energy: EnergyPrice | None,
     utilisation: float = 1.0,
-    efficiency: float = DEFAULT_EFFICIENCY,
+    efficiency: float | None = None,
+    weight_bytes: int | None = None,
+    max_batch: int | None = None,
 ) -> InstanceCost:
-    """The figures of one instance row; each unknown one says why."""
+    """The figures of one instance row; each unknown one says why.
+
+    `weight_bytes` and `max_batch` (the model's FP32 weights and largest batch) shape a modelled
+    profile's roofline; `efficiency` is a what-if for every chip, `None` each chip's own factor.
+    """
     unknown: list[str] = []
     notes: list[str] = []
     usd_per_hour, rate = table.to_usd(row.price_per_hour, row.currency)
@@ -151,6 +162,7 @@ def instance_cost(
 
     profile: DeviceProfile | None = None
     kind: str | None = None
+    factor: tuple[float, str] | None = None
     if row.accelerator is None:
         unknown.append(f"accelerator {row.accelerator_name or '?'} is not in the chip catalog")
     else:
@@ -158,7 +170,9 @@ def instance_cost(
         kind = spec.kind
         profile = measured_for_chip(book, spec.key, model, precision)
         if profile is None:
-            profile = modelled_profile(spec, model, flops_per_sample, precision, efficiency=efficiency)
+            profile = modelled_profile(spec, model, flops_per_sample, precision, efficiency=efficiency,
+                                       weight_bytes=weight_bytes, max_batch=max_batch)
+            factor = efficiency_for(spec, efficiency)
         elif kind == "cpu":
             notes.append(f"measured on {profile.device_uid or 'this host'}'s CPU, not on this instance's CPU")
 
@@ -201,6 +215,8 @@ def instance_cost(
         price_as_of=row.as_of.isoformat(),
         unknown=list(dict.fromkeys(unknown)),
         notes=notes,
+        efficiency=factor[0] if factor and label == "modelled" else None,
+        efficiency_basis=factor[1] if factor and label == "modelled" else None,
     )
 
 
@@ -214,17 +230,19 @@ def cost_report(
     catalog: Catalog | None = None,
     energy_key: str | None = None,
     utilisation: float = 1.0,
-    efficiency: float = DEFAULT_EFFICIENCY,
+    efficiency: float | None = None,
+    weight_bytes: int | None = None,
+    max_batch: int | None = None,
 ) -> CostReport:
     """Every instance row's figures for one model, and the NPU-vs-GPU comparison.
 
     `utilisation` is the fraction of the hour the accelerators are busy serving (1.0: all of
-    it); paid idle time raises $/M inferences, it does not change J per inference.
+    it); paid idle time raises $/M inferences, it does not change J per inference. `efficiency`
+    is a what-if fraction of peak for every modelled chip; `None` models each with its own.
     """
     if not 0 < utilisation <= 1:
         raise ValueError(f"utilisation must be in (0, 1], got {utilisation}")
-    if not 0 < efficiency <= 1:
-        raise ValueError(f"efficiency must be in (0, 1], got {efficiency}")
+    check_efficiency(efficiency)
     book = book or ProfileBook()
     catalog = catalog or load_catalog()
     energy = table.energy_row(energy_key)
@@ -240,10 +258,12 @@ def cost_report(
             energy=energy,
             utilisation=utilisation,
             efficiency=efficiency,
+            weight_bytes=weight_bytes,
+            max_batch=max_batch,
         )
         for row in table.instance
     ]
-    comparison = compare_npu_gpu(rows, utilisation=utilisation, efficiency=efficiency)
+    comparison = compare_npu_gpu(rows, utilisation=utilisation)
     return CostReport(
         model=model,
         flops_per_sample=flops_per_sample,
@@ -257,7 +277,7 @@ def cost_report(
     )
 
 
-def compare_npu_gpu(rows: list[InstanceCost], *, utilisation: float, efficiency: float) -> Comparison:
+def compare_npu_gpu(rows: list[InstanceCost], *, utilisation: float) -> Comparison:
     """The cheapest NPU row against the cheapest GPU row in $ per million inferences."""
     assumptions = [
         f"$/M inferences at {utilisation:.0%} utilisation (busy share of every paid hour), on-demand prices",
@@ -292,13 +312,17 @@ def compare_npu_gpu(rows: list[InstanceCost], *, utilisation: float, efficiency:
             f"{side}: {r.key} ({r.accelerator} x{r.accelerator_count}), {r.label}: {r.basis}; "
             f"price {r.price_source} as of {r.price_as_of}"
         )
-    if npu.label == "modelled" and gpu.label == "modelled":
-        assumptions.append(
-            f"both sides modelled with the same efficiency factor {efficiency:g}: the ratio is then the "
-            "ratio of price per unit of catalog peak, whatever the model"
-        )
-    elif npu.label != gpu.label:
-        assumptions.append("one side measured, the other modelled: the two figures are not of the same kind")
+    modelled = [(side, r) for side, r in (("NPU", npu), ("GPU", gpu)) if r.label == "modelled"]
+    if modelled:
+        factors = "; ".join(f"{side} {r.accelerator} with {_factor(r)}" for side, r in modelled)
+        if len(modelled) == 1:
+            assumptions.append(f"one side measured, the other modelled: the two figures are not of the "
+                               f"same kind; {factors}")
+        elif npu.efficiency == gpu.efficiency:
+            assumptions.append(f"both sides modelled with the same factor: {factors}. Where both are "
+                               "compute bound the ratio is then that of price per unit of catalog peak")
+        else:
+            assumptions.append(f"both sides modelled, each with its chip's own factor: {factors}")
     saving = 1 - npu.usd_per_million / gpu.usd_per_million
     figures = f"{npu.key} ${npu.usd_per_million:.4g}/M vs {gpu.key} ${gpu.usd_per_million:.4g}/M inferences"
     if saving >= CLAIMED_SAVING:
@@ -323,3 +347,10 @@ def compare_npu_gpu(rows: list[InstanceCost], *, utilisation: float, efficiency:
 def _cheapest(rows: list[InstanceCost], kind: str) -> InstanceCost | None:
     priced = [r for r in rows if r.accelerator_kind == kind and r.usd_per_million is not None]
     return min(priced, key=lambda r: r.usd_per_million or 0.0, default=None)
+
+
+def _factor(row: InstanceCost) -> str:
+    """A modelled row's efficiency factor in words, with where it came from."""
+    if row.efficiency is None:
+        return "an unknown efficiency factor"
+    return f"efficiency factor {round(row.efficiency, 2):g} ({row.efficiency_basis})"

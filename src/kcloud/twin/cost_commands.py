@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import typer
@@ -18,9 +19,11 @@ from rich.table import Table
 
 from kcloud.cli_errors import BAD_INPUT, fail
 from kcloud.farm.profiles import PRECISIONS, ProfileBook, profiles_dir
-from kcloud.runtimes.modelled import DEFAULT_EFFICIENCY
 from kcloud.twin.cost import CostReport, InstanceCost, cost_report
 from kcloud.twin.prices import PriceTableError, bundled_price_path, load_price_table
+
+if TYPE_CHECKING:
+    from kcloud.models.config import ModelConfig
 
 DASH = "—"
 
@@ -44,8 +47,11 @@ def cost(
     utilisation: float = typer.Option(
         1.0, "--utilisation", help="Busy share of every paid hour, in (0, 1] (default 1: always busy)."
     ),
-    efficiency: float = typer.Option(
-        DEFAULT_EFFICIENCY, "--efficiency", help="Fraction of catalog peak a modelled chip reaches."
+    efficiency: float | None = typer.Option(
+        None,
+        "--efficiency",
+        help="What-if: one fraction of catalog peak for every modelled chip, in (0, 1] (default: each "
+        "chip's own factor, from its MLPerf result in the catalog, else 0.4).",
     ),
     energy: str | None = typer.Option(
         None, "--energy", help="Key of the energy price row (default: the table's first priced one)."
@@ -58,17 +64,19 @@ def cost(
         raise fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", BAD_INPUT)
     if not 0 < utilisation <= 1:
         raise fail(f"--utilisation must be in (0, 1], got {utilisation:g}", BAD_INPUT)
-    if not 0 < efficiency <= 1:
+    if efficiency is not None and not 0 < efficiency <= 1:
         raise fail(f"--efficiency must be in (0, 1], got {efficiency:g}", BAD_INPUT)
     if profiles is not None and not profiles.is_dir():
         raise fail(f"--profiles {profiles}: no such directory", BAD_INPUT)
-    flops = _model_flops(model, repo)
+    config = _model_config(model, repo)
     try:
         table = load_price_table(prices)
         report = cost_report(
             table,
             model=model,
-            flops_per_sample=flops,
+            flops_per_sample=config.flops_per_sample,
+            weight_bytes=config.memory_bytes,
+            max_batch=max(1, config.batching.max_batch_size),
             precision=precision,
             book=ProfileBook.load(profiles or profiles_dir()),
             energy_key=energy,
@@ -85,14 +93,15 @@ def cost(
     _print(report, prices or bundled_price_path())
 
 
-def _model_flops(name: str, repo: Path | None) -> float | None:
-    """The model's FLOPs per sample from the repository; an unknown model is the user's mistake."""
+def _model_config(name: str, repo: Path | None) -> ModelConfig:
+    """The model's config (FLOPs, weights, batching) from the repository; an unknown model is the
+    user's mistake."""
     from kcloud.models.errors import ModelFileError, ModelNotFoundError
     from kcloud.models.repository import ModelRepository, default_repository_path
 
     repository = ModelRepository(repo or default_repository_path())
     try:
-        return repository.get(name).config.flops_per_sample
+        return repository.get(name).config
     except (ModelNotFoundError, ModelFileError) as exc:
         raise fail(str(exc).strip("'\""), BAD_INPUT) from None
 
@@ -121,10 +130,13 @@ def _print(report: CostReport, prices_path: Path) -> None:
         if energy is not None and energy.price_per_kwh is not None
         else "none"
     )
+    efficiency_words = (
+        "each chip's own" if report.efficiency is None else f"{report.efficiency:g} for every chip (what-if)"
+    )
     table = Table(
         title=(
             f"Cost of {report.model} ({flops} FLOPs/sample, precision {report.precision or 'default'}, "
-            f"utilisation {report.utilisation:.0%}; energy {energy_words})"
+            f"utilisation {report.utilisation:.0%}, efficiency {efficiency_words}; energy {energy_words})"
         ),
         title_justify="left",
     )

@@ -252,7 +252,8 @@ def unknown_speed(view: FarmView, entry: ModelEntry, precision: str | None) -> d
     for i, device in enumerate(view.devices):
         c = int(view.class_code[i])
         if i in measured or c not in by_class:
-            profile = view.profile(i, entry.name, entry.config.flops_per_sample, precision)
+            profile = view.profile(i, entry.name, entry.config.flops_per_sample, precision,
+                                   weight_bytes=entry.config.memory_bytes)
             why = None if profile.latency_s(1) else (profile.unknown_reason or "no service time")
             if i in measured:
                 if why:
@@ -286,6 +287,7 @@ def placement_request(
         total=spec.replicas,
         memory_bytes=config.memory_bytes,
         flops_per_sample=config.flops_per_sample,
+        max_batch=_largest(_batching(spec, entry)),
         device_kinds=tuple(config.device_kinds),
         platform=config.platform,
         vendor=spec.vendor,
@@ -307,6 +309,12 @@ def _batching(spec: DeploymentSpec, entry: ModelEntry) -> ModelBatching:
         raise ScenarioError(f"deployment {spec.name}: batching: {problems}") from None
 
 
+def _largest(batching: ModelBatching) -> int:
+    """Rows of the largest batch a replica forms: how far its service times (and a modelled
+    profile's roofline points) must go."""
+    return max(1, batching.max_batch_size)  # a preferred batch is never above the maximum
+
+
 def _sim_batching(batching: ModelBatching) -> Batching:
     return Batching(
         max_queue_delay_s=batching.max_queue_delay_ms / 1000,
@@ -320,9 +328,10 @@ def _replica(
     view: FarmView, i: int, spec: DeploymentSpec, entry: ModelEntry, batching: ModelBatching, *, up_at: float
 ) -> PlacedReplica:
     device = view.devices[i]
-    profile = view.profile(i, entry.name, entry.config.flops_per_sample, spec.precision)
     rows = batching.batch_rows(device.spec.kind)
-    largest = max(1, rows, batching.max_batch_size)
+    largest = _largest(batching)
+    profile = view.profile(i, entry.name, entry.config.flops_per_sample, spec.precision,
+                           weight_bytes=entry.config.memory_bytes, max_batch=largest)
     service = [profile.latency_s(b) for b in range(1, largest + 1)]
     if any(s is None or not math.isfinite(s) or s <= 0 for s in service):
         why = profile.unknown_reason or "its profile has no service time"

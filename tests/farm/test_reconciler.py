@@ -201,6 +201,41 @@ def test_a_replica_that_cannot_start_is_placed_elsewhere_then_pending_then_retri
     run(body)
 
 
+def test_a_device_that_comes_back_is_tried_again_before_the_back_off_ends(
+    database, repository, inventory, tmp_path: Path
+):
+    """A failed start keeps a deployment off a device for the back-off; a device that went away
+    and came back (a cluster node that left and rejoined) is not that device any more."""
+    copy = ModelRepository(tmp_path / "repo")
+    shutil.copytree(repository.root / "small", copy.root / "small")
+    model_file = copy.root / "small" / "1" / "model.onnx"
+    good = model_file.read_bytes()
+    now = [1000.0]
+
+    async def body() -> None:
+        farm = Farm(database, copy, inventory, clock=lambda: now[0])
+        try:
+            farm.service.create(
+                DeploymentCreate(
+                    model="small", name="svc", replicas=1, constraints=Constraints(vendor="furiosa")
+                )
+            )
+            model_file.write_bytes(b"not an onnx file")
+            await farm.settle()
+            assert farm.service.get("svc").status == "pending"
+            model_file.write_bytes(good)
+
+            farm.service.update_health({"npu-a/rngd1": (False, "node n2 left the cluster")})
+            farm.service.update_health({"npu-a/rngd1": (True, None)})  # it rejoined
+            await farm.settle()  # the clock has not moved: rngd0 is still in its back-off
+            assert farm.service.get("svc").status == "ready"
+            assert list(farm.running("svc").values()) == ["npu-a/rngd1"]
+        finally:
+            await farm.close()
+
+    run(body)
+
+
 def test_an_update_replaces_replicas_with_the_new_constraints(database, repository, inventory):
     async def body() -> None:
         farm = Farm(database, repository, inventory)

@@ -61,6 +61,7 @@ class DeviceState(Ledger):
                     self._event(
                         session, "device.returned", f"{device.uid} is present again", device=device.uid
                     )
+                    self._forget_failures_on(device.uid)
                 row.local_id, row.plugin, row.vendor = device.id, device.plugin, device.vendor
                 row.chip_key, row.kind, row.name = device.spec.key, device.spec.kind, device.name
                 row.emulated, row.present = device.emulated, True
@@ -95,6 +96,7 @@ class DeviceState(Ledger):
                 )
                 if healthy:
                     self._event(session, "device.healthy", f"{row.uid} is healthy again", device=row.uid)
+                    self._forget_failures_on(row.uid)
                 else:
                     turned.append(row.uid)
                     self._event(

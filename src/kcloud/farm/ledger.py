@@ -124,6 +124,12 @@ class Ledger:
                 out[uid] = why
         return out
 
+    def _forget_failures_on(self, uid: str) -> None:
+        """A device that came back (healthy again, or its node rejoined) is not the one a replica
+        failed to start on: its deployments may try it at once, not after the backoff."""
+        for key in [key for key in self._exclusions if key[1] == uid]:
+            del self._exclusions[key]
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
         """One decision: under the lock, in one transaction that commits all of it or nothing."""

@@ -32,6 +32,7 @@ take well under the 2 s target (benchmarks/placement_scale.py).
 
 The engine holds no database: `FarmView` is built from the inventory and the database's rows by
 the caller, and results are plain data the caller records (`PlacementResult.candidates()`).
+The verdict codes are `kcloud.farm.verdicts`; their words are `kcloud.farm.placement_reasons`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,28 @@ import numpy as np
 
 from kcloud.devices.device import Device
 from kcloud.devices.spec import ChipSpec
+from kcloud.farm.placement_reasons import device_reason, summary
 from kcloud.farm.profiles import FP32_KINDS, PRECISIONS, DeviceProfile, ProfileBook
+from kcloud.farm.verdicts import (
+    ABSENT,
+    CHIP,
+    DRAINED,
+    ELIGIBLE,
+    EXCLUDED,
+    KIND,
+    LATENCY,
+    MEMORY,
+    MEMORY_UNKNOWN,
+    N_CODES,
+    NODE,
+    PRECISION,
+    RESERVED,
+    RUNTIME,
+    THROUGHPUT,
+    UNHEALTHY,
+    UNRESERVED,
+    VENDOR,
+)
 from kcloud.runtimes.modelled import PRECISION_FIGURES
 from kcloud.runtimes.plugin import (
     Runtime,
@@ -64,49 +86,7 @@ KINDS: tuple[str, ...] = ("cpu", "gpu", "npu", "pim")
 POLICY_WEIGHT = 0.01
 #: Weight of one co-located replica of the same deployment under `spread` (dominates perf/watt).
 SPREAD_WEIGHT = 10.0
-GIB = float(2**30)
-MIB = float(2**20)
 
-# Verdict codes, in filter order; 0 is eligible. Codes from KIND up to LATENCY depend only on a
-# device's class (chip, vendor, plugin, emulated), so they are decided once per class and gathered.
-(
-    ELIGIBLE,
-    ABSENT,
-    UNHEALTHY,
-    DRAINED,
-    RESERVED,
-    UNRESERVED,
-    KIND,
-    RUNTIME,
-    VENDOR,
-    CHIP,
-    PRECISION,
-    LATENCY,
-    NODE,
-    EXCLUDED,
-    MEMORY_UNKNOWN,
-    MEMORY,
-    THROUGHPUT,
-) = range(17)
-N_CODES = 17
-VERDICT_LABELS = {
-    ABSENT: "not present in the inventory",
-    UNHEALTHY: "unhealthy",
-    DRAINED: "drained",
-    RESERVED: "reserved for another tenant",
-    UNRESERVED: "outside the tenant's reservations",
-    KIND: "device kind the model does not run on",
-    RUNTIME: "no runtime for the model's platform",
-    VENDOR: "vendor constraint",
-    CHIP: "chip constraint",
-    PRECISION: "precision constraint (the chip or its runtime does not run it)",
-    LATENCY: "batch-1 latency above the SLO p99",
-    NODE: "node constraint",
-    EXCLUDED: "recently failed to start this deployment",
-    MEMORY_UNKNOWN: "memory unknown",
-    MEMORY: "not enough free memory",
-    THROUGHPUT: "not enough throughput left for the SLO",
-}
 
 
 @dataclass(frozen=True)
@@ -467,14 +447,6 @@ def _reservation_verdicts(view: FarmView, request: PlacementRequest, verdict: np
         verdict[available & (view.reserved_for < 0)] = UNRESERVED
 
 
-def _size(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "unknown"
-    if value >= GIB:
-        return f"{value / GIB:.1f} GiB"
-    return f"{value / MIB:.1f} MiB"
-
-
 @dataclass
 class PlacementResult:
     """The decision for one request: a device index per replica placed, and every device's verdict."""
@@ -505,7 +477,7 @@ class PlacementResult:
     def device_uids(self) -> list[str]:
         return [self.view.uids[i] for i in self.chosen]
 
-    def _fig(self, i: int) -> tuple[float, float, float, bool]:
+    def figures_of(self, i: int) -> tuple[float, float, float, bool]:
         hit = self.overrides.get(i)
         if hit is not None:
             return hit
@@ -516,76 +488,15 @@ class PlacementResult:
     def load_share_of(self, i: int) -> float | None:
         """Share of device `i`'s throughput one replica's SLO traffic takes; `None` if unknown."""
         rps = self.request.rps_per_replica
-        sps = self._fig(i)[1]
+        sps = self.figures_of(i)[1]
         if rps is None or math.isnan(sps) or sps <= 0:
             return None
         return rps / sps
 
     @property
     def reason(self) -> str:
-        """One line: where the replicas went, or why (some) did not fit anywhere."""
-        req = self.request
-        counts = Counter(self.chosen)
-        uids = self.view.uids
-        where = ", ".join(f"{uids[i]}×{n}" if n > 1 else uids[i] for i, n in counts.items())
-        eligible = int(np.count_nonzero(self.verdict == ELIGIBLE))
-        inside = self._inside()
-        if self.outcome == "placed":
-            if req.count == 0:
-                return "nothing to place"
-            how = f"({req.policy}, by perf/watt){inside}; {eligible} eligible"
-            return f"placed {self.placed} replica(s) on {where} {how}"
-        why = self.nothing_fits()
-        if self.outcome == "partial":
-            return f"placed {self.placed} of {req.count} on {where}; no room for the rest{inside}: {why}"
-        return f"no device fits {req.count} replica(s) of {req.model}{inside}: {why}"
-
-    def _inside(self) -> str:
-        """` in tenant T's reservation(s) 1, 4` for a tenant that holds reservations, else ``."""
-        tenant = self.request.tenant
-        held = self.view.reservations.get(tenant) if tenant is not None else None
-        if not held:
-            return ""
-        return f" in tenant {tenant}'s reservation(s) {', '.join(str(r.id) for r in held)}"
-
-    def nothing_fits(self) -> str:
-        parts = [
-            f"{int(self.rejected[code])} {VERDICT_LABELS[code]}{self._detail(code)}"
-            for code in sorted(range(1, N_CODES), key=lambda c: -self.rejected[c])
-            if self.rejected[code]
-        ]
-        eligible = int(np.count_nonzero(self.verdict == ELIGIBLE))
-        if eligible:
-            parts.append(f"{eligible} eligible device(s) had no room left for more")
-        return "; ".join(parts) if parts else "the farm has no devices"
-
-    def _detail(self, code: int) -> str:
-        req = self.request
-        mask = self.verdict == code
-        if code == VENDOR:
-            return f" (wants vendor {req.vendor!r})"
-        if code == CHIP:
-            return f" (wants chip {req.chip!r})"
-        if code == NODE:
-            return f" (wants node {req.node!r})"
-        if code == PRECISION:
-            return f" (wants {req.precision})"
-        if code == KIND:
-            return f" (model runs on {', '.join(req.device_kinds)})"
-        if code == RUNTIME:
-            return f" (needs a {req.platform} runtime)"
-        if code == MEMORY and req.memory_bytes:
-            largest = float(np.nanmax(self.free_before[mask]))
-            return f" (needs {_size(req.memory_bytes)}; largest free {_size(largest)})"
-        if code == LATENCY and req.slo_p99_ms is not None:
-            best = min(self._fig(int(i))[2] for i in np.flatnonzero(mask)[:1000])
-            return f" (p99 target {req.slo_p99_ms:g} ms; fastest {best:.3g} ms)"
-        if code == THROUGHPUT and req.rps_per_replica is not None:
-            best = max(
-                self._fig(int(i))[1] * max(0.0, 1 - self.load_before[i]) for i in np.flatnonzero(mask)[:1000]
-            )
-            return f" ({req.rps_per_replica:.4g} rps per replica; most left on one device {best:.4g}/s)"
-        return ""
+        """One line: where the replicas went, or why (some) did not fit (`placement_reasons`)."""
+        return summary(self)
 
     def candidates(self) -> list[Candidate]:
         """Every device with its verdict and reason: chosen first, then eligible by score."""
@@ -596,96 +507,17 @@ class PlacementResult:
 
     def _candidate(self, i: int, chosen: int) -> Candidate:
         code = int(self.verdict[i])
-        ppw, _, _, modelled = self._fig(i)
+        ppw, _, _, modelled = self.figures_of(i)
         known = not math.isnan(ppw)
         return Candidate(
             device_uid=self.view.uids[i],
             chosen=chosen,
             eligible=code == ELIGIBLE,
-            reason=self._device_reason(i, code, chosen),
+            reason=device_reason(self, i, code, chosen),
             score=round(float(self.score[i]), 6) if code == ELIGIBLE else None,
             perf_per_watt=ppw if known else None,
             perf_modelled=modelled if known else None,
         )
-
-    def _ppw_text(self, i: int) -> str:
-        ppw, _, _, modelled = self._fig(i)
-        if math.isnan(ppw):
-            return "perf/watt unknown"
-        return f"perf/watt {ppw:.4g} samples/J ({'modelled' if modelled else 'measured'})"
-
-    def _device_reason(self, i: int, code: int, chosen: int) -> str:
-        req, view = self.request, self.view
-        device = view.devices[i]
-        _, sps, latency_ms, modelled = self._fig(i)
-        tag = "modelled" if modelled else "measured"
-        if code == ELIGIBLE:
-            free = f"{_size(self.free_before[i])} free" if view.memory_known[i] else "memory unknown"
-            head = f"chosen for {chosen} replica(s)" if chosen else "eligible, not chosen"
-            if i in view.reserved_by:
-                head += f" (in reservation {view.reserved_by[i].id} of tenant {req.tenant})"
-            tail = "; better-scoring devices took the replicas" if not chosen and self.chosen else ""
-            if req.slo_p99_ms is not None and math.isnan(latency_ms):
-                tail += "; latency unknown: SLO p99 not checked"
-            if req.precision is not None:
-                serves = view.precision_answer(int(view.class_code[i]), req.platform, req.precision)[1]
-                tail += f"; {serves}" if serves else ""
-            return f"{head}: {self._ppw_text(i)}, {free}, score {self.score[i]:.4g}{tail}"
-        label = VERDICT_LABELS[code]
-        if code in (ABSENT, UNHEALTHY, DRAINED):
-            why = view.unavailable_reason.get(i)
-            return f"rejected: {label}" + (f" ({why})" if why else "")
-        if code == RESERVED:
-            r = view.reserved_by[i]
-            # A tenant's placement reasons name no other tenant (its owner reads them).
-            whose = "another tenant" if req.tenant is not None else f"tenant {r.tenant} (reservation {r.id})"
-            return f"rejected: reserved for {whose}"
-        if code == UNRESERVED:
-            held = self._inside().removeprefix(" in ")
-            return f"rejected: outside {held} (its deployments are placed only there)"
-        if code == KIND:
-            return f"rejected: a {device.spec.kind}; the model runs on {', '.join(req.device_kinds)}"
-        if code == RUNTIME:
-            why = view.unserved(int(view.class_code[i]), req.platform)
-            return (
-                f"rejected: no runtime serves {req.platform} models on a {device.vendor} "
-                f"{device.spec.kind}{' (emulated)' if device.emulated else ''}; {why}"
-            )
-        if code == VENDOR:
-            return f"rejected: vendor {device.vendor}, the deployment wants {req.vendor}"
-        if code == CHIP:
-            return f"rejected: chip {device.spec.key}, the deployment wants {req.chip}"
-        if code == NODE:
-            return f"rejected: on node {device.node}, the deployment wants {req.node}"
-        if code == PRECISION:
-            why = view.precision_answer(int(view.class_code[i]), req.platform, req.precision or "")[1]
-            if why:
-                return f"rejected: {why}"
-            if req.precision == "fp32":
-                return f"rejected: FP32 runs on CPUs and GPUs; this is a {device.spec.kind}"
-            return (
-                f"rejected: the catalog has no {(req.precision or '').upper()} figure for {device.spec.key} "
-                f"(support unknown, not assumed)"
-            )
-        if code == EXCLUDED:
-            return f"rejected: {req.exclude.get(view.uids[i], label)}"
-        if code == MEMORY_UNKNOWN:
-            return f"rejected: device memory unknown, cannot check that {_size(req.memory_bytes)} fits"
-        if code == MEMORY:
-            return (
-                f"rejected: needs {_size(req.memory_bytes)}, {_size(self.free_before[i])} free "
-                f"of {_size(view.memory_total[i])}"
-            )
-        if code == LATENCY:
-            return f"rejected: batch-1 latency {latency_ms:.3g} ms ({tag}) > p99 target {req.slo_p99_ms:g} ms"
-        if code == THROUGHPUT:
-            share = self.load_share_of(i) or 0.0
-            return (
-                f"rejected: a replica's {req.rps_per_replica:.4g} rps needs {share:.1%} of its "
-                f"{sps:.4g} samples/s ({tag}); {max(0.0, 1 - self.load_before[i]):.1%} left"
-            )
-        return f"rejected: {label}"
-
 
 class PlacementEngine:
     """Places requests on a `FarmView`, updating it; see the module docstring for the rules."""

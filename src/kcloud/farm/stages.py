@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kcloud.farm.placement import Candidate, PlacementEngine, PlacementRequest, PlacementResult
+from kcloud.farm.placement_reasons import SHARED_STAGE, pipeline_summary
 from kcloud.farm.schema import Deployment, ReplicaRow
 from kcloud.models.staged import StagePlan
 
@@ -58,18 +59,7 @@ class PipelinePlacement:
 
     @property
     def reason(self) -> str:
-        what = f"{self.plan.stages}-stage pipeline (balance {self.plan.balance:.2f})"
-        where = "; ".join(" → ".join(self.stage_devices(k)) for k in range(self.placed))
-        if self.outcome == "placed":
-            if not self.request.count:
-                return "nothing to place"
-            return f"placed {self.placed} {what} replica(s): {where}"
-        failed = self.short[-1]
-        stage = len(self.short) - 1
-        why = f"no device for stage {stage} ({failed.reason})"
-        if self.outcome == "partial":
-            return f"placed {self.placed} of {self.request.count} {what} replica(s): {where}; {why}"
-        return f"no room for a {what} replica of {self.request.model}: {why}"
+        return pipeline_summary(self)
 
     def candidates(self) -> list[Candidate]:
         """Every device once: the stages it was chosen for, else its verdict for stage 0."""
@@ -79,9 +69,7 @@ class PipelinePlacement:
                 uid = result.device_uids[0]
                 hit = next(c for c in result.candidates() if c.device_uid == uid)
                 if (k, index) in self.shared:
-                    hit = dataclasses.replace(
-                        hit, reason=hit.reason + "; shares the device with an earlier stage of its replica "
-                        "(no other device has room)")
+                    hit = dataclasses.replace(hit, reason=hit.reason + SHARED_STAGE)
                 chosen.setdefault(uid, []).append((index, hit))
         if not self.replicas and not self.short:  # nothing was asked to be placed
             return []

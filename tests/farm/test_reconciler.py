@@ -70,6 +70,8 @@ def test_desired_state_is_reached_on_scale_up_down_and_delete(database, reposito
             farm.service.create(DeploymentCreate(model="small", name="svc", replicas=2))
             await farm.settle()
             assert sorted(farm.running("svc").values()) == ["npu-a/rngd0", "npu-a/rngd1"]
+            # Served as the deployment; the model version behind it keeps its own name.
+            assert {(r.served.name, r.entry.name) for r in farm.router.replicas("svc")} == {("svc", "small")}
             outcome = await farm.router.infer("svc", None, {"x": np.ones((1, 4), np.float32)})
             assert outcome.outputs["y"].tolist() == [[2.0] * 4]
             assert farm.service.get("svc").status == "ready"

@@ -170,15 +170,15 @@ async def test_entries_versions_and_unknown_models(repo):
     router = await router_with(repo, "double", 1)
     try:
         assert [(e.name, e.version) for e in router.served_models()] == [("double", 1)]
-        assert router.entry("double").version == 1 and router.entry("double", 1).name == "double"
+        assert router.served("double").version == 1 and router.served("double", 1).name == "double"
         assert router.is_ready("double") and router.is_ready("double", 1)
         assert not router.is_ready("double", 2) and not router.is_ready("nope")
         with pytest.raises(ModelNotFoundError, match=r"not served.*double"):
-            router.entry("nope")
+            router.served("nope")
         with pytest.raises(ModelNotFoundError, match="no served version 2"):
             await router.infer("double", 2, {"x": np.ones((1, 4), np.float32)})
         with pytest.raises(ModelNotFoundError):
-            router.entry("slow")  # in the repository, but no replica serves it
+            router.served("slow")  # in the repository, but no replica serves it
     finally:
         await router.close()
 

@@ -21,7 +21,7 @@ def test_one_secret_salt_per_tenant_in_the_form_engines_take():
 
 
 def _call(accepted: frozenset[str], body: dict) -> GenerationCall:
-    return GenerationCall(route="chat", entry=None, body=body, prompt_ids=[1], prompt_tokens=1,  # type: ignore[arg-type]
+    return GenerationCall(route="chat", served=None, body=body, prompt_ids=[1], prompt_tokens=1,  # type: ignore[arg-type]
                           max_tokens=1, n=1, stream=False, include_usage=False, accepted=accepted)
 
 

@@ -28,8 +28,8 @@ from kcloud.farm.autoscaling import Decision, Scaler
 from kcloud.farm.decisions import AutoscaledDeployment
 from kcloud.farm.service import ControlPlaneService
 from kcloud.farm.spec import AutoscalerState
-from kcloud.models.repository import ModelEntry
 from kcloud.serving.router import Router
+from kcloud.serving.served import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Autoscaler:
         self.interval_s = interval_s
         self._tracked: dict[str, _Tracked] = {}
         #: Deployments kept on the router's standby -> (model, version) and the entry served.
-        self._standby: dict[str, tuple[tuple[str, int], ModelEntry]] = {}
+        self._standby: dict[str, tuple[tuple[str, int], ServedModel]] = {}
         self._cold: set[str] = set()
         self._nudge: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -158,9 +158,9 @@ class Autoscaler:
         model = (dep.model, dep.version)
         kept = self._standby.get(dep.name)
         if kept is None or kept[0] != model:  # the served name is the deployment's, as the reconciler's
-            entry = dataclasses.replace(self.service.repository.get(*model), name=dep.name)
-            self._standby[dep.name] = (model, entry)
-            self.router.standby(entry)
+            served = ServedModel(dep.name, self.service.repository.get(*model))
+            self._standby[dep.name] = (model, served)
+            self.router.standby(served)
 
     def _forget(self, names: set[str]) -> None:
         """Deployments deleted or no longer autoscaled: no state, no standby."""

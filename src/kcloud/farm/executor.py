@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReplicaSpec:
-    """What to run: one replica of a model version (named as its deployment) on one device."""
+    """What to run: one replica of a model version on one device, served as its deployment."""
 
     replica_id: str
     deployment: str
@@ -156,6 +156,7 @@ class LocalExecutor:
             stages=spec.stages,
             stage_devices=spec.stage_devices,
             engine_process=self._engine_process(spec),
+            served_name=spec.deployment,
         )
         with _children_ignore_sigint():
             await replica.start()

@@ -7,7 +7,6 @@ reports back (`mark_running`, `replica_died`, `start_failed`, `replica_stopped`)
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,10 +103,11 @@ class ReplicaLifecycle(Ledger):
             ]
 
     def entry_for(self, work: ReplicaWork, device: Device) -> tuple[ModelEntry, str, Partition | None]:
-        """The model version a replica serves on `device`, named as its deployment (the served
-        name), and why: from the artifact its precision needs there (compiled on first use), or,
-        for a pipeline replica, the source graph with its stage files (cut on first use)."""
-        entry = dataclasses.replace(self.repository.get(work.model, work.version), name=work.deployment)
+        """The model version a replica serves on `device` (it is served as its deployment,
+        `ReplicaSpec.deployment`), and why: from the artifact its precision needs there (compiled
+        on first use), or, for a pipeline replica, the source graph with its stage files (cut on
+        first use)."""
+        entry = self.repository.get(work.model, work.version)
         if work.stage_plan is None:
             return (*served_entry(entry, device, work.precision), None)
         plan = StagePlan.from_json(work.stage_plan)

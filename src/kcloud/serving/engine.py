@@ -40,6 +40,7 @@ from kcloud.runtimes.engine import EngineLaunch, EngineModel, EngineRuntime, die
 from kcloud.runtimes.modelled import check_efficiency, modelled_device_seconds
 from kcloud.runtimes.plugin import runtime_for
 from kcloud.serving.generation import warm_tokenizer
+from kcloud.serving.served import ServedModel
 from kcloud.serving.worker import WorkerStartError
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ TERMINATE_GRACE_S = 10.0
 LOG_TAIL_BYTES = 4000
 
 _counter = itertools.count(1)
+
+
+def replica_id_for(served_name: str, version: int, device: Device) -> str:
+    """A replica id unique in this process (`NAME-vN-DEVICE-PID-K`), for a replica the caller
+    did not name (the control plane names its own)."""
+    return f"{served_name}-v{version}-{device.id}-{os.getpid()}-{next(_counter)}"
 
 
 def free_loopback_port() -> int:
@@ -183,12 +190,16 @@ class EngineReplica:
         efficiency: float | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         process: EngineProcessFactory | None = None,
+        served_name: str | None = None,
     ) -> None:
         generation = entry.config.generation
         if generation is None:
             raise ValueError(f"{entry.name} is not a generative model")
         self.id = replica_id
         self.entry = entry
+        #: What requests name it by (its deployment's name; by default the model's), and the
+        #: name its engine serves the model under.
+        self.served = ServedModel.of(entry, served_name)
         self.device = device
         self.runtime = runtime
         self.threads = threads
@@ -199,7 +210,7 @@ class EngineReplica:
         self.start_timeout_s = start_timeout_s
         self.model = EngineModel(
             checkpoint=entry.path,
-            served_name=entry.name,
+            served_name=self.served.name,
             context_length=generation.context_length,
             kv_cache_bytes=generation.kv_cache_bytes,
             dtype=generation.dtype,
@@ -264,7 +275,7 @@ class EngineReplica:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
         log.info("%s: starting %s for %s on %s (pid %s, %s, log %s)", self.id, self.runtime.name,
-                 self.entry.name, self.device.uid, self.process.pid, self.launch.base_url,
+                 self.served.name, self.device.uid, self.process.pid, self.launch.base_url,
                  self.process.log_where)
         try:
             await self._wait_healthy(started)
@@ -277,7 +288,7 @@ class EngineReplica:
         self.start_seconds = time.monotonic() - started
         self._started = True
         self._watch = asyncio.get_running_loop().create_task(self._watch_process())
-        log.info("%s: %s serves %s after %.1f s", self.id, self.runtime.name, self.entry.name,
+        log.info("%s: %s serves %s after %.1f s", self.id, self.runtime.name, self.served.name,
                  self.start_seconds)
 
     async def _wait_healthy(self, started: float) -> None:
@@ -286,7 +297,7 @@ class EngineReplica:
             code = self.process.returncode()
             if code is not None:
                 raise WorkerStartError(
-                    f"{self.runtime.name} for {self.entry.name} on {self.device.uid} exited with code "
+                    f"{self.runtime.name} for {self.served.name} on {self.device.uid} exited with code "
                     f"{code} while starting; the end of its log {self.process.log_where}:\n"
                     f"{self.process.log_tail()}")
             with contextlib.suppress(httpx.TransportError):
@@ -295,7 +306,7 @@ class EngineReplica:
                     return
             if time.monotonic() - started > self.start_timeout_s:
                 raise WorkerStartError(
-                    f"{self.runtime.name} for {self.entry.name} on {self.device.uid} did not answer "
+                    f"{self.runtime.name} for {self.served.name} on {self.device.uid} did not answer "
                     f"{self.launch.health_path} within {self.start_timeout_s:.0f} s; the end of its log "
                     f"{self.process.log_where}:\n{self.process.log_tail()}")
             await asyncio.sleep(HEALTH_POLL_S)
@@ -365,15 +376,16 @@ def create_engine_replica(
     replica_id: str | None = None,
     efficiency: float | None = None,
     process: EngineProcessFactory | None = None,
+    served_name: str | None = None,
 ) -> EngineReplica:
-    """An engine replica of the generative `entry` on `device`, not yet started (its process on
-    this machine, or where `process` makes it).
+    """An engine replica of the generative `entry` on `device`, served as `served_name`, not yet
+    started (its process on this machine, or where `process` makes it).
 
     `UnsupportedDeviceError` when no installed engine runtime serves the device (its message
     names what each runtime said)."""
     runtime = runtime_for(device, entry.config.platform)
     if not isinstance(runtime, EngineRuntime):
         raise TypeError(f"runtime {runtime.name} of {entry.config.platform} models is not an engine runtime")
-    replica_id = replica_id or f"{entry.name}-v{entry.version}-{device.id}-{os.getpid()}-{next(_counter)}"
+    replica_id = replica_id or replica_id_for(served_name or entry.name, entry.version, device)
     return EngineReplica(replica_id, entry, device, runtime, threads=threads, emulation=emulation,
-                         efficiency=efficiency, process=process)
+                         efficiency=efficiency, process=process, served_name=served_name)

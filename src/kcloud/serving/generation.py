@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from kcloud.errors import InvalidRequestError
 from kcloud.models.repository import ModelEntry
+from kcloud.serving.served import ServedModel
 
 Route = Literal["chat", "completions"]
 
@@ -51,7 +52,8 @@ class GenerationCall:
     """A checked request, ready for an engine."""
 
     route: Route
-    entry: ModelEntry
+    #: The model asked for, under the name it is served as (the engine serves it under that name).
+    served: ServedModel
     #: The JSON body the engine receives.
     body: dict[str, Any]
     #: The prompt's token ids (the first prompt's, for a batch of completions).
@@ -231,20 +233,20 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
 def prepare_call(
     route: Route,
     body: Any,
-    entry: ModelEntry,
+    served: ServedModel,
     accepted: frozenset[str],
     engine: str,
     tokenizer: ChatTokenizer,
 ) -> GenerationCall:
-    """Check `body` for `entry` and count its prompt; `InvalidRequestError` (400) for any fault."""
-    generation = entry.config.generation
+    """Check `body` for the model `served` and count its prompt; `InvalidRequestError` (400) for any fault."""
+    generation = served.config.generation
     if generation is None:
-        raise _invalid(f"model {entry.name!r} is not a generative model: it is served on /v2 and "
+        raise _invalid(f"model {served.name!r} is not a generative model: it is served on /v2 and "
                        "/v1/embeddings, not on /v1/chat/completions or /v1/completions", "model")
     if not isinstance(body, dict):
         raise _invalid("the request body must be a JSON object")
     if route == "chat" and not (generation.chat and tokenizer.has_chat_template):
-        raise _invalid(f"model {entry.name!r} has no chat template: use /v1/completions", "model")
+        raise _invalid(f"model {served.name!r} has no chat template: use /v1/completions", "model")
     _check_fields(body, accepted, "messages" if route == "chat" else "prompt", engine)
     if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
         raise _invalid("give `max_tokens` or `max_completion_tokens`, not both", "max_completion_tokens")
@@ -267,27 +269,27 @@ def prepare_call(
     context = generation.context_length
     longest = max(len(p) for p in prompts)
     if longest >= context:
-        raise _invalid(f"the prompt has {longest} tokens; model {entry.name!r} has a context of {context} "
+        raise _invalid(f"the prompt has {longest} tokens; model {served.name!r} has a context of {context} "
                        "tokens, which must hold the prompt and at least one new token", "messages"
                        if route == "chat" else "prompt")
     if asked is None:
         max_tokens = min(generation.default_max_tokens, context - longest)
     elif longest + asked > context:
         raise _invalid(f"`{max_key}` is {asked} and the prompt has {longest} tokens: together "
-                       f"{longest + asked}, beyond model {entry.name!r}'s context of {context} tokens; "
+                       f"{longest + asked}, beyond model {served.name!r}'s context of {context} tokens; "
                        f"ask for at most {context - longest}", max_key)
     else:
         max_tokens = asked
 
     forwarded = dict(body)
-    forwarded["model"] = entry.name
+    forwarded["model"] = served.name
     forwarded.pop("max_completion_tokens", None)
     forwarded["max_tokens"] = max_tokens
     include_usage = bool(stream and isinstance(options, dict) and options.get("include_usage"))
     if stream:
         forwarded["stream_options"] = {**(options or {}), "include_usage": True}
     return GenerationCall(
-        route=route, entry=entry, body=forwarded, prompt_ids=prompts[0],
+        route=route, served=served, body=forwarded, prompt_ids=prompts[0],
         prompt_tokens=sum(len(p) for p in prompts),
         max_tokens=max_tokens, n=n * len(prompts), stream=stream, include_usage=include_usage,
         accepted=accepted,

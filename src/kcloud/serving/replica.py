@@ -11,9 +11,7 @@ device's modelled utilisation, power and energy follow the work it was given.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +26,11 @@ from kcloud.runtimes.layout import default_layout, host_cores
 from kcloud.runtimes.modelled import ModelledTime, check_efficiency, modelled_device_seconds
 from kcloud.runtimes.session import UnsupportedDeviceError, plan_for
 from kcloud.serving.batcher import Batcher, Finish, Pending
-from kcloud.serving.engine import EngineProcessFactory, EngineReplica, create_engine_replica
+from kcloud.serving.engine import EngineProcessFactory, EngineReplica, create_engine_replica, replica_id_for
 from kcloud.serving.errors import DeadlineExceededError, ModelNotReadyError, ReplicaDiedError
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.pipeline_worker import PipelineWorker, StageIO
+from kcloud.serving.served import ServedModel
 from kcloud.serving.worker import ConnectionWorker, ProcessWorker, ThreadWorker, Worker
 
 if TYPE_CHECKING:
@@ -49,7 +48,6 @@ PIPELINE_DEPTH = 2
 #: How long `stop()` lets queued and computing requests finish before failing the rest.
 DRAIN_TIMEOUT_S = 10.0
 
-_counter = itertools.count(1)
 
 
 class WorkRecorder(Protocol):
@@ -95,9 +93,12 @@ class Replica:
         emulation: WorkRecorder | None = None,
         efficiency: float | None = None,
         stage_devices: Sequence[tuple[Device, float]] = (),
+        served_name: str | None = None,
     ) -> None:
         self.id = replica_id
         self.entry = entry
+        #: What requests name it by (its deployment's name; by default the model's).
+        self.served = ServedModel.of(entry, served_name)
         self.device = device
         self.pipeline = pipeline
         self.worker = worker
@@ -142,7 +143,7 @@ class Replica:
         await self.worker.start()
         self.batcher.start()
         self._started = True
-        log.info("%s: serving %s v%d on %s (%s, provider %s, pid %s)", self.id, self.entry.name,
+        log.info("%s: serving %s v%d on %s (%s, provider %s, pid %s)", self.id, self.served.name,
                  self.entry.version, self.device.uid, type(self.worker).__name__, self.worker.provider,
                  self.worker.pid)
 
@@ -160,7 +161,7 @@ class Replica:
         await self.worker.close()
         if self.metrics is not None:
             with contextlib.suppress(KeyError):
-                self.metrics.queue_depth.remove(self.entry.name, self.id)
+                self.metrics.queue_depth.remove(self.served.name, self.id)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -230,7 +231,7 @@ class Replica:
             assert computed.outputs is not None
             parts = self.pipeline.split(computed.outputs, [p.prepared for p in computed_batch])
             if len(parts) != len(computed_batch):
-                raise RuntimeError(f"{self.entry.name}: split gave {len(parts)} answers "
+                raise RuntimeError(f"{self.served.name}: split gave {len(parts)} answers "
                                    f"for {len(computed_batch)} requests")
             rows = sum(p.rows for p in computed_batch)
             self.batcher.record_throughput(rows, compute_s)
@@ -271,7 +272,7 @@ class Replica:
         if self.metrics is None:
             return
         # `.labels()` hashes and locks on every call: look each child up once per replica.
-        labels = (self.entry.name, self.device.uid)
+        labels = (self.served.name, self.device.uid)
         if self._batch_children is None:
             self._batch_children = (
                 self.metrics.queue_seconds.labels(*labels),
@@ -293,7 +294,7 @@ class Replica:
         # series appears with the first request as before (and is removed by `stop()`).
         if self.metrics is not None and not self._stopping:
             if self._depth_gauge is None:
-                self._depth_gauge = self.metrics.queue_depth.labels(self.entry.name, self.id)
+                self._depth_gauge = self.metrics.queue_depth.labels(self.served.name, self.id)
             self._depth_gauge.set(depth)
 
     def _worker_died(self) -> None:
@@ -325,8 +326,10 @@ def create_replica(
     stages: Partition | None = None,
     stage_devices: Sequence[Device] = (),
     engine_process: EngineProcessFactory | None = None,
+    served_name: str | None = None,
 ) -> Replica | EngineReplica:
-    """A replica of `entry` on `device`, not yet started (`await replica.start()`).
+    """A replica of `entry` on `device`, served as `served_name` (default: the model's name), not
+    yet started (`await replica.start()`).
 
     A generative model's replica is an engine process (`kcloud.serving.engine`), on this machine
     or where `engine_process` puts it; `isolation` and `pipeline` do not apply to it.
@@ -350,7 +353,8 @@ def create_replica(
                 f"device {each.uid} is a {each.spec.kind}")
     if entry.config.generative:
         return create_engine_replica(entry, device, threads=threads, emulation=emulation,
-                                     replica_id=replica_id, efficiency=efficiency, process=engine_process)
+                                     replica_id=replica_id, efficiency=efficiency, process=engine_process,
+                                     served_name=served_name)
     for each in devices:  # refuse unserved devices before spawning anything
         plan_for(each, platform=entry.config.platform)
     if isolation not in ("thread", "process"):
@@ -377,9 +381,9 @@ def create_replica(
             stages.graph_outputs,
         )
         shares = [(on, stage.cost_share) for stage, on in zip(stages.stages, devices, strict=True)]
-    replica_id = replica_id or f"{entry.name}-v{entry.version}-{device.id}-{os.getpid()}-{next(_counter)}"
+    replica_id = replica_id or replica_id_for(served_name or entry.name, entry.version, device)
     return Replica(replica_id, entry, device, pipeline, worker, metrics=metrics, emulation=emulation,
-                   efficiency=efficiency, stage_devices=shares)
+                   efficiency=efficiency, stage_devices=shares, served_name=served_name)
 
 
 def _stage_file(stage: Stage) -> Path:

@@ -31,7 +31,7 @@ import numpy as np
 
 from kcloud.errors import InvalidRequestError
 from kcloud.models.errors import ModelNotFoundError
-from kcloud.models.repository import ModelEntry, ModelRepository
+from kcloud.models.repository import ModelRepository
 from kcloud.serving.engine import EngineReplica
 from kcloud.serving.engine_calls import Answer, StreamAnswer, send
 from kcloud.serving.engine_metrics import EngineMetrics
@@ -40,6 +40,7 @@ from kcloud.serving.generation import GenerationCall
 from kcloud.serving.load import LoadMeter, LoadReading
 from kcloud.serving.metrics import ServingMetrics
 from kcloud.serving.replica import InferOutcome, Replica
+from kcloud.serving.served import ServedModel
 from kcloud.serving.token_routing import Policy, TokenRouter
 from kcloud.serving.trace import TraceRecorder
 
@@ -64,13 +65,13 @@ class Router:
         self.tokens = TokenRouter(token_policy)
         self._replicas: dict[str, AnyReplica] = {}
         # Looked up on every request, changed only by add/remove: rebuilt lazily after a change.
-        self._served: list[ModelEntry] | None = None
-        self._versions: dict[str, list[ModelEntry]] = {}  # name -> served entries, by version
+        self._served: list[ServedModel] | None = None
+        self._versions: dict[str, list[ServedModel]] = {}  # served name -> its versions, in order
         self._candidates_of: dict[tuple[str, int], list[AnyReplica]] = {}
         #: Models whose last replica died and was removed, while a replacement starts.
-        self._awaiting: dict[tuple[str, int], ModelEntry] = {}
+        self._awaiting: dict[tuple[str, int], ServedModel] = {}
         #: Models that may have no replica (scaled to zero): served, and a request waits for one.
-        self._standby: dict[tuple[str, int], ModelEntry] = {}
+        self._standby: dict[tuple[str, int], ServedModel] = {}
         #: Set when a replica of the model is added: wakes the requests waiting at zero.
         self._replica_added: dict[tuple[str, int], asyncio.Event] = {}
         self._turn = itertools.count()
@@ -95,9 +96,9 @@ class Router:
             launch = replica.launch
             if launch is not None and launch.metrics_path is not None:
                 self.engine_metrics.watch(
-                    replica.id, deployment=replica.entry.name, device=replica.device.uid,
+                    replica.id, deployment=replica.served.name, device=replica.device.uid,
                     url=launch.base_url + launch.metrics_path, engine=replica.runtime.name)
-        key = (replica.entry.name, replica.entry.version)
+        key = replica.served.key
         self._awaiting.pop(key, None)
         self._replicas_changed()
         if (added := self._replica_added.pop(key, None)) is not None:
@@ -111,10 +112,10 @@ class Router:
         """
         replica = self._replicas.pop(replica_id, None)
         if replica is not None:
-            key = (replica.entry.name, replica.entry.version)
+            key = replica.served.key
             if replaced:
-                self._awaiting[key] = replica.entry
-            elif not any((r.entry.name, r.entry.version) == key for r in self._replicas.values()):
+                self._awaiting[key] = replica.served
+            elif not any(r.served.key == key for r in self._replicas.values()):
                 self._awaiting.pop(key, None)
             self._replicas_changed()
             self.tokens.forget(replica_id)
@@ -123,12 +124,11 @@ class Router:
             await replica.stop()
         return replica
 
-    def standby(self, entry: ModelEntry) -> None:
-        """Keep `entry` served while it has no replica: a request waits for one (scale from zero)."""
-        key = (entry.name, entry.version)
-        if self._standby.get(key) != entry:
-            self._standby = {k: e for k, e in self._standby.items() if k[0] != entry.name}
-            self._standby[key] = entry
+    def standby(self, served: ServedModel) -> None:
+        """Keep `served` while it has no replica: a request waits for one (scale from zero)."""
+        if self._standby.get(served.key) != served:
+            self._standby = {k: e for k, e in self._standby.items() if k[0] != served.name}
+            self._standby[served.key] = served
             self._replicas_changed()
 
     def end_standby(self, name: str) -> None:
@@ -140,11 +140,11 @@ class Router:
     def read_load(self, name: str) -> LoadReading:
         """`name`'s load since the previous reading, with the tokens its engines have in flight."""
         tokens = sum(r.outstanding_tokens for r in self._replicas.values()
-                     if isinstance(r, EngineReplica) and r.entry.name == name)
+                     if isinstance(r, EngineReplica) and r.served.name == name)
         return self.load.read(name, tokens_in_flight=tokens)
 
     def replicas(self, model: str | None = None) -> list[AnyReplica]:
-        return [r for r in self._replicas.values() if model is None or r.entry.name == model]
+        return [r for r in self._replicas.values() if model is None or r.served.name == model]
 
     def _replicas_changed(self) -> None:
         self._served = None
@@ -152,7 +152,7 @@ class Router:
         self._candidates_of = {}
 
     def _replica_died(self, replica: AnyReplica) -> None:
-        log.error("replica %s of %s on %s died", replica.id, replica.entry.name, replica.device.uid)
+        log.error("replica %s of %s on %s died", replica.id, replica.served.name, replica.device.uid)
         for observer in list(self.on_replica_died):
             try:
                 observer(replica)
@@ -160,21 +160,21 @@ class Router:
                 log.exception("replica-death observer failed")
 
     # -- models -----------------------------------------------------------------------------
-    def served_models(self) -> list[ModelEntry]:
-        """One entry per (name, version) that has a replica (dead or alive) or awaits one."""
+    def served_models(self) -> list[ServedModel]:
+        """One per (served name, version) that has a replica (dead or alive) or awaits one."""
         if self._served is None:
-            entries: dict[tuple[str, int], ModelEntry] = self._standby | self._awaiting
+            entries: dict[tuple[str, int], ServedModel] = self._standby | self._awaiting
             for replica in self._replicas.values():
-                entries.setdefault((replica.entry.name, replica.entry.version), replica.entry)
+                entries.setdefault(replica.served.key, replica.served)
             self._served = [entries[key] for key in sorted(entries)]
-            versions: dict[str, list[ModelEntry]] = {}
+            versions: dict[str, list[ServedModel]] = {}
             for served in self._served:  # sorted by (name, version), so each list is by version
                 versions.setdefault(served.name, []).append(served)
             self._versions = versions
         return list(self._served)
 
-    def entry(self, name: str, version: int | None = None) -> ModelEntry:
-        """The served entry of `name` (its latest served version when `version` is None)."""
+    def served(self, name: str, version: int | None = None) -> ServedModel:
+        """The model served as `name` (its latest served version when `version` is None)."""
         if self._served is None:
             self.served_models()
         versions = self._versions.get(name, [])
@@ -191,25 +191,24 @@ class Router:
             f"model {name!r} has no served version {version}; "
             f"served versions: {', '.join(str(e.version) for e in versions)}")
 
-    def _candidates(self, entry: ModelEntry) -> list[AnyReplica]:
-        key = (entry.name, entry.version)
+    def _candidates(self, served: ServedModel) -> list[AnyReplica]:
+        key = served.key
         candidates = self._candidates_of.get(key)
         if candidates is None:
-            candidates = self._candidates_of[key] = [
-                r for r in self._replicas.values()
-                if r.entry.name == entry.name and r.entry.version == entry.version]
+            candidates = [r for r in self._replicas.values() if r.served.key == key]
+            self._candidates_of[key] = candidates
         return candidates
 
     def is_ready(self, name: str, version: int | None = None) -> bool:
         """True when the model (version) is served and has a live replica, or is on standby (a
         request is then served after a cold start)."""
         try:
-            entry = self.entry(name, version)
+            served = self.served(name, version)
         except ModelNotFoundError:
             return False
-        return (entry.name, entry.version) in self._standby or any(r.alive for r in self._candidates(entry))
+        return served.key in self._standby or any(r.alive for r in self._candidates(served))
 
-    def _least_loaded(self, entry: ModelEntry, exclude: set[str]) -> Replica | None:
+    def _least_loaded(self, entry: ServedModel, exclude: set[str]) -> Replica | None:
         live = [r for r in self._candidates(entry)
                 if isinstance(r, Replica) and r.alive and r.id not in exclude]
         if not live:
@@ -234,7 +233,7 @@ class Router:
         ModelNotReadyError (503), ReplicaDiedError (503, the retry died too),
         DeadlineExceededError (504) or InferenceFailedError (500).
         """
-        entry = self.entry(name, version)
+        entry = self.served(name, version)
         if entry.config.generative:
             raise InvalidRequestError(
                 f"model {entry.name!r} is a generative model: "
@@ -254,7 +253,7 @@ class Router:
         return outcome
 
     async def _infer(
-        self, entry: ModelEntry, inputs: dict[str, np.ndarray], deadline: float | None
+        self, entry: ServedModel, inputs: dict[str, np.ndarray], deadline: float | None
     ) -> InferOutcome:
         first = self._least_loaded(entry, set()) or await self._first_replica(entry, deadline)
         first.batcher.check_admission(deadline, time.monotonic())  # refuse before any work on it
@@ -273,9 +272,9 @@ class Router:
             log.warning("retrying a request of %s on %s after: %s", entry.name, retry.id, died)
             return await retry.infer(prepared, deadline=deadline)
 
-    async def _first_replica(self, entry: ModelEntry, deadline: float | None) -> Replica:
+    async def _first_replica(self, entry: ServedModel, deadline: float | None) -> Replica:
         """A model without a live replica: 503, or, on standby, ask for one and wait for it."""
-        key = (entry.name, entry.version)
+        key = entry.key
         if key not in self._standby:
             raise ModelNotReadyError(f"model {entry.name} v{entry.version} has no live replica")
         for observer in list(self.on_cold_request):
@@ -308,7 +307,7 @@ class Router:
         """How a generative model's requests are spread over its engines: the policy, and per
         replica how many requests each policy sent it. None for a model without engines."""
         engines = [r.id for r in self._replicas.values()
-                   if isinstance(r, EngineReplica) and r.entry.name == model]
+                   if isinstance(r, EngineReplica) and r.served.name == model]
         if not engines:
             return None
         return {"policy": self.tokens.policy,
@@ -321,7 +320,7 @@ class Router:
         Raises ModelNotReadyError (503) when no engine of the model is alive, ReplicaDiedError
         (503) when the retry failed too.
         """
-        entry = call.entry
+        entry = call.served
         started = self.load.arrived(entry.name)
         try:
             answer = await self._generate(call)
@@ -335,7 +334,7 @@ class Router:
         return answer
 
     async def _generate(self, call: GenerationCall) -> Answer | StreamAnswer:
-        entry = call.entry
+        entry = call.served
         tried: set[str] = set()
         while True:
             engines = [r for r in self._candidates(entry)

@@ -2,7 +2,7 @@
 that needs it (the tenant-scoped router, the admin API, the control plane's routes).
 
 A context variable rather than an argument because the gateway's routes, written before tenancy,
-call `router.entry(...)`/`router.infer(...)` with no notion of a caller; each ASGI request runs in
+call `router.served(...)`/`router.infer(...)` with no notion of a caller; each ASGI request runs in
 its own task with its own copy of the context, so one request can never see another's principal.
 """
 

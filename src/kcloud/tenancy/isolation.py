@@ -31,12 +31,12 @@ import numpy as np
 from kcloud.farm.names import resolve
 from kcloud.farm.reads import served_name_owners
 from kcloud.models.errors import ModelNotFoundError
-from kcloud.models.repository import ModelEntry
 from kcloud.serving.engine_calls import Answer, StreamAnswer
 from kcloud.serving.errors import ServingError
 from kcloud.serving.generation import GenerationCall
 from kcloud.serving.replica import InferOutcome
 from kcloud.serving.router import AnyReplica, Router
+from kcloud.serving.served import ServedModel
 from kcloud.store.db import Database
 from kcloud.tenancy.context import RequestContext, current_request
 from kcloud.tenancy.tokens import TokenLimiter
@@ -131,23 +131,23 @@ class TenantScopedRouter:
         resolved = resolve(ctx.principal.tenant_name, name)
         return resolved if self.ownership.knows(resolved) else name
 
-    def served_models(self) -> list[ModelEntry]:
+    def served_models(self) -> list[ServedModel]:
         return [e for e in self._inner.served_models() if self._visible(e.name)]
 
     def replicas(self, model: str | None = None) -> list[AnyReplica]:
-        return [r for r in self._inner.replicas(model) if self._visible(r.entry.name)]
+        return [r for r in self._inner.replicas(model) if self._visible(r.served.name)]
 
     def _not_served(self, name: str) -> ModelNotFoundError:
         served = sorted({e.name for e in self.served_models()})
         have = f"served models: {', '.join(served)}" if served else "no model is served"
         return ModelNotFoundError(f"model {name!r} is not served; {have}")
 
-    def entry(self, name: str, version: int | None = None) -> ModelEntry:
+    def served(self, name: str, version: int | None = None) -> ServedModel:
         name = self._resolve(name)
         if not self._visible(name):
             raise self._not_served(name)
         try:
-            entry = self._inner.entry(name, version)
+            served = self._inner.served(name, version)
         except ModelNotFoundError:
             if not self._inner.replicas(name):
                 raise self._not_served(name) from None  # the router's message lists every tenant's models
@@ -155,7 +155,7 @@ class TenantScopedRouter:
         ctx = current_request()
         if ctx is not None:
             ctx.deployment = self.ownership.owner(name).deployment or name
-        return entry
+        return served
 
     def is_ready(self, name: str, version: int | None = None) -> bool:
         name = self._resolve(name)
@@ -177,7 +177,7 @@ class TenantScopedRouter:
         its tokens charged when known."""
         ctx = current_request()
         if ctx is not None:
-            self._caller_may_run(ctx, call.entry.name)
+            self._caller_may_run(ctx, call.served.name)
             if self.prefix_salt is not None:
                 call.isolate_prefix_cache(self.prefix_salt(ctx.principal.tenant_name))
             tokens = self.tokens

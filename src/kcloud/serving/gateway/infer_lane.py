@@ -18,7 +18,6 @@ import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kcloud.models.repository import ModelEntry
 from kcloud.serving.gateway.deadline import TIMEOUT_HEADER, deadline_from
 from kcloud.serving.gateway.encoding import decoded_body
 from kcloud.serving.gateway.errors import CLIENT_CLOSED_REQUEST, as_kcloud_error, send_error
@@ -30,6 +29,7 @@ from kcloud.serving.oip import (
     encode_infer_response,
     parse_header_length,
 )
+from kcloud.serving.served import ServedModel
 
 _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
@@ -107,10 +107,10 @@ class InferLane:
         state = self.state
         path: str = scope["path"]
         started = time.perf_counter()
-        entry: ModelEntry | None = None
+        served: ServedModel | None = None
         try:
             version = parse_version(name, version_text)
-            entry = state.router.entry(name, version)
+            served = state.router.served(name, version)
             headers: dict[str, str] = {}
             for key, value in scope["headers"]:
                 wanted = _WANTED.get(key)
@@ -119,36 +119,36 @@ class InferLane:
             raw_body = await read_body(receive)
             body = decoded_body(raw_body, headers.get("content-encoding"), state.max_body_bytes)
             header_length = parse_header_length(headers.get("inference-header-content-length"))
-            config = entry.config
+            config = served.config
             decoded = decode_infer_request(body, header_length, max_elements=config.max_request_elements(),
                                            limit=config.request_limit_words())
             if decoded.outputs is not None:
-                check_requested_outputs(decoded, (o.name for o in entry.config.outputs), name)
+                check_requested_outputs(decoded, (o.name for o in served.config.outputs), name)
             deadline = deadline_from(decoded.parameters, headers)
-            outcome = await state.router.infer(entry.name, entry.version, decoded.inputs, deadline=deadline)
+            outcome = await state.router.infer(served.name, served.version, decoded.inputs, deadline=deadline)
             payload, response_headers = encode_infer_response(
-                model_name=entry.name,
-                model_version=str(entry.version),
+                model_name=served.name,
+                model_version=str(served.version),
                 request_id=decoded.id,
                 outputs=outcome.outputs,
                 request=decoded,
             )
         except ClientGone:
-            self._failed(entry, CLIENT_CLOSED_REQUEST)  # nobody is left to answer
+            self._failed(served, CLIENT_CLOSED_REQUEST)  # nobody is left to answer
             return
         except Exception as exc:
             error = as_kcloud_error(path, exc)
-            self._failed(entry, error.status)
+            self._failed(served, error.status)
             await send_error(send, path, error)
             return
-        state.observer.served(entry, "oip", outcome.device_uid, time.perf_counter() - started)
+        state.observer.served(served, "oip", outcome.device_uid, time.perf_counter() - started)
         raw_headers = [(b"content-length", str(len(payload)).encode())]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in response_headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         await send({"type": "http.response.body", "body": payload})
 
-    def _failed(self, entry: ModelEntry | None, status: int) -> None:
-        if entry is None:
+    def _failed(self, served: ServedModel | None, status: int) -> None:
+        if served is None:
             self.state.observer.failed("", status)
         else:
-            self.state.observer.failed(entry.name, status, version=entry.version)
+            self.state.observer.failed(served.name, status, version=served.version)

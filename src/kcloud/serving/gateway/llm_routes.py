@@ -29,7 +29,6 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from kcloud.errors import InvalidRequestError
-from kcloud.models.repository import ModelEntry
 from kcloud.serving.engine import EngineReplica
 from kcloud.serving.engine_calls import Answer, StreamAnswer
 from kcloud.serving.errors import ModelNotReadyError
@@ -38,6 +37,7 @@ from kcloud.serving.gateway.openai_schemas import OpenAIError
 from kcloud.serving.gateway.request_line import ARRIVED
 from kcloud.serving.gateway.state import GatewayState, gateway_state
 from kcloud.serving.generation import Route, heavy, loaded_tokenizer, prepare_call, tokenizer_for
+from kcloud.serving.served import ServedModel
 
 _ERRORS = {
     400: {"model": OpenAIError, "description": "bad request (named field, context exceeded, ...)"},
@@ -66,15 +66,15 @@ class RelayResponse(StreamingResponse):
             await self.answer.close()
 
 
-def _engine_of(state: GatewayState, entry: ModelEntry) -> EngineReplica:
-    """A live engine replica of `entry`, for what its engine accepts (a deployment's replicas
+def _engine_of(state: GatewayState, served: ServedModel) -> EngineReplica:
+    """A live engine replica of `served`, for what its engine accepts (a deployment's replicas
     run one runtime; 503 when none is alive)."""
-    engines = [r for r in state.router.replicas(entry.name)
-               if isinstance(r, EngineReplica) and r.entry.version == entry.version]
+    engines = [r for r in state.router.replicas(served.name)
+               if isinstance(r, EngineReplica) and r.served.key == served.key]
     for replica in engines:
         if replica.alive:
             return replica
-    raise ModelNotReadyError(f"model {entry.name} v{entry.version} has no live engine replica")
+    raise ModelNotReadyError(f"model {served.name} v{served.version} has no live engine replica")
 
 
 def _parse(raw: bytes) -> dict:
@@ -92,30 +92,30 @@ def _parse(raw: bytes) -> dict:
 
 
 async def _send(state: GatewayState, route: Route, body: dict, arrived: float | None,
-                version: int | None = None) -> tuple[ModelEntry, EngineReplica, Answer | StreamAnswer]:
-    """Check `body` for its model's engine and send it; the entry, the engine asked what it
+                version: int | None = None) -> tuple[ServedModel, EngineReplica, Answer | StreamAnswer]:
+    """Check `body` for its model's engine and send it; the model, the engine asked what it
     accepts, and the answer. Raises the refusals (`KcloudError`). `arrived`: when the request
     reached the gateway (`request_line.ARRIVED`); a stream reports the gateway's own part of its
     first token to `kcloud_llm_gateway_first_token_seconds`."""
-    entry = state.router.entry(body["model"], version)  # 404 for a model the caller cannot see
-    if not entry.config.generative:
+    served = state.router.served(body["model"], version)  # 404 for a model the caller cannot see
+    if not served.config.generative:
         raise InvalidRequestError(
-            f"model {entry.name!r} is not a generative model: it is served on /v2 and /v1/embeddings",
+            f"model {served.name!r} is not a generative model: it is served on /v2 and /v1/embeddings",
             fields={"param": "model"})
-    engine = _engine_of(state, entry)
+    engine = _engine_of(state, served)
     accepted = engine.runtime.accepted_params(route)
     # Loaded when the engine started (`warm_tokenizer`); a thread only if it somehow was not.
-    tokenizer = loaded_tokenizer(entry) or await asyncio.to_thread(tokenizer_for, entry)
+    tokenizer = loaded_tokenizer(served.entry) or await asyncio.to_thread(tokenizer_for, served.entry)
     if heavy(body):
-        call = await asyncio.to_thread(prepare_call, route, body, entry, accepted, engine.runtime.name,
+        call = await asyncio.to_thread(prepare_call, route, body, served, accepted, engine.runtime.name,
                                        tokenizer)
     else:
-        call = prepare_call(route, body, entry, accepted, engine.runtime.name, tokenizer)
+        call = prepare_call(route, body, served, accepted, engine.runtime.name, tokenizer)
     call.arrived_at = arrived
     answer = await state.router.generate(call)
     if isinstance(answer, StreamAnswer):
-        answer.on_first_token.append(state.metrics.llm_first_token_added_seconds.labels(entry.name).observe)
-    return entry, engine, answer
+        answer.on_first_token.append(state.metrics.llm_first_token_added_seconds.labels(served.name).observe)
+    return served, engine, answer
 
 
 async def _openai(request: Request, route: Route) -> Response:
@@ -125,18 +125,18 @@ async def _openai(request: Request, route: Route) -> Response:
     try:
         body = _parse(await request.body())
         name = body["model"]
-        entry, engine, answer = await _send(state, route, body, request.scope.get(ARRIVED))
+        served, engine, answer = await _send(state, route, body, request.scope.get(ARRIVED))
     except Exception as exc:
         error = as_kcloud_error(request.url.path, exc)
         state.observer.failed(name, error.status, protocol="openai")
         return error_response(error, request.url.path).response()
     if isinstance(answer, StreamAnswer):
-        state.observer.served(entry, "openai", engine.device.uid, time.perf_counter() - started)
+        state.observer.served(served, "openai", engine.device.uid, time.perf_counter() - started)
         return RelayResponse(answer)
     if answer.status == 200:
-        state.observer.served(entry, "openai", engine.device.uid, time.perf_counter() - started)
+        state.observer.served(served, "openai", engine.device.uid, time.perf_counter() - started)
     else:
-        state.observer.failed(entry.name, answer.status, version=entry.version, protocol="openai")
+        state.observer.failed(served.name, answer.status, version=served.version, protocol="openai")
     return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
 
 
@@ -187,24 +187,24 @@ async def _oip_generate(request: Request, name: str, version: int | None, stream
     started = time.perf_counter()
     try:
         body = _generate_body(await request.body(), name, stream)
-        entry, engine, answer = await _send(state, "completions", body, request.scope.get(ARRIVED), version)
+        served, engine, answer = await _send(state, "completions", body, request.scope.get(ARRIVED), version)
     except Exception as exc:
         error = as_kcloud_error(request.url.path, exc)
         state.observer.failed(name, error.status)
         return error_response(error, request.url.path).response()
-    served_as = (entry.name, str(entry.version))
+    served_as = (served.name, str(served.version))
     if isinstance(answer, StreamAnswer):
-        state.observer.served(entry, "oip", engine.device.uid, time.perf_counter() - started)
+        state.observer.served(served, "oip", engine.device.uid, time.perf_counter() - started)
         return RelayResponse(answer, _oip_events(answer, *served_as))
     if answer.status != 200:
-        state.observer.failed(entry.name, answer.status, version=entry.version)
+        state.observer.failed(served.name, answer.status, version=served.version)
         try:
             message = orjson.loads(answer.body)["error"]["message"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             message = answer.body.decode("utf-8", "replace")
         return Response(orjson.dumps({"error": message}), status_code=answer.status,
                         media_type="application/json")
-    state.observer.served(entry, "oip", engine.device.uid, time.perf_counter() - started)
+    state.observer.served(served, "oip", engine.device.uid, time.perf_counter() - started)
     return Response(orjson.dumps({"model_name": served_as[0], "model_version": served_as[1],
                                   "text_output": _text_of(answer.body)}), media_type="application/json")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kcloud.models.repository import ModelEntry
 from kcloud.serving.metrics import ServingMetrics
+from kcloud.serving.served import ServedModel
 
 
 class RequestObserver:
@@ -18,13 +18,13 @@ class RequestObserver:
         self.metrics = metrics
         self._served: dict[tuple[str, int, str, str], tuple[Any, Any]] = {}
 
-    def served(self, entry: ModelEntry, protocol: str, device_uid: str, seconds: float) -> None:
-        key = (entry.name, entry.version, protocol, device_uid)
+    def served(self, model: ServedModel, protocol: str, device_uid: str, seconds: float) -> None:
+        key = (model.name, model.version, protocol, device_uid)
         children = self._served.get(key)
         if children is None:
             children = (
-                self.metrics.requests_total.labels(entry.name, str(entry.version), protocol),
-                self.metrics.total_seconds.labels(entry.name, device_uid),
+                self.metrics.requests_total.labels(model.name, str(model.version), protocol),
+                self.metrics.total_seconds.labels(model.name, device_uid),
             )
             self._served[key] = children
         children[0].inc()

@@ -145,14 +145,14 @@ def _tensors(specs) -> list[dict]:
 
 
 def model_metadata(router: Router, name: str, version: int | None) -> dict:
-    entry = router.entry(name, version)
+    served = router.served(name, version)
     versions = sorted({e.version for e in router.served_models() if e.name == name})
     return {
-        "name": entry.name,
+        "name": served.name,
         "versions": [str(v) for v in versions],
         "platform": PLATFORM,
-        "inputs": _tensors(entry.config.inputs),
-        "outputs": _tensors(entry.config.outputs),
+        "inputs": _tensors(served.config.inputs),
+        "outputs": _tensors(served.config.outputs),
     }
 
 
@@ -182,9 +182,9 @@ def metadata_router() -> APIRouter:
     async def _model_ready(request: Request, model: str, version: str | None) -> Response:
         router = gateway_state(request).router
         number = parse_version(model, version)
-        entry = router.entry(model, number)  # 404 for an unknown model or version
-        is_ready = router.is_ready(entry.name, number)
-        return JSONResponse({"name": entry.name, "ready": is_ready}, status_code=200 if is_ready else 400)
+        served = router.served(model, number)  # 404 for an unknown model or version
+        is_ready = router.is_ready(served.name, number)
+        return JSONResponse({"name": served.name, "ready": is_ready}, status_code=200 if is_ready else 400)
 
     @api.get("/v2/models/{model}/ready", response_model=ModelReadyResponse, summary="Model ready",
              responses=_ERRORS)

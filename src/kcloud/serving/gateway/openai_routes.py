@@ -18,7 +18,6 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from kcloud.errors import InvalidRequestError
-from kcloud.models.repository import ModelEntry
 from kcloud.serving.gateway.deadline import deadline_from
 from kcloud.serving.gateway.errors import as_kcloud_error, error_response
 from kcloud.serving.gateway.openai_schemas import (
@@ -29,6 +28,7 @@ from kcloud.serving.gateway.openai_schemas import (
     OpenAIError,
 )
 from kcloud.serving.gateway.state import GatewayState, gateway_state
+from kcloud.serving.served import ServedModel
 
 OWNER = "kcloud"
 EMBEDDING_KIND = "sentence-embedding"
@@ -40,16 +40,16 @@ _ERRORS = {
 }
 
 
-def _created(entry: ModelEntry) -> int:
+def _created(served: ServedModel) -> int:
     """When this version landed in the repository (its directory's modification time)."""
     try:
-        return int(entry.path.stat().st_mtime)
+        return int(served.entry.path.stat().st_mtime)
     except OSError:
         return 0
 
 
-def is_embedding_model(entry: ModelEntry) -> bool:
-    return entry.config.processing.kind == EMBEDDING_KIND
+def is_embedding_model(served: ServedModel) -> bool:
+    return served.config.processing.kind == EMBEDDING_KIND
 
 
 def _texts(body: EmbeddingRequest) -> list[str]:
@@ -72,23 +72,23 @@ def _texts(body: EmbeddingRequest) -> list[str]:
     return texts
 
 
-def _embedding_entry(state: GatewayState, name: str) -> ModelEntry:
-    entry = state.router.entry(name)  # ModelNotFoundError -> 404
-    if not is_embedding_model(entry):
+def _embedding_model(state: GatewayState, name: str) -> ServedModel:
+    served = state.router.served(name)  # ModelNotFoundError -> 404
+    if not is_embedding_model(served):
         embedders = sorted({e.name for e in state.router.served_models() if is_embedding_model(e)})
         listed = ", ".join(embedders) or "none"
         raise InvalidRequestError(
             f"model '{name}' is not an embedding model (embedding models here: {listed})")
-    return entry
+    return served
 
 
-def _output_name(entry: ModelEntry) -> str:
+def _output_name(served: ServedModel) -> str:
     # An embedding model has one public output, the vectors (e.g. `embedding` FP32 [-1, 384]).
-    return entry.config.outputs[0].name
+    return served.config.outputs[0].name
 
 
-def _input_name(entry: ModelEntry) -> str:
-    return entry.config.inputs[0].name
+def _input_name(served: ServedModel) -> str:
+    return served.config.inputs[0].name
 
 
 def _token_count(extra: dict) -> int:
@@ -115,11 +115,11 @@ def openai_router() -> APIRouter:
 
     @api.get("/models", response_model=ModelList, summary="List models")
     async def list_models(request: Request) -> dict:
-        entries = gateway_state(request).router.served_models()
-        latest: dict[str, ModelEntry] = {}
-        for entry in entries:
-            if entry.name not in latest or entry.version > latest[entry.name].version:
-                latest[entry.name] = entry
+        models = gateway_state(request).router.served_models()
+        latest: dict[str, ServedModel] = {}
+        for served in models:
+            if served.name not in latest or served.version > latest[served.name].version:
+                latest[served.name] = served
         return {
             "object": "list",
             "data": [
@@ -134,23 +134,23 @@ def openai_router() -> APIRouter:
     async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
         state = gateway_state(request)
         started = time.perf_counter()
-        entry: ModelEntry | None = None
+        served: ServedModel | None = None
         try:
-            entry = _embedding_entry(state, body.model)
+            served = _embedding_model(state, body.model)
             texts = _texts(body)
-            width = entry.config.outputs[0].shape[-1]
+            width = served.config.outputs[0].shape[-1]
             if body.dimensions is not None and body.dimensions != width:
                 raise InvalidRequestError(
-                    f"model '{entry.name}' makes {width}-dimensional embeddings; "
+                    f"model '{served.name}' makes {width}-dimensional embeddings; "
                     f"'dimensions' {body.dimensions} is not supported"
                 )
             deadline = deadline_from(None, request.headers)
-            chunk = entry.config.batching.max_batch_size or len(texts)
+            chunk = served.config.batching.max_batch_size or len(texts)
             pieces = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
-            input_name, output_name = _input_name(entry), _output_name(entry)
+            input_name, output_name = _input_name(served), _output_name(served)
             outcomes = await asyncio.gather(*(
                 state.router.infer(
-                    entry.name, entry.version,
+                    served.name, served.version,
                     {input_name: np.array([t.encode() for t in piece], dtype=object)},
                     deadline=deadline,
                 )
@@ -158,18 +158,18 @@ def openai_router() -> APIRouter:
             ))
         except Exception as exc:
             error = as_kcloud_error(request.url.path, exc)
-            state.observer.failed(entry.name if entry is not None else "", error.status, protocol="openai")
+            state.observer.failed(served.name if served is not None else "", error.status, protocol="openai")
             return error_response(error, request.url.path).response()
         data: list[dict] = []
         tokens = 0
         for piece_start, outcome in zip(range(0, len(texts), chunk), outcomes, strict=True):
             data += _encode_rows(outcome.outputs[output_name], body.encoding_format, piece_start)
             tokens += _token_count(outcome.prepared.extra)
-        state.observer.served(entry, "openai", outcomes[0].device_uid, time.perf_counter() - started)
+        state.observer.served(served, "openai", outcomes[0].device_uid, time.perf_counter() - started)
         payload = {
             "object": "list",
             "data": data,
-            "model": entry.name,
+            "model": served.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         body_bytes = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -158,6 +158,13 @@ def test_quick_run_writes_loadgen_logs_and_result(matrix, run, bench_models):
         }.get(scenario)
         assert model["efficiency"]["value"] > 0
         assert chip_figure is None or model["efficiency"]["value"] == pytest.approx(chip_figure)
+        # and the chip under this run's own load, simulated by the twin (test_emulated_twin.py)
+        under = model["under_load"]
+        assert under["modelled"] is True and under["basis"].startswith("twin: ") and under["reason"] is None
+        assert under["samples_per_second"] > 0 and under["latency_ms"]["p99"] > 0
+        assert (under["bound_met"] is not None) == (scenario == "Server")
+        assert under["energy"]["efficiency"]["value"] > 0
+        assert "under this run's load" in cli.output
     elif energy["joules"] is None:
         assert energy["reason"]  # no readable counter here: null with the reason, never 0
     else:
@@ -189,6 +196,7 @@ def test_report_renders_in_headless_chromium(matrix, tmp_path: Path):
     assert len(drawn) == expected, f"{len(drawn)} of {expected} plots drawn"
     assert dom.count('class="main-svg"') >= expected
     assert "MODELLED" in dom and "VALID" in dom
+    assert "MODELLED by the digital twin" in html  # the emulated runs' table of the chip's own figures
 
 
 @pytest.mark.slow
@@ -200,6 +208,7 @@ def test_compare_shows_deltas(matrix):
     text = cli.output
     assert "B - A" in text and "samples_per_second" in text and "%" in text
     assert "MODELLED" in text  # the emulated device's energy is labelled in the comparison
+    assert "under this run's load" in text  # and the twin's figures for the chip, labelled too
 
 
 @pytest.mark.slow

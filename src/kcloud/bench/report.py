@@ -8,8 +8,12 @@ efficiency compared across devices and systems. Each plot says where its numbers
   `mlperf_log_detail.txt` marked on top;
 - throughput, latency metric, validity: LoadGen's summary, via `result.json`;
 - efficiency: the energy counters; for an emulated device the chip's own modelled figure
-  (`device_model`, labelled MODELLED), never the host's samples over modelled joules; runs
-  without a reading are listed with the reason instead of being drawn as zero.
+  (`device_model`, labelled MODELLED: the twin's under the run's load where it has one, else the
+  chip's at full load), never the host's samples over modelled joules; runs without a reading are
+  listed with the reason instead of being drawn as zero;
+- an emulated device's figures under the run's load (`device_model.under_load`: throughput,
+  latency percentiles, the latency bound, energy) in a table of their own, each MODELLED by the
+  twin and naming its basis, apart from the host's measured ones.
 """
 
 from __future__ import annotations
@@ -59,10 +63,14 @@ def _validity(result: BenchResult) -> str:
 
 def _efficiency(result: BenchResult) -> tuple[dict[str, Any], bool, str | None]:
     """(MLPerf Power's figure, modelled?, why it is null): an emulated device's own modelled
-    figure (`device_model`), else the energy counters'. Never the host's samples over a modelled
-    chip's joules."""
+    figure (`device_model`: under the run's load, as a real device's is measured, where the twin
+    gave one; else at full load), else the energy counters'. Never the host's samples over a
+    modelled chip's joules."""
     if result.device_model:
         model = result.device_model
+        under = ((model.get("under_load") or {}).get("energy") or {}).get("efficiency") or {}
+        if under.get("value") is not None:
+            return under, True, None
         return model.get("efficiency") or {}, True, model.get("reason")
     energy = result.energy or {}
     return energy.get("efficiency") or {}, bool(energy.get("modelled")), energy.get("reason")
@@ -150,6 +158,48 @@ def _table(results: list[BenchResult]) -> str:
             + "</tr>"
         )
     out.append("</table>")
+    return "".join(out)
+
+
+def _twin_table(results: list[BenchResult]) -> str:
+    """Emulated devices: the chip under each run's own load, as the twin models it (never the host's)."""
+    emulated = [r for r in results if r.device_model and r.device_model.get("under_load")]
+    if not emulated:
+        return ""
+    head = ["system", "chip", "model", "mode", "twin: load, batching", "samples/s", "p50 ms", "p90 ms",
+            "p99 ms", "LoadGen percentile", "latency bound", "efficiency"]
+    out = ["<table><tr>" + "".join(f'<th class="l">{h}</th>' if i < 5 else f"<th>{h}</th>"
+                                   for i, h in enumerate(head)) + "</tr>"]
+    for r in emulated:
+        model = r.device_model or {}
+        under = model["under_load"]
+        cells = (_cell(r.system, "l") + _cell(model.get("chip", ""), "l")
+                 + _cell(f"{r.model.name} v{r.model.version}", "l") + _cell(r.mode, "l"))
+        latency = under.get("latency_ms")
+        if latency is None:
+            why = html.escape(f"null: {under.get('reason') or 'not simulated'}")
+            out.append(f"<tr>{cells}<td class='l modelled' colspan='{len(head) - 4}'>{why}</td></tr>")
+            continue
+        own = under.get("loadgen_percentile")
+        bound = under.get("latency_bound_ms")
+        eff = (under.get("energy") or {}).get("efficiency") or {}
+        out.append(
+            "<tr>" + cells
+            + _cell(under.get("basis") or "", "l")
+            + _cell(under.get("samples_per_second"), "modelled")
+            + "".join(_cell(latency.get(p), "modelled") for p in ("p50", "p90", "p99"))
+            + _cell(f"p{own['percentile']:g}: {fmt(own['latency_ms'])} ms" if own else "none", "modelled")
+            + _cell("none" if bound is None else
+                    f"{bound:g} ms: {'met' if under.get('bound_met') else 'MISSED'}", "modelled")
+            + _cell(f"{fmt(eff.get('value'))} {eff.get('unit', '')}", "modelled")
+            + "</tr>"
+        )
+    out.append(
+        "</table><p class='note'>Emulated devices: the chip's own figures under each run's load, all "
+        "MODELLED by the digital twin (kcloud.twin: the run's LoadGen load through the replica's batcher "
+        "over the chip's catalog-modelled service times; energy from its power model over the modelled "
+        "time). The table above holds the host's measured figures for the same runs.</p>"
+    )
     return "".join(out)
 
 
@@ -329,7 +379,8 @@ def _performance_figures(
         )
         figures.append(
             _bar(
-                f"{heading}: energy efficiency, {name} ({better}; purple = MODELLED, emulated device)",
+                f"{heading}: energy efficiency, {name} ({better}; purple = MODELLED, emulated device, "
+                "by the twin at the run's load)",
                 f"{name} [{unit}]",
                 [(_label(r), float(e["value"]), modelled) for r, e, modelled in effs],
             )
@@ -372,7 +423,8 @@ def build_report(results: list[BenchResult]) -> str:
     for scenario in order:
         runs = sorted(by_scenario[scenario], key=lambda r: (r.mode, r.system, r.device_label))
         parts.append(f"<h2>{html.escape(scenario)}</h2>")
-        parts.append("<div class='scroll'>" + _table(runs) + _token_table(runs) + "</div>")
+        tables = _table(runs) + _twin_table(runs) + _token_table(runs)
+        parts.append(f"<div class='scroll'>{tables}</div>")
         figures, notes = scenario_figures(scenario, runs)
         for fig in figures:
             figure_count += 1

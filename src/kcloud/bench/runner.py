@@ -27,7 +27,7 @@ from rich.console import Console
 
 from kcloud.bench.accuracy import output_dtype, score_accuracy_log
 from kcloud.bench.calibrate import Calibration, CalibrationError, apply_calibration, calibrate
-from kcloud.bench.device_model import MIXED, device_model
+from kcloud.bench.device_model import MIXED, device_model, offered_load
 from kcloud.bench.energy import EnergyMeter, efficiency
 from kcloud.bench.environment import environment_snapshot
 from kcloud.bench.errors import BenchError, BenchInterrupted
@@ -629,7 +629,8 @@ def note_sut(prepared: PreparedRun | ChatPreparedRun, result: dict[str, Any], su
         result["notes"].append(
             f"{prepared.device.uid} is an EMULATED device: latency and throughput were measured on the "
             "host CPU that computes for it; the chip's own figures (throughput, service time, power, "
-            "efficiency) are MODELLED from the catalog, in device_model, never mixed with the host's"
+            "efficiency) are MODELLED from the catalog, in device_model, and under this run's load by the "
+            "digital twin (device_model.under_load), never mixed with the host's"
         )
 
 
@@ -674,7 +675,11 @@ def _finish(prepared: PreparedRun, result: dict[str, Any], sut: AsyncSUT, meter:
     device = prepared.device
     if device is not None and device.emulated:
         per_query = request.settings.samples_per_query or 8
-        result["device_model"] = device_model(prepared.entry, device, request.scenario, per_query)
+        offered = offered_load(request.scenario, request.mode, result["settings"]["effective"] or {},
+                               result["loadgen"].get("result_query_count"))
+        replicas = backend.replicas if isinstance(backend, InProcessBackend) else 1
+        result["device_model"] = device_model(prepared.entry, device, request.scenario, per_query, offered,
+                                              replicas=replicas)
         if result.get("metric"):
             result["metric"]["measured_on"] = f"the host CPU computing for emulated device {device.uid}"
 

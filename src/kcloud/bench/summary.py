@@ -49,6 +49,34 @@ def device_model_rows(result: BenchResult) -> list[tuple[str, Any]]:
     out.append((f"{chip}: power at full load [W] (MODELLED)", model.get("power_watts")))
     name = f"{eff.get('name', 'efficiency')} [{eff.get('unit', '')}]"
     out.append((f"{chip}: {name} (MODELLED)", eff.get("value")))
+    return out + under_load_rows(result)
+
+
+def under_load_rows(result: BenchResult) -> list[tuple[str, Any]]:
+    """The chip under this run's own load, simulated by the twin: each labelled MODELLED, apart
+    from the host's measured rows (`device_model.under_load`)."""
+    model = result.device_model or {}
+    under = model.get("under_load")
+    if not under:
+        return []
+    at = f"{model.get('chip', 'chip')} under this run's load"
+    if under.get("latency_ms") is None:
+        return [(f"{at} (MODELLED, twin)", f"null: {under.get('reason') or 'not simulated'}")]
+    latency = under["latency_ms"]
+    out: list[tuple[str, Any]] = [
+        (f"{at}: throughput [samples/s] (MODELLED)", under.get("samples_per_second"))
+    ]
+    out += [(f"{at}: latency {p} [ms] (MODELLED)", latency.get(p)) for p in ("p50", "p90", "p99")]
+    own = under.get("loadgen_percentile")
+    if own and f"p{own['percentile']:g}" not in ("p50", "p90", "p99"):
+        out.append((f"{at}: latency p{own['percentile']:g} [ms] (MODELLED)", own.get("latency_ms")))
+    if own and under.get("latency_bound_ms") is not None:
+        label = f"{at}: p{own['percentile']:g} within the {under['latency_bound_ms']:g} ms bound (MODELLED)"
+        out.append((label, under.get("bound_met")))
+    energy = under.get("energy") or {}
+    eff = energy.get("efficiency") or {}
+    name = f"{eff.get('name', 'efficiency')} [{eff.get('unit', '')}]"
+    out.append((f"{at}: {name} (MODELLED)", eff.get("value")))
     return out
 
 
@@ -156,6 +184,11 @@ def print_run(console: Console, path: Path) -> None:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     for reason in result.loadgen.get("recommendations") or []:
         console.print(f"[dim]LoadGen recommends:[/] {reason}", highlight=False)
+    model = result.device_model or {}
+    under = model.get("under_load") or {}
+    if under.get("basis"):
+        console.print(f"[dim]{escape(model.get('chip', 'chip'))} under this run's load, MODELLED:[/] "
+                      f"{escape(under['basis'])}", highlight=False)
     if result.profile and result.profile.get("written"):
         where = result.profile["path"]
         console.print(f"[dim]measured profile (placement ranks this device by it):[/] {where}",

@@ -121,6 +121,14 @@ def _poisson(rate: float, duration_s: float, rng: np.random.Generator) -> np.nda
     return np.sort(rng.uniform(0.0, duration_s, count))
 
 
+def poisson_queries(rate: float, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Exactly `count` Poisson arrivals at `rate`/s: exponential gaps, summed (how MLPerf LoadGen's
+    Server scenario schedules its queries), for a load that is a number of queries, not a duration."""
+    if rate <= 0 or count < 0:
+        raise LoadError("a Poisson load needs a rate > 0 and a count >= 0")
+    return np.cumsum(rng.exponential(1.0 / rate, count))
+
+
 def _thinned(peak: float, duration_s: float, rng: np.random.Generator, rate_at) -> np.ndarray:  # type: ignore[no-untyped-def]
     """A varying-rate Poisson process by thinning one at the peak rate (Lewis and Shedler)."""
     times = _poisson(peak, duration_s, rng)

@@ -138,7 +138,8 @@ def _through_gateway(
     return np.split(leaves, np.cumsum([len(a) for a in arrivals_by_deployment])[:-1])
 
 
-def _percentiles(latency_s: np.ndarray) -> dict[str, float | None]:
+def latency_percentiles(latency_s: np.ndarray) -> dict[str, float | None]:
+    """Latency percentiles, mean and max in ms (3 decimals) of latencies in s; None for none."""
     if len(latency_s) == 0:
         return {f"p{q:g}": None for q in PERCENTILES} | {"mean": None, "max": None}
     values = np.percentile(latency_s, PERCENTILES) * 1000
@@ -206,7 +207,7 @@ def _deployment_result(
         "requests": len(arrival),
         **counts,
         "throughput_rps": round(counts["answered"] / horizon, 3),
-        "latency_ms": _percentiles(latency),
+        "latency_ms": latency_percentiles(latency),
         "deadline_ms": spec.deadline_ms,
         "timeline": {"answered_per_s": (per_bin / outcome.bin_s).round(3).tolist(), "p99_ms": p99_by_bin},
     }

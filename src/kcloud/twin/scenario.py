@@ -210,7 +210,7 @@ def place(scenario: ScenarioFile, repository: ModelRepository, profiles: Profile
             said = f"; {_left_out(left_out, entry)}" if left_out else ""
             raise ScenarioError(f"deployment {spec.name}: {result.reason}{said}")
         batching = _batching(spec, entry)
-        deployment = PlacedDeployment(spec, entry, _sim_batching(batching), [], result.reason)
+        deployment = PlacedDeployment(spec, entry, sim_batching(batching), [], result.reason)
         if left_out:
             deployment.warnings.append(f"{spec.name}: {_left_out(left_out, entry)}")
         for i in result.chosen:
@@ -287,7 +287,7 @@ def placement_request(
         total=spec.replicas,
         memory_bytes=config.memory_bytes,
         flops_per_sample=config.flops_per_sample,
-        max_batch=_largest(_batching(spec, entry)),
+        max_batch=largest_batch(_batching(spec, entry)),
         device_kinds=tuple(config.device_kinds),
         platform=config.platform,
         vendor=spec.vendor,
@@ -309,13 +309,14 @@ def _batching(spec: DeploymentSpec, entry: ModelEntry) -> ModelBatching:
         raise ScenarioError(f"deployment {spec.name}: batching: {problems}") from None
 
 
-def _largest(batching: ModelBatching) -> int:
+def largest_batch(batching: ModelBatching) -> int:
     """Rows of the largest batch a replica forms: how far its service times (and a modelled
     profile's roofline points) must go."""
     return max(1, batching.max_batch_size)  # a preferred batch is never above the maximum
 
 
-def _sim_batching(batching: ModelBatching) -> Batching:
+def sim_batching(batching: ModelBatching) -> Batching:
+    """The model's batcher settings as a replica uses them, for the simulation."""
     return Batching(
         max_queue_delay_s=batching.max_queue_delay_ms / 1000,
         queue_limit=batching.queue_limit,
@@ -324,23 +325,31 @@ def _sim_batching(batching: ModelBatching) -> Batching:
     )
 
 
+def service_table(profile: DeviceProfile, largest: int) -> np.ndarray | None:
+    """`ReplicaTimes.service_s` from a profile: the time of a batch of 1 to `largest` rows (index 0
+    unused); None when the profile lacks one (the chip's speed for the model is unknown)."""
+    service = [profile.latency_s(b) for b in range(1, largest + 1)]
+    if any(s is None or not math.isfinite(s) or s <= 0 for s in service):
+        return None
+    return np.array([0.0, *service], np.float64)
+
+
 def _replica(
     view: FarmView, i: int, spec: DeploymentSpec, entry: ModelEntry, batching: ModelBatching, *, up_at: float
 ) -> PlacedReplica:
     device = view.devices[i]
     rows = batching.batch_rows(device.spec.kind)
-    largest = _largest(batching)
+    largest = largest_batch(batching)
     profile = view.profile(i, entry.name, entry.config.flops_per_sample, spec.precision,
                            weight_bytes=entry.config.memory_bytes, max_batch=largest)
-    service = [profile.latency_s(b) for b in range(1, largest + 1)]
-    if any(s is None or not math.isfinite(s) or s <= 0 for s in service):
+    table = service_table(profile, largest)
+    if table is None:
         why = profile.unknown_reason or "its profile has no service time"
         raise ScenarioError(
             f"deployment {spec.name}: placement chose {device.uid} ({device.spec.key}), whose speed for "
             f"{entry.name} is unknown: {why}. Measure it with `kcloud bench`, or constrain the "
             "deployment (vendor, chip) to devices with known figures"
         )
-    table = np.array([0.0, *service])
     times = ReplicaTimes(
         service_s=table, batch_rows=rows, up_at=up_at, device=device.uid, lanes=profile.replicas
     )

@@ -34,7 +34,7 @@ from kcloud.farm import errors as farm_errors
 from kcloud.farm.errors import BadNameError, ControlPlaneError, InvalidSpecError, UnknownModelError
 from kcloud.models.errors import ModelNotFoundError
 from kcloud.models.pipeline import InputError
-from kcloud.models.repository import ModelEntry, ModelRepository
+from kcloud.models.repository import ModelRepository
 from kcloud.serving.errors import (
     DeadlineExceededError,
     InferenceFailedError,
@@ -53,6 +53,7 @@ from kcloud.serving.gateway.errors import (
 from kcloud.serving.http_server import Server, bind_socket, serve_app
 from kcloud.serving.oip.errors import CodecError
 from kcloud.serving.router import Router
+from kcloud.serving.served import ServedModel
 from kcloud.tenancy.errors import QuotaExceededError
 
 SRC = Path(kcloud.__file__).parent
@@ -175,7 +176,7 @@ class RefusingRouter(Router):
 
     refusal: BaseException = NotFoundError("unset")
 
-    def entry(self, name: str, version: int | None = None) -> ModelEntry:
+    def served(self, name: str, version: int | None = None) -> ServedModel:
         raise self.refusal
 
 

@@ -167,25 +167,39 @@ def test_a_device_telemetry_calls_unhealthy_loses_its_replicas(database, reposit
     run(body)
 
 
+class BrokenModel:
+    """A copy of the `small` model whose file can be broken and mended, and a deployment of it on
+    the two FuriosaAI devices, on a clock the test moves."""
+
+    def __init__(self, repository: ModelRepository, tmp_path: Path) -> None:
+        self.repository = ModelRepository(tmp_path / "repo")
+        shutil.copytree(repository.root / "small", self.repository.root / "small")
+        self.file = self.repository.root / "small" / "1" / "model.onnx"
+        self.good = self.file.read_bytes()
+        self.now = [1000.0]
+
+    async def deploy_broken(self, database, inventory) -> Farm:
+        """A farm whose deployment `svc` failed to start on both devices (pending, backing off)."""
+        farm = Farm(database, self.repository, inventory, clock=lambda: self.now[0])
+        farm.service.create(
+            DeploymentCreate(model="small", name="svc", replicas=1, constraints=Constraints(vendor="furiosa"))
+        )
+        self.file.write_bytes(b"not an onnx file")
+        await farm.settle()
+        return farm
+
+    def mend(self) -> None:
+        self.file.write_bytes(self.good)
+
+
 def test_a_replica_that_cannot_start_is_placed_elsewhere_then_pending_then_retried(
     database, repository, inventory, tmp_path: Path
 ):
-    copy = ModelRepository(tmp_path / "repo")
-    shutil.copytree(repository.root / "small", copy.root / "small")
-    model_file = copy.root / "small" / "1" / "model.onnx"
-    good = model_file.read_bytes()
-    now = [1000.0]
+    model = BrokenModel(repository, tmp_path)
 
     async def body() -> None:
-        farm = Farm(database, copy, inventory, clock=lambda: now[0])
+        farm = await model.deploy_broken(database, inventory)
         try:
-            farm.service.create(
-                DeploymentCreate(
-                    model="small", name="svc", replicas=1, constraints=Constraints(vendor="furiosa")
-                )
-            )
-            model_file.write_bytes(b"not an onnx file")
-            await farm.settle()
             view = farm.service.get("svc")
             assert view.status == "pending"
             assert "2 recently failed to start this deployment" in view.reason
@@ -193,8 +207,8 @@ def test_a_replica_that_cannot_start_is_placed_elsewhere_then_pending_then_retri
             assert {e.device for e in failed} == {"npu-a/rngd0", "npu-a/rngd1"}
 
             # Fixed, and the back-off over: the deployment is placed and started again.
-            model_file.write_bytes(good)
-            now[0] += START_FAILURE_BACKOFF_S + 1
+            model.mend()
+            model.now[0] += START_FAILURE_BACKOFF_S + 1
             await farm.settle()
             assert farm.service.get("svc").status == "ready"
         finally:
@@ -208,24 +222,13 @@ def test_a_device_that_comes_back_is_tried_again_before_the_back_off_ends(
 ):
     """A failed start keeps a deployment off a device for the back-off; a device that went away
     and came back (a cluster node that left and rejoined) is not that device any more."""
-    copy = ModelRepository(tmp_path / "repo")
-    shutil.copytree(repository.root / "small", copy.root / "small")
-    model_file = copy.root / "small" / "1" / "model.onnx"
-    good = model_file.read_bytes()
-    now = [1000.0]
+    model = BrokenModel(repository, tmp_path)
 
     async def body() -> None:
-        farm = Farm(database, copy, inventory, clock=lambda: now[0])
+        farm = await model.deploy_broken(database, inventory)
         try:
-            farm.service.create(
-                DeploymentCreate(
-                    model="small", name="svc", replicas=1, constraints=Constraints(vendor="furiosa")
-                )
-            )
-            model_file.write_bytes(b"not an onnx file")
-            await farm.settle()
             assert farm.service.get("svc").status == "pending"
-            model_file.write_bytes(good)
+            model.mend()
 
             farm.service.update_health({"npu-a/rngd1": (False, "node n2 left the cluster")})
             farm.service.update_health({"npu-a/rngd1": (True, None)})  # it rejoined

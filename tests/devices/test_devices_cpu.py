@@ -7,6 +7,7 @@ this machine has none, so RAPL arithmetic is checked on a tree written to a temp
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psutil
@@ -86,3 +87,15 @@ def test_rapl_permission_denied_is_a_reason(tmp_path: Path) -> None:
     counter = RaplEnergyCounter(tmp_path, read=denied)
     assert counter.read_joules() is None
     assert "permission denied" in counter.unavailable_reason
+
+
+def test_a_sample_waits_at_most_the_window_whatever_the_clock_said_before() -> None:
+    """A previous sample stamped ahead of the clock (a test once patched `time.monotonic` for the
+    whole process) made the next one sleep for the difference: an hour, holding the lock."""
+    plugin = CpuPlugin()
+    [device] = plugin.discover("node-a")
+    _, busy, total = plugin._last_times  # type: ignore[misc]
+    plugin._last_times = (time.monotonic() + 3600.0, busy, total)
+    started = time.monotonic()
+    plugin.sample(device)
+    assert time.monotonic() - started < 5.0

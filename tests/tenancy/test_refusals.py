@@ -41,11 +41,14 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(middleware_module.time, "monotonic", clock.monotonic)
-    monkeypatch.setattr(middleware_module.anyio, "sleep", clock.sleep)
-    return clock
+def clock() -> Clock:
+    """Handed to the middleware, never patched into `time`/`anyio`: those are the whole process's,
+    and a background gateway of another test module would sleep by the fake clock."""
+    return Clock()
+
+
+def _middleware(clock: Clock) -> TenancyMiddleware:
+    return TenancyMiddleware(app=None, tenancy=None, clock=clock.monotonic, sleep=clock.sleep)  # type: ignore[arg-type]
 
 
 def _refuse_n(middleware: TenancyMiddleware, clock: Clock, n: int, *, host: str = "10.0.0.1",
@@ -68,7 +71,7 @@ def _refuse_n(middleware: TenancyMiddleware, clock: Clock, n: int, *, host: str 
 
 
 def test_a_client_ignoring_retry_after_is_held_longer_each_time_on_an_open_connection(clock):
-    middleware = TenancyMiddleware(app=None, tenancy=None)  # type: ignore[arg-type]
+    middleware = _middleware(clock)
     starts = _refuse_n(middleware, clock, 7)
     first = min(CONCURRENCY_RETRY_S, TARPIT_MAX_S)
     assert clock.holds == [first, 2 * first, 4 * first, 8 * first, HOLD_MAX_S, HOLD_MAX_S, HOLD_MAX_S]
@@ -79,13 +82,13 @@ def test_a_client_ignoring_retry_after_is_held_longer_each_time_on_an_open_conne
 
 
 def test_a_client_that_waits_for_retry_after_keeps_the_short_hold(clock):
-    middleware = TenancyMiddleware(app=None, tenancy=None)  # type: ignore[arg-type]
+    middleware = _middleware(clock)
     _refuse_n(middleware, clock, 5, wait_after_s=1.0)  # Retry-After: 1, honoured
     assert clock.holds == [CONCURRENCY_RETRY_S] * 5
 
 
 def test_holds_are_kept_per_key_and_client(clock):
-    middleware = TenancyMiddleware(app=None, tenancy=None)  # type: ignore[arg-type]
+    middleware = _middleware(clock)
     _refuse_n(middleware, clock, 4, key_id=1)
     clock.holds.clear()
     _refuse_n(middleware, clock, 1, key_id=2)  # another key from the same host starts afresh
@@ -95,14 +98,14 @@ def test_holds_are_kept_per_key_and_client(clock):
 
 def test_memory_is_bounded(clock, monkeypatch):
     monkeypatch.setattr(middleware_module, "MAX_TRACKED", 3)
-    middleware = TenancyMiddleware(app=None, tenancy=None)  # type: ignore[arg-type]
+    middleware = _middleware(clock)
     for index in range(10):
         _refuse_n(middleware, clock, 1, host=f"10.0.1.{index}")
     assert list(middleware._refused) == [(7, "10.0.1.7"), (7, "10.0.1.8"), (7, "10.0.1.9")]
 
 
 def test_past_the_bound_of_held_refusals_one_is_sent_at_once_and_closes(clock):
-    middleware = TenancyMiddleware(app=None, tenancy=None)  # type: ignore[arg-type]
+    middleware = _middleware(clock)
     middleware._held = MAX_HELD
     (start,) = _refuse_n(middleware, clock, 1)
     assert clock.holds == []
@@ -129,15 +132,14 @@ def test_a_429_from_the_app_is_held_with_its_concurrency_slot_given_back(db, clo
     made = store.create_key(db, SECRET, role=Role.MEMBER, tenant="held-co", actor="test")
     tenancy = Tenancy(db, server_secret=SECRET)
     app = Starlette(routes=[Route("/v2/models/m/infer", queue_full, methods=["POST"])])
-    app.add_middleware(TenancyMiddleware, tenancy=tenancy)
     in_flight_while_held: list[int] = []
-    recording_sleep = clock.sleep
 
     async def sleep(seconds: float) -> None:
         in_flight_while_held.append(tenancy.concurrency.in_flight(tenant.id))
-        await recording_sleep(seconds)
+        await clock.sleep(seconds)
 
-    monkeypatch.setattr(middleware_module.anyio, "sleep", sleep)
+    app.add_middleware(TenancyMiddleware, tenancy=tenancy, clock=clock.monotonic, sleep=sleep)
+
     with TestClient(app) as client:
         for _ in range(3):
             answer = client.post("/v2/models/m/infer", headers={"Authorization": f"Bearer {made.key}"})

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import anyio
@@ -97,9 +98,20 @@ class Tenancy(Protocol):
 
 
 class TenancyMiddleware:
-    def __init__(self, app: ASGIApp, tenancy: Tenancy) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tenancy: Tenancy,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
         self.app = app
         self.tenancy = tenancy
+        #: The refusal holds' clock and sleep (a test gives its own; patching the `time` or `anyio`
+        #: module instead would change them for every thread of the process).
+        self._clock = clock
+        self._sleep = sleep
         #: Refusals waiting out their hold, all keys together.
         self._held = 0
         #: (key id, client host) -> (early returns in a row, when its last Retry-After ends), in
@@ -286,7 +298,7 @@ class TenancyMiddleware:
         """
         client = scope.get("client")
         who = (key_id, client[0] if client else None)
-        now = time.monotonic()
+        now = self._clock()
         last = self._refused.pop(who, None)  # re-inserted below: the dict stays in refusal order
         strikes = min(last[0] + 1, _MAX_STRIKES) if last is not None and now < last[1] else 0
         hold = min(HOLD_MAX_S, min(wait_s, TARPIT_MAX_S) * (1 << strikes))
@@ -298,7 +310,7 @@ class TenancyMiddleware:
     async def _hold(self, seconds: float) -> None:
         self._held += 1
         try:
-            await anyio.sleep(seconds)
+            await self._sleep(seconds)
         finally:
             self._held -= 1
 

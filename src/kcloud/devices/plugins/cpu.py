@@ -198,7 +198,8 @@ class CpuPlugin(DevicePlugin):
             if last is None or time.monotonic() - last[0] < MIN_UTIL_WINDOW_S:
                 if last is None:
                     last = self._cpu_times()
-                time.sleep(max(0.0, MIN_UTIL_WINDOW_S - (time.monotonic() - last[0])))
+                # Never longer than the window, whatever the clock says.
+                time.sleep(min(MIN_UTIL_WINDOW_S, max(0.0, MIN_UTIL_WINDOW_S - (time.monotonic() - last[0]))))
             now = self._cpu_times()
             self._last_times = now
         d_total = now[2] - last[2]

@@ -84,6 +84,9 @@ class RayWorker(SocketWorker):
             self._kill()
             cause = getattr(exc, "cause", None) or exc
             raise WorkerStartError(f"on node {self.device.node}: {cause}") from None
+        except BaseException:  # the start was abandoned (the server stopping): no actor is left
+            self._kill()
+            raise
         self.address = (host, port)
         try:
             await super().start()
@@ -95,15 +98,20 @@ class RayWorker(SocketWorker):
         """The actor's answer; WorkerStartError when it takes longer than `start_timeout_s`, or
         at once when the node leaves the cluster meanwhile (Ray would wait for it for ever)."""
         deadline = time.monotonic() + self.start_timeout_s
-        while not opened.done():
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.node_alive(self.device.node):
-                opened.cancel()
-                self._kill()
-                why = ("it left the cluster" if left > 0 else
-                       f"not within {self.start_timeout_s:.0f} s (is its device resource taken?)")
-                raise WorkerStartError(f"node {self.device.node} did not start the replica: {why}")
-            await asyncio.wait({opened}, timeout=min(left, NODE_CHECK_S))
+        try:
+            while not opened.done():
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.node_alive(self.device.node):
+                    self._kill()
+                    why = ("it left the cluster" if left > 0 else
+                           f"not within {self.start_timeout_s:.0f} s (is its device resource taken?)")
+                    raise WorkerStartError(f"node {self.device.node} did not start the replica: {why}")
+                await asyncio.wait({opened}, timeout=min(left, NODE_CHECK_S))
+        except BaseException:
+            # Nobody will hear the answer now (given up, or this start cancelled as the server
+            # stops): cancelled, it cannot end later as a "Task exception was never retrieved".
+            opened.cancel()
+            raise
         return opened.result()
 
     async def close(self) -> None:

@@ -43,7 +43,8 @@ import pulp
 
 from kcloud.devices.catalog import load_catalog
 from kcloud.devices.device import Device
-from kcloud.farm.placement import ELIGIBLE, FarmView, PlacementEngine, PlacementRequest, PlacementResult
+from kcloud.farm.placement import FarmView, PlacementEngine, PlacementRequest, PlacementResult
+from kcloud.farm.verdicts import ELIGIBLE
 
 RESULTS = Path(__file__).with_name("results")
 GB = 10**9

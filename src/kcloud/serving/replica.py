@@ -49,7 +49,6 @@ PIPELINE_DEPTH = 2
 DRAIN_TIMEOUT_S = 10.0
 
 
-
 class WorkRecorder(Protocol):
     """What a replica needs of the emulated device plugin (`EmulatedPlugin.record_work`)."""
 

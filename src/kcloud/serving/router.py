@@ -25,7 +25,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -179,9 +179,7 @@ class Router:
             self.served_models()
         versions = self._versions.get(name, [])
         if not versions:
-            served = sorted({e.name for e in self.served_models()})
-            have = f"served models: {', '.join(served)}" if served else "no model is served"
-            raise ModelNotFoundError(f"model {name!r} is not served; {have}")
+            raise not_served(name, self.served_models())
         if version is None:
             return versions[-1]
         for candidate in versions:
@@ -369,6 +367,13 @@ class Router:
         await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
         if self.trace is not None:
             self.trace.close()
+
+
+def not_served(name: str, served: Iterable[ServedModel]) -> ModelNotFoundError:
+    """The 404 for `name`, listing the models `served` (those the caller may see)."""
+    names = sorted({model.name for model in served})
+    have = f"served models: {', '.join(names)}" if names else "no model is served"
+    return ModelNotFoundError(f"model {name!r} is not served; {have}")
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:

@@ -35,7 +35,7 @@ from kcloud.serving.engine_calls import Answer, StreamAnswer
 from kcloud.serving.errors import ServingError
 from kcloud.serving.generation import GenerationCall
 from kcloud.serving.replica import InferOutcome
-from kcloud.serving.router import AnyReplica, Router
+from kcloud.serving.router import AnyReplica, Router, not_served
 from kcloud.serving.served import ServedModel
 from kcloud.store.db import Database
 from kcloud.tenancy.context import RequestContext, current_request
@@ -138,9 +138,7 @@ class TenantScopedRouter:
         return [r for r in self._inner.replicas(model) if self._visible(r.served.name)]
 
     def _not_served(self, name: str) -> ModelNotFoundError:
-        served = sorted({e.name for e in self.served_models()})
-        have = f"served models: {', '.join(served)}" if served else "no model is served"
-        return ModelNotFoundError(f"model {name!r} is not served; {have}")
+        return not_served(name, self.served_models())
 
     def served(self, name: str, version: int | None = None) -> ServedModel:
         name = self._resolve(name)

@@ -39,8 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kcloud.devices.device import Device
 from kcloud.devices.inventory import FarmFileError, Inventory
-from kcloud.farm.placement import EXCLUDED, UNHEALTHY, FarmView, PlacementEngine, PlacementRequest
+from kcloud.farm.placement import FarmView, PlacementEngine, PlacementRequest
 from kcloud.farm.profiles import PRECISIONS, DeviceProfile, ProfileBook
+from kcloud.farm.verdicts import EXCLUDED, UNHEALTHY
 from kcloud.models.config import Batching as ModelBatching
 from kcloud.models.repository import ModelEntry, ModelRepository
 from kcloud.twin.load import Load

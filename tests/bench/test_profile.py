@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kcloud.bench.profile import _merged, batch_points
+import numpy as np
+import pytest
+
+from kcloud.bench.profile import _merged, batch_points, service_spread
 from kcloud.farm.profiles import MeasuredProfileFile
 
 
@@ -39,3 +42,13 @@ def test_an_earlier_profile_keeps_the_batch_sizes_this_run_did_not_time(tmp_path
     assert _merged([(1, 0.01)], path, replicas=2) == [(1, 0.01), (8, 0.05), (32, 0.15)]
     assert _merged([(1, 0.01)], path, replicas=1) == [(1, 0.01)]  # another layout: replaced whole
     assert _merged([(1, 0.01)], tmp_path / "none.json", replicas=2) == [(1, 0.01)]
+
+
+def test_the_spread_of_batch_times_is_measured_around_each_buckets_median():
+    rng = np.random.default_rng(0)
+    # lognormal times, sigma 0.3, at two batch sizes ten times apart: the sizes must not count as spread
+    batches = [(1, 0.01 * float(f)) for f in rng.lognormal(0, 0.3, 400)]
+    batches += [(16, 0.1 * float(f)) for f in rng.lognormal(0, 0.3, 400)]
+    assert service_spread(batches) == pytest.approx(0.3, rel=0.1)
+    assert service_spread([(1, 0.01)] * 400) == 0.0  # every batch the same
+    assert service_spread(batches[:10]) == 0.0  # too few batches to say

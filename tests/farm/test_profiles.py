@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 
 from kcloud.devices.catalog import load_catalog
@@ -73,3 +76,14 @@ def test_the_profile_book_models_with_the_models_weights_and_batch():
     profile = ProfileBook().for_device(device, "m", FLOPS, weight_bytes=WEIGHTS, max_batch=64)
     assert profile.modelled and profile.latency_by_batch[-1][0] == 64
     assert profile.latency_s(1) == pytest.approx(roofline(RNGD, FLOPS, weight_bytes=WEIGHTS).seconds(1))
+
+
+def test_a_measured_profile_with_a_bad_spread_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    good = {"chip_key": "cpu-generic", "model": "m", "latency_by_batch": [[1, 0.01]], "source": "a run"}
+    (tmp_path / "good.json").write_text(json.dumps({**good, "service_sigma": 0.4}))
+    (tmp_path / "bad.json").write_text(json.dumps({**good, "model": "n", "service_sigma": -0.1}))
+    with caplog.at_level(logging.WARNING, logger="kcloud.farm.profiles"):
+        book = ProfileBook.load(tmp_path)
+    (profile,) = book.measured
+    assert profile.model == "m" and profile.service_sigma == 0.4
+    assert "bad.json" in caplog.text and "service_sigma" in caplog.text

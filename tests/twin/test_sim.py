@@ -31,6 +31,24 @@ def test_one_replica_without_batching_is_the_md1_queue() -> None:
     assert out.busy_s.sum() == pytest.approx(len(arrivals) * service)
 
 
+def test_service_times_that_vary_make_the_mg1_queue() -> None:
+    # Pollaczek-Khinchine, M/G/1: mean wait = rho·s·(1 + cv²) / (2 (1 - rho)); lognormal factors of
+    # mean 1 and log-space sigma have cv² = exp(sigma²) - 1
+    rate, service, sigma = 70.0, 0.01, 0.8
+    arrivals = poisson(rate, 400_000)
+    out = simulate(
+        arrivals, np.ones(len(arrivals), np.int64), [fixed(service, service_sigma=sigma)], NO_WAIT, seed=3
+    )
+    rho, cv2 = rate * service, np.exp(sigma**2) - 1
+    expected = service + rho * service * (1 + cv2) / (2 * (1 - rho))
+    assert np.mean(out.end_s - arrivals) == pytest.approx(expected, rel=0.05)
+    assert out.busy_s.sum() == pytest.approx(len(arrivals) * service, rel=0.01)  # the mean is kept
+    again = simulate(
+        arrivals, np.ones(len(arrivals), np.int64), [fixed(service, service_sigma=sigma)], NO_WAIT, seed=3
+    )
+    assert np.array_equal(again.end_s, out.end_s)  # the same seed, the same run
+
+
 def test_a_batch_closes_at_its_rows_or_after_the_queue_delay() -> None:
     # ten requests at once, batches of 4: two full batches at once, the last 2 after the 5 ms delay
     batching = Batching(max_queue_delay_s=0.005, queue_limit=100, queue_budget_s=0.0, pipeline_depth=1)
@@ -114,6 +132,8 @@ def test_bad_arguments_are_refused() -> None:
         simulate(np.zeros(1), np.ones(1, np.int64), [], NO_WAIT)
     with pytest.raises(ValueError, match="differ in length"):
         simulate(np.zeros(2), np.ones(1, np.int64), [fixed(0.01)], NO_WAIT)
+    with pytest.raises(ValueError, match="service_sigma"):
+        simulate(np.zeros(1), np.ones(1, np.int64), [fixed(0.01, service_sigma=-1.0)], NO_WAIT)
 
 
 def test_the_routers_tree_finds_what_the_rotated_minimum_finds() -> None:

@@ -185,6 +185,7 @@ def test_a_measured_profile_replaces_the_modelled_one(place: Path, tmp_path: Pat
             latency_by_batch=[(1, 0.002), (16, 0.008)],
             power_by_util=[(0.0, 40.0), (1.0, 150.0)],
             source="a test bench run",
+            service_sigma=0.3,
         ),
         profiles,
     )
@@ -213,6 +214,7 @@ def test_a_measured_profile_replaces_the_modelled_one(place: Path, tmp_path: Pat
     found = json.loads(done.output)
     (emb,) = found["deployments"]
     assert all(r["profile"] == "measured" and r["service_ms_batch_1"] == 2.0 for r in emb["replicas"])
+    assert all(r["service_sigma"] == 0.3 for r in emb["replicas"])  # batch times vary as measured
     assert not found["warnings"]
     used = [d for d in found["devices"] if d["replicas"]]
     assert used and all(d["power"] == "measured" for d in used)

@@ -24,6 +24,8 @@ from kcloud.models.targets import TARGETS
 
 #: Most (rows, seconds) points a profile keeps: one per power-of-two bucket of batch rows.
 MOST_POINTS = 8
+#: Fewest timed batches from which a run states how much batch times vary.
+FEWEST_FOR_SPREAD = 20
 
 
 def batch_points(batches: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -39,6 +41,24 @@ def batch_points(batches: list[tuple[int, float]]) -> list[tuple[int, float]]:
         seconds = sorted(s for _, s in members)[len(members) // 2]
         points.append((rows, seconds))
     return points
+
+
+def service_spread(batches: list[tuple[int, float]]) -> float:
+    """How much batch times vary: the standard deviation of log(seconds) around the median of
+    each batch's power-of-two bucket of rows, pooled over the buckets (0.0 with too few batches
+    to say). The twin draws each simulated batch's time with this spread (`service_sigma`)."""
+    buckets: dict[int, list[float]] = defaultdict(list)
+    for rows, seconds in batches:
+        if rows >= 1 and seconds > 0:
+            buckets[int(math.log2(rows))].append(math.log(seconds))
+    deviations = []
+    for logs in buckets.values():
+        median = sorted(logs)[len(logs) // 2]
+        deviations += [x - median for x in logs]
+    if len(deviations) < FEWEST_FOR_SPREAD:
+        return 0.0
+    mean = sum(deviations) / len(deviations)
+    return math.sqrt(sum((d - mean) ** 2 for d in deviations) / (len(deviations) - 1))
 
 
 def _merged(points: list[tuple[int, float]], path: Path, replicas: int) -> list[tuple[int, float]]:
@@ -63,7 +83,8 @@ def write_profile(
     device = backend.device
     if device.emulated:
         return {"written": False, "reason": "emulated device: the host computed its work"}
-    points = batch_points(backend.batches())
+    batches = backend.batches()
+    points = batch_points(batches)
     if not points:
         return {"written": False, "reason": "no batch was timed"}
     energy = result.get("energy") or {}
@@ -83,6 +104,7 @@ def write_profile(
         power_by_util=power,
         source=f"bench run {run_name}, {result['scenario']}, started {result['started_at']}",
         replicas=backend.replicas,
+        service_sigma=round(min(3.0, service_spread(batches)), 4),
     )
     path = save_measured_profile(profile)
     return {
@@ -91,5 +113,6 @@ def write_profile(
         "latency_by_batch": points,
         "power_by_util": power,
         "replicas": backend.replicas,
+        "service_sigma": profile.service_sigma,
         "reason": None if power else (energy.get("reason") or "no real energy counter over the run"),
     }

@@ -74,6 +74,9 @@ class DeviceProfile:
     #: Replicas that ran at once on the device when measured: `latency_by_batch` is one replica's
     #: service time, and the device's throughput is this many replicas' together.
     replicas: int = 1
+    #: How much one batch's service time varies: the log-space standard deviation of measured
+    #: batch times around `latency_by_batch` (0: not measured, or modelled; taken as exact).
+    service_sigma: float = 0.0
 
     def latency_s(self, batch: int = 1) -> float | None:
         points = self.latency_by_batch
@@ -201,6 +204,8 @@ class MeasuredProfileFile(BaseModel):
     source: str = Field(min_length=1)
     #: Replicas running at once on the device (each with the service times above).
     replicas: int = Field(default=1, ge=1)
+    #: Log-space standard deviation of a batch's measured time around `latency_by_batch`.
+    service_sigma: float = Field(default=0.0, ge=0, le=3)
 
     @field_validator("latency_by_batch")
     @classmethod
@@ -228,6 +233,7 @@ class MeasuredProfileFile(BaseModel):
             device_uid=self.device_uid,
             unknown_reason=None if self.power_by_util else "the bench run measured no power",
             replicas=self.replicas,
+            service_sigma=self.service_sigma,
         )
 
 
@@ -275,7 +281,12 @@ class ProfileBook:
                     found.append(
                         MeasuredProfileFile.model_validate(json.loads(path.read_text("utf-8"))).profile()
                     )
-                except (OSError, ValueError, ValidationError) as exc:
+                except ValidationError as exc:  # name the fields: its first line only counts them
+                    wrong = "; ".join(
+                        f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors()
+                    )
+                    log.warning("ignoring measured profile %s: %s", path, wrong)
+                except (OSError, ValueError) as exc:
                     log.warning("ignoring measured profile %s: %s", path, str(exc).splitlines()[0])
         return cls(found)
 

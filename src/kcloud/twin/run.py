@@ -72,7 +72,9 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
     requests = 0
     loads = [arrivals(d.spec.load, horizon, rng) for d in farm.deployments]
     ready = _through_gateway([times for times, _ in loads], settings.gateway_ms / 1000)
-    for deployment, (times, rows), leaves in zip(farm.deployments, loads, ready, strict=True):
+    for index, (deployment, (times, rows), leaves) in enumerate(
+        zip(farm.deployments, loads, ready, strict=True)
+    ):
         requests += len(times)
         outcome = simulate(
             times,
@@ -84,6 +86,7 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
             ready_s=leaves,
             bin_s=settings.bin_s,
             horizon_s=horizon,
+            seed=settings.seed + index,
         )
         deployments.append(_deployment_result(deployment, times, rows, outcome, horizon, bins))
         for k, replica in enumerate(deployment.replicas):
@@ -190,6 +193,7 @@ def _deployment_result(
                 "serves_until_s": None if replica.times.down_at == np.inf else replica.times.down_at,
                 "batch_rows": replica.times.batch_rows,
                 "service_ms_batch_1": round(float(replica.times.service_s[1]) * 1000, 4),
+                "service_sigma": replica.times.service_sigma,
                 "batches": batches,
                 "rows": int(outcome.rows[k]),
                 "mean_batch_rows": round(int(outcome.rows[k]) / batches, 2) if batches else None,

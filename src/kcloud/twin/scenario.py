@@ -352,7 +352,12 @@ def _replica(
             "deployment (vendor, chip) to devices with known figures"
         )
     times = ReplicaTimes(
-        service_s=table, batch_rows=rows, up_at=up_at, device=device.uid, lanes=profile.replicas
+        service_s=table,
+        batch_rows=rows,
+        up_at=up_at,
+        device=device.uid,
+        lanes=profile.replicas,
+        service_sigma=profile.service_sigma,
     )
     return PlacedReplica(device, profile, times)
 

@@ -83,6 +83,11 @@ class ReplicaTimes:
     down_at: float = np.inf
     device: str | None = None
     lanes: int = 1
+    #: How much one batch's service time varies around the table's: each batch takes its table
+    #: time × a lognormal factor of mean 1 and this log-space standard deviation (a measured
+    #: profile's `service_sigma`). 0: every batch takes exactly its table time. Queues grow with
+    #: this variance (Pollaczek–Khinchine), so a twin without it under-predicts waits and tails.
+    service_sigma: float = 0.0
 
     @property
     def drain_rows_per_s(self) -> float:
@@ -143,6 +148,7 @@ def simulate(
     ready_s: np.ndarray | None = None,
     bin_s: float = 1.0,
     horizon_s: float | None = None,
+    seed: int = 0,
 ) -> Outcome:
     """Run one deployment's requests (`arrivals_s` ascending, `rows` per request) to the end.
 
@@ -150,7 +156,8 @@ def simulate(
     `gateway` gives the times a busy gateway makes), and `overhead_s` a fixed delay on top that
     occupies nothing (network, client). Latency and deadlines count from the arrival. `bin_s`
     sets the resolution of the busy-time record behind utilisation and energy; `horizon_s` its
-    length (default: up to the last arrival).
+    length (default: up to the last arrival). `seed` draws the service-time factors of replicas
+    with a `service_sigma` (the same seed, the same run).
     """
     if len(arrivals_s) != len(rows):
         raise ValueError("arrivals and rows differ in length")
@@ -192,6 +199,16 @@ def simulate(
     ready = arrivals_s if ready_s is None else ready_s
     if len(ready) != len(arrivals_s) or (len(ready) and (np.diff(ready) < 0).any()):
         raise ValueError("ready times must match the arrivals and ascend")
+    sigma = np.array([r.service_sigma for r in replicas], np.float64)
+    if (sigma < 0).any():
+        raise ValueError("service_sigma must be >= 0")
+    # one standard normal per request: a batch takes the draw of its first request, so the factors
+    # cost one array, not a random-number generator inside the compiled loop
+    normal = (
+        np.random.default_rng(seed).standard_normal(max(1, len(arrivals_s)))
+        if (sigma > 0).any()
+        else np.zeros(1)
+    )
     status, end, served, busy, batches, done_rows = _run(
         np.ascontiguousarray(arrivals_s, np.float64),
         np.ascontiguousarray(ready, np.float64),
@@ -203,6 +220,8 @@ def simulate(
         lane_free,
         np.array([r.up_at for r in replicas], np.float64),
         np.array([r.down_at for r in replicas], np.float64),
+        sigma,
+        normal,
         float(batching.max_queue_delay_s),
         int(batching.queue_limit),
         float(batching.queue_budget_s) if batching.queue_budget_s > 0 else np.inf,
@@ -275,8 +294,8 @@ def _add_busy(busy: np.ndarray, r: int, start: float, length: float, bin_s: floa
 
 
 @_njit(cache=True)
-def _run(arrival, ready, rows, table, batch_rows, drain, device_of, lane_free, up_at, down_at, delay,
-         queue_limit, budget, depth, deadline, overhead, bin_s, bins):  # pragma: no cover
+def _run(arrival, ready, rows, table, batch_rows, drain, device_of, lane_free, up_at, down_at, sigma,
+         normal, delay, queue_limit, budget, depth, deadline, overhead, bin_s, bins):  # pragma: no cover
     n = arrival.shape[0]
     nrep = table.shape[0]
     status = np.zeros(n, np.int64)
@@ -375,8 +394,9 @@ def _run(arrival, ready, rows, table, batch_rows, drain, device_of, lane_free, u
                 rep[r, FLIGHT_ROWS] -= count_rows
                 rep[r, FLIGHT_BATCHES] -= 1
             if kind in (_TIMER, _DONE):
-                _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, delay, depth,
-                          deadline, bin_s, nxt, enq, status, end, rep, timer_at, flight_head, busy, heap)
+                _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, sigma, normal,
+                          delay, depth, deadline, bin_s, nxt, enq, status, end, rep, timer_at, flight_head,
+                          busy, heap)
             _set_load(tree, size, r, rep[r, QROWS] + rep[r, FLIGHT_ROWS] if alive[r] else np.inf)
 
         # route what arrived (or must be retried) now
@@ -421,15 +441,16 @@ def _run(arrival, ready, rows, table, batch_rows, drain, device_of, lane_free, u
             rep[r, TAIL] = i
             rep[r, QCOUNT] += 1
             rep[r, QROWS] += rows[i]
-            _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, delay, depth,
-                      deadline, bin_s, nxt, enq, status, end, rep, timer_at, flight_head, busy, heap)
+            _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, sigma, normal, delay,
+                      depth, deadline, bin_s, nxt, enq, status, end, rep, timer_at, flight_head, busy, heap)
             _set_load(tree, size, r, rep[r, QROWS] + rep[r, FLIGHT_ROWS])
     return status, end, served, busy, rep[:, BATCHES].copy(), rep[:, DONE_ROWS].copy()
 
 
 @_njit(cache=True)
-def _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, delay, depth, deadline,
-              bin_s, nxt, enq, status, end, rep, timer_at, flight_head, busy, heap):  # pragma: no cover
+def _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, sigma, normal, delay,
+              depth, deadline, bin_s, nxt, enq, status, end, rep, timer_at, flight_head, busy,
+              heap):  # pragma: no cover
     """Send formed batches to replica `r`'s worker while it takes more; else set the delay timer."""
     limit = batch_rows[r]
     while rep[r, FLIGHT_BATCHES] < depth and rep[r, QCOUNT] > 0:
@@ -481,6 +502,8 @@ def _dispatch(r, now, arrival, rows, table, batch_rows, device_of, lane_free, de
         lane = np.argmin(lane_free[device])
         start = max(now, lane_free[device, lane])
         length = _service(table, r, taken)
+        if sigma[r] > 0.0:  # lognormal, mean 1: the batch's first request's draw
+            length *= np.exp(sigma[r] * normal[first % normal.shape[0]] - 0.5 * sigma[r] * sigma[r])
         lane_free[device, lane] = start + length
         _add_busy(busy, r, start, length, bin_s)
         rep[r, BATCHES] += 1

@@ -14,6 +14,8 @@ served. From them, and nothing else:
 - the service time of a batch, a straight line through the saturating and light runs' (mean rows
   per batch, mean compute seconds per batch): `service(b) = a + c·b`, written as a measured
   profile of the CPU for the model (what `kcloud bench` would write);
+- how much batch times vary (`service_sigma`): a lognormal fitted by maximum likelihood to the
+  light run's `kcloud_compute_seconds` bucket counts, written into the same profile;
 - the gateway's CPU per request (`gateway_ms`, spent serially): where the twin's device alone
   would have served more than 1.1× the most either saturating run served, the gateway was the
   bottleneck, and its time per request is one over that throughput; else 0;
@@ -26,18 +28,28 @@ of 2 ms), and another replica count (two replicas of MiniLM on the one CPU). The
 each run's recorded arrival times (a trace), so arrival noise is the same on both sides; it
 predicts throughput (answered requests per second), p50 and p99 of the answered requests.
 
+**Repeatability**: two validation runs are measured twice, with the same arrivals. How far the
+second differs from the first is how far this machine repeats itself: no prediction can be judged
+more finely than that.
+
 Every figure of both sides and each prediction's error go into the JSON. The targets (issue 17):
 throughput error ≤ 5 %, p50 ≤ 5 %, p99 ≤ 10 %. Everything binds and connects to 127.0.0.1 only.
-About 7 minutes on 2 cores.
+About 10 minutes on 2 cores. The measured runs (every request's arrival, status and latency, and
+the server's histograms) are kept in a second file, so the twin can be recalibrated and re-judged
+without measuring again (`--from-runs`).
 
     .venv/bin/python benchmarks/twin_fidelity.py   # writes benchmarks/results/twin_fidelity.json
+    .venv/bin/python benchmarks/twin_fidelity.py --from-runs   # re-judge the kept runs
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import itertools
 import json
+import math
 import os
 import platform
 import random
@@ -45,6 +57,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -140,49 +153,82 @@ def start_server(port: int, home: Path, log_path: Path) -> object:
     )
 
 
-def server_counters(port: int, key: str, model: str) -> tuple[float, float, float]:
-    """(batches, rows, compute seconds) the server has run for `model` so far."""
+HISTOGRAMS = ("kcloud_batch_rows", "kcloud_compute_seconds", "kcloud_queue_seconds", "kcloud_request_seconds")
+
+
+def server_metrics(port: int, key: str, model: str) -> dict[str, float]:
+    """The server's histograms for `model` so far: every `_bucket`, `_sum` and `_count` sample of
+    batch rows, compute, queue and request seconds, keyed by metric name and bucket bound."""
     text = httpx.get(
         f"http://127.0.0.1:{port}/metrics", timeout=10, headers={"Authorization": f"Bearer {key}"}
     ).text
-    batches = rows = seconds = 0.0
+    found: dict[str, float] = {}
     for line in text.splitlines():
-        if f'model="{model}"' not in line:
+        if f'model="{model}"' not in line or not line.startswith(HISTOGRAMS):
             continue
-        value = float(line.rsplit(" ", 1)[1])
-        if line.startswith("kcloud_batch_rows_count"):
-            batches += value
-        elif line.startswith("kcloud_batch_rows_sum"):
-            rows += value
-        elif line.startswith("kcloud_compute_seconds_sum"):
-            seconds += value
-    return batches, rows, seconds
+        name, value = line.rsplit(" ", 1)
+        metric = name.split("{", 1)[0]
+        bound = name.split('le="', 1)[1].split('"', 1)[0] if 'le="' in name else ""
+        label = f"{metric}|{bound}"
+        found[label] = found.get(label, 0.0) + float(value)  # summed over devices (replicas)
+    return found
+
+
+def buckets(metrics: dict[str, float], metric: str) -> list[tuple[float, float]]:
+    """(upper bound, requests or batches in the bucket) of one histogram, from its cumulative counts."""
+    cumulative = sorted(
+        (float(label.split("|", 1)[1]), value)
+        for label, value in metrics.items()
+        if label.startswith(f"{metric}_bucket|")
+    )
+    found, below = [], 0.0
+    for bound, count in cumulative:
+        found.append((bound, count - below))
+        below = count
+    return found
 
 
 def measure(
-    port: int, key: str, name: str, model: str, requests: list[bytes], rate: float, seconds: float, seed: int
+    port: int, key: str, name: str, requests: list[bytes], rate: float, seconds: float, seed: int
 ) -> dict:
     """One open-loop Poisson run at `rate` against served name `name`; what the client and server saw."""
-    before = server_counters(port, key, model)
+    before = server_metrics(port, key, name)
     outcomes, _ = asyncio.run(offer(port, requests, [Phase("run", rate, seconds)], seed))
-    after = server_counters(port, key, model)
-    batches, rows, compute = (b - a for a, b in zip(before, after, strict=True))
-    ok = np.array([o.latency_s for o in outcomes if o.status == 200])
-    statuses: dict[str, int] = {}
-    for o in outcomes:
-        statuses[str(o.status)] = statuses.get(str(o.status), 0) + 1
+    after = server_metrics(port, key, name)
+    server = {label: value - before.get(label, 0.0) for label, value in after.items()}
+    batches = server.get("kcloud_batch_rows_count|", 0.0)
+    rows = server.get("kcloud_batch_rows_sum|", 0.0)
+    compute = server.get("kcloud_compute_seconds_sum|", 0.0)
+    outcomes.sort(key=lambda o: o.sent_at)
     return {
         "offered_rps": rate,
         "seconds": seconds,
         "requests": len(outcomes),
-        "statuses": statuses,
-        "throughput_rps": len(ok) / seconds,
-        "p50_ms": float(np.percentile(ok, 50) * 1000) if len(ok) else None,
-        "p99_ms": float(np.percentile(ok, 99) * 1000) if len(ok) else None,
         "batches": batches,
         "mean_batch_rows": rows / batches if batches else None,
         "mean_compute_ms": compute / batches * 1000 if batches else None,
-        "arrivals_s": sorted(o.sent_at for o in outcomes),
+        "server": server,
+        "arrivals_s": [o.sent_at for o in outcomes],
+        "statuses": [o.status for o in outcomes],
+        "latencies_s": [o.latency_s for o in outcomes],
+    }
+
+
+def summary(measured: dict) -> dict:
+    """Throughput and latency percentiles of the answered requests, and the count of each status."""
+    status = np.array(measured["statuses"])
+    ok = np.array(measured["latencies_s"])[status == 200]
+    counts = {str(code): int((status == code).sum()) for code in sorted(set(status.tolist()))}
+    return {
+        "offered_rps": measured["offered_rps"],
+        "seconds": measured["seconds"],
+        "requests": measured["requests"],
+        "statuses": counts,
+        "throughput_rps": len(ok) / measured["seconds"],
+        "p50_ms": float(np.percentile(ok, 50) * 1000) if len(ok) else None,
+        "p99_ms": float(np.percentile(ok, 99) * 1000) if len(ok) else None,
+        "mean_batch_rows": measured["mean_batch_rows"],
+        "mean_compute_ms": measured["mean_compute_ms"],
     }
 
 
@@ -197,7 +243,64 @@ def fit_service(saturated: dict, light: dict) -> tuple[float, float]:
     return max(0.0, t1 - c * b1), c
 
 
-def write_profile(directory: Path, model: str, max_batch: int, a: float, c: float, source: str) -> None:
+_erf = np.vectorize(math.erf)
+
+
+def fit_spread(measured: dict) -> float:
+    """The log-space standard deviation of a run's batch compute times: a lognormal fitted by
+    maximum likelihood to the server's `kcloud_compute_seconds` bucket counts (the histogram is all
+    the server keeps of them)."""
+    found = [(bound, n) for bound, n in buckets(measured["server"], "kcloud_compute_seconds") if n > 0]
+    if len(found) < 2:
+        return 0.0  # every batch in one bucket: no spread this histogram can tell
+    every = buckets(measured["server"], "kcloud_compute_seconds")
+    lower = {bound: below for (below, _), (bound, _) in itertools.pairwise([(1e-9, 0.0), *every])}
+    low = np.log([lower[b] for b, _ in found])
+    high = np.log([b for b, _ in found])  # the +Inf bucket: log gives inf, its CDF 1
+    counts = np.array([n for _, n in found])
+    centre = math.log(measured["mean_compute_ms"] / 1000)
+    mus = centre + np.linspace(-2.0, 1.0, 301)[:, None, None]
+    sigmas = np.linspace(0.01, 2.0, 200)[None, :, None]
+
+    def cdf(x: np.ndarray) -> np.ndarray:
+        return 0.5 * (1 + _erf((x - mus) / (sigmas * math.sqrt(2))))
+
+    mass = np.clip(cdf(high) - cdf(low), 1e-300, None)
+    likelihood = (counts * np.log(mass)).sum(axis=2)
+    _, best = np.unravel_index(np.argmax(likelihood), likelihood.shape)
+    return float(sigmas[0, best, 0])
+
+
+#: Latency percentiles the stalls are fitted to (the tail of a light run).
+TAIL = (90, 99, 99.9)
+
+
+def fit_pauses(light: dict, twin_of: Callable[[dict | None], dict]) -> dict | None:
+    """The gateway stalls (`[twin] pauses`) that bring the twin's tail of the light run closest to
+    the measured one: a grid over mean gap and mean length, judged by the squared log ratio of the
+    percentiles in `TAIL` (None: no stalls fit better than none)."""
+    status = np.array(light["statuses"])
+    measured = np.percentile(np.array(light["latencies_s"])[status == 200], TAIL) * 1000
+
+    def misfit(pauses: dict | None) -> float:
+        tail = np.array(twin_of(pauses)["tail_ms"], dtype=float)
+        return float((np.log(np.maximum(tail, 1e-3) / measured) ** 2).sum())
+
+    best, best_misfit = None, misfit(None)
+    for every_s in np.geomspace(0.25, 30.0, 10):
+        for mean_ms in np.geomspace(1.0, 300.0, 10):
+            candidate = {"every_s": round(float(every_s), 4), "mean_ms": round(float(mean_ms), 3)}
+            if candidate["mean_ms"] / 1000 >= candidate["every_s"] / 4:  # stalled a fifth of the time or more
+                continue
+            found = misfit(candidate)
+            if found < best_misfit:
+                best, best_misfit = candidate, found
+    return best
+
+
+def write_profile(
+    directory: Path, model: str, max_batch: int, a: float, c: float, sigma: float, source: str
+) -> None:
     points = [(b, a + c * b) for b in sorted({1, max_batch})]
     save_measured_profile(
         MeasuredProfileFile(
@@ -206,6 +309,7 @@ def write_profile(directory: Path, model: str, max_batch: int, a: float, c: floa
             model=model,
             latency_by_batch=points,
             source=source,
+            service_sigma=sigma,
         ),
         directory,
     )
@@ -220,6 +324,7 @@ def predict(
     overhead_ms: float,
     gateway_ms: float,
     workdir: Path,
+    pauses: dict | None = None,
 ) -> dict:
     """The twin's figures for a measured run: the same model, replicas and recorded arrivals."""
     trace = workdir / f"trace-{random.getrandbits(32):08x}.csv"
@@ -231,6 +336,7 @@ def predict(
                 "duration_s": measured["seconds"],
                 "overhead_ms": overhead_ms,
                 "gateway_ms": gateway_ms,
+                "pauses": pauses,
             },
             "deployments": [
                 {
@@ -244,11 +350,13 @@ def predict(
         }
     )
     result = twin_run(place(scenario, repository, ProfileBook.load(profiles)))
+    trace.unlink()
     (deployment,) = result["deployments"]
     return {
         "throughput_rps": deployment["answered"] / measured["seconds"],
         "p50_ms": deployment["latency_ms"]["p50"],
         "p99_ms": deployment["latency_ms"]["p99"],
+        "tail_ms": [deployment["latency_ms"][f"p{q:g}"] for q in TAIL],
         "shed_429": deployment["shed_429"],
     }
 
@@ -294,33 +402,41 @@ def digits_requests(port: int, key: str, count: int = 64) -> list[bytes]:
     return raw
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "twin_fidelity.json")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of each run below saturation")
-    parser.add_argument("--seed", type=int, default=17)
-    args = parser.parse_args()
+PROBE, SATURATING, LIGHT = "probe (far over capacity)", "saturating (1.2 × probe)", "light (15 %)"
+#: Held-out runs: (served name, model, replicas, fraction of capacity, seconds; None: --seconds).
+VALIDATION = [
+    (MINILM, MINILM, 1, 0.5, None),
+    (MINILM, MINILM, 1, 0.8, None),
+    (MINILM, MINILM, 1, 1.5, 20.0),
+    (MINILM_Q10, MINILM, 1, 0.5, None),
+    (TWO, MINILM, 2, 0.8, None),
+    (DIGITS, DIGITS, 1, 0.5, None),
+    (DIGITS, DIGITS, 1, 0.8, None),
+    (DIGITS, DIGITS, 1, 1.5, 20.0),
+]
+#: Validation runs measured twice with the same arrivals: how far the system repeats itself.
+REPEATED = [(MINILM, 0.8), (DIGITS, 0.8)]
 
+
+def label_of(served: str, replicas: int, fraction: float) -> str:
+    return f"{served} ×{replicas} at {fraction:.0%} of capacity"
+
+
+def measure_runs(args: argparse.Namespace, repository: ModelRepository, home: Path) -> list[dict]:
+    """Every run of the real system, calibration then validation, as measured (arrivals included)."""
     from tokenizers import Tokenizer
 
-    repository = ModelRepository(default_repository_path())
     entry = repository.get(MINILM)
     tokenizer = Tokenizer.from_file(str(entry.file(entry.config.processing.tokenizer)))
     tokenizer.no_padding()
     tokenizer.no_truncation()
     sentences = sentences_of_exactly(tokenizer, 64, TOKENS_PER_SENTENCE)
-    home = benchmark_home(repository)
-    twin_repository = ModelRepository(home / "models")
-    profiles = home / "twin-profiles"
     key = admin_key(home)
     port = free_port()
     log_path = Path(tempfile.gettempdir()) / f"kcloud-twin-fidelity-{port}.log"
     print(f"starting kcloud up on 127.0.0.1:{port} (log: {log_path})", file=sys.stderr)
     server = start_server(port, home, log_path)
     runs: list[dict] = []
-    calibration: dict[str, dict] = {}
     try:
         wait_ready(port, server, 600, log_path)
         api = Api(port, key)
@@ -339,104 +455,165 @@ def main() -> None:
         for name in (MINILM, DIGITS):
             asyncio.run(offer(port, bodies[name], [Phase("warm-up", 20, 3)], args.seed))
 
-        def one(
-            role: str, label: str, served: str, model: str, replicas: int, fraction: float, seconds: float
-        ) -> dict:
-            rate = (
-                fraction * calibration[model]["capacity_rps"] if fraction else calibration[model]["probe_rps"]
-            )
+        def one(role: str, label: str, served: str, model: str, replicas: int, rate: float, seconds: float,
+                fraction: float | None = None, seed: int | None = None) -> dict:
             print(f"{role}: {label} at {rate:.0f} requests/s for {seconds:g} s", file=sys.stderr)
-            measured = measure(port, key, served, model, bodies[served], rate, seconds, args.seed + len(runs))
+            seed = args.seed + len(runs) if seed is None else seed
             record = {
                 "role": role,
                 "run": label,
                 "model": model,
                 "served": served,
                 "replicas": replicas,
-                "load_fraction_of_capacity": fraction or None,
-                "measured": measured,
+                "load_fraction_of_capacity": fraction,
+                "seed": seed,
+                "measured": measure(port, key, served, bodies[served], rate, seconds, seed),
             }
             runs.append(record)
             return record
 
+        capacity = {}
         for model, probe in ((MINILM, 600.0), (DIGITS, 4000.0)):
             # a probe far over capacity, then the saturating run just over what it measured: far over,
             # the load generator and the refusals take CPU from the server on 2 cores
-            calibration[model] = {"probe_rps": probe}
-            probed = one("calibration", "probe (far over capacity)", model, model, 1, 0.0, 15)["measured"]
-            calibration[model] = {"probe_rps": 1.2 * probed["throughput_rps"]}
-            saturated = one("calibration", "saturating (1.2 × probe)", model, model, 1, 0.0, 15)["measured"]
-            calibration[model]["capacity_rps"] = saturated["throughput_rps"]
-            light = one("calibration", "light (15 %)", model, model, 1, 0.15, args.seconds)["measured"]
-            a, c = fit_service(saturated, light)
-            max_batch = repository.get(model).config.batching.max_batch_size
-            for name in {MINILM, MINILM_Q10} if model == MINILM else {model}:
-                write_profile(profiles, name, max_batch, a, c, f"twin_fidelity calibration of {model}")
-            # gateway-bound when the device alone would have served clearly more than was served
-            device_only = predict(twin_repository, profiles, model, 1, saturated, 0.0, 0.0, home)
-            served = max(probed["throughput_rps"], saturated["throughput_rps"])  # the gateway did this much
-            gateway_ms = 1000 / served if device_only["throughput_rps"] > 1.1 * served else 0.0
-            no_overhead = predict(twin_repository, profiles, model, 1, light, 0.0, gateway_ms, home)
-            overhead = max(0.0, light["p50_ms"] - no_overhead["p50_ms"])
-            calibration[model] |= {
-                "service_a_ms": round(a * 1000, 4),
-                "service_c_ms_per_row": round(c * 1000, 4),
-                "gateway_ms": round(gateway_ms, 4),
-                "overhead_ms": round(overhead, 3),
-            }
-        plan = [
-            (MINILM, MINILM, 1, 0.5, args.seconds),
-            (MINILM, MINILM, 1, 0.8, args.seconds),
-            (MINILM, MINILM, 1, 1.5, 20),
-            (MINILM_Q10, MINILM, 1, 0.5, args.seconds),
-            (TWO, MINILM, 2, 0.8, args.seconds),
-            (DIGITS, DIGITS, 1, 0.5, args.seconds),
-            (DIGITS, DIGITS, 1, 0.8, args.seconds),
-            (DIGITS, DIGITS, 1, 1.5, 20),
-        ]
-        for served, model, replicas, fraction, seconds in plan:
-            label = f"{served} ×{replicas} at {fraction:.0%} of capacity"
-            one("validation", label, served, model, replicas, fraction, seconds)
+            probed = summary(one("calibration", PROBE, model, model, 1, probe, 15)["measured"])
+            rate = 1.2 * probed["throughput_rps"]
+            capacity[model] = summary(
+                one("calibration", SATURATING, model, model, 1, rate, 15)["measured"]
+            )["throughput_rps"]
+            one("calibration", LIGHT, model, model, 1, 0.15 * capacity[model], args.seconds, 0.15)
+        for served, model, replicas, fraction, seconds in VALIDATION:
+            label = label_of(served, replicas, fraction)
+            one("validation", label, served, model, replicas, fraction * capacity[model],
+                seconds or args.seconds, fraction)
+        for served, fraction in REPEATED:
+            (first,) = (r for r in runs if r["run"] == label_of(served, 1, fraction))
+            measured = first["measured"]
+            again = one("validation", f"{first['run']}, again", served, first["model"], 1,
+                        measured["offered_rps"], measured["seconds"], fraction, first["seed"])
+            again["repeat_of"] = first["run"]
     finally:
         stop_up(server)
+    return runs
 
-    for record in runs:
-        model = record["model"]
-        twin_model = MINILM_Q10 if record["served"] == MINILM_Q10 else model
+
+def calibrate(runs: list[dict], repository: ModelRepository, profiles: Path, workdir: Path) -> dict:
+    """Per model, from its three calibration runs alone: service line, spread, gateway, fixed delay.
+    Writes the measured profiles the predictions read."""
+    calibration: dict[str, dict] = {}
+    for model in (MINILM, DIGITS):
+        mine = [r for r in runs if r["role"] == "calibration" and r["model"] == model]
+        by_label = {r["run"]: r["measured"] for r in mine}
+        probed, saturated, light = by_label[PROBE], by_label[SATURATING], by_label[LIGHT]
+        a, c = fit_service(saturated, light)
+        sigma = fit_spread(light)
+        max_batch = repository.get(model).config.batching.max_batch_size
+        for name in {MINILM, MINILM_Q10} if model == MINILM else {model}:
+            write_profile(profiles, name, max_batch, a, c, sigma, f"twin_fidelity calibration of {model}")
+        # gateway-bound when the device alone would have served clearly more than was served
+        device_only = predict(repository, profiles, model, 1, saturated, 0.0, 0.0, workdir)
+        served = max(summary(probed)["throughput_rps"], summary(saturated)["throughput_rps"])
+        gateway_ms = 1000 / served if device_only["throughput_rps"] > 1.1 * served else 0.0
+        no_overhead = predict(repository, profiles, model, 1, light, 0.0, gateway_ms, workdir)
+        overhead = max(0.0, summary(light)["p50_ms"] - no_overhead["p50_ms"])
+        twin_of_light = functools.partial(
+            predict, repository, profiles, model, 1, light, overhead, gateway_ms, workdir
+        )
+        pauses = fit_pauses(light, twin_of_light)
+        if pauses is not None:  # the fixed delay again, now that stalls take some of the p50
+            stalled = predict(repository, profiles, model, 1, light, 0.0, gateway_ms, workdir, pauses)
+            overhead = max(0.0, summary(light)["p50_ms"] - stalled["p50_ms"])
+        calibration[model] = {
+            "capacity_rps": round(summary(saturated)["throughput_rps"], 2),
+            "service_a_ms": round(a * 1000, 4),
+            "service_c_ms_per_row": round(c * 1000, 4),
+            "service_sigma": round(sigma, 3),
+            "gateway_ms": round(gateway_ms, 4),
+            "overhead_ms": round(overhead, 3),
+            "pauses": pauses,
+        }
+    return calibration
+
+
+def evaluate(runs: list[dict], repository: ModelRepository, home: Path) -> dict:
+    """Calibrate on the calibration runs, predict every run, and compare."""
+    profiles = home / "twin-profiles"
+    shutil.rmtree(profiles, ignore_errors=True)
+    calibration = calibrate(runs, repository, profiles, home)
+    records = []
+    for run in runs:
+        model = run["model"]
+        measured = summary(run["measured"])
         twin = predict(
-            twin_repository,
+            repository,
             profiles,
-            twin_model,
-            record["replicas"],
-            record["measured"],
+            MINILM_Q10 if run["served"] == MINILM_Q10 else model,
+            run["replicas"],
+            run["measured"],
             calibration[model]["overhead_ms"],
             calibration[model]["gateway_ms"],
             home,
+            calibration[model]["pauses"],
         )
-        record["twin"] = twin
-        record["error"] = errors(record["measured"], twin)
-        del record["measured"]["arrivals_s"]
-    validation = [r for r in runs if r["role"] == "validation"]
+        record = {k: v for k, v in run.items() if k != "measured"}
+        records.append(record | {"measured": measured, "twin": twin, "error": errors(measured, twin)})
+    validation = [r for r in records if r["role"] == "validation"]
     worst = {
         name: max((r["error"][name] for r in validation if r["error"][name] is not None), default=None)
         for name in TARGETS
     }
-    report = {
+    by_label = {r["run"]: r for r in records}
+    repeatability = [
+        {"run": r["repeat_of"], "difference": errors(by_label[r["repeat_of"]]["measured"], r["measured"])}
+        for r in records
+        if "repeat_of" in r
+    ]
+    return {
         "benchmark": "twin_fidelity",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "calibration": calibration,
-        "runs": runs,
+        "runs": records,
         "targets": TARGETS,
         "worst_validation_error": worst,
         "met": {name: worst[name] is not None and worst[name] <= limit for name, limit in TARGETS.items()},
+        "repeatability": repeatability,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "twin_fidelity.json")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=HERE / "results" / "twin_fidelity_runs.json",
+        help="where the measured runs are kept (every request's arrival, status and latency)",
+    )
+    parser.add_argument(
+        "--from-runs", action="store_true", help="measure nothing: calibrate and predict from --runs"
+    )
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each run below saturation")
+    parser.add_argument("--seed", type=int, default=17)
+    args = parser.parse_args()
+
+    repository = ModelRepository(default_repository_path())
+    home = benchmark_home(repository)
+    if args.from_runs:
+        runs = json.loads(args.runs.read_text("utf-8"))["runs"]
+    else:
+        runs = measure_runs(args, repository, home)
+        args.runs.parent.mkdir(parents=True, exist_ok=True)
+        args.runs.write_text(json.dumps({"benchmark": "twin_fidelity runs", "runs": runs}))
+    report = evaluate(runs, ModelRepository(home / "models"), home)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1))
-    for r in runs:
+    for r in report["runs"]:
         m, t = r["measured"], r["twin"]
         print(
-            f"{r['role']:11} {r['run']:42} thr {m['throughput_rps']:8.1f} / {t['throughput_rps']:8.1f}  "
+            f"{r['role']:11} {r['run']:48} thr {m['throughput_rps']:8.1f} / {t['throughput_rps']:8.1f}  "
             f"p50 {m['p50_ms'] or 0:7.1f} / {t['p50_ms'] or 0:7.1f}  p99 {m['p99_ms'] or 0:7.1f} / "
             f"{t['p99_ms'] or 0:7.1f}  err {r['error']}"
         )

@@ -189,3 +189,27 @@ def test_the_gateway_is_a_single_server_in_arrival_order() -> None:
     assert (out.end_s - arrivals >= leaves - arrivals + 0.001 - 1e-9).all()
     with pytest.raises(ValueError, match="ready times"):
         simulate(arrivals, np.ones(len(arrivals), np.int64), [fixed(0.001)], NO_WAIT, ready_s=leaves[::-1])
+
+
+def test_a_request_arriving_in_a_gateway_stall_enters_at_its_end() -> None:
+    from kcloud.twin.sim import Pauses, gateway
+
+    pauses = Pauses(np.array([1.0, 3.0]), np.array([1.5, 3.2]))
+    arrivals = np.array([0.5, 1.0, 1.2, 1.4, 2.0, 3.1])
+    # the three that arrive in the first stall leave its end one after another, 10 ms apart
+    np.testing.assert_allclose(gateway(arrivals, 0.01, pauses), [0.51, 1.51, 1.52, 1.53, 2.01, 3.21])
+    np.testing.assert_allclose(pauses.defer(np.array([0.9, 1.0, 1.5, np.nan])), [0.9, 1.5, 1.5, np.nan])
+    none = Pauses.drawn(100.0, 0.01, 0.001, np.random.default_rng(4))  # a run too short for any stall
+    assert not len(none.start_s) and (gateway(arrivals, 0.0, none) == arrivals).all()
+
+
+def test_drawn_stalls_have_the_asked_rate_and_length() -> None:
+    from kcloud.twin.sim import Pauses
+
+    pauses = Pauses.drawn(2.0, 0.05, 20_000.0, np.random.default_rng(1))
+    lengths = pauses.end_s - pauses.start_s
+    assert (np.diff(pauses.start_s) > lengths[:-1]).all()  # apart, ascending
+    assert pauses.start_s[-1] < 20_000.0 and len(pauses.start_s) == pytest.approx(20_000 / 2.05, rel=0.05)
+    assert lengths.mean() == pytest.approx(0.05, rel=0.05)
+    with pytest.raises(ValueError, match="pauses need"):
+        Pauses.drawn(0.0, 0.05, 10.0, np.random.default_rng(1))

@@ -252,6 +252,8 @@ def test_the_report_renders_in_headless_chromium(result: dict, place: Path, tmp_
             "batching: max_batch_size",
         ),
         (SCENARIO.replace('vendor = "furiosa"', 'precision = "fp4"'), "precision must be one of"),
+        (SCENARIO.replace("seed = 2", "seed = 2\npauses = { every_s = 0, mean_ms = 5 }"), "greater than 0"),
+        (SCENARIO.replace("seed = 2", "seed = 2\npauses = { every_s = 1 }"), "twin.pauses.mean_ms"),
     ],
 )
 def test_a_bad_scenario_is_refused_with_the_reason(place: Path, scenario: str, error: str) -> None:
@@ -259,6 +261,20 @@ def test_a_bad_scenario_is_refused_with_the_reason(place: Path, scenario: str, e
     assert done.exit_code == 2, done.output
     said = " ".join(done.output.split())
     assert error in said and "bad.toml" in said, done.output
+
+
+def test_gateway_stalls_lengthen_the_tail_and_are_reported(place: Path, result: dict) -> None:
+    stalls = "seed = 2\npauses = { every_s = 0.5, mean_ms = 50 }"
+    stalling = scenario_failing("a/rngd0").replace("seed = 2", stalls)
+    done = twin(place, stalling, "--json", name="stalls.toml")
+    assert done.exit_code == 0, done.output
+    found = json.loads(done.output)
+    assert found["pauses"] == {"every_s": 0.5, "mean_ms": 50.0} and result["pauses"] is None
+    (steady,), (stalled,) = result["deployments"], found["deployments"]
+    # ~9 % of the time stalled, ~50 ms each: the p99 grows by tens of ms, the p50 hardly
+    assert stalled["latency_ms"]["p99"] > steady["latency_ms"]["p99"] + 20
+    assert stalled["latency_ms"]["p50"] < steady["latency_ms"]["p50"] + 5
+    assert stalled["answered"] == pytest.approx(steady["answered"], rel=0.01)
 
 
 def test_a_duration_of_zero_is_refused(place: Path) -> None:

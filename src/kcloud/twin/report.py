@@ -95,13 +95,19 @@ def utilisation_figure(result: dict[str, Any]) -> go.Figure | None:
 def render(result: dict[str, Any]) -> str:
     """The report page for one `kcloud twin run` result."""
     sim = result["simulation"]
+    pauses = result.get("pauses")
+    stalls = (
+        f"; stalls of {_fmt(pauses['mean_ms'])} ms every {_fmt(pauses['every_s'])} s on average"
+        if pauses
+        else ""
+    )
     parts = [
         f"<h1>kcloud twin: {html.escape(result['farm'])}</h1>",
         '<p><span class="modelled">MODELLED</span> — every figure on this page comes from the twin, '
         f"not from a measurement: {html.escape(result['basis'])}.</p>",
         f'<p class="note">{_fmt(result["duration_s"])} s simulated (seed {result["seed"]}; gateway '
         f"{_fmt(result['gateway_ms'])} ms of CPU per request, serial; fixed delay "
-        f"{_fmt(result['overhead_ms'])} ms per request), {sim['requests']:,} requests in "
+        f"{_fmt(result['overhead_ms'])} ms per request{stalls}), {sim['requests']:,} requests in "
         f"{sim['wall_s']} s of wall time ({_fmt(sim['speed_x_real_time'])}× real time"
         f"{'' if sim['compiled'] else ', interpreted: numba missing'}); "
         f"kcloud {html.escape(result['kcloud_version'])}, {html.escape(result['created'])}.</p>",

@@ -25,7 +25,18 @@ from kcloud.devices.plugins.emulated import DEFAULT_IDLE_FRACTION
 from kcloud.farm.profiles import DeviceProfile
 from kcloud.twin.load import arrivals
 from kcloud.twin.scenario import PlacedDeployment, PlacedFarm
-from kcloud.twin.sim import COMPILED, FAILED, NO_REPLICA, OK, SHED, TIMED_OUT, Outcome, gateway, simulate
+from kcloud.twin.sim import (
+    COMPILED,
+    FAILED,
+    NO_REPLICA,
+    OK,
+    SHED,
+    TIMED_OUT,
+    Outcome,
+    Pauses,
+    gateway,
+    simulate,
+)
 
 PERCENTILES = (50, 90, 99, 99.9)
 
@@ -71,7 +82,12 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
     deployments = []
     requests = 0
     loads = [arrivals(d.spec.load, horizon, rng) for d in farm.deployments]
-    ready = _through_gateway([times for times, _ in loads], settings.gateway_ms / 1000)
+    pauses = (
+        None
+        if settings.pauses is None
+        else Pauses.drawn(settings.pauses.every_s, settings.pauses.mean_ms / 1000, horizon, rng)
+    )
+    ready = _through_gateway([times for times, _ in loads], settings.gateway_ms / 1000, pauses)
     for index, (deployment, (times, rows), leaves) in enumerate(
         zip(farm.deployments, loads, ready, strict=True)
     ):
@@ -88,6 +104,8 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
             horizon_s=horizon,
             seed=settings.seed + index,
         )
+        if pauses is not None:  # an answer ready in a stall leaves at its end
+            outcome.end_s = pauses.defer(outcome.end_s)
         deployments.append(_deployment_result(deployment, times, rows, outcome, horizon, bins))
         for k, replica in enumerate(deployment.replicas):
             uid = replica.device.uid
@@ -112,6 +130,7 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
         "seed": settings.seed,
         "overhead_ms": settings.overhead_ms,
         "gateway_ms": settings.gateway_ms,
+        "pauses": None if settings.pauses is None else settings.pauses.model_dump(),
         "simulation": {
             "requests": requests,
             "wall_s": round(wall, 3),
@@ -128,15 +147,15 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
 
 
 def _through_gateway(
-    arrivals_by_deployment: list[np.ndarray], seconds_per_request: float
+    arrivals_by_deployment: list[np.ndarray], seconds_per_request: float, pauses: Pauses | None = None
 ) -> list[np.ndarray]:
     """When each deployment's requests leave the one gateway they all pass through, in arrival order."""
-    if seconds_per_request <= 0:
+    if seconds_per_request <= 0 and pauses is None:
         return arrivals_by_deployment
     merged = np.concatenate(arrivals_by_deployment)
     order = np.argsort(merged, kind="stable")
     leaves = np.empty_like(merged)
-    leaves[order] = gateway(merged[order], seconds_per_request)
+    leaves[order] = gateway(merged[order], seconds_per_request, pauses)
     # a deployment's requests keep their order through a FIFO, so its share still ascends
     return np.split(leaves, np.cumsum([len(a) for a in arrivals_by_deployment])[:-1])
 

@@ -6,6 +6,7 @@ A scenario is a TOML file:
     farm = "k-cloud-phase1.toml"    # farm file(s), relative to this file
     duration_s = 60
     seed = 1
+    # overhead_ms, gateway_ms, pauses = { every_s = 5, mean_ms = 20 }: the gateway (docs/twin.md)
 
     [[deployments]]
     name = "minilm"
@@ -55,6 +56,15 @@ class ScenarioError(ValueError):
     """A scenario was refused: the message names the file and what is wrong."""
 
 
+class GatewayPauses(BaseModel):
+    """Stalls of the gateway's host (`kcloud.twin.sim.Pauses`): how often, and for how long."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every_s: float = Field(gt=0, description="mean time between stalls (exponential gaps)")
+    mean_ms: float = Field(gt=0, description="mean length of a stall (exponential)")
+
+
 class TwinSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,6 +75,9 @@ class TwinSettings(BaseModel):
     overhead_ms: float = Field(default=0.0, ge=0, description="fixed delay per request that occupies nothing")
     gateway_ms: float = Field(
         default=0.0, ge=0, description="the gateway's CPU per request, spent serially (one event loop)"
+    )
+    pauses: GatewayPauses | None = Field(
+        default=None, description="stalls of the gateway's host (none by default)"
     )
     bin_s: float = Field(default=1.0, gt=0, description="resolution of the timelines, utilisation, energy")
 

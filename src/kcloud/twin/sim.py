@@ -106,15 +106,54 @@ class Batching:
     pipeline_depth: int = 2  # what replicas use (`serving/replica.py`)
 
 
-def gateway(arrivals_s: np.ndarray, seconds_per_request: float) -> np.ndarray:
+@dataclass(frozen=True)
+class Pauses:
+    """Spans in which the gateway's event loop runs nothing: `start_s[k]` to `end_s[k]`, ascending
+    and apart.
+
+    A Python gateway on a shared host stalls now and then (a garbage collection, the hypervisor
+    taking the CPU, another process on its core). A request arriving in a stall waits for its end,
+    and so does an answer ready in one; the requests that piled up then leave one by one. Rare and
+    short as they are, stalls make most of a lightly loaded gateway's p99.
+    """
+
+    start_s: np.ndarray
+    end_s: np.ndarray
+
+    @classmethod
+    def drawn(cls, every_s: float, mean_s: float, horizon_s: float, rng: np.random.Generator) -> Pauses:
+        """Stalls of exponential length (mean `mean_s`) after exponential gaps (mean `every_s`)."""
+        if every_s <= 0 or mean_s <= 0:
+            raise ValueError("pauses need every_s > 0 and mean_s > 0")
+        count = int(horizon_s / every_s * 1.5) + 10  # more than the horizon needs
+        gaps = rng.exponential(every_s, count)
+        lengths = rng.exponential(mean_s, count)
+        end = np.cumsum(gaps + lengths)
+        keep = end - lengths < horizon_s
+        return cls((end - lengths)[keep], end[keep])
+
+    def defer(self, times_s: np.ndarray) -> np.ndarray:
+        """Each time moved to the end of the stall it falls in (times outside stalls, and NaN, kept)."""
+        times_s = np.asarray(times_s, np.float64)
+        if not len(self.start_s):
+            return times_s
+        k = np.searchsorted(self.start_s, times_s, side="right") - 1
+        inside = (k >= 0) & (times_s < self.end_s[np.maximum(k, 0)])
+        return np.where(inside, self.end_s[np.maximum(k, 0)], times_s)
+
+
+def gateway(arrivals_s: np.ndarray, seconds_per_request: float, pauses: Pauses | None = None) -> np.ndarray:
     """When each request leaves a gateway that handles one at a time for `seconds_per_request`.
 
     kcloud's gateway is one event loop: its own CPU per request (HTTP, auth, decoding, tokenising)
     is spent serially, so under load requests wait for it before they reach a router. A FIFO
     single server: d[i] = max(a[i], d[i-1]) + g, solved without a loop as
     d[i] = g·(i+1) + max over j <= i of (a[j] - g·j). `arrivals_s` must ascend (all deployments'
-    requests together: they share the gateway).
+    requests together: they share the gateway). With `pauses`, a request arriving in a stall
+    enters at its end (the order is kept: deferring never reorders).
     """
+    if pauses is not None:
+        arrivals_s = pauses.defer(arrivals_s)
     if seconds_per_request <= 0 or not len(arrivals_s):
         return np.asarray(arrivals_s, np.float64)
     steps = seconds_per_request * np.arange(len(arrivals_s))

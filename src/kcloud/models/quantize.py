@@ -15,9 +15,14 @@ Three measured choices win it back, each taken on the calibration samples only:
    `s = amax(x)^α / amax(w)^(1-α)` and its weight rows multiplied by the same `s`, an identity in
    FP32 that evens out what INT8 has to hold. α is tried from `SMOOTHING_ALPHAS` and the best
    measured one kept.
-3. **Sensitive operators stay in FP32.** If the gate still fails on the calibration samples,
-   each quantized operator is left in FP32 alone and the gain measured; operators are then kept
-   in FP32 in order of gain until the gate passes, or half of them are and the build is refused.
+3. **Sensitive operators stay in FP32.** Unless the gate passes on the calibration samples with
+   `HEADROOM` to spare, each quantized operator is left in FP32 alone and the gain measured;
+   operators are then kept in FP32 in order of gain until it does, or half of them are (then the
+   candidate with the widest margin is taken, and the held-out gate judges it). The headroom is
+   there because the held-out samples are not the calibration ones: on an AVX2 host without VNNI
+   (AMD EPYC), MiniLM's held-out minimum cosine came out up to 0.004 below the calibration one
+   (0.9886 held out at 0.9925 calibrated), so a build that only just passed calibration failed
+   the gate there while it passed on an Intel Xeon.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 SMOOTHING_ALPHAS: tuple[float | None, ...] = (None, 0.5, 0.7, 0.85)
 #: At most this share of the quantizable operators may be kept in FP32 before the build is refused.
 MAX_KEPT_SHARE = 0.5
+#: How far above the gate a candidate must score on the calibration samples to be taken at once
+#: (measured: held-out minimum cosine up to 0.004 below the calibration one; see 3. above).
+HEADROOM = 0.003
 #: Rows per calibration batch.
 CALIBRATION_BATCH = 8
 
@@ -246,8 +254,9 @@ class Int8Builder:
 
     # ------------------------------------------------------------------ choosing by measurement
     def choose(self) -> Int8Build:
-        """The candidate that passes the gate on the calibration samples with the most operators
-        in INT8; when none does, the best one found (the caller refuses it by the held-out gate)."""
+        """The first candidate that passes the gate on the calibration samples with `HEADROOM` to
+        spare, with the most operators in INT8; when none does, the one with the widest margin
+        (the caller refuses it by the held-out gate if it misses)."""
         alphas = SMOOTHING_ALPHAS if self.recipe == "dynamic" else (None,)
         max_kept = int(len(self.nodes) * MAX_KEPT_SHARE)
         planned = len(alphas) + len(self.nodes) + max_kept
@@ -262,7 +271,7 @@ class Int8Builder:
         best = max(
             (run(alpha, (), f"smoothing α={alpha}") for alpha in alphas), key=lambda t: t.result.margin
         )
-        if not best.result.passed and self.nodes:
+        if best.result.margin < HEADROOM and self.nodes:
             gains = {
                 node: run(best.alpha, (node,), f"sensitivity of {node}").result.margin - best.result.margin
                 for node in self.nodes
@@ -272,7 +281,7 @@ class Int8Builder:
                 candidate = run(best.alpha, tuple(order[:count]), f"{count} operator(s) kept in FP32")
                 if candidate.result.margin > best.result.margin:
                     best = candidate
-                if best.result.passed:
+                if best.result.margin >= HEADROOM:
                     break
         self.progress(planned, planned, "chosen")
         return Int8Build(self.recipe, len(self.nodes), best, trials)

@@ -213,3 +213,16 @@ def test_drawn_stalls_have_the_asked_rate_and_length() -> None:
     assert lengths.mean() == pytest.approx(0.05, rel=0.05)
     with pytest.raises(ValueError, match="pauses need"):
         Pauses.drawn(0.0, 0.05, 10.0, np.random.default_rng(1))
+
+
+def test_a_client_over_its_open_requests_cap_is_answered_at_once() -> None:
+    from kcloud.twin.sim import admit
+
+    arrivals = np.array([0.0, 0.001, 0.002, 0.003, 0.5])
+    # the gateway takes 0.1 s a request: the third and fourth find two still waiting, and are refused
+    leaves, refused = admit(arrivals, 0.1, None, 2)
+    assert refused.tolist() == [False, False, True, True, False]
+    np.testing.assert_allclose(leaves[~refused], [0.1, 0.2, 0.6])
+    np.testing.assert_allclose(leaves[refused], arrivals[refused])  # answered when they came
+    uncapped, none = admit(arrivals, 0.1, None, None)
+    assert not none.any() and np.allclose(uncapped, [0.1, 0.2, 0.3, 0.4, 0.6])

@@ -254,6 +254,7 @@ def test_the_report_renders_in_headless_chromium(result: dict, place: Path, tmp_
         (SCENARIO.replace('vendor = "furiosa"', 'precision = "fp4"'), "precision must be one of"),
         (SCENARIO.replace("seed = 2", "seed = 2\npauses = { every_s = 0, mean_ms = 5 }"), "greater than 0"),
         (SCENARIO.replace("seed = 2", "seed = 2\npauses = { every_s = 1 }"), "twin.pauses.mean_ms"),
+        (SCENARIO.replace("seed = 2", "seed = 2\nmost_open_per_client = 0"), "greater than or equal to 1"),
     ],
 )
 def test_a_bad_scenario_is_refused_with_the_reason(place: Path, scenario: str, error: str) -> None:
@@ -275,6 +276,24 @@ def test_gateway_stalls_lengthen_the_tail_and_are_reported(place: Path, result: 
     assert stalled["latency_ms"]["p99"] > steady["latency_ms"]["p99"] + 20
     assert stalled["latency_ms"]["p50"] < steady["latency_ms"]["p50"] + 5
     assert stalled["answered"] == pytest.approx(steady["answered"], rel=0.01)
+
+
+def test_a_gateway_bound_client_over_its_cap_is_refused_at_once(place: Path) -> None:
+    # 400 requests/s through a gateway that takes 5 ms each (200/s at most): without a cap its queue
+    # grows for the whole run, past the 500 ms deadline; with one, what finds 50 waiting is answered
+    # 503 at once and the wait is bounded
+    slow = "seed = 2\ngateway_ms = 5.0"
+    found = {}
+    for cap in ("", "\nmost_open_per_client = 50"):
+        scenario = scenario_failing("a/rngd0").replace("seed = 2", slow + cap)
+        done = twin(place, scenario, "--json", name="cap.toml")
+        assert done.exit_code == 0, done.output
+        found[cap] = json.loads(done.output)["deployments"][0]
+    uncapped, capped = found[""], found["\nmost_open_per_client = 50"]
+    assert uncapped["over_client_cap_503"] == 0 and uncapped["timed_out_504"] > 3_000
+    assert capped["over_client_cap_503"] > 3_000 and capped["no_replica_503"] == capped["timed_out_504"] == 0
+    assert capped["latency_ms"]["p99"] < 50 * 5 + 100  # at most 50 ahead, 5 ms each, plus the device
+    assert capped["answered"] == pytest.approx(200 * 20, rel=0.05)  # the gateway's rate
 
 
 def test_a_duration_of_zero_is_refused(place: Path) -> None:

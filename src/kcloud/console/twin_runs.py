@@ -38,8 +38,11 @@ def _summary(run_id: str, result: dict[str, Any], written: float) -> dict[str, A
         "deployments": len(deployments),
         "offered_rps": sum(d["offered_rps"] for d in deployments),
         "throughput_rps": sum(d["throughput_rps"] for d in deployments),
-        "refused": sum(d["shed_429"] + d["timed_out_504"] + d["no_replica_503"] + d["failed_502"]
-                       for d in deployments),
+        "refused": sum(
+            d["shed_429"] + d["timed_out_504"] + d["no_replica_503"] + d.get("over_client_cap_503", 0)
+            + d["failed_502"]
+            for d in deployments
+        ),
         "energy_j": energy.get("energy_j"),
         "mean_power_w": energy.get("mean_power_w"),
         "warnings": len(result.get("warnings", [])),

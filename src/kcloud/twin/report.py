@@ -128,7 +128,7 @@ def render(result: dict[str, Any]) -> str:
                 lat["p99.9"],
                 d["shed_429"],
                 d["timed_out_504"],
-                d["no_replica_503"],
+                d["no_replica_503"] + d.get("over_client_cap_503", 0),
                 d["failed_502"],
             ]
         )

@@ -12,6 +12,7 @@ catalog has unknown power, and the farm's energy then says how many devices it l
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ from kcloud.twin.sim import (
     TIMED_OUT,
     Outcome,
     Pauses,
-    gateway,
+    admit,
     simulate,
 )
 
@@ -87,26 +88,30 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
         if settings.pauses is None
         else Pauses.drawn(settings.pauses.every_s, settings.pauses.mean_ms / 1000, horizon, rng)
     )
-    ready = _through_gateway([times for times, _ in loads], settings.gateway_ms / 1000, pauses)
-    for index, (deployment, (times, rows), leaves) in enumerate(
+    ready = _through_gateway(
+        [times for times, _ in loads], settings.gateway_ms / 1000, pauses, settings.most_open_per_client
+    )
+    for index, (deployment, (times, rows), (leaves, refused)) in enumerate(
         zip(farm.deployments, loads, ready, strict=True)
     ):
         requests += len(times)
+        admitted = ~refused
         outcome = simulate(
-            times,
-            rows,
+            times[admitted],
+            rows[admitted],
             [r.times for r in deployment.replicas],
             deployment.batching,
             deadline_s=None if deployment.spec.deadline_ms is None else deployment.spec.deadline_ms / 1000,
             overhead_s=settings.overhead_ms / 1000,
-            ready_s=leaves,
+            ready_s=leaves[admitted],
             bin_s=settings.bin_s,
             horizon_s=horizon,
             seed=settings.seed + index,
         )
+        outcome = _with_refused(outcome, refused, leaves)
         if pauses is not None:  # an answer ready in a stall leaves at its end
             outcome.end_s = pauses.defer(outcome.end_s)
-        deployments.append(_deployment_result(deployment, times, rows, outcome, horizon, bins))
+        deployments.append(_deployment_result(deployment, times, rows, outcome, horizon, bins, refused))
         for k, replica in enumerate(deployment.replicas):
             uid = replica.device.uid
             busy = busy_by_device.setdefault(uid, np.zeros(bins))
@@ -131,6 +136,7 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
         "overhead_ms": settings.overhead_ms,
         "gateway_ms": settings.gateway_ms,
         "pauses": None if settings.pauses is None else settings.pauses.model_dump(),
+        "most_open_per_client": settings.most_open_per_client,
         "simulation": {
             "requests": requests,
             "wall_s": round(wall, 3),
@@ -147,17 +153,35 @@ def run(farm: PlacedFarm) -> dict[str, Any]:
 
 
 def _through_gateway(
-    arrivals_by_deployment: list[np.ndarray], seconds_per_request: float, pauses: Pauses | None = None
-) -> list[np.ndarray]:
-    """When each deployment's requests leave the one gateway they all pass through, in arrival order."""
-    if seconds_per_request <= 0 and pauses is None:
-        return arrivals_by_deployment
+    arrivals_by_deployment: list[np.ndarray],
+    seconds_per_request: float,
+    pauses: Pauses | None,
+    most_open: int | None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """When each deployment's requests leave the one gateway they all pass through, in arrival
+    order, and which of them it refused (`kcloud.twin.sim.admit`)."""
+    if seconds_per_request <= 0 and pauses is None and most_open is None:  # nothing to wait for
+        return [(a, np.zeros(len(a), np.bool_)) for a in arrivals_by_deployment]
     merged = np.concatenate(arrivals_by_deployment)
     order = np.argsort(merged, kind="stable")
-    leaves = np.empty_like(merged)
-    leaves[order] = gateway(merged[order], seconds_per_request, pauses)
+    leaves, refused = np.empty_like(merged), np.empty(len(merged), np.bool_)
+    leaves[order], refused[order] = admit(merged[order], seconds_per_request, pauses, most_open)
     # a deployment's requests keep their order through a FIFO, so its share still ascends
-    return np.split(leaves, np.cumsum([len(a) for a in arrivals_by_deployment])[:-1])
+    cuts = np.cumsum([len(a) for a in arrivals_by_deployment])[:-1]
+    return list(zip(np.split(leaves, cuts), np.split(refused, cuts), strict=True))
+
+
+def _with_refused(outcome: Outcome, refused: np.ndarray, leaves: np.ndarray) -> Outcome:
+    """The admitted requests' outcome, widened to every request: the refused ones answered 503
+    when they arrived (`leaves` of a refused request), by no replica."""
+    if not refused.any():
+        return outcome
+    admitted = ~refused
+    status = np.full(len(refused), NO_REPLICA, np.int64)
+    end = leaves.copy()
+    replica = np.full(len(refused), -1, np.int64)
+    status[admitted], end[admitted], replica[admitted] = outcome.status, outcome.end_s, outcome.replica
+    return dataclasses.replace(outcome, status=status, end_s=end, replica=replica)
 
 
 def latency_percentiles(latency_s: np.ndarray) -> dict[str, float | None]:
@@ -181,6 +205,7 @@ def _deployment_result(
     outcome: Outcome,
     horizon: float,
     bins: int,
+    refused: np.ndarray,
 ) -> dict[str, Any]:
     status = outcome.status
     ok = status == OK
@@ -193,7 +218,8 @@ def _deployment_result(
         "answered": int(ok.sum()),
         "shed_429": int((status == SHED).sum()),
         "timed_out_504": int((status == TIMED_OUT).sum()),
-        "no_replica_503": int((status == NO_REPLICA).sum()),
+        "no_replica_503": int((status == NO_REPLICA).sum() - refused.sum()),
+        "over_client_cap_503": int(refused.sum()),
         "failed_502": int((status == FAILED).sum()),
         "unfinished": int((status == 0).sum()),
     }

@@ -98,10 +98,14 @@ def _print(result: dict) -> None:
             f"{d['throughput_rps']:.5g}",
             _ms(lat["p50"]),
             _ms(lat["p99"]),
-            f"{d['shed_429']}/{d['timed_out_504']}/{d['no_replica_503']}/{d['failed_502']}",
+            f"{d['shed_429']}/{d['timed_out_504']}/{d['no_replica_503'] + d['over_client_cap_503']}/"
+            f"{d['failed_502']}",
         )
     console.print(table)
-    console.print("* refused: shed 429 / past deadline 504 / no replica 503 / failed twice 502", style="dim")
+    console.print(
+        "* refused: shed 429 / past deadline 504 / no replica or over a client's cap 503 / failed twice 502",
+        style="dim",
+    )
     energy = result["energy"]
     console.print(
         f"farm energy {energy['energy_j']:.6g} J, mean power {energy['mean_power_w']:.6g} W (modelled)"

@@ -79,6 +79,12 @@ class TwinSettings(BaseModel):
     pauses: GatewayPauses | None = Field(
         default=None, description="stalls of the gateway's host (none by default)"
     )
+    most_open_per_client: int | None = Field(
+        default=None,
+        ge=1,
+        description="kcloud's per-client connection cap (`kcloud up --max-connections-per-client`): "
+        "requests over it get 503 at once; the load counts as one client (none by default)",
+    )
     bin_s: float = Field(default=1.0, gt=0, description="resolution of the timelines, utilisation, energy")
 
     @model_validator(mode="before")

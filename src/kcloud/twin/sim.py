@@ -160,6 +160,46 @@ def gateway(arrivals_s: np.ndarray, seconds_per_request: float, pauses: Pauses |
     return steps + seconds_per_request + np.maximum.accumulate(arrivals_s - steps)
 
 
+def admit(
+    arrivals_s: np.ndarray, seconds_per_request: float, pauses: Pauses | None, most_open: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`gateway()` with kcloud's per-client connection cap: (when each request leaves the gateway,
+    which were refused). A request that finds `most_open` requests of its client still waiting
+    for the gateway is answered 503 at once and costs it nothing (the load counts as one client,
+    as a load generator on one address does). The cap counts the requests waiting for the gateway,
+    not those already at a replica: where a client's open requests pile up when the gateway is
+    the bottleneck, and a replica's own queue limit (429) bounds the rest. `most_open` None: no cap.
+    """
+    if most_open is None:
+        return gateway(arrivals_s, seconds_per_request, pauses), np.zeros(len(arrivals_s), np.bool_)
+    if pauses is not None:
+        arrivals_s = pauses.defer(arrivals_s)
+    return _capped(np.ascontiguousarray(arrivals_s, np.float64), float(seconds_per_request), int(most_open))
+
+
+@_njit(cache=True)
+def _capped(arrival, g, cap):  # pragma: no cover - compiled; `admit` is tested
+    n = arrival.shape[0]
+    leave = np.empty(n)
+    refused = np.zeros(n, np.bool_)
+    queue = np.empty(max(n, 1), np.int64)  # the admitted, in order: they leave in that order
+    admitted = 0
+    first_waiting = 0
+    last = -np.inf
+    for i in range(n):
+        while first_waiting < admitted and leave[queue[first_waiting]] <= arrival[i]:
+            first_waiting += 1
+        if admitted - first_waiting >= cap:
+            refused[i] = True
+            leave[i] = arrival[i]
+            continue
+        last = max(arrival[i], last) + g
+        leave[i] = last
+        queue[admitted] = i
+        admitted += 1
+    return leave, refused
+
+
 @dataclass
 class Outcome:
     """Per request: status, when its answer left (s), which replica served it (-1: none).

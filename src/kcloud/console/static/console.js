@@ -684,7 +684,7 @@ async function twinRunPage(page, rest) {
       { label: "504", num: 1 }, { label: "503", num: 1 }, { label: "502", num: 1 }, "placement"],
     run.deployments.map((d) => el("tr", {}, el("td", {}, d.name), el("td", {}, d.model), figure(d.replicas.length),
       ...[d.offered_rps, d.throughput_rps, d.latency_ms.p50, d.latency_ms.p99, d.latency_ms["p99.9"]].map((v) => figure(v, { modelled: true })),
-      ...[d.shed_429, d.timed_out_504, d.no_replica_503, d.failed_502].map((v) => figure(v, { modelled: true })),
+      ...[d.shed_429, d.timed_out_504, d.no_replica_503 + (d.over_client_cap_503 || 0), d.failed_502].map((v) => figure(v, { modelled: true })),
       el("td", {}, d.placement))), { id: "twin-deployments" }),
     el("h2", {}, "Energy"),
     el("p", {}, `Farm energy ${fmt(energy.energy_j)} J, mean power ${fmt(energy.mean_power_w)} W, ` +

@@ -2,9 +2,10 @@
 
 It simulates what `kcloud.serving` does, event by event:
 
-- **gateway** (`gateway()`): one event loop, whose CPU per request is spent serially, so under
-  load requests wait for it before they reach the router (computed ahead, all deployments'
-  requests together);
+- **gateway** (`gateway()`, `admit()`): one event loop, whose CPU per request is spent serially,
+  so under load requests wait for it before they reach the router (computed ahead, all
+  deployments' requests together); it can stall (`Pauses`), and a client over kcloud's
+  connection cap is answered 503 at once;
 - **router** (`serving/router.py`): each request goes to the live replica with the fewest rows
   queued plus computing, taking turns among equals; a request that finds no live replica is
   refused (503: the twin does not model cold starts);
@@ -16,7 +17,8 @@ It simulates what `kcloud.serving` does, event by event:
   request arrived; up to `pipeline_depth` batches are on the worker at once; a request whose
   deadline passed while queued is dropped uncomputed (504);
 - **devices**: a device computes its batches one at a time (or `lanes` at once), whichever of
-  its replicas they come from;
+  its replicas they come from, each batch in its profile's time (× a lognormal factor where the
+  profile measured a spread);
 - **failure**: a replica removed mid-run fails what it held; the router retries each of those
   requests once on another replica (a second failure answers 502), as it does for a dead replica.
 

@@ -251,10 +251,10 @@ def fit_spread(measured: dict) -> float:
     """The log-space standard deviation of a run's batch compute times: a lognormal fitted by
     maximum likelihood to the server's `kcloud_compute_seconds` bucket counts (the histogram is all
     the server keeps of them)."""
-    found = [(bound, n) for bound, n in buckets(measured["server"], "kcloud_compute_seconds") if n > 0]
+    every = buckets(measured["server"], "kcloud_compute_seconds")
+    found = [(bound, n) for bound, n in every if n > 0]
     if len(found) < 2:
         return 0.0  # every batch in one bucket: no spread this histogram can tell
-    every = buckets(measured["server"], "kcloud_compute_seconds")
     lower = {bound: below for (below, _), (bound, _) in itertools.pairwise([(1e-9, 0.0), *every])}
     low = np.log([lower[b] for b, _ in found])
     high = np.log([b for b, _ in found])  # the +Inf bucket: log gives inf, its CDF 1
